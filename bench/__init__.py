@@ -1,0 +1,1 @@
+"""fastnn's hardware benchmarks (installed as ``fastnn.bench``)."""

@@ -1,0 +1,36 @@
+"""fastnn: neural networks "from scratch", fast, on NumPy, Numba (CPU) or CuPy (NVIDIA GPU).
+
+The backend is chosen at first use, never at import: ``fastnn.use("numba")``,
+``with fastnn.using("numpy"): ...`` or ``FASTNN_BACKEND``; ``auto`` (the default) takes the
+fastest that runs here and says so on the ``fastnn`` logger.
+"""
+import logging as _logging
+
+from fastnn._version import __version__
+from fastnn.backend import available, current, describe, get_ops, use, using
+from fastnn.errors import BackendUnavailableError, FormatError, OutOfMemoryError
+from fastnn.functions import get_array_module
+from fastnn.random import set_seed
+
+_logging.getLogger("fastnn").addHandler(_logging.NullHandler())
+
+
+def asnumpy(x):
+    """A host ``numpy.ndarray`` copy of ``x`` (a CuPy array is copied from the device)."""
+    import numpy
+
+    if hasattr(x, "get") and get_array_module(x) is not numpy:
+        return x.get()
+    return numpy.asarray(x)
+
+
+def asarray(x, dtype=None):
+    """``x`` as an array of the current backend (moved onto its device)."""
+    return current().asarray(x, dtype=dtype)
+
+
+__all__ = [
+    "__version__", "use", "using", "current", "get_ops", "available", "describe", "set_seed",
+    "get_array_module", "asnumpy", "asarray", "BackendUnavailableError", "FormatError",
+    "OutOfMemoryError",
+]

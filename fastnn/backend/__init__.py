@@ -1,0 +1,206 @@
+"""The backend shim: which array module and which kernels compute.
+
+Names: ``"auto"`` (default), ``"cpu"`` (numba, else numpy), ``"numpy"``, ``"numba"``, ``"cupy"`` /
+``"cuda"`` / ``"cuda:N"``. Precedence: an explicit argument > ``with using(...)`` > ``use(...)`` >
+``FASTNN_BACKEND`` > ``auto``. ``auto`` picks CuPy when it imports and a real allocation on a CUDA
+device succeeds, else Numba, else NumPy, and says once on the ``fastnn`` logger what it chose and
+why it skipped the others (with a warning when CuPy is installed but no device answers).
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import threading
+import warnings
+
+from fastnn import config
+from fastnn.backend import select
+from fastnn.backend.ops import HOT_PRIMITIVES, Ops
+from fastnn.errors import BackendUnavailableError
+
+__all__ = [
+    "Ops", "HOT_PRIMITIVES", "use", "using", "current", "get_ops", "available", "describe",
+    "follow", "is_device_array", "BACKEND_NAMES",
+]
+
+log = logging.getLogger("fastnn")
+
+BACKEND_NAMES = ("auto", "cpu", "numpy", "numba", "cupy", "cuda", "cuda:N")
+
+_default: str | None = None  # set by use()
+_scoped: contextvars.ContextVar = contextvars.ContextVar("fastnn_backend", default=None)
+_instances: dict = {}
+_lock = threading.RLock()
+_choice_reason: dict = {}  # canonical request -> the sentence explaining what it resolved to
+
+
+def _canonical(name) -> str:
+    """Validate a backend name and return its canonical key (``numpy``, ``numba``, ``cupy:N``, ``auto``, ``cpu``)."""
+    if isinstance(name, Ops):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"backend name must be a string, got {type(name).__name__}: {name!r}")
+    key = name.strip().lower()
+    if key in ("auto", "cpu", "numpy", "numba"):
+        return key
+    if key in ("cupy", "cuda", "gpu"):
+        return "cupy:0"
+    for prefix in ("cuda:", "cupy:"):
+        if key.startswith(prefix) and key[len(prefix):].isdigit():
+            return f"cupy:{int(key[len(prefix):])}"
+    raise ValueError(f"unknown backend {name!r}; valid names: {', '.join(BACKEND_NAMES)}")
+
+
+def _make(key: str) -> Ops:
+    """Build the Ops object for a concrete key, or raise BackendUnavailableError saying why not."""
+    if key == "numpy":
+        _apply_thread_limit()
+        return Ops()
+    if key == "numba":
+        probe = select.probe_numba()
+        if not probe.ok:
+            raise BackendUnavailableError(f'backend "numba" was requested but {probe.reason}')
+        _apply_thread_limit()
+        from fastnn.backend.numba_ops import NumbaOps
+
+        return NumbaOps()
+    device_id = int(key.split(":")[1])
+    probe = select.probe_cupy(device_id)
+    if not probe.ok:
+        raise BackendUnavailableError(f'backend "cuda:{device_id}" was requested but {probe.reason}')
+    from fastnn.backend.cupy_ops import CupyOps
+
+    return CupyOps(device_id)
+
+
+def _resolve(key: str) -> str:
+    """Turn ``auto``/``cpu`` into a concrete key, logging the choice and its reasons once."""
+    if key not in ("auto", "cpu"):
+        return key
+    skipped = []
+    if key == "auto":
+        cupy_probe = select.probe_cupy(0)
+        if cupy_probe.ok:
+            return _announce(key, "cupy:0", cupy_probe.reason, skipped)
+        skipped.append(f"cupy: {cupy_probe.reason}")
+        if cupy_probe.installed and key not in _choice_reason:
+            warnings.warn(f"fastnn: falling back to CPU: {cupy_probe.reason}", RuntimeWarning, stacklevel=4)
+    numba_probe = select.probe_numba()
+    if numba_probe.ok:
+        return _announce(key, "numba", numba_probe.reason, skipped)
+    skipped.append(f"numba: {numba_probe.reason}")
+    return _announce(key, "numpy", "NumPy is always available", skipped)
+
+
+def _announce(request, chosen, why, skipped):
+    if request not in _choice_reason:
+        label = chosen.replace("cupy:", "cuda:") if chosen.startswith("cupy:") else chosen
+        sentence = f'backend "{request}" chose "{label}": {why}'
+        if skipped:
+            sentence += "; skipped " + "; ".join(skipped)
+        _choice_reason[request] = sentence
+        log.info("fastnn: %s", sentence)
+    return chosen
+
+
+def get_ops(name="auto") -> Ops:
+    """The ``Ops`` object for a backend name (one instance per backend and device)."""
+    if isinstance(name, Ops):
+        return name
+    with _lock:
+        key = _resolve(_canonical(name))
+        ops = _instances.get(key)
+        if ops is None:
+            ops = _instances[key] = _make(key)
+        return ops
+
+
+def use(name) -> Ops:
+    """Set the process-wide default backend (checked now: an unavailable backend raises here)."""
+    global _default
+    ops = get_ops(name)
+    _default = _canonical(name) if not isinstance(name, Ops) else name
+    return ops
+
+
+@contextlib.contextmanager
+def using(name):
+    """``with using("numpy"): ...`` runs the block on that backend; restored on exit, errors included.
+
+    The scope is a ``contextvars.ContextVar``, so it never leaks into other threads.
+    """
+    token = _scoped.set(get_ops(name))
+    try:
+        yield _scoped.get()
+    finally:
+        _scoped.reset(token)
+
+
+def current() -> Ops:
+    """The active backend: ``using`` > ``use`` > ``FASTNN_BACKEND`` > ``auto``."""
+    scoped = _scoped.get()
+    if scoped is not None:
+        return scoped
+    if _default is not None:
+        return get_ops(_default)
+    if config.BACKEND:
+        return get_ops(config.BACKEND)
+    return get_ops("auto")
+
+
+def describe(name="auto") -> str:
+    """A sentence saying what a name resolves to and why (``auto`` and ``cpu`` list what they skipped)."""
+    key = _canonical(name)
+    concrete = _resolve(key)
+    if key in _choice_reason:
+        return _choice_reason[key]
+    ops = get_ops(concrete)
+    return f'backend "{name}" is "{ops.name}" on {ops.device}'
+
+
+def available() -> dict:
+    """Every concrete backend with ``(ok, reason)``: ``{"numpy": (True, ...), "numba": ..., "cuda:0": ...}``."""
+    numba_probe = select.probe_numba()
+    cupy_probe = select.probe_cupy(0)
+    return {
+        "numpy": (True, select.probe_numpy().reason),
+        "numba": (numba_probe.ok, numba_probe.reason),
+        "cuda:0": (cupy_probe.ok, cupy_probe.reason),
+    }
+
+
+def is_device_array(x) -> bool:
+    """True for a CuPy array (checked without importing CuPy)."""
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def follow(*arrays) -> Ops:
+    """The backend a book layer runs on for these inputs: CuPy arrays run on CuPy (on their
+    device); host arrays on the current backend (a CuPy current backend moves them once)."""
+    for a in arrays:
+        if is_device_array(a):
+            return get_ops(f"cuda:{a.device.id}")
+    return current()
+
+
+_threads_applied = False
+
+
+def _apply_thread_limit():
+    """Apply ``FASTNN_NUM_THREADS`` to BLAS (threadpoolctl) and Numba together, once."""
+    global _threads_applied
+    if _threads_applied or config.NUM_THREADS is None:
+        return
+    _threads_applied = True
+    n = config.NUM_THREADS
+    try:
+        import threadpoolctl
+
+        threadpoolctl.threadpool_limits(limits=n)
+    except ImportError:
+        log.warning("fastnn: FASTNN_NUM_THREADS=%d could not cap BLAS: threadpoolctl is not installed", n)
+    if select.probe_numba().ok:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))

@@ -1,0 +1,377 @@
+"""``Ops``: the NumPy reference for every primitive, and the contract every backend meets.
+
+Every method is written against ``self.xp`` only, so the same body runs on NumPy arrays (the
+``numpy`` backend) and on CuPy arrays (the generic path of the ``cupy`` backend). ``NumbaOps`` and
+``CupyOps`` override the hot primitives with fused kernels of the same name and signature; the
+tests compare each override with the body here on random data.
+
+Conventions
+-----------
+- ``x: (N, D)`` is a batch of rows; ``b: (D,)`` a bias broadcast over rows.
+- ``out=`` (and other keyword buffers) name arrays the primitive writes; given them, a fused
+  override allocates nothing. The reference may allocate temporaries: it is written to be read.
+- Scalars are cast to the arrays' dtype, so float32 stays float32 end to end.
+- Optimizer ``*_step`` primitives update their arrays in place over a flat 1-D buffer and flush
+  state values below the smallest normal number to zero (subnormals are slow on x86 CPUs).
+"""
+from __future__ import annotations
+
+import numpy
+
+from fastnn.kernels import (
+    ELU, HASH_GOLDEN, LEAKY_RELU, LINEAR, MIX_M1, MIX_M2, RELU, SIGMOID, SOFTPLUS, TANH,
+    dropout_base,
+)
+
+Array = "numpy.ndarray | cupy.ndarray"
+
+
+class Ops:
+    """The NumPy reference backend. ``name``, ``xp`` (the array module) and ``device`` describe it."""
+
+    name = "numpy"
+    xp = numpy
+    device = "cpu"
+
+    # ------------------------------------------------------------------ arrays and devices
+    def asarray(self, x, dtype=None):
+        """``x`` as an array of this backend (a host array becomes a device array on GPUs)."""
+        return self.xp.asarray(x, dtype=dtype)
+
+    def asnumpy(self, x):
+        """A host ``numpy.ndarray`` holding ``x``'s values."""
+        return numpy.asarray(x)
+
+    def owns(self, x) -> bool:
+        """True when ``x`` is an array that lives where this backend computes."""
+        return isinstance(x, numpy.ndarray)
+
+    def alloc(self, shape, dtype):
+        """A zero-filled array of this backend."""
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def synchronize(self):
+        """Wait for queued work (a no-op on CPUs)."""
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name!r} device={self.device!r}>"
+
+    # ------------------------------------------------------------------ GEMM
+    def gemm(self, a, b, *, trans_a=False, trans_b=False, out=None):
+        """``out = op(a) @ op(b)``, where ``op`` transposes when asked. Returns ``out``."""
+        return self.xp.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
+
+    # ------------------------------------------------------------------ activations
+    def _act(self, z, act, alpha):
+        xp = self.xp
+        one = z.dtype.type(1)
+        if act == LINEAR:
+            return z.copy()
+        if act == RELU:
+            return xp.maximum(z, 0)
+        if act == SIGMOID:
+            # 0.5 * tanh(0.5 z) + 0.5 never overflows, unlike 1 / (1 + exp(-z))
+            half = z.dtype.type(0.5)
+            return half * xp.tanh(half * z) + half
+        if act == TANH:
+            return xp.tanh(z)
+        if act == LEAKY_RELU:
+            return xp.where(z > 0, z, z.dtype.type(alpha) * z)
+        if act == ELU:
+            return xp.where(z > 0, z, z.dtype.type(alpha) * xp.expm1(xp.minimum(z, 0)))
+        if act == SOFTPLUS:
+            # log(1 + e^z) = max(z, 0) + log1p(e^-|z|), finite for any z
+            return xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z)))
+        raise ValueError(f"unknown activation code {act!r}")
+
+    def bias_act(self, x, b, act, alpha=0.0, *, out=None):
+        """``out = act(x + b)``, ``b: (D,)`` broadcast over the rows of ``x: (N, D)`` (``b=None``: no bias).
+
+        ``alpha`` is LeakyReLU's slope or ELU's scale. ``x`` is not written.
+        """
+        z = x if b is None else x + b
+        y = self._act(z, act, alpha)
+        if out is None:
+            return y
+        out[...] = y
+        return out
+
+    def _act_grad(self, y, act, alpha):
+        """The activation's derivative written in terms of its output ``y`` (so layers keep only ``y``)."""
+        xp = self.xp
+        one = y.dtype.type(1)
+        if act == LINEAR:
+            return xp.ones_like(y)
+        if act == RELU:
+            return (y > 0).astype(y.dtype)
+        if act == SIGMOID:
+            return y * (one - y)
+        if act == TANH:
+            return one - y * y
+        if act == LEAKY_RELU:
+            # y > 0 exactly where z > 0 when alpha > 0; with alpha == 0 this is ReLU's rule
+            return xp.where(y > 0, one, y.dtype.type(alpha))
+        if act == ELU:
+            # z <= 0: y = alpha (e^z - 1), so dy/dz = alpha e^z = y + alpha
+            return xp.where(y > 0, one, y + y.dtype.type(alpha))
+        if act == SOFTPLUS:
+            # dy/dz = sigmoid(z) = 1 - e^-y
+            return -xp.expm1(-y)
+        raise ValueError(f"unknown activation code {act!r}")
+
+    def act_backward(self, dout, y, act, alpha=0.0, *, out=None):
+        """``out = dout * act'(z)``, with ``act'`` computed from the forward output ``y``. ``dout`` is not written."""
+        dz = dout * self._act_grad(y, act, alpha)
+        if out is None:
+            return dz
+        out[...] = dz
+        return out
+
+    def bias_grad(self, dz, *, out=None):
+        """``out = dz.sum(axis=0)``: the bias gradient of ``dz: (N, D)``."""
+        return self.xp.sum(dz, axis=0, out=out)
+
+    def act_backward_bias_grad(self, dout, y, act, alpha=0.0, *, out=None, db=None):
+        """``act_backward`` then ``bias_grad`` in one pass: returns ``dz`` and writes ``db = dz.sum(0)``."""
+        dz = self.act_backward(dout, y, act, alpha, out=out)
+        self.bias_grad(dz, out=db)
+        return dz
+
+    # ------------------------------------------------------------------ dropout
+    def dropout_mask(self, shape, rate, seed, step, row0=0, *, dtype=numpy.float32, out=None):
+        """The inverted-dropout scale mask of ``shape = (N, D)``: ``1 / (1 - rate)`` where kept, else 0.
+
+        Element ``(i, j)`` is kept when ``u >= rate``, ``u`` being the top 24 bits of output
+        ``(row0 + i) * D + j`` of the splitmix64 stream started at ``dropout_base(seed, step)``
+        (see ``fastnn.kernels``): a pure function of (seed, step, global row, unit), the same on
+        every backend and unchanged when a batch is split across workers.
+        """
+        xp = self.xp
+        n, d = shape
+        base = xp.uint64(dropout_base(seed, step))
+        rows = xp.arange(row0, row0 + n, dtype=xp.uint64)[:, None]
+        cols = xp.arange(d, dtype=xp.uint64)[None, :]
+        z = base + (rows * xp.uint64(d) + cols) * xp.uint64(HASH_GOLDEN)
+        z = (z ^ (z >> xp.uint64(30))) * xp.uint64(MIX_M1)
+        z = (z ^ (z >> xp.uint64(27))) * xp.uint64(MIX_M2)
+        z = z ^ (z >> xp.uint64(31))
+        u = (z >> xp.uint64(40)).astype(numpy.float64) * (1.0 / (1 << 24))
+        dtype = numpy.dtype(dtype)
+        scale = dtype.type(1.0 / (1.0 - rate))
+        mask = xp.where(u >= rate, scale, dtype.type(0)).astype(dtype)
+        if out is None:
+            return mask
+        out[...] = mask
+        return out
+
+    def mul(self, x, y, *, out=None):
+        """``out = x * y`` elementwise (dropout forward and backward with a scale mask)."""
+        return self.xp.multiply(x, y, out=out)
+
+    # ------------------------------------------------------------------ softmax and losses
+    def softmax(self, x, *, out=None):
+        """Row-wise softmax of ``x: (N, C)``, max-subtracted so large inputs stay finite."""
+        xp = self.xp
+        e = xp.exp(x - x.max(axis=-1, keepdims=True))
+        y = e / e.sum(axis=-1, keepdims=True)
+        if out is None:
+            return y
+        out[...] = y
+        return out
+
+    def _targets(self, t, shape, dtype):
+        """Dense targets of ``shape`` from one-hot ``t: (N, C)`` or class indices ``t: (N,)``."""
+        if t.ndim == 2:
+            return t.astype(dtype, copy=False)
+        dense = self.xp.zeros(shape, dtype=dtype)
+        dense[self.xp.arange(shape[0]), t.astype(self.xp.int64)] = 1
+        return dense
+
+    def softmax_xent(self, x, t, *, y=None, dx=None):
+        """Mean softmax cross-entropy of logits ``x: (N, C)`` against one-hot ``t: (N, C)`` or indices ``t: (N,)``.
+
+        Returns the loss as a 0-d array of ``x``'s dtype (kept on the device), computed stably as
+        ``mean_i (logsumexp(x_i) - sum_j t_ij x_ij)``. Writes the probabilities into ``y`` and,
+        when given, the gradient ``(softmax(x) - t) / N`` into ``dx``.
+        """
+        xp = self.xp
+        n = x.shape[0]
+        m = x.max(axis=1, keepdims=True)
+        lse = m[:, 0] + xp.log(xp.exp(x - m).sum(axis=1))
+        dense = self._targets(t, x.shape, x.dtype)
+        loss = (lse * dense.sum(axis=1) - (dense * x).sum(axis=1)).sum() / x.dtype.type(n)
+        probs = self.softmax(x, out=y)
+        if dx is not None:
+            dx[...] = (probs - dense) / x.dtype.type(n)
+        return xp.asarray(loss, dtype=x.dtype)
+
+    def softmax_xent_backward(self, y, t, dout=1.0, *, out=None):
+        """``out = dout * (y - t) / N`` from the probabilities ``y: (N, C)`` and one-hot or index ``t``."""
+        dense = self._targets(t, y.shape, y.dtype)
+        dx = (y - dense) * (y.dtype.type(dout) / y.dtype.type(y.shape[0]))
+        if out is None:
+            return dx
+        out[...] = dx
+        return out
+
+    def sigmoid_bce(self, x, t, *, y=None, dx=None):
+        """Mean binary cross-entropy of logits ``x`` against targets ``t`` in [0, 1] (same shape).
+
+        ``loss = mean(max(x, 0) - x t + log1p(e^-|x|))``, stable for any ``x``. Writes the
+        probabilities into ``y`` and, when given, ``(sigmoid(x) - t) / x.size`` into ``dx``.
+        """
+        xp = self.xp
+        t = t.astype(x.dtype, copy=False)
+        loss = (xp.maximum(x, 0) - x * t + xp.log1p(xp.exp(-xp.abs(x)))).sum() / x.dtype.type(x.size)
+        probs = self.bias_act(x, None, SIGMOID, out=y)
+        if dx is not None:
+            dx[...] = (probs - t) / x.dtype.type(x.size)
+        return xp.asarray(loss, dtype=x.dtype)
+
+    def mse(self, y, t, scale, *, dx=None):
+        """``loss = scale * sum((y - t)^2)``; writes ``dx = 2 * scale * (y - t)`` when given.
+
+        Keras's ``"mse"`` is ``scale = 1 / y.size``; the book's per-sample ``0.5 * sum`` is ``scale = 0.5 / N``.
+        """
+        xp = self.xp
+        diff = y - t.astype(y.dtype, copy=False)
+        s = y.dtype.type(scale)
+        if dx is not None:
+            dx[...] = (2 * s) * diff
+        return xp.asarray((diff * diff).sum() * s, dtype=y.dtype)
+
+    # ------------------------------------------------------------------ batch normalization
+    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, momentum, eps, train,
+                          *, out=None):
+        """Batch normalization of ``x: (N, D)`` per column.
+
+        Training: normalise with the batch mean and (biased) variance, and update the running
+        statistics in place: ``running = momentum * running + (1 - momentum) * batch``.
+        Inference: normalise with the running statistics. Returns ``(y, xhat, inv_std)``.
+        """
+        xp = self.xp
+        dt = x.dtype.type
+        if train:
+            mu = x.mean(axis=0)
+            xc = x - mu
+            var = (xc * xc).mean(axis=0)
+            running_mean[...] = dt(momentum) * running_mean + dt(1 - momentum) * mu
+            running_var[...] = dt(momentum) * running_var + dt(1 - momentum) * var
+        else:
+            xc = x - running_mean
+            var = running_var
+        inv_std = dt(1) / xp.sqrt(var + dt(eps))
+        xhat = xc * inv_std
+        y = gamma * xhat + beta
+        if out is not None:
+            out[...] = y
+            y = out
+        return y, xhat, inv_std
+
+    def batchnorm_backward(self, dout, xhat, inv_std, gamma, *, dx=None, dgamma=None, dbeta=None):
+        """Gradients of training-mode batch normalization: returns ``dx`` and writes ``dgamma``, ``dbeta``."""
+        xp = self.xp
+        n = dout.shape[0]
+        dbeta_ = dout.sum(axis=0)
+        dgamma_ = (dout * xhat).sum(axis=0)
+        dxhat = dout * gamma
+        dx_ = inv_std / dout.dtype.type(n) * (
+            dout.dtype.type(n) * dxhat - dxhat.sum(axis=0) - xhat * (dxhat * xhat).sum(axis=0))
+        for buf, val in ((dgamma, dgamma_), (dbeta, dbeta_)):
+            if buf is not None:
+                buf[...] = val
+        if dx is None:
+            return dx_
+        dx[...] = dx_
+        return dx
+
+    # ------------------------------------------------------------------ optimizers (flat buffers)
+    def _flush(self, s):
+        """Set state values below the smallest normal number to zero, in place."""
+        s[self.xp.abs(s) < numpy.finfo(s.dtype).tiny] = 0
+
+    def _grad(self, p, g, weight_decay, scale):
+        dt = p.dtype.type
+        g = g * dt(scale) if scale != 1.0 else g
+        return g + dt(weight_decay) * p if weight_decay else g
+
+    def sq_norm(self, x):
+        """``sum(x^2)`` as a 0-d array of ``x``'s dtype (for global-norm clipping)."""
+        return self.xp.asarray(self.xp.vdot(x, x), dtype=x.dtype)
+
+    def sgd_step(self, p, g, lr, weight_decay=0.0, scale=1.0):
+        """SGD: ``g' = scale*g + wd*p; p -= lr*g'``. Updates ``p`` in place."""
+        g = self._grad(p, g, weight_decay, scale)
+        p -= p.dtype.type(lr) * g
+
+    def momentum_step(self, p, g, v, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False):
+        """Momentum, the book's form: ``v = m*v - lr*g'; p += v``.
+
+        Nesterov (``nesterov=True``) follows ``torch.optim.SGD``: ``v = m*v + g'; p -= lr*(g' + m*v)``.
+        ``g' = scale*g + wd*p``. Updates ``p`` and ``v`` in place.
+        """
+        dt = p.dtype.type
+        g = self._grad(p, g, weight_decay, scale)
+        if nesterov:
+            v *= dt(momentum)
+            v += g
+            p -= dt(lr) * (g + dt(momentum) * v)
+        else:
+            v *= dt(momentum)
+            v -= dt(lr) * g
+            p += v
+        self._flush(v)
+
+    def adagrad_step(self, p, g, h, lr, eps, weight_decay=0.0, scale=1.0):
+        """AdaGrad (Duchi et al. 2011), as ``torch.optim.Adagrad``: ``h += g'^2; p -= lr*g' / (sqrt(h) + eps)``."""
+        dt = p.dtype.type
+        g = self._grad(p, g, weight_decay, scale)
+        h += g * g
+        p -= dt(lr) * g / (self.xp.sqrt(h) + dt(eps))
+        self._flush(h)
+
+    def rmsprop_step(self, p, g, h, lr, rho, eps, weight_decay=0.0, scale=1.0):
+        """RMSprop (Tieleman & Hinton 2012), as ``torch.optim.RMSprop``:
+        ``h = rho*h + (1-rho)*g'^2; p -= lr*g' / (sqrt(h) + eps)``."""
+        dt = p.dtype.type
+        g = self._grad(p, g, weight_decay, scale)
+        h *= dt(rho)
+        h += dt(1 - rho) * g * g
+        p -= dt(lr) * g / (self.xp.sqrt(h) + dt(eps))
+        self._flush(h)
+
+    def adam_step(self, p, g, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0,
+                  decoupled=False):
+        """Adam (Kingma & Ba 2015) as ``torch.optim.Adam``, step number ``t >= 1``::
+
+            g' = scale*g (+ wd*p unless decoupled);  decoupled (AdamW): p *= 1 - lr*wd
+            m = b1*m + (1-b1)*g';  v = b2*v + (1-b2)*g'^2
+            p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+
+        Updates ``p``, ``m`` and ``v`` in place.
+        """
+        dt = p.dtype.type
+        if decoupled:
+            g = self._grad(p, g, 0.0, scale)
+            if weight_decay:
+                p *= dt(1.0 - lr * weight_decay)
+        else:
+            g = self._grad(p, g, weight_decay, scale)
+        m *= dt(beta1)
+        m += dt(1 - beta1) * g
+        v *= dt(beta2)
+        v += dt(1 - beta2) * g * g
+        step_size = dt(lr / (1.0 - beta1 ** t))
+        inv_sqrt_bc2 = dt(1.0 / numpy.sqrt(1.0 - beta2 ** t))
+        p -= step_size * m / (self.xp.sqrt(v) * inv_sqrt_bc2 + dt(eps))
+        self._flush(m)
+        self._flush(v)
+
+
+# The fused primitives a fast backend must define itself (the structure tests check this list).
+HOT_PRIMITIVES = (
+    "bias_act", "act_backward", "bias_grad", "act_backward_bias_grad", "dropout_mask", "mul",
+    "softmax", "softmax_xent", "softmax_xent_backward", "sigmoid_bce", "mse",
+    "batchnorm_forward", "batchnorm_backward", "sq_norm",
+    "sgd_step", "momentum_step", "adagrad_step", "rmsprop_step", "adam_step",
+)

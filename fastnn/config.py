@@ -1,0 +1,29 @@
+"""Every ``FASTNN_*`` environment variable, read once at import.
+
+| variable | meaning |
+|---|---|
+| ``FASTNN_BACKEND`` | process default backend: ``auto`` (default), ``cpu``, ``numpy``, ``numba``, ``cupy``, ``cuda``, ``cuda:N`` |
+| ``FASTNN_NUM_THREADS`` | caps BLAS (through threadpoolctl) and Numba threads together |
+
+Numba's own knobs (``NUMBA_NUM_THREADS``, ``NUMBA_CACHE_DIR``, ``NUMBA_DISABLE_JIT``) are Numba's and
+are documented, not wrapped.
+"""
+import os
+
+BACKEND = os.environ.get("FASTNN_BACKEND", "").strip() or None
+
+
+def _int_or_none(name):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+    return value
+
+
+NUM_THREADS = _int_or_none("FASTNN_NUM_THREADS")

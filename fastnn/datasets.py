@@ -1,0 +1,131 @@
+"""Datasets that never download: scikit-learn's bundled digits, MNIST from files you have, spirals.
+
+Every loader returns host NumPy arrays; models and layers move them to their backend once.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+
+import numpy
+
+__all__ = ["load_digits", "load_mnist", "make_spiral", "train_test_split", "one_hot"]
+
+
+def one_hot(t, classes=None, dtype=numpy.float32):
+    """``(N,)`` class indices -> ``(N, classes)`` one-hot rows."""
+    t = numpy.asarray(t).astype(numpy.int64).ravel()
+    classes = int(t.max()) + 1 if classes is None else int(classes)
+    out = numpy.zeros((t.size, classes), dtype=dtype)
+    out[numpy.arange(t.size), t] = 1
+    return out
+
+
+def train_test_split(x, t, test_size=0.2, seed=0, stratify=True):
+    """Split ``(x, t)`` into ``(x_train, t_train), (x_test, t_test)`` reproducibly for ``seed``.
+
+    ``test_size`` is a fraction in (0, 1) or a count. With ``stratify`` (the default) and index
+    labels, every class keeps its proportion (scikit-learn's splitter).
+    """
+    from sklearn.model_selection import train_test_split as _split
+
+    x = numpy.asarray(x)
+    t = numpy.asarray(t)
+    if len(x) != len(t):
+        raise ValueError(f"train_test_split: x has {len(x)} samples but t has {len(t)}")
+    strat = t if stratify and t.ndim == 1 else (t.argmax(1) if stratify and t.ndim == 2 else None)
+    x_tr, x_te, t_tr, t_te = _split(x, t, test_size=test_size, random_state=seed, stratify=strat)
+    return (x_tr, t_tr), (x_te, t_te)
+
+
+def load_digits(one_hot_label=False, test_size=360, dtype=numpy.float32, one_hot=None, flatten=True):
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images), scaled to [0, 1].
+
+    Returns ``(x_train, t_train), (x_test, t_test)`` with a fixed stratified split (1437 / 360
+    samples). ``x`` is ``(N, 64)`` (``flatten=False``: ``(N, 1, 8, 8)``, NCHW); ``t`` holds class
+    indices, or one-hot rows with ``one_hot_label=True`` (``one_hot=`` is a synonym).
+    """
+    from sklearn.datasets import load_digits as _load
+
+    if one_hot is not None:
+        one_hot_label = one_hot
+    data = _load()
+    x = (data.data / 16.0).astype(dtype)
+    t = data.target.astype(numpy.int64)
+    (x_tr, t_tr), (x_te, t_te) = train_test_split(x, t, test_size=test_size, seed=0)
+    if not flatten:
+        x_tr, x_te = x_tr.reshape(-1, 1, 8, 8), x_te.reshape(-1, 1, 8, 8)
+    if one_hot_label:
+        t_tr, t_te = globals()["one_hot"](t_tr, 10, dtype), globals()["one_hot"](t_te, 10, dtype)
+    return (x_tr, t_tr), (x_te, t_te)
+
+
+_IDX_DTYPES = {0x08: numpy.uint8, 0x09: numpy.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_MNIST_FILES = {
+    "train_img": "train-images-idx3-ubyte", "train_label": "train-labels-idx1-ubyte",
+    "test_img": "t10k-images-idx3-ubyte", "test_label": "t10k-labels-idx1-ubyte",
+}
+
+
+def read_idx(path):
+    """Read one IDX file (raw or ``.gz``) into a NumPy array, checking its header against its size."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path}: not an IDX file (bad magic number {data[:4]!r})")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path}: IDX header declares {ndim} dimensions but the file has {len(data)} bytes")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    dtype = numpy.dtype(_IDX_DTYPES[data[2]])
+    expected = int(numpy.prod(shape, dtype=numpy.int64)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise ValueError(f"{path}: IDX header declares shape {shape} ({expected} bytes) but the file holds "
+                         f"{len(data) - header} bytes of data")
+    return numpy.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+
+
+def _find(folder, stem):
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f"load_mnist: {stem} (or {stem}.gz) not found in {folder}; fastnn never downloads "
+                            f"data: put the four MNIST IDX files there")
+
+
+def load_mnist(path, normalize=True, flatten=True, one_hot_label=False, dtype=numpy.float32):
+    """MNIST (or Fashion-MNIST) from the four standard IDX files in folder ``path`` (raw or .gz).
+
+    Returns ``(x_train, t_train), (x_test, t_test)`` as the book's ``load_mnist`` does: ``x`` in
+    [0, 1] when ``normalize``, ``(N, 784)`` when ``flatten`` else ``(N, 1, 28, 28)``.
+    """
+    arrays = {key: read_idx(_find(path, stem)) for key, stem in _MNIST_FILES.items()}
+    out = []
+    for split in ("train", "test"):
+        x, t = arrays[f"{split}_img"], arrays[f"{split}_label"].astype(numpy.int64)
+        if len(x) != len(t):
+            raise ValueError(f"load_mnist: {split} images ({len(x)}) and labels ({len(t)}) differ in count")
+        x = x.astype(dtype)
+        if normalize:
+            x /= dtype(255.0) if isinstance(dtype, type) else numpy.dtype(dtype).type(255.0)
+        x = x.reshape(len(x), -1) if flatten else x.reshape(len(x), 1, *x.shape[1:])
+        out.append((x, one_hot(t, 10, dtype) if one_hot_label else t))
+    return tuple(out)
+
+
+def make_spiral(samples_per_class=100, classes=3, noise=0.2, seed=0, dtype=numpy.float32):
+    """The classic 2-D spiral toy problem: ``x: (samples_per_class*classes, 2)``, index labels ``t``."""
+    rng = numpy.random.default_rng(seed)
+    n = samples_per_class
+    x = numpy.empty((n * classes, 2), dtype=numpy.float64)
+    t = numpy.empty(n * classes, dtype=numpy.int64)
+    for c in range(classes):
+        r = numpy.linspace(0.0, 1.0, n)
+        theta = numpy.linspace(c * 4.0, (c + 1) * 4.0, n) + rng.standard_normal(n) * noise
+        x[c * n:(c + 1) * n] = numpy.c_[r * numpy.sin(theta), r * numpy.cos(theta)]
+        t[c * n:(c + 1) * n] = c
+    return x.astype(dtype), t

@@ -1,0 +1,19 @@
+"""Layers: the book's (``Affine``, ``Relu``, ``SoftmaxWithLoss``, ...) and Keras's (``Dense``, ...).
+
+Every layer has ``forward(x, train_flg=True)`` (Keras's ``training=`` works too) and
+``backward(dout)``, computes only through the active backend's primitives, and runs unchanged on
+NumPy, Numba and CuPy.
+"""
+from fastnn.layers.base import Layer
+from fastnn.layers.core import (
+    ACTIVATION_NAMES, Activation, Affine, Dense, Dropout, Elu, Flatten, LeakyRelu, PRelu, Relu,
+    Sigmoid, Softmax, Softplus, Tanh,
+)
+from fastnn.layers.normalization import BatchNormalization
+from fastnn.losses import MeanSquaredLoss, SigmoidWithLoss, SoftmaxWithLoss
+
+__all__ = [
+    "Layer", "Dense", "Affine", "Activation", "Relu", "Sigmoid", "Tanh", "LeakyRelu", "PRelu", "Elu",
+    "Softplus", "Softmax", "Dropout", "Flatten", "BatchNormalization", "SoftmaxWithLoss",
+    "SigmoidWithLoss", "MeanSquaredLoss", "ACTIVATION_NAMES",
+]

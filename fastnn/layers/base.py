@@ -1,0 +1,171 @@
+"""The public ``Layer`` base class: what built-in and user layers share.
+
+A layer makes its parameters in ``build(input_shape)`` with ``add_weight(name, shape, initializer)``;
+each weight is an attribute (``self.W``) with its gradient beside it (``self.dW``). A model packs
+every layer's weights into its flat buffer and rebinds the attributes to views into it, so the
+layer code never changes. ``forward(x, train_flg=True)`` and ``backward(dout)`` are the book's
+protocol; ``backward`` never writes into ``dout``.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+
+import numpy
+
+from fastnn import initializers
+from fastnn.backend import current, follow, is_device_array
+from fastnn.random import make_rng
+
+_counters: dict = {}
+
+
+def _auto_name(cls_name):
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", cls_name).lower()
+    counter = _counters.setdefault(snake, itertools.count(1))
+    return f"{snake}_{next(counter)}"
+
+
+def train_flag(train_flg, training):
+    """The book's ``train_flg`` with Keras's ``training=`` accepted as a synonym (it wins when given)."""
+    return bool(train_flg if training is None else training)
+
+
+def shape_str(shape):
+    return "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+
+
+class Layer:
+    """Base class of every layer.
+
+    Parameters
+    ----------
+    name : str, optional
+        Used in summaries and error messages; made unique automatically when omitted.
+    trainable : bool
+        ``False`` freezes the layer's weights (the optimizer skips them at no cost).
+    dtype : str or numpy.dtype, optional
+        The dtype of the weights this layer makes; a model sets it to its own.
+    input_shape : tuple, optional
+        Per-sample input shape (no batch axis) of the first layer of a model.
+    """
+
+    def __init__(self, name=None, trainable=True, dtype=None, input_shape=None):
+        self.name = name or _auto_name(type(self).__name__)
+        self.trainable = trainable
+        self.dtype = numpy.dtype(dtype) if dtype is not None else None
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.built = False
+        self.skip_input_grad = False  # the first layer's dx is not computed when nothing uses it
+        self.rng = None
+        self._ops = None  # fixed by a model at build; None: follow the inputs
+        self._weights = {}  # name -> {"trainable", "regularizer", "decay"}
+
+    # ------------------------------------------------------------------ backend
+    @property
+    def ops(self):
+        """The backend this layer computes on: the owning model's, else the current one."""
+        return self._ops if self._ops is not None else current()
+
+    def _ops_for(self, *arrays):
+        """The backend for a call: the model's if owned, else where the inputs live; moves this
+        layer's weights there once if they live elsewhere."""
+        ops = self._ops if self._ops is not None else follow(*arrays, *self.params.values())
+        for name in self._weights:
+            w = getattr(self, name)
+            if w is not None and not ops.owns(w):
+                setattr(self, name, ops.asarray(w))
+                g = getattr(self, "d" + name, None)
+                setattr(self, "d" + name, None if g is None else ops.asarray(g))
+        return ops
+
+    def _input(self, ops, x, dtype=None):
+        """``x`` on ``ops``'s device as a float array of ``dtype`` (the weights' dtype by default)."""
+        dtype = dtype or self.dtype
+        if not ops.owns(x):
+            if is_device_array(x) and ops.name != "cupy":
+                raise ValueError(
+                    f"{self.name}: x lives on the GPU ({x.device}) but this layer runs on the "
+                    f"{ops.name} backend; move it with fastnn.asnumpy(x)")
+            x = ops.asarray(x)
+        if dtype is not None and x.dtype != dtype:
+            x = x.astype(dtype)
+        elif x.dtype.kind not in "fc":
+            x = x.astype(numpy.float64)
+        return x
+
+    # ------------------------------------------------------------------ weights
+    def build(self, input_shape, rng=None):
+        """Make the parameters for inputs of ``input_shape`` (batch axis first, ``None``)."""
+        self.built = True
+
+    def _ensure_built(self, x_shape):
+        if not self.built:
+            self.build((None,) + tuple(x_shape[1:]))
+
+    def add_weight(self, name, shape, initializer="zeros", trainable=True, regularizer=None, decay=True):
+        """Make weight ``self.<name>`` (and its gradient ``self.d<name>``) from ``initializer``.
+
+        ``regularizer`` (e.g. ``fastnn.regularizers.l2(1e-4)``) adds its penalty to the loss and
+        gradient; ``decay=False`` excludes the weight from an optimizer's ``weight_decay``.
+        """
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"{self.name}: weight name must be an identifier, got {name!r}")
+        if self.rng is None:
+            self.rng = make_rng()
+        dtype = self.dtype or numpy.dtype(numpy.float32)
+        host = numpy.asarray(initializers.get(initializer)(tuple(shape), self.rng, dtype), dtype=dtype)
+        ops = self.ops
+        value = ops.asarray(host)
+        setattr(self, name, value)
+        setattr(self, "d" + name, ops.alloc(value.shape, value.dtype))
+        self._weights[name] = {"trainable": trainable, "regularizer": regularizer, "decay": decay}
+        return value
+
+    @property
+    def params(self):
+        """``{name: array}`` of this layer's weights (views into the model's flat buffer when owned)."""
+        return {name: getattr(self, name) for name in self._weights}
+
+    @property
+    def grads(self):
+        """``{name: gradient}``, filled by ``backward``."""
+        return {name: getattr(self, "d" + name) for name in self._weights}
+
+    def weight_info(self):
+        return dict(self._weights)
+
+    def count_params(self):
+        return int(sum(int(numpy.prod(w.shape)) for w in self.params.values()))
+
+    # ------------------------------------------------------------------ protocol
+    def forward(self, x, train_flg=True, training=None):
+        raise NotImplementedError(f"{type(self).__name__} must define forward(x, train_flg=True)")
+
+    def backward(self, dout):
+        raise NotImplementedError(f"{type(self).__name__} must define backward(dout)")
+
+    def __call__(self, x, training=False):
+        return self.forward(x, train_flg=training)
+
+    def compute_output_shape(self, input_shape):
+        """Output shape for ``input_shape`` (batch axis first); the identity by default."""
+        return tuple(input_shape)
+
+    def get_config(self):
+        """The constructor arguments that rebuild this layer (weights excluded)."""
+        return {"name": self.name, "trainable": self.trainable}
+
+    def __repr__(self):
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    def _require_forward(self, attr, dout=None):
+        value = getattr(self, attr, None)
+        if value is None:
+            raise ValueError(f"{self.name}: backward() was called before forward()")
+        if dout is not None:
+            shape = getattr(value, "shape", None)
+            if shape is not None and tuple(dout.shape) != tuple(shape):
+                raise ValueError(f"{self.name}: backward expected dout of shape {tuple(shape)} "
+                                 f"(the forward output's), got {tuple(dout.shape)}")
+        return value

@@ -1,0 +1,396 @@
+"""Dense/Affine, activations, Dropout and Flatten: the book's layers and Keras's, one class each."""
+from __future__ import annotations
+
+import numpy
+
+from fastnn.kernels import ACTIVATIONS, ELU, LEAKY_RELU, LINEAR, RELU, SIGMOID, SOFTPLUS, TANH
+from fastnn.layers.base import Layer, shape_str, train_flag
+from fastnn.random import draw_seed, make_rng
+
+SOFTMAX = "softmax"
+ACTIVATION_NAMES = tuple(ACTIVATIONS) + (SOFTMAX,)
+_DEFAULT_ALPHA = {LEAKY_RELU: 0.01, ELU: 1.0}
+
+
+def activation_code(name):
+    """``(code, alpha)`` for an activation name (``None`` means linear); ``code`` is ``"softmax"`` for softmax."""
+    if name is None:
+        return LINEAR, 0.0
+    if not isinstance(name, str):
+        raise TypeError(f"activation must be a name, got {type(name).__name__}; valid names: {', '.join(ACTIVATION_NAMES)}")
+    key = name.lower()
+    if key == SOFTMAX:
+        return SOFTMAX, 0.0
+    if key not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; valid names: {', '.join(ACTIVATION_NAMES)}")
+    code = ACTIVATIONS[key]
+    return code, _DEFAULT_ALPHA.get(code, 0.0)
+
+
+def _apply(ops, z, b, act, alpha):
+    """act(z + b) for any activation code, softmax included."""
+    if act == SOFTMAX:
+        return ops.softmax(z if b is None else ops.bias_act(z, b, LINEAR))
+    return ops.bias_act(z, b, act, alpha)
+
+
+def _apply_backward(ops, dout, y, act, alpha):
+    if act == SOFTMAX:
+        # dz = y * (dout - sum(dout * y)) per row: the softmax Jacobian-vector product
+        s = (dout * y).sum(axis=1, keepdims=True)
+        return y * (dout - s)
+    return ops.act_backward(dout, y, act, alpha)
+
+
+class Dense(Layer):
+    """Fully connected layer ``y = act(x @ W + b)`` with ``W: (D, units)``, ``b: (units,)``.
+
+    Parameters
+    ----------
+    units : int
+        Output width.
+    activation : str, optional
+        One of relu, sigmoid, tanh, leaky_relu, elu, softplus, softmax, linear (default: none).
+        The activation is fused with the bias add, and its backward with the bias gradient.
+    input_shape : tuple, optional
+        Per-sample input shape, e.g. ``(784,)``; inputs of more than 2 dimensions are flattened.
+    kernel_initializer, bias_initializer : str or callable
+    kernel_regularizer, bias_regularizer : optional ``fastnn.regularizers`` objects.
+    use_bias : bool
+    """
+
+    def __init__(self, units, activation=None, input_shape=None, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, use_bias=True,
+                 name=None, dtype=None, trainable=True):
+        super().__init__(name=name, trainable=trainable, dtype=dtype, input_shape=input_shape)
+        if isinstance(units, bool) or not isinstance(units, (int, numpy.integer)) or units <= 0:
+            raise ValueError(f"{self.name}: units must be a positive integer, got {units!r}")
+        self.units = int(units)
+        self.activation = activation
+        self.act, self.alpha = activation_code(activation)
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+        self.kernel_regularizer = kernel_regularizer
+        self.bias_regularizer = bias_regularizer
+        self.use_bias = use_bias
+        self.W = self.b = self.dW = self.db = None
+        self.x = self.y = None
+        self.x_shape = None
+
+    @property
+    def in_features(self):
+        return None if self.W is None else int(self.W.shape[0])
+
+    def build(self, input_shape, rng=None):
+        if rng is not None:
+            self.rng = rng
+        features = int(numpy.prod(input_shape[1:]))
+        self.add_weight("W", (features, self.units), self.kernel_initializer, regularizer=self.kernel_regularizer)
+        if self.use_bias:
+            self.add_weight("b", (self.units,), self.bias_initializer, regularizer=self.bias_regularizer)
+        self.built = True
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units)
+
+    def _label(self):
+        return f"{type(self).__name__}({self.in_features} -> {self.units})"
+
+    def _flat_input(self, x):
+        if x.ndim < 2:
+            raise ValueError(f"{self.name} {self._label()}: expected x of shape (N, {self.in_features}), got "
+                             f"{tuple(x.shape)}; a single sample needs a batch axis: x.reshape(1, -1)")
+        x2 = x.reshape(x.shape[0], -1)
+        if x2.shape[1] != self.in_features:
+            hint = "; flatten the input first" if x.ndim > 2 else ""
+            raise ValueError(f"{self.name} {self._label()}: expected x of shape (N, {self.in_features}), "
+                             f"got {tuple(x.shape)} ({x2.shape[1]} features){hint}")
+        return x2
+
+    def forward(self, x, train_flg=True, training=None):
+        """``y = act(x @ W + b)``; inputs with more than 2 dimensions are flattened per sample."""
+        self._ensure_built(x.shape)
+        ops = self._ops_for(x)
+        x = self._input(ops, x, self.W.dtype)
+        self.x_shape = x.shape
+        self.x = self._flat_input(x)
+        z = ops.gemm(self.x, self.W)
+        self.y = _apply(ops, z, self.b, self.act, self.alpha)
+        return self.y
+
+    def backward(self, dout):
+        """Fills ``dW``, ``db`` and returns ``dx`` in the shape of the forward input."""
+        y = self._require_forward("y", dout)
+        ops = self._ops_for(y)
+        dout = self._input(ops, dout, y.dtype)
+        if self.act == SOFTMAX:
+            dz = _apply_backward(ops, dout, y, self.act, self.alpha)
+            if self.use_bias:
+                ops.bias_grad(dz, out=self.db)
+        elif self.use_bias:
+            dz = ops.act_backward_bias_grad(dout, y, self.act, self.alpha, db=self.db)
+        else:
+            dz = ops.act_backward(dout, y, self.act, self.alpha)
+        ops.gemm(self.x, dz, trans_a=True, out=self.dW)
+        if self.skip_input_grad:
+            return None
+        return ops.gemm(dz, self.W, trans_b=True).reshape(self.x_shape)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(units=self.units, activation=self.activation, use_bias=self.use_bias,
+                   input_shape=self.input_shape,
+                   kernel_initializer=self.kernel_initializer if isinstance(self.kernel_initializer, str) else None)
+        return cfg
+
+
+class Affine(Dense):
+    """The book's ``Affine(W, b)``: ``out = x @ W + b`` on the very arrays it is given.
+
+    The layer keeps ``W`` and ``b`` by reference, so ``params["W1"] -= lr * grads["W1"]`` trains
+    it; on a CuPy backend host arrays are moved to the device once and ``layer.W`` is the moved
+    array. After ``backward`` the gradients are in ``dW``, ``db``. Inputs with more than two
+    dimensions are flattened, and ``dx`` comes back in their shape. The computation runs in the
+    dtype of ``W`` (inputs are cast to it).
+    """
+
+    def __init__(self, W, b, name=None):
+        W_shape = getattr(W, "shape", None)
+        if W_shape is None or len(W_shape) != 2:
+            raise ValueError(f"Affine: W must be a 2-D array (D, H), got {type(W).__name__} of shape {W_shape}")
+        super().__init__(int(W_shape[1]), name=name, dtype=W.dtype)
+        b_shape = getattr(b, "shape", None)
+        if b_shape is None or tuple(b_shape) != (W_shape[1],):
+            raise ValueError(f"{self.name}: b must have shape ({W_shape[1]},) to match W of shape {tuple(W_shape)}, "
+                             f"got {b_shape}")
+        if W.dtype.kind != "f":
+            raise TypeError(f"{self.name}: W must be a float array, got dtype {W.dtype}")
+        self.W, self.b = W, b
+        self._weights = {"W": {"trainable": True, "regularizer": None, "decay": True},
+                         "b": {"trainable": True, "regularizer": None, "decay": True}}
+        self.dW = self.db = None
+        self.built = True
+
+    def backward(self, dout):
+        ops = self._ops_for(self._require_forward("y", dout))
+        if self.dW is None or self.dW.shape != self.W.shape or not ops.owns(self.dW):
+            self.dW = ops.alloc(self.W.shape, self.W.dtype)
+            self.db = ops.alloc(self.b.shape, self.b.dtype)
+        return super().backward(dout)
+
+    def get_config(self):
+        raise TypeError(f"{self.name}: Affine holds the arrays it was given; use Dense to save a model")
+
+
+class Activation(Layer):
+    """An activation as a layer: ``Activation("relu")``. Backward uses only the forward output ``y``."""
+
+    def __init__(self, activation, name=None, alpha=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.activation = activation
+        self.act, default_alpha = activation_code(activation)
+        self.alpha = default_alpha if alpha is None else float(alpha)
+        self.y = None
+
+    def forward(self, x, train_flg=True, training=None):
+        ops = self._ops_for(x)
+        x = self._input(ops, x, x.dtype if getattr(x, "dtype", None) is not None and x.dtype.kind == "f" else None)
+        if self.act == SOFTMAX and x.ndim != 2:
+            raise ValueError(f"{self.name}: softmax expects x of shape (N, C), got {tuple(x.shape)}")
+        self.y = _apply(ops, x, None, self.act, self.alpha)
+        return self.y
+
+    def backward(self, dout):
+        y = self._require_forward("y", dout)
+        ops = self._ops_for(y)
+        return _apply_backward(ops, self._input(ops, dout, y.dtype), y, self.act, self.alpha)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(activation=self.activation, alpha=self.alpha)
+        return cfg
+
+
+class Relu(Activation):
+    """``max(0, x)``; ``backward`` passes ``dout`` where the output is positive (``dout`` is not written)."""
+
+    def __init__(self, name=None, **kwargs):
+        super().__init__("relu", name=name, **kwargs)
+
+
+class Sigmoid(Activation):
+    """``1 / (1 + e^-x)``; ``backward`` is ``dout * y * (1 - y)``."""
+
+    def __init__(self, name=None, **kwargs):
+        super().__init__("sigmoid", name=name, **kwargs)
+
+
+class Tanh(Activation):
+    """``tanh(x)``; ``backward`` is ``dout * (1 - y^2)``."""
+
+    def __init__(self, name=None, **kwargs):
+        super().__init__("tanh", name=name, **kwargs)
+
+
+class LeakyRelu(Activation):
+    """``x`` where positive, ``alpha * x`` elsewhere (``alpha > 0``)."""
+
+    def __init__(self, alpha=0.01, name=None, **kwargs):
+        if not alpha > 0:
+            raise ValueError(f"LeakyRelu: alpha must be > 0, got {alpha!r}")
+        super().__init__("leaky_relu", name=name, alpha=alpha, **kwargs)
+
+
+class Elu(Activation):
+    """``x`` where positive, ``alpha * (e^x - 1)`` elsewhere."""
+
+    def __init__(self, alpha=1.0, name=None, **kwargs):
+        if not alpha > 0:
+            raise ValueError(f"Elu: alpha must be > 0, got {alpha!r}")
+        super().__init__("elu", name=name, alpha=alpha, **kwargs)
+
+
+class Softplus(Activation):
+    """``log(1 + e^x)``, computed stably."""
+
+    def __init__(self, name=None, **kwargs):
+        super().__init__("softplus", name=name, **kwargs)
+
+
+class Softmax(Activation):
+    """Row-wise softmax of ``x: (N, C)``. With a cross-entropy loss use ``SoftmaxWithLoss`` instead:
+    it is fused and numerically stable."""
+
+    def __init__(self, name=None, **kwargs):
+        super().__init__("softmax", name=name, **kwargs)
+
+
+class PRelu(Layer):
+    """Parametric ReLU (He et al. 2015): ``x`` where positive, ``alpha * x`` elsewhere, with a
+    learnable slope per unit (``alpha`` has the per-sample input shape, initialised to
+    ``alpha_initializer``). ``backward`` fills ``dalpha``."""
+
+    def __init__(self, alpha_initializer=0.25, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.alpha_initializer = alpha_initializer
+        self.alpha = self.dalpha = None
+        self.x = None
+
+    def build(self, input_shape, rng=None):
+        if rng is not None:
+            self.rng = rng
+        self.add_weight("alpha", tuple(input_shape[1:]), self.alpha_initializer, decay=False)
+        self.built = True
+
+    def forward(self, x, train_flg=True, training=None):
+        if self.dtype is None and getattr(x, "dtype", None) is not None and x.dtype.kind == "f":
+            self.dtype = x.dtype
+        self._ensure_built(x.shape)
+        ops = self._ops_for(x)
+        x = self._input(ops, x, self.alpha.dtype)
+        if tuple(x.shape[1:]) != tuple(self.alpha.shape):
+            raise ValueError(f"{self.name}: expected x of shape {shape_str((None,) + self.alpha.shape)}, got {tuple(x.shape)}")
+        self.x = x
+        return ops.xp.where(x > 0, x, self.alpha * x)
+
+    def backward(self, dout):
+        x = self._require_forward("x", dout)
+        ops = self._ops_for(x)
+        dout = self._input(ops, dout, x.dtype)
+        neg = x <= 0
+        ops.xp.sum(ops.xp.where(neg, x * dout, 0), axis=0, out=self.dalpha)
+        return ops.xp.where(neg, self.alpha * dout, dout)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(alpha_initializer=self.alpha_initializer)
+        return cfg
+
+
+class Dropout(Layer):
+    """Inverted dropout, as in Keras and PyTorch.
+
+    Training: ``y = x * mask / (1 - rate)`` with ``mask`` drawn per unit; inference: ``y = x``.
+    The book's ``Dropout`` is the non-inverted form (it scales by ``1 - ratio`` at inference
+    instead); both give the same expected activations, but weights trained with one are not
+    interchangeable with the other.
+
+    ``Dropout(0.5)``, ``Dropout(rate=0.5)`` and ``Dropout(dropout_ratio=0.5)`` are the same. Masks
+    are a counter-based hash of (seed, step, sample, unit), identical on every backend; a model's
+    training loop advances ``step`` once per batch, and a layer used on its own draws a new mask
+    at each training-mode ``forward``.
+    """
+
+    def __init__(self, rate=None, *, dropout_ratio=None, seed=None, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        if rate is not None and dropout_ratio is not None and rate != dropout_ratio:
+            raise ValueError(f"{self.name}: give either rate or dropout_ratio, got {rate} and {dropout_ratio}")
+        rate = 0.5 if rate is None and dropout_ratio is None else (rate if rate is not None else dropout_ratio)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise ValueError(f"{self.name}: rate must be a number in [0, 1), got {rate!r}")
+        self.rate = float(rate)
+        self.seed = seed
+        self.step = None  # set by a training loop; None: count this layer's own forward calls
+        self.row0 = 0  # global index of the batch's first sample (data-parallel shards)
+        self._calls = 0
+        self.mask = None
+
+    @property
+    def dropout_ratio(self):
+        return self.rate
+
+    def build(self, input_shape, rng=None):
+        if self.seed is None:
+            self.seed = draw_seed(rng if rng is not None else make_rng())
+        self.built = True
+
+    def forward(self, x, train_flg=True, training=None):
+        if not train_flag(train_flg, training) or self.rate == 0:
+            self.mask = None
+            return x
+        if self.seed is None:
+            self.build(None)
+        ops = self._ops_for(x)
+        x = self._input(ops, x, x.dtype if x.dtype.kind == "f" else None)
+        step = self.step
+        if step is None:
+            step = self._calls
+            self._calls += 1
+        flat = x.reshape(x.shape[0], -1)
+        self.mask = ops.dropout_mask(flat.shape, self.rate, self.seed, step, self.row0, dtype=x.dtype)
+        return ops.mul(flat, self.mask).reshape(x.shape)
+
+    def backward(self, dout):
+        if self.mask is None:
+            return dout
+        ops = self._ops_for(self.mask)
+        dout = self._input(ops, dout, self.mask.dtype)
+        flat = dout.reshape(dout.shape[0], -1)
+        if flat.shape != self.mask.shape:
+            raise ValueError(f"{self.name}: backward expected dout with {self.mask.shape[1]} units per sample "
+                             f"and {self.mask.shape[0]} rows, got shape {tuple(dout.shape)}")
+        return ops.mul(flat, self.mask).reshape(dout.shape)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(rate=self.rate, seed=self.seed)
+        return cfg
+
+
+class Flatten(Layer):
+    """``(N, d1, d2, ...) -> (N, d1*d2*...)``; backward restores the shape."""
+
+    def __init__(self, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.x_shape = None
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], int(numpy.prod(input_shape[1:])))
+
+    def forward(self, x, train_flg=True, training=None):
+        self.x_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dout):
+        shape = self._require_forward("x_shape")
+        return dout.reshape(shape)

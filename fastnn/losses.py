@@ -1,0 +1,138 @@
+"""Loss layers: ``forward(y, t)`` returns the loss, ``backward(dout=1)`` the gradient of the input.
+
+Each computes stably (log-sum-exp for softmax, the logits form for sigmoid) and validates its
+labels on every call, as book layers do.
+"""
+from __future__ import annotations
+
+import numpy
+
+from fastnn.backend import follow, is_device_array
+
+__all__ = ["SoftmaxWithLoss", "SigmoidWithLoss", "MeanSquaredLoss", "check_labels"]
+
+
+def _host_min_max(xp, t):
+    return float(t.min()), float(t.max())
+
+
+def check_labels(owner, t, n, classes, xp):
+    """Validate targets for ``n`` rows of ``classes`` outputs; returns ``t`` as int64 indices or float one-hot.
+
+    Index labels are integers, or floats holding whole numbers, in ``[0, classes)``. One-hot
+    targets are floats of shape ``(n, classes)``.
+    """
+    if t.ndim == 2 and t.shape[1] == 1 and classes != 1:
+        t = t.reshape(-1)
+    if t.ndim == 1:
+        if t.shape[0] != n:
+            raise ValueError(f"{owner}: x has {n} rows but t has {t.shape[0]} labels")
+        if t.dtype.kind not in "iuf" and t.dtype != numpy.bool_:
+            raise TypeError(f"{owner}: labels t must be integers, got dtype {t.dtype}")
+        if n:
+            lo, hi = _host_min_max(xp, t)
+            if numpy.isnan(lo) or numpy.isnan(hi):
+                raise ValueError(f"{owner}: labels t contain NaN")
+            if t.dtype.kind == "f" and not bool(xp.all(t == xp.floor(t))):
+                raise ValueError(f"{owner}: class-index labels t must be whole numbers, got non-integer floats")
+            if lo < 0 or hi >= classes:
+                raise ValueError(f"{owner}: labels t must be in [0, {classes - 1}] for {classes} classes, "
+                                 f"got min {lo:g}, max {hi:g}")
+        return t.astype(numpy.int64, copy=False)
+    if t.ndim == 2:
+        if t.shape != (n, classes):
+            raise ValueError(f"{owner}: one-hot t must have shape ({n}, {classes}) to match x, got {tuple(t.shape)}")
+        return t
+    raise ValueError(f"{owner}: t must be class indices (N,) or one-hot (N, C), got shape {tuple(t.shape)}")
+
+
+class _LossLayer:
+    def __init__(self, name=None):
+        self.name = name or type(self).__name__
+        self.loss = None
+        self.y = None
+        self.t = None
+
+    def _prepare(self, x, t):
+        ops = follow(x, t)
+        if not ops.owns(x):
+            if is_device_array(x):
+                raise ValueError(f"{self.name}: x lives on the GPU but the current backend is {ops.name}; "
+                                 f"use fastnn.asnumpy(x)")
+            x = ops.asarray(x)
+        if x.dtype.kind != "f":
+            x = x.astype(numpy.float64)
+        if not ops.owns(t):
+            t = ops.asarray(t)
+        if x.ndim != 2:
+            raise ValueError(f"{self.name}: expected x of shape (N, C), got {tuple(x.shape)}; "
+                             f"a single sample needs a batch axis: x.reshape(1, -1)")
+        return ops, x, t
+
+    def _check_backward(self):
+        if self.y is None:
+            raise ValueError(f"{self.name}: backward() was called before forward()")
+
+
+class SoftmaxWithLoss(_LossLayer):
+    """Softmax followed by cross-entropy, fused: ``forward(x, t)`` takes the scores ``x: (N, C)``
+    and one-hot ``t: (N, C)`` or class indices ``t: (N,)``, and returns the mean loss, computed
+    stably as ``logsumexp(x) - x[t]``. ``backward(dout=1)`` returns ``dout * (y - t) / N`` where
+    ``y`` is the softmax output (kept as ``self.y``)."""
+
+    def forward(self, x, t):
+        ops, x, t = self._prepare(x, t)
+        self.t = check_labels(self.name, t, x.shape[0], x.shape[1], ops.xp)
+        if self.t.ndim == 2 and self.t.dtype != x.dtype:
+            self.t = self.t.astype(x.dtype)
+        self.ops = ops
+        self.loss = ops.softmax_xent(x, self.t)
+        self.y = ops.softmax(x)
+        return self.loss[()]
+
+    def backward(self, dout=1):
+        self._check_backward()
+        return self.ops.softmax_xent_backward(self.y, self.t, dout)
+
+
+class SigmoidWithLoss(_LossLayer):
+    """Sigmoid followed by binary cross-entropy, fused: ``forward(x, t)`` with targets in [0, 1] of
+    ``x``'s shape returns the mean over all elements; ``backward(dout=1)`` returns
+    ``dout * (sigmoid(x) - t) / x.size``."""
+
+    def forward(self, x, t):
+        ops, x, t = self._prepare(x, t)
+        if t.shape != x.shape:
+            t = t.reshape(x.shape) if t.size == x.size else t
+        if t.shape != x.shape:
+            raise ValueError(f"{self.name}: t must have x's shape {tuple(x.shape)}, got {tuple(t.shape)}")
+        self.ops = ops
+        self.t = t.astype(x.dtype, copy=False)
+        self.dx = ops.xp.empty_like(x)
+        self.y = ops.xp.empty_like(x)
+        self.loss = ops.sigmoid_bce(x, self.t, y=self.y, dx=self.dx)
+        return self.loss[()]
+
+    def backward(self, dout=1):
+        self._check_backward()
+        return self.dx * self.dx.dtype.type(dout)
+
+
+class MeanSquaredLoss(_LossLayer):
+    """``forward(y, t)`` returns ``0.5 * sum((y - t)^2) / N`` (the book's ``mean_squared_error`` per
+    sample, averaged over the batch); ``backward(dout=1)`` returns ``dout * (y - t) / N``.
+    (``compile(loss="mse")`` is Keras's mean over every element instead.)"""
+
+    def forward(self, y, t):
+        ops, y, t = self._prepare(y, t)
+        if t.shape != y.shape:
+            raise ValueError(f"{self.name}: t must have y's shape {tuple(y.shape)}, got {tuple(t.shape)}")
+        self.ops = ops
+        self.y = y
+        self.dx = ops.xp.empty_like(y)
+        self.loss = ops.mse(y, t, 0.5 / y.shape[0], dx=self.dx)
+        return self.loss[()]
+
+    def backward(self, dout=1):
+        self._check_backward()
+        return self.dx * self.dx.dtype.type(dout)

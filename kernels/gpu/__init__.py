@@ -1,0 +1,1 @@
+"""CUDA C kernels (``*.cu``) and their CuPy launchers, loaded lazily at first use."""

@@ -1,0 +1,65 @@
+"""Packaging for fastnn (distribution name ``fastnn-engine``; import name ``fastnn``).
+
+``kernels/`` installs as ``fastnn.kernels`` and ``bench/`` as ``fastnn.bench``
+through ``package_dir``; CUDA sources ship as package data.
+"""
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "fastnn" / "_version.py").read_text()).group(1)
+
+setup(
+    name="fastnn-engine",
+    version=VERSION,
+    description="Neural networks from scratch, fast: one API on NumPy, Numba (CPU) and CuPy (NVIDIA GPU)",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=[
+        "fastnn",
+        "fastnn.backend",
+        "fastnn.layers",
+        "fastnn.kernels",
+        "fastnn.kernels.cpu",
+        "fastnn.kernels.gpu",
+        "fastnn.bench",
+    ],
+    package_dir={
+        "fastnn": "fastnn",
+        "fastnn.kernels": "kernels",
+        "fastnn.kernels.cpu": "kernels/cpu",
+        "fastnn.kernels.gpu": "kernels/gpu",
+        "fastnn.bench": "bench",
+    },
+    package_data={"fastnn.kernels.gpu": ["*.cu", "*.cuh"]},
+    install_requires=[
+        "numpy>=1.24",
+        "numba>=0.59",
+        "scikit-learn>=1.3",
+        "tqdm>=4.60",
+        "threadpoolctl>=3.1",
+    ],
+    extras_require={
+        # Only one CuPy may be installed at a time: pick the extra matching your CUDA major version.
+        "cuda12": ["cupy-cuda12x>=14.2"],
+        "cuda13": ["cupy-cuda13x>=14.2"],
+        "plot": ["matplotlib>=3.6"],
+        "mpi": ["mpi4py>=3.1"],
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "scikit-learn>=1.3", "matplotlib>=3.6"],
+    },
+    entry_points={
+        "console_scripts": [
+            "fastnn=fastnn.__main__:main",
+            "fastnn-bench=fastnn.bench.cli:main",
+        ]
+    },
+    classifiers=[
+        "License :: OSI Approved :: MIT License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
