@@ -1,0 +1,44 @@
+"""Helpers for testing code on every backend (fastnn's own tests use them; so can yours).
+
+``BACKENDS`` parametrises a test over every backend this machine can run: numpy always, numba
+when it imports, cupy when CuPy and a CUDA device answer (otherwise skipped with the reason).
+"""
+import numpy
+
+from fastnn.backend import select
+
+RTOL = {numpy.dtype(numpy.float32): 1e-5, numpy.dtype(numpy.float64): 1e-12}
+ATOL = {numpy.dtype(numpy.float32): 1e-6, numpy.dtype(numpy.float64): 1e-13}
+
+
+def has_numba():
+    return select.probe_numba().ok
+
+
+def has_gpu():
+    return select.probe_cupy(0).ok
+
+
+def backend_params():
+    """``pytest.param`` entries for every backend, with skip marks and reasons."""
+    import pytest
+
+    return [
+        "numpy",
+        pytest.param("numba", marks=pytest.mark.skipif(not has_numba(), reason="needs numba: " + select.probe_numba().reason)),
+        pytest.param("cupy", marks=[pytest.mark.gpu, pytest.mark.skipif(
+            not has_gpu(), reason="needs CuPy and a CUDA GPU: " + select.probe_cupy(0).reason)]),
+    ]
+
+
+def host(a):
+    """A host NumPy copy of any backend's array (or scalar)."""
+    return a.get() if hasattr(a, "get") and not isinstance(a, numpy.ndarray) else numpy.asarray(a)
+
+
+def assert_close(actual, expected, dtype=None, rtol=None, atol=None, err_msg=""):
+    """``assert_allclose`` on host copies, with tolerances from ``RTOL``/``ATOL`` by dtype."""
+    actual, expected = host(actual), host(expected)
+    dtype = numpy.dtype(dtype or expected.dtype)
+    numpy.testing.assert_allclose(actual, expected, rtol=RTOL.get(dtype, 1e-5) if rtol is None else rtol,
+                                  atol=ATOL.get(dtype, 1e-6) if atol is None else atol, err_msg=err_msg)
