@@ -9,7 +9,10 @@ import numpy
 
 from fastnn.backend import follow, is_device_array
 
-__all__ = ["SoftmaxWithLoss", "SigmoidWithLoss", "MeanSquaredLoss", "check_labels"]
+__all__ = [
+    "SoftmaxWithLoss", "SigmoidWithLoss", "MeanSquaredLoss", "check_labels", "Loss", "CategoricalCrossentropy",
+    "SparseCategoricalCrossentropy", "BinaryCrossentropy", "MeanSquaredError", "get", "LOSS_NAMES",
+]
 
 
 def _host_min_max(xp, t):
@@ -136,3 +139,135 @@ class MeanSquaredLoss(_LossLayer):
     def backward(self, dout=1):
         self._check_backward()
         return self.dx * self.dx.dtype.type(dout)
+
+
+# ---------------------------------------------------------------- Keras-named losses for compile()
+class Loss:
+    """A loss for ``compile``: ``compute(ops, out, t, dx)`` returns the mean loss (0-d, on the device)
+    and writes the gradient with respect to ``out`` into ``dx``.
+
+    ``fuse(last_activation)`` tells whether the model may hand it the logits of a final softmax
+    (or sigmoid) instead of the probabilities: the pair is then computed as one stable kernel,
+    and ``predict`` applies the activation itself.
+    """
+
+    name = "loss"
+    labels = "dense"  # "index" (sparse), "one_hot" or "dense"
+
+    def __init__(self, from_logits=False):
+        self.from_logits = bool(from_logits)
+        self.fused = False
+
+    def fuse(self, last_activation):
+        return False
+
+    def compute(self, ops, out, t, dx):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {"name": self.name, "from_logits": self.from_logits}
+
+
+class CategoricalCrossentropy(Loss):
+    """Cross-entropy against one-hot targets ``(N, C)``; mean over the batch."""
+
+    name = "categorical_crossentropy"
+    labels = "one_hot"
+
+    def fuse(self, last_activation):
+        self.fused = last_activation == "softmax"
+        return self.fused
+
+    def compute(self, ops, out, t, dx):
+        if self.fused or self.from_logits:
+            return ops.softmax_xent(out, t, dx=dx)
+        # probabilities from an unfused model: clip as Keras does
+        xp = ops.xp
+        eps = out.dtype.type(1e-7)
+        p = xp.clip(out, eps, out.dtype.type(1) - eps)
+        dense = ops._targets(t, out.shape, out.dtype)
+        n = out.dtype.type(out.shape[0])
+        if dx is not None:
+            dx[...] = -dense / p / n
+        return xp.asarray(-(dense * xp.log(p)).sum() / n, dtype=out.dtype)
+
+
+class SparseCategoricalCrossentropy(CategoricalCrossentropy):
+    """Cross-entropy against class indices ``(N,)``; mean over the batch."""
+
+    name = "sparse_categorical_crossentropy"
+    labels = "index"
+
+
+class BinaryCrossentropy(Loss):
+    """Binary cross-entropy against targets in [0, 1] of the output's shape; mean over all elements."""
+
+    name = "binary_crossentropy"
+
+    def fuse(self, last_activation):
+        self.fused = last_activation == "sigmoid"
+        return self.fused
+
+    def compute(self, ops, out, t, dx):
+        if self.fused or self.from_logits:
+            return ops.sigmoid_bce(out, t, dx=dx)
+        xp = ops.xp
+        eps = out.dtype.type(1e-7)
+        p = xp.clip(out, eps, out.dtype.type(1) - eps)
+        t = t.astype(out.dtype, copy=False)
+        size = out.dtype.type(out.size)
+        if dx is not None:
+            dx[...] = (p - t) / (p * (1 - p)) / size
+        return xp.asarray(-(t * xp.log(p) + (1 - t) * xp.log1p(-p)).sum() / size, dtype=out.dtype)
+
+
+class MeanSquaredError(Loss):
+    """Keras's ``"mse"``: the mean of ``(y - t)^2`` over every element (no 0.5)."""
+
+    name = "mse"
+
+    def compute(self, ops, out, t, dx):
+        return ops.mse(out, t, 1.0 / out.size, dx=dx)
+
+
+class CustomLoss(Loss):
+    """Wraps a user object with ``forward(y, t)`` and ``backward()`` (like ``SoftmaxWithLoss``)."""
+
+    def __init__(self, obj):
+        super().__init__()
+        self.obj = obj
+        self.name = getattr(obj, "name", type(obj).__name__)
+
+    def compute(self, ops, out, t, dx):
+        loss = self.obj.forward(out, t)
+        if dx is not None:
+            dx[...] = self.obj.backward()
+        return ops.xp.asarray(loss, dtype=out.dtype)
+
+
+_NAMED_LOSSES = {
+    "categorical_crossentropy": CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+    "binary_crossentropy": BinaryCrossentropy,
+    "mse": MeanSquaredError,
+    "mean_squared_error": MeanSquaredError,
+}
+LOSS_NAMES = tuple(_NAMED_LOSSES)
+
+
+def get(loss):
+    """A ``Loss`` from a Keras name, a ``Loss`` instance, a layer-like object with ``forward(y, t)`` and
+    ``backward()``, or a class of such objects."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, str):
+        cls = _NAMED_LOSSES.get(loss.lower())
+        if cls is None:
+            raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(LOSS_NAMES)}")
+        return cls()
+    if isinstance(loss, type):
+        loss = loss()
+    if hasattr(loss, "forward") and hasattr(loss, "backward"):
+        return CustomLoss(loss)
+    raise TypeError(f"loss must be a name ({', '.join(LOSS_NAMES)}), a Loss, or an object with forward(y, t) "
+                    f"and backward(); got {type(loss).__name__}")

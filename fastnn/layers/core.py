@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy
 
-from fastnn.kernels import ACTIVATIONS, ELU, LEAKY_RELU, LINEAR, RELU, SIGMOID, SOFTPLUS, TANH
+from fastnn.kernels import ACTIVATIONS, ELU, LEAKY_RELU, LINEAR
 from fastnn.layers.base import Layer, shape_str, train_flag
 from fastnn.random import draw_seed, make_rng
 
@@ -76,6 +76,12 @@ class Dense(Layer):
         self.W = self.b = self.dW = self.db = None
         self.x = self.y = None
         self.x_shape = None
+        # set by a model that fuses a final softmax/sigmoid into its loss: emit the logits
+        self.logits_only = False
+
+    @property
+    def _act_now(self):
+        return LINEAR if self.logits_only else self.act
 
     @property
     def in_features(self):
@@ -115,7 +121,7 @@ class Dense(Layer):
         self.x_shape = x.shape
         self.x = self._flat_input(x)
         z = ops.gemm(self.x, self.W)
-        self.y = _apply(ops, z, self.b, self.act, self.alpha)
+        self.y = _apply(ops, z, self.b, self._act_now, self.alpha)
         return self.y
 
     def backward(self, dout):
@@ -123,14 +129,19 @@ class Dense(Layer):
         y = self._require_forward("y", dout)
         ops = self._ops_for(y)
         dout = self._input(ops, dout, y.dtype)
-        if self.act == SOFTMAX:
-            dz = _apply_backward(ops, dout, y, self.act, self.alpha)
+        act = self._act_now
+        if act == SOFTMAX:
+            dz = _apply_backward(ops, dout, y, act, self.alpha)
+            if self.use_bias:
+                ops.bias_grad(dz, out=self.db)
+        elif act == LINEAR:
+            dz = dout
             if self.use_bias:
                 ops.bias_grad(dz, out=self.db)
         elif self.use_bias:
-            dz = ops.act_backward_bias_grad(dout, y, self.act, self.alpha, db=self.db)
+            dz = ops.act_backward_bias_grad(dout, y, act, self.alpha, db=self.db)
         else:
-            dz = ops.act_backward(dout, y, self.act, self.alpha)
+            dz = ops.act_backward(dout, y, act, self.alpha)
         ops.gemm(self.x, dz, trans_a=True, out=self.dW)
         if self.skip_input_grad:
             return None

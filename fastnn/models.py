@@ -1,0 +1,452 @@
+"""``Sequential``: Keras's model API (``compile``, ``fit``, ``evaluate``, ``predict``) on fastnn's layers.
+
+The model captures its backend when it is built, owns its parameters in one flat buffer
+(``fastnn.params.FlatParams``) whose views the layers hold, and trains with one fused optimizer
+primitive per step. Inputs move to the backend's device once per call; batches are gathered there.
+``predict``, ``evaluate``, ``get_weights`` and the ``History`` give host NumPy values, as Keras does.
+"""
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy
+
+from fastnn import losses as _losses
+from fastnn import metrics as _metrics
+from fastnn import optimizers as _optimizers
+from fastnn.backend import current, get_ops, is_device_array
+from fastnn.layers.base import Layer, shape_str
+from fastnn.layers.core import SOFTMAX, Activation, Dense, Dropout
+from fastnn.kernels import SIGMOID
+from fastnn.params import FlatParams
+from fastnn.random import make_rng
+from fastnn.training import ShuffleSampler, progress_callbacks, run_loop
+
+__all__ = ["Sequential"]
+
+
+def _positive_int(owner, name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value <= 0:
+        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class Sequential:
+    """A linear stack of layers.
+
+    Parameters
+    ----------
+    layers : list of Layer, optional
+    dtype : "float32" (default) or "float64"
+        Every weight and every computation; inputs are cast to it.
+    seed : int, optional
+        Seeds the model's generator, which draws the initial weights, dropout seeds and (unless
+        ``fit(seed=...)``) the batch order. Else ``fastnn.set_seed``, else fresh entropy.
+    backend : str, optional
+        Where the model computes; default: the active backend when the model is built.
+    """
+
+    def __init__(self, layers=None, dtype="float32", name=None, seed=None, backend=None):
+        self.dtype = numpy.dtype(dtype)
+        if self.dtype not in (numpy.float32, numpy.float64):
+            raise ValueError(f"Sequential: dtype must be float32 or float64, got {dtype!r}")
+        self.name = name or "sequential"
+        self.rng = make_rng(seed)
+        self._backend = backend
+        self.layers = []
+        self.ops = None
+        self.flat = None
+        self.built = False
+        self.optimizer = None
+        self.loss = None
+        self.metrics = []
+        self.input_shape = None
+        self.output_shape = None
+        self.stop_training = False
+        self._step = 0
+        self._head = None
+        self._fit_params = {}
+        for layer in layers or []:
+            self.add(layer)
+
+    # ------------------------------------------------------------------ structure
+    def add(self, layer):
+        """Append a layer (before the model is built)."""
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.add: expected a fastnn Layer, got {type(layer).__name__}")
+        if self.built:
+            raise ValueError(f"{self.name}: cannot add {layer.name} after the model is built")
+        self.layers.append(layer)
+
+    def build(self, input_shape=None):
+        """Make every layer's weights for per-sample ``input_shape`` (default: the first layer's
+        ``input_shape=``) and pack them into the flat buffer on the model's backend."""
+        if self.built:
+            return
+        if not self.layers:
+            raise ValueError(f"{self.name}: the model has no layers")
+        if input_shape is None:
+            input_shape = self.layers[0].input_shape
+        if input_shape is None:
+            raise ValueError(f"{self.name}: the input shape is unknown; give the first layer input_shape=(...) "
+                             f"or call fit/build with data first")
+        self.ops = get_ops(self._backend) if self._backend is not None else current()
+        self.input_shape = tuple(int(s) for s in input_shape)
+        shape = (None,) + self.input_shape
+        for layer in self.layers:
+            layer._ops = self.ops
+            if not layer.built:
+                layer.dtype = self.dtype
+                layer.rng = self.rng
+                layer.build(shape, rng=self.rng)
+            shape = layer.compute_output_shape(shape)
+        self.output_shape = shape
+        self.flat = FlatParams(self.layers, self.ops, self.dtype)
+        self.layers[0].skip_input_grad = True
+        self.built = True
+        if self.optimizer is not None:
+            self.optimizer.build(self.flat)
+
+    def _require_built(self, what):
+        if not self.built:
+            raise ValueError(f"{self.name}: {what} needs a built model; give the first layer input_shape=(...) "
+                             f"or call fit() first")
+
+    def count_params(self):
+        self._require_built("count_params()")
+        return int(self.flat.size)
+
+    def summary(self, print_fn=None):
+        """Print a table of layers, output shapes and parameter counts."""
+        self._require_built("summary()")
+        print_fn = print_fn or print
+        rows = []
+        shape = (None,) + self.input_shape
+        for layer in self.layers:
+            shape = layer.compute_output_shape(shape)
+            rows.append((f"{layer.name} ({type(layer).__name__})", shape_str(shape).replace("N", "None"),
+                         layer.count_params()))
+        w0 = max(len("Layer (type)"), *(len(r[0]) for r in rows)) + 2
+        w1 = max(len("Output Shape"), *(len(r[1]) for r in rows)) + 2
+        line = "-" * (w0 + w1 + 12)
+        out = [f'Model: "{self.name}" (backend {self.ops.name}, {self.dtype})', line,
+               f"{'Layer (type)':<{w0}}{'Output Shape':<{w1}}{'Param #':>10}", "=" * len(line)]
+        out += [f"{a:<{w0}}{b:<{w1}}{c:>10,}" for a, b, c in rows]
+        trainable = sum(e.size for e in self.flat.entries if e.trainable)
+        out += ["=" * len(line), f"Total params: {self.flat.size:,}", f"Trainable params: {trainable:,}",
+                f"Non-trainable params: {self.flat.size - trainable:,}", line]
+        print_fn("\n".join(out))
+
+    def get_weights(self):
+        """Every weight as a host NumPy array, in layer order."""
+        self._require_built("get_weights()")
+        return self.flat.get_host()
+
+    def set_weights(self, weights):
+        """Set every weight from host arrays in ``get_weights()`` order (shapes checked first)."""
+        self._require_built("set_weights()")
+        self.flat.set_host(weights)
+
+    def to(self, backend):
+        """Move the parameters and the optimizer state to another backend (``"numba"``, ``"cupy"``, ...)."""
+        self._require_built("to()")
+        ops = get_ops(backend)
+        old = self.flat
+        slots = [old.ops.asnumpy(s) for s in (self.optimizer.flat_slots or ())] if self.optimizer else []
+        for layer in self.layers:
+            layer._ops = ops
+        self.ops = ops
+        self.flat = FlatParams(self.layers, ops, self.dtype)  # copies each weight from its old view
+        if self.optimizer is not None and slots:
+            self.optimizer.flat_slots = tuple(ops.asarray(s) for s in slots)
+        self._backend = backend
+        return self
+
+    # ------------------------------------------------------------------ compile
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None):
+        """Choose the optimizer, loss and metrics.
+
+        ``optimizer``: a name (sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw) or an
+        instance. ``loss``: ``"categorical_crossentropy"`` (one-hot), ``"sparse_categorical_crossentropy"``
+        (indices), ``"binary_crossentropy"``, ``"mse"``, a ``fastnn.losses.Loss``, or an object with
+        ``forward(y, t)``/``backward()``. A final softmax (sigmoid) with a cross-entropy loss is
+        fused into one stable kernel on the logits. ``metrics``: e.g. ``["accuracy"]``.
+        """
+        if loss is None:
+            raise ValueError(f"{self.name}.compile: loss is required; valid names: {', '.join(_losses.LOSS_NAMES)}")
+        self.optimizer = _optimizers.get(optimizer)
+        self.loss = _losses.get(loss)
+        self.metrics = [_metrics.get(m, self.loss) for m in (metrics or [])]
+        last = self.layers[-1] if self.layers else None
+        head = None
+        if isinstance(last, (Dense, Activation)):
+            head = "softmax" if last.act == SOFTMAX else ("sigmoid" if last.act == SIGMOID else None)
+        self._head = head if self.loss.fuse(head) else None
+        if isinstance(last, Dense):
+            last.logits_only = self._head is not None
+        if self.built:
+            self.optimizer.build(self.flat)
+
+    def _require_compiled(self, what):
+        if self.optimizer is None or self.loss is None:
+            raise ValueError(f"{self.name}: call compile(optimizer=..., loss=...) before {what}")
+
+    # ------------------------------------------------------------------ data
+    def _host_or_device(self, a, what):
+        """``a`` as an array: NumPy, this backend's, or anything with __dlpack__/__cuda_array_interface__."""
+        if isinstance(a, numpy.ndarray) or is_device_array(a):
+            return a
+        if hasattr(a, "__cuda_array_interface__") or (hasattr(a, "__dlpack__") and not hasattr(a, "__array__")):
+            ops = self.ops or current()
+            try:
+                return ops.xp.from_dlpack(a) if hasattr(a, "__dlpack__") else ops.asarray(a)
+            except Exception as exc:
+                raise TypeError(f"{self.name}: could not import {what} ({type(a).__name__}) on the {ops.name} "
+                                f"backend: {exc}") from None
+        try:
+            arr = numpy.asarray(a)
+        except Exception as exc:
+            raise TypeError(f"{self.name}: {what} must be an array, got {type(a).__name__} ({exc})") from None
+        return arr
+
+    def _check_x(self, x, what="x"):
+        x = self._host_or_device(x, what)
+        if x.dtype == object or x.dtype.kind not in "biuf":
+            raise TypeError(f"{self.name}: {what} must hold numbers, got dtype {x.dtype}")
+        if x.ndim < 2:
+            raise ValueError(f"{self.name}: {what} must have a batch axis, shape (N, ...); got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{self.name}: {what} is empty (0 samples)")
+        if self.built and tuple(x.shape[1:]) != self.input_shape:
+            if math.prod(x.shape[1:]) != math.prod(self.input_shape) or not isinstance(self.layers[0], Dense):
+                raise ValueError(f"{self.name}: the first layer {self.layers[0].name} expects {what} of shape "
+                                 f"{shape_str((None,) + self.input_shape)}, got {tuple(x.shape)}")
+        if x.dtype.kind == "f":
+            xp = numpy if isinstance(x, numpy.ndarray) else self.ops.xp
+            if not bool(xp.isfinite(x).all()):
+                bad = numpy.argwhere(~numpy.isfinite(numpy.asarray(self.ops.asnumpy(x) if not isinstance(x, numpy.ndarray) else x)))[0]
+                raise ValueError(f"{self.name}: {what} contains NaN or infinite values (first at index {tuple(int(i) for i in bad)})")
+        return x
+
+    def _check_y(self, y, n, what="y"):
+        y = self._host_or_device(y, what)
+        if y.dtype == object or y.dtype.kind not in "biuf":
+            raise TypeError(f"{self.name}: {what} must hold numbers, got dtype {y.dtype}")
+        if y.shape[0] != n:
+            raise ValueError(f"{self.name}: x has {n} samples but {what} has {y.shape[0]}")
+        units = self.output_shape[-1]
+        kind = self.loss.labels
+        if kind == "index" or (kind == "one_hot" and y.ndim == 1):
+            if kind == "one_hot":
+                raise ValueError(f"{self.name}: loss {self.loss.name} needs one-hot {what} of shape (N, {units}), "
+                                 f"got class indices of shape {tuple(y.shape)}; use "
+                                 f"loss='sparse_categorical_crossentropy' or fastnn.datasets.one_hot({what})")
+            if y.ndim == 2 and y.shape[1] == 1:
+                y = y.reshape(-1)
+            if y.ndim != 1:
+                raise ValueError(f"{self.name}: loss {self.loss.name} needs class indices {what} of shape (N,), "
+                                 f"got {tuple(y.shape)}")
+            _losses.check_labels(self.name, y, n, units, numpy if isinstance(y, numpy.ndarray) else self.ops.xp)
+            return y.astype(numpy.int64)
+        if kind == "one_hot" and (y.ndim != 2 or y.shape[1] != units):
+            raise ValueError(f"{self.name}: one-hot {what} must have shape (N, {units}) to match the output layer's "
+                             f"{units} units, got {tuple(y.shape)}")
+        if kind == "dense":
+            if y.ndim == 1 and units == 1:
+                y = y.reshape(-1, 1)
+            if tuple(y.shape[1:]) != tuple(self.output_shape[1:]):
+                raise ValueError(f"{self.name}: {what} must have shape {shape_str(self.output_shape)} to match the "
+                                 f"output layer, got {tuple(y.shape)}")
+        yh = y if isinstance(y, numpy.ndarray) else None
+        if yh is not None and not numpy.isfinite(yh).all():
+            raise ValueError(f"{self.name}: {what} contains NaN or infinite values")
+        return y.astype(self.dtype, copy=False)
+
+    def _prepare(self, x, y=None, what=("x", "y")):
+        """Validate once on the host, build if needed, and move to the device once."""
+        x = self._check_x(x, what[0])
+        if not self.built:
+            self.build(tuple(x.shape[1:]))
+            x = self._check_x(x, what[0])
+        if y is not None:
+            y = self._check_y(y, x.shape[0], what[1])
+        x = x if self.ops.owns(x) and x.dtype == self.dtype else self.ops.asarray(x, dtype=self.dtype)
+        if y is not None and not self.ops.owns(y):
+            y = self.ops.asarray(y)
+        return x, y
+
+    # ------------------------------------------------------------------ steps
+    def _forward(self, x, train):
+        out = x
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            if i == last and self._head is not None and isinstance(layer, Activation):
+                break  # fused into the loss
+            out = layer.forward(out, train_flg=train)
+        return out
+
+    def _backward(self, dout):
+        last = len(self.layers) - 1
+        for i in range(last, -1, -1):
+            layer = self.layers[i]
+            if i == last and self._head is not None and isinstance(layer, Activation):
+                continue
+            if i == 0 and not layer.weight_info():
+                break  # nothing needs the input gradient of a parameter-free first layer
+            dout = layer.backward(dout)
+
+    def _regularize(self):
+        """Add every weight regularizer's gradient to its weight's gradient; return the penalty (or None)."""
+        total = None
+        for layer in self.layers:
+            for name, info in layer.weight_info().items():
+                reg = info.get("regularizer")
+                if reg is None:
+                    continue
+                w = getattr(layer, name)
+                reg.add_grad(self.ops, w, getattr(layer, "d" + name))
+                p = reg.penalty(self.ops, w)
+                total = p if total is None else total + p
+        return total
+
+    def _batch_stats(self, out, t, loss, n):
+        stats = {"loss": loss * out.dtype.type(n)}
+        for m in self.metrics:
+            stats[m.name] = m(self.ops, out, t, self._head is not None)
+        return stats
+
+    def _train_batch(self, xb, tb):
+        for layer in self.layers:
+            if isinstance(layer, Dropout):
+                layer.step = self._step
+        self._step += 1
+        out = self._forward(xb, True)
+        dx = self.ops.xp.empty_like(out)
+        loss = self.loss.compute(self.ops, out, tb, dx)
+        self._backward(dx)
+        penalty = self._regularize()
+        if penalty is not None:
+            loss = loss + penalty
+        self.optimizer.step_flat(self.flat)
+        return self._batch_stats(out, tb, loss, xb.shape[0])
+
+    def _gather(self, a, idx):
+        return a[self.ops.asarray(idx) if self.ops.name == "cupy" else idx]
+
+    # ------------------------------------------------------------------ public training API
+    def fit(self, x, y, batch_size=32, epochs=1, verbose="auto", validation_data=None, validation_split=0.0,
+            shuffle=True, callbacks=None, initial_epoch=0, seed=None):
+        """Train for ``epochs`` epochs of mini-batches; returns a ``History``.
+
+        ``validation_split`` holds out the last fraction of ``x``/``y`` (before shuffling, as Keras);
+        ``validation_data=(x_val, y_val)`` gives a set explicitly. ``seed`` fixes the batch order
+        (default: the model's generator).
+        """
+        self._require_compiled("fit()")
+        batch_size = _positive_int(self.name, "batch_size", batch_size)
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, numpy.integer)) or epochs < 0:
+            raise ValueError(f"{self.name}: epochs must be a non-negative integer, got {epochs!r}")
+        if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
+            raise ValueError(f"{self.name}: validation_split must be in [0, 1), got {validation_split!r}")
+        x, y = self._prepare(x, y)
+        val = None
+        if validation_data is not None:
+            if len(validation_data) != 2:
+                raise ValueError(f"{self.name}: validation_data must be (x_val, y_val)")
+            val = self._prepare(*validation_data, what=("validation x", "validation y"))
+        elif validation_split:
+            n_val = int(x.shape[0] * validation_split)
+            if n_val == 0 or n_val == x.shape[0]:
+                raise ValueError(f"{self.name}: validation_split={validation_split} of {x.shape[0]} samples leaves "
+                                 f"{n_val} for validation and {x.shape[0] - n_val} for training")
+            x, y, val = x[:-n_val], y[:-n_val], (x[-n_val:], y[-n_val:])
+        n = x.shape[0]
+        rng = make_rng(seed) if seed is not None else self.rng
+        sampler = ShuffleSampler(n, batch_size, shuffle, rng)
+        history, cbs = progress_callbacks(callbacks, verbose, epochs, n, self)
+
+        def train_step(idx):
+            return self._train_batch(self._gather(x, idx), self._gather(y, idx))
+
+        def epoch_end(epoch, logs):
+            if val is not None:
+                for k, v in self._evaluate_arrays(val[0], val[1], batch_size).items():
+                    logs["val_" + k] = v
+
+        run_loop(self, sampler, train_step, epochs=epochs, initial_epoch=initial_epoch, callbacks=cbs,
+                 epoch_end=epoch_end)
+        return history
+
+    def _evaluate_arrays(self, x, y, batch_size):
+        sums, count = {}, 0
+        for start in range(0, x.shape[0], batch_size):
+            xb, tb = x[start:start + batch_size], y[start:start + batch_size]
+            out = self._forward(xb, False)
+            loss = self.loss.compute(self.ops, out, tb, None)
+            penalty = self._penalty()
+            if penalty is not None:
+                loss = loss + penalty
+            for k, v in self._batch_stats(out, tb, loss, xb.shape[0]).items():
+                sums[k] = v if k not in sums else sums[k] + v
+            count += xb.shape[0]
+        host = self.ops.asnumpy(self.ops.xp.stack(list(sums.values())))
+        return {k: float(v) / count for k, v in zip(sums, host)}
+
+    def _penalty(self):
+        total = None
+        for layer in self.layers:
+            for name, info in layer.weight_info().items():
+                if info.get("regularizer") is not None:
+                    p = info["regularizer"].penalty(self.ops, getattr(layer, name))
+                    total = p if total is None else total + p
+        return total
+
+    def evaluate(self, x, y, batch_size=32, verbose="auto", return_dict=False):
+        """``[loss, *metrics]`` on ``(x, y)`` (just the loss when there are no metrics), as host floats."""
+        self._require_compiled("evaluate()")
+        batch_size = _positive_int(self.name, "batch_size", batch_size)
+        x, y = self._prepare(x, y)
+        logs = self._evaluate_arrays(x, y, batch_size)
+        if verbose not in (0, "auto", False) and verbose:
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), file=sys.stderr)
+        if return_dict:
+            return logs
+        values = list(logs.values())
+        return values[0] if len(values) == 1 else values
+
+    def predict(self, x, batch_size=32, verbose=0):
+        """Outputs for ``x`` as a host NumPy array (probabilities when the model ends in softmax/sigmoid)."""
+        batch_size = _positive_int(self.name, "batch_size", batch_size)
+        x, _ = self._prepare(x)
+        outs = []
+        for start in range(0, x.shape[0], batch_size):
+            out = self._forward(x[start:start + batch_size], False)
+            if self._head == "softmax":
+                out = self.ops.softmax(out)
+            elif self._head == "sigmoid":
+                out = self.ops.bias_act(out, None, SIGMOID)
+            outs.append(out)
+        return self.ops.asnumpy(self.ops.xp.concatenate(outs))
+
+    def train_on_batch(self, x, y):
+        """One optimizer step on ``(x, y)``; returns ``[loss, *metrics]`` for that batch."""
+        self._require_compiled("train_on_batch()")
+        x, y = self._prepare(x, y)
+        stats = self._train_batch(x, y)
+        host = self.ops.asnumpy(self.ops.xp.stack(list(stats.values())))
+        values = [float(v) / x.shape[0] for v in host]
+        return values[0] if len(values) == 1 else values
+
+    def test_on_batch(self, x, y):
+        """``[loss, *metrics]`` on one batch without training."""
+        self._require_compiled("test_on_batch()")
+        x, y = self._prepare(x, y)
+        values = list(self._evaluate_arrays(x, y, x.shape[0]).values())
+        return values[0] if len(values) == 1 else values
+
+    def __call__(self, x):
+        return self.predict(x)
+
+    def __repr__(self):
+        return f"Sequential(name={self.name!r}, layers={[layer.name for layer in self.layers]})"

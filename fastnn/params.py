@@ -1,0 +1,112 @@
+"""The flat parameter buffer: one contiguous 1-D array of parameters and one of gradients.
+
+Every layer's weights (``W``, ``b``, ...) become reshaped views into ``flat.p`` and their
+gradients (``dW``, ``db``, ...) views into ``flat.g``, so an optimizer step is one fused primitive
+over the whole buffer, checkpoints and all-reduces are one array each, and the layer code does
+not change. Trainable weights come first, then non-trainable ones (BatchNorm's running
+statistics); ``runs()`` gives the maximal slices that share the same flags, so freezing a layer
+or excluding weights from decay costs nothing inside the fused step.
+"""
+from __future__ import annotations
+
+import numpy
+
+
+class Entry:
+    """One weight's place in the buffer."""
+
+    __slots__ = ("layer", "name", "offset", "size", "shape", "order")
+
+    def __init__(self, layer, name, offset, size, shape, order):
+        self.layer, self.name, self.offset, self.size, self.shape = layer, name, offset, size, shape
+        self.order = order  # position in layer order (get_weights/set_weights order)
+
+    @property
+    def key(self):
+        return f"{self.layer.name}/{self.name}"
+
+    @property
+    def info(self):
+        return self.layer.weight_info()[self.name]
+
+    @property
+    def trainable(self):
+        return bool(self.layer.trainable and self.info["trainable"])
+
+    @property
+    def decay(self):
+        return bool(self.info.get("decay", True))
+
+
+class FlatParams:
+    """Parameters and gradients of a list of layers, packed into two flat arrays of one dtype."""
+
+    def __init__(self, layers, ops, dtype):
+        self.ops = ops
+        self.dtype = numpy.dtype(dtype)
+        weights = [(layer, name) for layer in layers for name in layer.weight_info()]
+        order = {id_: i for i, id_ in enumerate((id(layer), name) for layer, name in weights)}
+        weights.sort(key=lambda lw: not lw[0].weight_info()[lw[1]]["trainable"])  # stable: trainable first
+        self.entries = []
+        offset = 0
+        for layer, name in weights:
+            shape = tuple(getattr(layer, name).shape)
+            size = int(numpy.prod(shape, dtype=numpy.int64))
+            self.entries.append(Entry(layer, name, offset, size, shape, order[(id(layer), name)]))
+            offset += size
+        self.size = offset
+        self.p = ops.alloc((self.size,), self.dtype)
+        self.g = ops.alloc((self.size,), self.dtype)
+        for e in self.entries:
+            value = getattr(e.layer, e.name)
+            view = self.p[e.offset:e.offset + e.size].reshape(e.shape)
+            view[...] = value if ops.owns(value) else ops.asarray(value)
+            setattr(e.layer, e.name, view)
+            setattr(e.layer, "d" + e.name, self.g[e.offset:e.offset + e.size].reshape(e.shape))
+        self._runs_key = None
+        self._runs = []
+
+    def runs(self):
+        """``[(start, stop, decay)]``: maximal slices of trainable weights sharing one decay flag."""
+        key = tuple((e.trainable, e.decay) for e in self.entries)
+        if key != self._runs_key:
+            runs = []
+            for e, (trainable, decay) in zip(self.entries, key):
+                if not trainable or e.size == 0:
+                    continue
+                if runs and runs[-1][1] == e.offset and runs[-1][2] == decay:
+                    runs[-1] = (runs[-1][0], e.offset + e.size, decay)
+                else:
+                    runs.append((e.offset, e.offset + e.size, decay))
+            self._runs, self._runs_key = runs, key
+        return self._runs
+
+    def trainable_entries(self):
+        return [e for e in self.entries if e.trainable]
+
+    def views(self):
+        """``{"layer/name": array}`` for every weight (views into ``p``)."""
+        return {e.key: self.p[e.offset:e.offset + e.size].reshape(e.shape) for e in self.entries}
+
+    def zero_grad(self):
+        self.g[...] = 0
+
+    def get_host(self):
+        """Every weight as a host NumPy array, in layer order (Keras's ``get_weights``)."""
+        host = self.ops.asnumpy(self.p)
+        return [host[e.offset:e.offset + e.size].reshape(e.shape).copy() for e in self.ordered_entries()]
+
+    def ordered_entries(self):
+        """Entries in layer order (the order ``get_weights``/``set_weights`` use)."""
+        return sorted(self.entries, key=lambda e: e.order)
+
+    def set_host(self, arrays):
+        entries = self.ordered_entries()
+        if len(arrays) != len(entries):
+            raise ValueError(f"set_weights: the model has {len(entries)} weight arrays, got {len(arrays)}")
+        for e, a in zip(entries, arrays):
+            a = numpy.asarray(a)
+            if a.shape != e.shape:
+                raise ValueError(f"set_weights: {e.key} has shape {e.shape}, got an array of shape {a.shape}")
+        for e, a in zip(entries, arrays):
+            self.p[e.offset:e.offset + e.size] = self.ops.asarray(numpy.asarray(a, dtype=self.dtype).reshape(-1))

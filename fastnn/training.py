@@ -1,0 +1,249 @@
+"""The one training loop, its two batch samplers, and the book's ``Trainer``.
+
+``Sequential.fit`` and ``Trainer.train`` both run ``run_loop``: ``fit`` with ``ShuffleSampler``
+(a fresh permutation each epoch, as Keras), the book's ``Trainer`` with ``ReplacementSampler``
+(``numpy.random.choice(train_size, batch_size)`` each step, as the book's code). Losses and
+metrics are summed on the device and come back once per epoch.
+"""
+from __future__ import annotations
+
+import collections.abc
+import math
+import sys
+
+import numpy
+
+from fastnn.callbacks import CallbackList, History, ProgressBar
+from fastnn.random import make_rng
+
+__all__ = ["ShuffleSampler", "ReplacementSampler", "run_loop", "Trainer"]
+
+
+class ShuffleSampler:
+    """Index batches covering every sample once per epoch, shuffled per epoch when ``shuffle``."""
+
+    def __init__(self, n, batch_size, shuffle=True, rng=None):
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.rng = rng if rng is not None else make_rng()
+
+    def steps(self):
+        return math.ceil(self.n / self.batch_size)
+
+    def epoch(self, epoch):
+        order = self.rng.permutation(self.n) if self.shuffle else numpy.arange(self.n)
+        for start in range(0, self.n, self.batch_size):
+            yield order[start:start + self.batch_size]
+
+
+class ReplacementSampler:
+    """``steps_per_epoch`` batches per epoch, each drawn with replacement (the book's ``Trainer``)."""
+
+    def __init__(self, n, batch_size, steps_per_epoch, rng=None):
+        self.n, self.batch_size, self._steps = n, batch_size, steps_per_epoch
+        self.rng = rng if rng is not None else make_rng()
+
+    def steps(self):
+        return self._steps
+
+    def epoch(self, epoch):
+        for _ in range(self._steps):
+            yield self.rng.choice(self.n, self.batch_size)
+
+
+class _Sums:
+    """Per-epoch sums kept on the device: ``{name: 0-d array}`` plus the sample count."""
+
+    def __init__(self, ops):
+        self.ops = ops
+        self.sums = {}
+        self.count = 0
+        self.last = None
+
+    def add(self, stats, size):
+        self.last = (stats, size)
+        for k, v in stats.items():
+            self.sums[k] = v if k not in self.sums else self.sums[k] + v
+        self.count += size
+
+    def result(self):
+        if not self.count:
+            return {}
+        host = self.ops.asnumpy(self.ops.xp.stack(list(self.sums.values()))) if self.sums else []
+        return {k: float(v) / self.count for k, v in zip(self.sums, host)}
+
+
+class BatchLogs(collections.abc.Mapping):
+    """Logs for ``on_batch_end``, computed only when read (one device sync on first access).
+
+    ``loss`` and metrics are running means over the epoch so far, as in Keras; ``batch_loss`` is
+    the last batch's; ``size`` is the batch's sample count.
+    """
+
+    def __init__(self, sums, batch):
+        self._sums, self._batch, self._values = sums, batch, None
+
+    def _compute(self):
+        if self._values is None:
+            values = self._sums.result()
+            stats, size = self._sums.last
+            if "loss" in stats:
+                values["batch_loss"] = float(self._sums.ops.asnumpy(stats["loss"])) / size
+            values["size"] = size
+            values["batch"] = self._batch
+            self._values = values
+        return self._values
+
+    def __getitem__(self, key):
+        if key == "size":
+            return self._sums.last[1]
+        return self._compute()[key]
+
+    def get(self, key, default=None):
+        if key == "size":
+            return self._sums.last[1]
+        return self._compute().get(key, default)
+
+    def __iter__(self):
+        return iter(self._compute())
+
+    def __len__(self):
+        return len(self._compute())
+
+
+def run_loop(model, sampler, train_step, *, epochs, initial_epoch=0, callbacks=(), epoch_end=None):
+    """The training loop shared by ``Sequential.fit`` and ``Trainer``.
+
+    ``train_step(idx)`` trains on the samples ``idx`` (host int array) and returns
+    ``{name: 0-d device array}`` holding sums over the batch; ``epoch_end(epoch, logs)`` may add
+    validation results to ``logs``. Returns the last epoch's logs.
+    """
+    cbs = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks, model)
+    model.stop_training = False
+    logs = {}
+    cbs.on_train_begin({})
+    for epoch in range(initial_epoch, epochs):
+        cbs.on_epoch_begin(epoch, {})
+        sums = _Sums(model.ops)
+        for batch, idx in enumerate(sampler.epoch(epoch)):
+            cbs.on_batch_begin(batch, {"size": len(idx)})
+            sums.add(train_step(idx), len(idx))
+            cbs.on_batch_end(batch, BatchLogs(sums, batch))
+            if model.stop_training:
+                break
+        logs = sums.result()
+        if epoch_end is not None:
+            epoch_end(epoch, logs)
+        cbs.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    cbs.on_train_end(logs)
+    return logs
+
+
+def progress_callbacks(callbacks, verbose, epochs, samples, model):
+    """The user's callbacks with a ``History`` first and a ``ProgressBar`` for ``verbose``."""
+    if verbose == "auto":
+        verbose = 1
+    if verbose not in (0, 1, 2, True, False):
+        raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
+    history = History()
+    cbs = [history] + list(callbacks or [])
+    if verbose:
+        cbs.append(ProgressBar(int(verbose)))
+    model._fit_params = {"epochs": epochs, "samples": samples, "verbose": verbose}
+    return history, cbs
+
+
+class Trainer:
+    """The book's trainer: mini-batch SGD-family training of any network object.
+
+    ``network`` needs ``params`` (a dict of arrays), ``gradient(x, t)`` (same keys),
+    ``loss(x, t)`` and ``accuracy(x, t)``. As in the book, each step draws ``mini_batch_size``
+    samples with replacement, updates, and records the loss (``train_loss_list``); at the first
+    step of each epoch it records train and test accuracy (``train_acc_list``,
+    ``test_acc_list``), on ``evaluate_sample_num_per_epoch`` samples when given. One "epoch" is
+    ``max(train_size // mini_batch_size, 1)`` steps.
+    """
+
+    def __init__(self, network, x_train, t_train, x_test, t_test, epochs=20, mini_batch_size=100,
+                 optimizer="SGD", optimizer_param=None, evaluate_sample_num_per_epoch=None, verbose=True,
+                 seed=None, callbacks=None):
+        from fastnn import optimizers
+        from fastnn.backend import current
+
+        for name in ("params", "gradient", "loss", "accuracy"):
+            if not hasattr(network, name):
+                raise TypeError(f"Trainer: network must have params, gradient(x, t), loss(x, t) and accuracy(x, t); "
+                                f"{type(network).__name__} has no {name}")
+        if len(x_train) != len(t_train) or len(x_test) != len(t_test):
+            raise ValueError(f"Trainer: x and t lengths differ: train {len(x_train)} vs {len(t_train)}, "
+                             f"test {len(x_test)} vs {len(t_test)}")
+        if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, (int, numpy.integer)) or mini_batch_size <= 0:
+            raise ValueError(f"Trainer: mini_batch_size must be a positive integer, got {mini_batch_size!r}")
+        self.network = network
+        self.verbose = verbose
+        self.epochs = int(epochs)
+        self.batch_size = int(mini_batch_size)
+        self.evaluate_sample_num_per_epoch = evaluate_sample_num_per_epoch
+        self.optimizer = optimizers.get(optimizer, **(optimizer_param if optimizer_param is not None else {"lr": 0.01}))
+        self.ops = getattr(network, "ops", None) or current()
+        self.x_train, self.t_train = self.ops.asarray(x_train), self.ops.asarray(t_train)
+        self.x_test, self.t_test = self.ops.asarray(x_test), self.ops.asarray(t_test)
+        self.train_size = len(x_train)
+        self.iter_per_epoch = max(self.train_size // self.batch_size, 1)
+        self.max_iter = self.epochs * self.iter_per_epoch
+        self.rng = make_rng(seed)
+        self.callbacks = list(callbacks or [])
+        self.current_iter = 0
+        self.current_epoch = 0
+        self.train_loss_list, self.train_acc_list, self.test_acc_list = [], [], []
+        self.stop_training = False
+
+    def _evaluate(self):
+        x_tr, t_tr, x_te, t_te = self.x_train, self.t_train, self.x_test, self.t_test
+        k = self.evaluate_sample_num_per_epoch
+        if k is not None:
+            x_tr, t_tr, x_te, t_te = x_tr[:k], t_tr[:k], x_te[:k], t_te[:k]
+        return float(self.network.accuracy(x_tr, t_tr)), float(self.network.accuracy(x_te, t_te))
+
+    def train_step(self, idx):
+        idx = self.ops.asarray(idx) if self.ops.name == "cupy" else idx
+        x_batch, t_batch = self.x_train[idx], self.t_train[idx]
+        grads = self.network.gradient(x_batch, t_batch)
+        self.optimizer.update(self.network.params, grads)
+        loss = self.network.loss(x_batch, t_batch)
+        self.train_loss_list.append(float(loss))
+        if self.verbose:
+            print(f"train loss:{float(loss)}")
+        if self.current_iter % self.iter_per_epoch == 0:
+            self.current_epoch += 1
+            train_acc, test_acc = self._evaluate()
+            self.train_acc_list.append(train_acc)
+            self.test_acc_list.append(test_acc)
+            if self.verbose:
+                print(f"=== epoch:{self.current_epoch}, train acc:{train_acc}, test acc:{test_acc} ===")
+        self.current_iter += 1
+        n = self.ops.xp.asarray(len(idx), dtype=numpy.float64)
+        return {"loss": self.ops.xp.asarray(float(loss), dtype=numpy.float64) * n}
+
+    def train(self):
+        """Run ``epochs`` epochs; prints and returns the final test accuracy."""
+        sampler = ReplacementSampler(self.train_size, self.batch_size, self.iter_per_epoch, self.rng)
+        run_loop(self, sampler, self.train_step, epochs=self.epochs, callbacks=self.callbacks)
+        test_acc = float(self.network.accuracy(self.x_test, self.t_test))
+        if self.verbose:
+            print("=============== Final Test Accuracy ===============")
+            print(f"test acc:{test_acc}")
+        self.test_acc = test_acc
+        return test_acc
+
+    def get_weights(self):
+        return [self.ops.asnumpy(p).copy() for p in self.network.params.values()]
+
+    def set_weights(self, weights):
+        for p, w in zip(self.network.params.values(), weights):
+            p[...] = self.ops.asarray(w)
+
+
+def _stderr_is_terminal():
+    return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
