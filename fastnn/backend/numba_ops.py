@@ -1,11 +1,333 @@
 """``NumbaOps``: NumPy arrays, with hot primitives from the Numba kernels in ``fastnn.kernels.cpu``.
 
 GEMMs stay on BLAS through NumPy (already multi-threaded); the fused elementwise, reduction and
-optimizer kernels are serial ``@njit(cache=True, error_model="numpy")`` functions. Until a
-primitive has its kernel it inherits the NumPy reference from ``Ops``.
+optimizer kernels are serial ``@njit(cache=True, error_model="numpy")`` functions. Each method
+here is a thin wrapper: it casts scalars to the arrays' dtype, hands the kernel C-contiguous views
+(copying only inputs that are not contiguous), and writes straight into the caller's buffers.
+Cases the kernels do not cover (other dtypes, mixed dtypes, broadcasting, empty arrays) go to
+the ``Ops`` reference, so every call still meets the contract.
 """
+from __future__ import annotations
+
+import math
+
+import numpy
+
 from fastnn.backend.ops import Ops
+from fastnn.kernels import ACTIVATION_NAMES, dropout_base
+from fastnn.kernels.cpu import activations as _ka
+from fastnn.kernels.cpu import dropout as _kd
+from fastnn.kernels.cpu import losses as _kl
+from fastnn.kernels.cpu import normalization as _kn
+from fastnn.kernels.cpu import optimizers as _ko
+
+_FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
+_NO_BIAS = {dt: numpy.zeros(1, dt) for dt in _FLOATS}  # never read (has_b=False)
+_NONE2D = {dt: numpy.zeros((0, 0), dt) for dt in _FLOATS}  # stands in for an absent buffer
+
+
+def _fast(*arrays):
+    """True when the kernels handle these arrays: non-empty NumPy arrays of one float dtype."""
+    dt = arrays[0].dtype if isinstance(arrays[0], numpy.ndarray) else None
+    return dt in _FLOATS and all(
+        isinstance(a, numpy.ndarray) and a.dtype == dt and a.size > 0 for a in arrays)
+
+
+def _c(a):
+    """``a`` itself when C-contiguous, else a contiguous copy (inputs only)."""
+    return a if a.flags.c_contiguous else numpy.ascontiguousarray(a)
+
+
+def _2d(a):
+    """A 2-D view of a C-contiguous array: rows of its last axis."""
+    if a.ndim == 2:
+        return a
+    if a.ndim < 2:
+        return a.reshape(1, -1)
+    return a.reshape(-1, a.shape[-1])
+
+
+def _target(out, shape, dtype):
+    """The C-contiguous array a kernel writes, and the caller's ``out`` to copy it into (or None).
+
+    ``out`` itself when it has the result's shape and dtype and is C-contiguous; otherwise a new
+    array (then ``out[...] = result`` casts or broadcasts as the reference's assignment does).
+    """
+    if out is None:
+        return numpy.empty(shape, dtype), None
+    if (isinstance(out, numpy.ndarray) and out.shape == tuple(shape) and out.dtype == dtype
+            and out.flags.c_contiguous):
+        return out, None
+    return numpy.empty(shape, dtype), out
+
+
+def _finish(buf, back):
+    if back is None:
+        return buf
+    back[...] = buf
+    return back
+
+
+def _inplace(a):
+    """A flat C-contiguous view of an array updated in place, and the array to copy it back into."""
+    if a.flags.c_contiguous:
+        return a.reshape(-1), None
+    return numpy.ascontiguousarray(a).reshape(-1), a
+
+
+def _write_back(flat, back):
+    if back is not None:
+        back[...] = flat.reshape(back.shape)
+
+
+def _check_act(act):
+    if act not in ACTIVATION_NAMES:
+        raise ValueError(f"unknown activation code {act!r}")
+    return int(act)
 
 
 class NumbaOps(Ops):
     name = "numba"
+
+    # ------------------------------------------------------------------ activations
+    def bias_act(self, x, b, act, alpha=0.0, *, out=None):
+        if not (_fast(x) if b is None else _fast(x, b) and b.ndim == 1 and x.ndim >= 1
+                and b.shape[0] == x.shape[-1]):
+            return super().bias_act(x, b, act, alpha, out=out)
+        act = _check_act(act)
+        dt = x.dtype.type
+        buf, back = _target(out, x.shape, x.dtype)
+        bias = _NO_BIAS[x.dtype] if b is None else _c(b)
+        _ka.bias_act(_2d(_c(x)), bias, b is not None, act, dt(alpha), dt(1), _2d(buf))
+        return _finish(buf, back)
+
+    def act_backward(self, dout, y, act, alpha=0.0, *, out=None):
+        if not (_fast(dout, y) and dout.shape == y.shape):
+            return super().act_backward(dout, y, act, alpha, out=out)
+        act = _check_act(act)
+        dt = y.dtype.type
+        buf, back = _target(out, y.shape, y.dtype)
+        _ka.act_backward(_2d(_c(dout)), _2d(_c(y)), act, dt(alpha), dt(1), _2d(buf))
+        return _finish(buf, back)
+
+    def bias_grad(self, dz, *, out=None):
+        if not (_fast(dz) and dz.ndim == 2):
+            return super().bias_grad(dz, out=out)
+        buf, back = _target(out, dz.shape[1:], dz.dtype)
+        _ka.bias_grad(_c(dz), buf)
+        return _finish(buf, back)
+
+    def act_backward_bias_grad(self, dout, y, act, alpha=0.0, *, out=None, db=None):
+        if not (_fast(dout, y) and dout.shape == y.shape and y.ndim == 2):
+            return super().act_backward_bias_grad(dout, y, act, alpha, out=out, db=db)
+        act = _check_act(act)
+        dt = y.dtype.type
+        buf, back = _target(out, y.shape, y.dtype)
+        dbuf, dback = _target(db, y.shape[1:], y.dtype)
+        _ka.act_backward_bias_grad(_c(dout), _c(y), act, dt(alpha), dt(1), buf, dbuf)
+        _finish(dbuf, dback)
+        return _finish(buf, back)
+
+    # ------------------------------------------------------------------ dropout
+    def dropout_mask(self, shape, rate, seed, step, row0=0, *, dtype=numpy.float32, out=None):
+        n, d = shape
+        dtype = numpy.dtype(dtype)
+        if dtype not in _FLOATS or n * d == 0 or (out is not None and not isinstance(out, numpy.ndarray)):
+            return super().dropout_mask(shape, rate, seed, step, row0, dtype=dtype, out=out)
+        scale = dtype.type(1.0 / (1.0 - rate))  # as the reference (raises for rate == 1)
+        rate = float(rate)
+        # u = k * 2^-24 >= rate  <=>  k >= ceil(rate * 2^24): the same test on the integer k
+        if rate != rate or rate > 1.0:
+            keep_from = 1 << 25  # nothing is kept
+        else:
+            keep_from = max(0, math.ceil(rate * (1 << 24)))
+        buf, back = _target(out, (n, d), dtype)
+        _kd.dropout_mask(int(row0), numpy.uint64(dropout_base(seed, step)), numpy.uint64(keep_from),
+                         scale, dtype.type(0), buf)
+        return _finish(buf, back)
+
+    def mul(self, x, y, *, out=None):
+        if not (_fast(x, y) and x.shape == y.shape):
+            return super().mul(x, y, out=out)
+        buf, back = _target(out, x.shape, x.dtype)
+        _ka.mul(_c(x).reshape(-1), _c(y).reshape(-1), buf.reshape(-1))
+        return _finish(buf, back)
+
+    # ------------------------------------------------------------------ softmax and losses
+    def softmax(self, x, *, out=None):
+        if not _fast(x):
+            return super().softmax(x, out=out)
+        buf, back = _target(out, x.shape, x.dtype)
+        _ka.softmax(_2d(_c(x)), x.dtype.type(1), _2d(buf))
+        return _finish(buf, back)
+
+    def softmax_xent(self, x, t, *, y=None, dx=None):
+        if not (_fast(x) and x.ndim == 2 and isinstance(t, numpy.ndarray)
+                and (t.shape == x.shape or t.shape == x.shape[:1])):
+            return super().softmax_xent(x, t, y=y, dx=dx)
+        dt = x.dtype.type
+        none = _NONE2D[x.dtype]
+        ybuf, yback = _target(y, x.shape, x.dtype) if y is not None else (none, None)
+        dbuf, dback = _target(dx, x.shape, x.dtype) if dx is not None else (none, None)
+        if t.ndim == 1:
+            kernel, t = _kl.softmax_xent_index, _c(t.astype(numpy.int64, copy=False))
+        else:
+            kernel, t = _kl.softmax_xent_onehot, _c(t.astype(x.dtype, copy=False))
+        loss = kernel(_c(x), t, ybuf, dbuf, y is not None, dx is not None, dt(1), dt(x.shape[0]))
+        _finish(ybuf, yback)
+        _finish(dbuf, dback)
+        return numpy.asarray(loss, dtype=x.dtype)
+
+    def softmax_xent_backward(self, y, t, dout=1.0, *, out=None):
+        if not (_fast(y) and y.ndim == 2 and isinstance(t, numpy.ndarray)
+                and (t.shape == y.shape or t.shape == y.shape[:1])):
+            return super().softmax_xent_backward(y, t, dout, out=out)
+        dt = y.dtype.type
+        s = dt(dout) / dt(y.shape[0])
+        buf, back = _target(out, y.shape, y.dtype)
+        if t.ndim == 1:
+            _kl.softmax_xent_backward_index(_c(y), _c(t.astype(numpy.int64, copy=False)), s, dt(1), buf)
+        else:
+            _kl.softmax_xent_backward_onehot(_c(y), _c(t.astype(y.dtype, copy=False)), s, buf)
+        return _finish(buf, back)
+
+    def sigmoid_bce(self, x, t, *, y=None, dx=None):
+        if not (_fast(x) and isinstance(t, numpy.ndarray) and t.shape == x.shape):
+            return super().sigmoid_bce(x, t, y=y, dx=dx)
+        dt = x.dtype.type
+        none = _NONE2D[x.dtype].reshape(-1)
+        ybuf, yback = _target(y, x.shape, x.dtype) if y is not None else (none, None)
+        dbuf, dback = _target(dx, x.shape, x.dtype) if dx is not None else (none, None)
+        loss = _kl.sigmoid_bce(_c(x).reshape(-1), _c(t.astype(x.dtype, copy=False)).reshape(-1),
+                               ybuf.reshape(-1), dbuf.reshape(-1), y is not None, dx is not None,
+                               dt(1), dt(x.size))
+        _finish(ybuf, yback)
+        _finish(dbuf, dback)
+        return numpy.asarray(loss, dtype=x.dtype)
+
+    def mse(self, y, t, scale, *, dx=None):
+        if not (_fast(y) and isinstance(t, numpy.ndarray) and t.shape == y.shape):
+            return super().mse(y, t, scale, dx=dx)
+        s = y.dtype.type(scale)
+        none = _NONE2D[y.dtype].reshape(-1)
+        dbuf, dback = _target(dx, y.shape, y.dtype) if dx is not None else (none, None)
+        loss = _kl.mse(_c(y).reshape(-1), _c(t.astype(y.dtype, copy=False)).reshape(-1), s, 2 * s,
+                       y.dtype.type(0), dbuf.reshape(-1), dx is not None)
+        _finish(dbuf, dback)
+        return numpy.asarray(loss, dtype=y.dtype)
+
+    # ------------------------------------------------------------------ batch normalization
+    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, momentum, eps, train,
+                          *, out=None):
+        if not (_fast(x, gamma, beta, running_mean, running_var) and x.ndim == 2
+                and gamma.shape == beta.shape == running_mean.shape == running_var.shape
+                == x.shape[1:]):
+            return super().batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum,
+                                             eps, train, out=out)
+        dt = x.dtype.type
+        n, d = x.shape
+        buf, back = _target(out, x.shape, x.dtype)
+        xhat = numpy.empty(x.shape, x.dtype)
+        inv_std = numpy.empty(d, x.dtype)
+        mu = numpy.empty(d, x.dtype)
+        var = numpy.empty(d, x.dtype)
+        rmean, rmean_back = _inplace(running_mean)
+        rvar, rvar_back = _inplace(running_var)
+        _kn.batchnorm_forward(_c(x), _c(gamma), _c(beta), rmean, rvar, dt(momentum), dt(1 - momentum),
+                              dt(eps), bool(train), dt(n), dt(1), mu, var, buf, xhat, inv_std)
+        if train:
+            _write_back(rmean, rmean_back)
+            _write_back(rvar, rvar_back)
+        return _finish(buf, back), xhat, inv_std
+
+    def batchnorm_backward(self, dout, xhat, inv_std, gamma, *, dx=None, dgamma=None, dbeta=None):
+        if not (_fast(dout, xhat, inv_std, gamma) and dout.ndim == 2 and xhat.shape == dout.shape
+                and inv_std.shape == gamma.shape == dout.shape[1:]):
+            return super().batchnorm_backward(dout, xhat, inv_std, gamma, dx=dx, dgamma=dgamma,
+                                              dbeta=dbeta)
+        dt = dout.dtype.type
+        n, d = dout.shape
+        buf, back = _target(dx, dout.shape, dout.dtype)
+        gbuf, gback = _target(dgamma, (d,), dout.dtype)
+        bbuf, bback = _target(dbeta, (d,), dout.dtype)
+        work = numpy.empty((3, d), dout.dtype)
+        _kn.batchnorm_backward(_c(dout), _c(xhat), _c(inv_std), _c(gamma), dt(n), dt(0),
+                               work[0], work[1], work[2], buf, gbuf, bbuf)
+        if dgamma is not None:
+            _finish(gbuf, gback)
+        if dbeta is not None:
+            _finish(bbuf, bback)
+        return _finish(buf, back)
+
+    # ------------------------------------------------------------------ optimizers (flat buffers)
+    def sq_norm(self, x):
+        if not _fast(x):
+            return super().sq_norm(x)
+        return numpy.asarray(_ko.sq_norm(_c(x).reshape(-1), x.dtype.type(0)), dtype=x.dtype)
+
+    @staticmethod
+    def _step_args(p, weight_decay, scale):
+        dt = p.dtype.type
+        return dt(weight_decay), dt(scale), bool(weight_decay), scale != 1.0
+
+    @staticmethod
+    def _flush_args(p):
+        return p.dtype.type(numpy.finfo(p.dtype).tiny), p.dtype.type(0)
+
+    def sgd_step(self, p, g, lr, weight_decay=0.0, scale=1.0):
+        if not (_fast(p, g) and p.shape == g.shape):
+            return super().sgd_step(p, g, lr, weight_decay, scale)
+        pf, pb = _inplace(p)
+        _ko.sgd_step(pf, _c(g).reshape(-1), p.dtype.type(lr), *self._step_args(p, weight_decay, scale))
+        _write_back(pf, pb)
+
+    def momentum_step(self, p, g, v, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False):
+        if not (_fast(p, g, v) and p.shape == g.shape == v.shape):
+            return super().momentum_step(p, g, v, lr, momentum, weight_decay, scale, nesterov)
+        dt = p.dtype.type
+        (pf, pb), (vf, vb) = _inplace(p), _inplace(v)
+        _ko.momentum_step(pf, _c(g).reshape(-1), vf, dt(lr), dt(momentum),
+                          *self._step_args(p, weight_decay, scale), bool(nesterov),
+                          *self._flush_args(p))
+        _write_back(pf, pb)
+        _write_back(vf, vb)
+
+    def adagrad_step(self, p, g, h, lr, eps, weight_decay=0.0, scale=1.0):
+        if not (_fast(p, g, h) and p.shape == g.shape == h.shape):
+            return super().adagrad_step(p, g, h, lr, eps, weight_decay, scale)
+        dt = p.dtype.type
+        (pf, pb), (hf, hb) = _inplace(p), _inplace(h)
+        _ko.adagrad_step(pf, _c(g).reshape(-1), hf, dt(lr), dt(eps),
+                         *self._step_args(p, weight_decay, scale), *self._flush_args(p))
+        _write_back(pf, pb)
+        _write_back(hf, hb)
+
+    def rmsprop_step(self, p, g, h, lr, rho, eps, weight_decay=0.0, scale=1.0):
+        if not (_fast(p, g, h) and p.shape == g.shape == h.shape):
+            return super().rmsprop_step(p, g, h, lr, rho, eps, weight_decay, scale)
+        dt = p.dtype.type
+        (pf, pb), (hf, hb) = _inplace(p), _inplace(h)
+        _ko.rmsprop_step(pf, _c(g).reshape(-1), hf, dt(lr), dt(rho), dt(1 - rho), dt(eps),
+                         *self._step_args(p, weight_decay, scale), *self._flush_args(p))
+        _write_back(pf, pb)
+        _write_back(hf, hb)
+
+    def adam_step(self, p, g, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0,
+                  decoupled=False):
+        if not (_fast(p, g, m, v) and p.shape == g.shape == m.shape == v.shape):
+            return super().adam_step(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, scale,
+                                     decoupled)
+        dt = p.dtype.type
+        # bias corrections on the host in float64, then cast (as the reference)
+        step_size = dt(lr / (1.0 - beta1 ** t))
+        inv_sqrt_bc2 = dt(1.0 / numpy.sqrt(1.0 - beta2 ** t))
+        decay = dt(1.0 - lr * weight_decay)
+        (pf, pb), (mf, mb), (vf, vb) = _inplace(p), _inplace(m), _inplace(v)
+        _ko.adam_step(pf, _c(g).reshape(-1), mf, vf, dt(beta1), dt(1 - beta1), dt(beta2),
+                      dt(1 - beta2), dt(eps), step_size, inv_sqrt_bc2,
+                      *self._step_args(p, weight_decay, scale)[:2], decay,
+                      *self._step_args(p, weight_decay, scale)[2:], bool(decoupled),
+                      *self._flush_args(p))
+        _write_back(pf, pb)
+        _write_back(mf, mb)
+        _write_back(vf, vb)

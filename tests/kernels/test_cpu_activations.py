@@ -1,0 +1,129 @@
+"""Activation primitives of each fast backend against the NumPy reference."""
+import numpy
+import pytest
+
+from fastnn.backend import get_ops
+from fastnn.kernels import ACTIVATIONS
+from fastnn.testing import assert_close, host
+
+SHAPES = [(1, 1), (3, 7), (129, 65), (257, 33)]
+ACTS = sorted(ACTIVATIONS.items(), key=lambda kv: kv[1])
+ALPHA = 0.3
+
+
+def _rand(shape, dtype, seed, scale=3.0):
+    rng = numpy.random.default_rng(seed)
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name,act", ACTS, ids=[n for n, _ in ACTS])
+def test_bias_act_matches_reference(fast_backend, ref, dtype, shape, name, act):
+    ops = get_ops(fast_backend)
+    x, b = _rand(shape, dtype, 1), _rand(shape[1:], dtype, 2)
+    expected = ref.bias_act(x, b, act, ALPHA)
+    got = ops.bias_act(ops.asarray(x), ops.asarray(b), act, ALPHA)
+    assert host(got).dtype == dtype
+    assert_close(got, expected, dtype)
+    assert_close(ops.bias_act(ops.asarray(x), None, act, ALPHA), ref.bias_act(x, None, act, ALPHA), dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name,act", ACTS, ids=[n for n, _ in ACTS])
+def test_act_backward_matches_reference(fast_backend, ref, dtype, shape, name, act):
+    ops = get_ops(fast_backend)
+    y = ref.bias_act(_rand(shape, dtype, 3), None, act, ALPHA)
+    dout = _rand(shape, dtype, 4)
+    assert_close(ops.act_backward(ops.asarray(dout), ops.asarray(y), act, ALPHA),
+                 ref.act_backward(dout, y, act, ALPHA), dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name,act", ACTS, ids=[n for n, _ in ACTS])
+def test_act_backward_bias_grad_matches_reference(fast_backend, ref, dtype, shape, name, act):
+    ops = get_ops(fast_backend)
+    y = ref.bias_act(_rand(shape, dtype, 5), None, act, ALPHA)
+    dout = _rand(shape, dtype, 6)
+    db_ref = numpy.empty(shape[1], dtype)
+    dz_ref = ref.act_backward_bias_grad(dout, y, act, ALPHA, db=db_ref)
+    out, db = ops.alloc(shape, dtype), ops.alloc(shape[1], dtype)
+    dz = ops.act_backward_bias_grad(ops.asarray(dout), ops.asarray(y), act, ALPHA, out=out, db=db)
+    assert dz is out
+    assert_close(dz, dz_ref, dtype)
+    assert_close(db, db_ref, dtype)
+    assert_close(ops.act_backward_bias_grad(ops.asarray(dout), ops.asarray(y), act, ALPHA), dz_ref, dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_bias_grad_matches_reference(fast_backend, ref, dtype, shape):
+    ops = get_ops(fast_backend)
+    dz = _rand(shape, dtype, 7)
+    assert_close(ops.bias_grad(ops.asarray(dz)), ref.bias_grad(dz), dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(4, 1000)], ids=str)
+@pytest.mark.parametrize("scale", [1.0, 1000.0])
+def test_softmax_matches_reference(fast_backend, ref, dtype, shape, scale):
+    ops = get_ops(fast_backend)
+    x = _rand(shape, dtype, 8, scale)
+    got = host(ops.softmax(ops.asarray(x)))
+    assert numpy.isfinite(got).all()
+    assert_close(got, ref.softmax(x), dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_mul_matches_reference(fast_backend, ref, dtype, shape):
+    ops = get_ops(fast_backend)
+    x, y = _rand(shape, dtype, 9), _rand(shape, dtype, 10)
+    assert_close(ops.mul(ops.asarray(x), ops.asarray(y)), ref.mul(x, y), dtype)
+    # broadcasting is part of the contract too
+    assert_close(ops.mul(ops.asarray(x), ops.asarray(y[0])), ref.mul(x, y[0]), dtype)
+
+
+def _calls(ops, x, b, y, dout):
+    """Each activation primitive as (name, call with out=, call without)."""
+    a = ACTIVATIONS["elu"]
+    return [
+        ("bias_act", lambda out: ops.bias_act(x, b, a, ALPHA, out=out), x.shape),
+        ("act_backward", lambda out: ops.act_backward(dout, y, a, ALPHA, out=out), x.shape),
+        ("bias_grad", lambda out: ops.bias_grad(dout, out=out), x.shape[1:]),
+        ("act_backward_bias_grad", lambda out: ops.act_backward_bias_grad(dout, y, a, ALPHA, out=out), x.shape),
+        ("softmax", lambda out: ops.softmax(x, out=out), x.shape),
+        ("mul", lambda out: ops.mul(x, dout, out=out), x.shape),
+    ]
+
+
+def test_out_buffers_are_returned_and_inputs_kept(fast_backend, ref, dtype):
+    ops = get_ops(fast_backend)
+    hx, hb, hdout = _rand((33, 17), dtype, 11), _rand(17, dtype, 12), _rand((33, 17), dtype, 13)
+    hy = ref.bias_act(hx, hb, ACTIVATIONS["elu"], ALPHA)
+    x, b, y, dout = (ops.asarray(a) for a in (hx, hb, hy, hdout))
+    for (name, call, shape), (_, ref_call, _) in zip(_calls(ops, x, b, y, dout), _calls(ref, hx, hb, hy, hdout)):
+        out = ops.alloc(shape, dtype)
+        assert call(out) is out, name
+        assert_close(out, ref_call(None), dtype, err_msg=name)
+        assert_close(call(None), ref_call(None), dtype, err_msg=name)
+        for arr, orig in ((x, hx), (b, hb), (y, hy), (dout, hdout)):
+            numpy.testing.assert_array_equal(host(arr), orig, err_msg=f"{name} wrote an input")
+
+
+def test_non_contiguous_arrays(fast_backend, ref, dtype):
+    ops = get_ops(fast_backend)
+    big = _rand((40, 30), dtype, 14)
+    hx, hdout = big[::2, 1::2], big.T[:20, :15]  # (20, 15) views, neither contiguous
+    hb = _rand(30, dtype, 15)[::2]
+    x, b, dout = ops.asarray(hx), ops.asarray(hb), ops.asarray(hdout)
+    a = ACTIVATIONS["tanh"]
+    assert_close(ops.bias_act(x, b, a), ref.bias_act(hx, hb, a), dtype)
+    assert_close(ops.softmax(x), ref.softmax(hx), dtype)
+    assert_close(ops.mul(x, dout), ref.mul(hx, hdout), dtype)
+    out = ops.alloc((15, 20), dtype).T  # a non-contiguous out buffer is written too
+    assert ops.act_backward(dout, x, a, out=out) is out
+    assert_close(out, ref.act_backward(hdout, hx, a), dtype)
+
+
+def test_unknown_activation_is_an_error(fast_backend, dtype):
+    ops = get_ops(fast_backend)
+    x = ops.asarray(_rand((2, 3), dtype, 16))
+    with pytest.raises(ValueError, match="unknown activation"):
+        ops.bias_act(x, None, 99)
