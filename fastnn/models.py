@@ -175,9 +175,9 @@ class Sequential:
         """
         if loss is None:
             raise ValueError(f"{self.name}.compile: loss is required; valid names: {', '.join(_losses.LOSS_NAMES)}")
-        self.optimizer = _optimizers.get(optimizer)
-        self.loss = _losses.get(loss)
-        self.metrics = [_metrics.get(m, self.loss) for m in (metrics or [])]
+        opt, loss = _optimizers.get(optimizer), _losses.get(loss)
+        metrics = [_metrics.get(m, loss) for m in (metrics or [])]
+        self.optimizer, self.loss, self.metrics = opt, loss, metrics
         last = self.layers[-1] if self.layers else None
         head = None
         if isinstance(last, (Dense, Activation)):
@@ -218,16 +218,18 @@ class Sequential:
             raise ValueError(f"{self.name}: {what} must have a batch axis, shape (N, ...); got shape {tuple(x.shape)}")
         if x.shape[0] == 0:
             raise ValueError(f"{self.name}: {what} is empty (0 samples)")
-        if self.built and tuple(x.shape[1:]) != self.input_shape:
-            if math.prod(x.shape[1:]) != math.prod(self.input_shape) or not isinstance(self.layers[0], Dense):
-                raise ValueError(f"{self.name}: the first layer {self.layers[0].name} expects {what} of shape "
-                                 f"{shape_str((None,) + self.input_shape)}, got {tuple(x.shape)}")
         if x.dtype.kind == "f":
             xp = numpy if isinstance(x, numpy.ndarray) else self.ops.xp
             if not bool(xp.isfinite(x).all()):
                 bad = numpy.argwhere(~numpy.isfinite(numpy.asarray(self.ops.asnumpy(x) if not isinstance(x, numpy.ndarray) else x)))[0]
                 raise ValueError(f"{self.name}: {what} contains NaN or infinite values (first at index {tuple(int(i) for i in bad)})")
         return x
+
+    def _check_shape(self, x, what):
+        if tuple(x.shape[1:]) != self.input_shape:
+            if math.prod(x.shape[1:]) != math.prod(self.input_shape) or not isinstance(self.layers[0], Dense):
+                raise ValueError(f"{self.name}: the first layer {self.layers[0].name} expects {what} of shape "
+                                 f"{shape_str((None,) + self.input_shape)}, got {tuple(x.shape)}")
 
     def _check_y(self, y, n, what="y"):
         y = self._host_or_device(y, what)
@@ -267,8 +269,9 @@ class Sequential:
         """Validate once on the host, build if needed, and move to the device once."""
         x = self._check_x(x, what[0])
         if not self.built:
-            self.build(tuple(x.shape[1:]))
-            x = self._check_x(x, what[0])
+            first = self.layers[0].input_shape if self.layers else None
+            self.build(first if first is not None else tuple(x.shape[1:]))
+        self._check_shape(x, what[0])
         if y is not None:
             y = self._check_y(y, x.shape[0], what[1])
         x = x if self.ops.owns(x) and x.dtype == self.dtype else self.ops.asarray(x, dtype=self.dtype)

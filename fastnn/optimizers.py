@@ -17,6 +17,7 @@ module (evaluated at the optimizer's step count).
 from __future__ import annotations
 
 import math
+import numbers
 
 from fastnn.backend import follow
 
@@ -37,7 +38,7 @@ def _alias(owner, value, default, **synonyms):
 
 
 def _check_positive(owner, name, value, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or \
             value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{owner}: {name} must be a {'non-negative' if allow_zero else 'positive'} number, "
                          f"got {value!r}")
@@ -116,7 +117,7 @@ class Optimizer:
         owner = type(self).__name__
         lr = _alias(owner, None, self.default_lr, lr=lr, learning_rate=learning_rate)
         if not isinstance(lr, Schedule) and not callable(lr):
-            lr = _check_positive(owner, "lr", lr)
+            lr = _check_positive(owner, "lr", lr, allow_zero=True)
         self._lr = lr
         self.weight_decay = _check_positive(owner, "weight_decay", weight_decay, allow_zero=True)
         self.clipnorm = None if clipnorm is None else _check_positive(owner, "clipnorm", clipnorm)
@@ -134,7 +135,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value):
-        self._lr = value if callable(value) else _check_positive(type(self).__name__, "lr", value)
+        self._lr = value if callable(value) else _check_positive(type(self).__name__, "lr", value, allow_zero=True)
 
     learning_rate = lr
 
@@ -178,7 +179,7 @@ class Optimizer:
             if writes_back:
                 flat_p = flat_p.copy()
             state = self.state.get(key)
-            if state is None or state[0].shape != flat_p.shape:
+            if state is None or (state and state[0].shape != flat_p.shape):
                 state = self.state[key] = tuple(ops.alloc(flat_p.shape, p.dtype) for _ in self.slots)
             wd = 0.0 if key in self._decay_excluded else self.weight_decay
             self._apply(ops, flat_p, g.reshape(-1), state, lr, wd, scale, self.iterations)
@@ -192,7 +193,7 @@ class Optimizer:
 
     def step_flat(self, flat):
         """One update of the model's flat buffers: one primitive call per run of equal flags."""
-        if self.flat_slots is None or self.flat_slots and self.flat_slots[0].shape != (flat.size,):
+        if self.flat_slots is None or (self.flat_slots and self.flat_slots[0].shape != (flat.size,)):
             self.build(flat)
         ops = flat.ops
         runs = flat.runs()
