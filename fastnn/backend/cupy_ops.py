@@ -1,10 +1,17 @@
 """``CupyOps``: CuPy arrays on one CUDA device, cuBLAS GEMMs, and (as they land) fused CUDA kernels.
 
 The reference bodies of ``Ops`` already run on CuPy arrays because they use only ``self.xp``.
+Each hot primitive (``HOT_PRIMITIVES``) is one line calling its launcher in ``fastnn.kernels.gpu``,
+with the base signature exactly; the launchers import CuPy only when they run.
 """
 import numpy
 
 from fastnn.backend.ops import Ops
+from fastnn.kernels.gpu import activations as _act
+from fastnn.kernels.gpu import dropout as _drop
+from fastnn.kernels.gpu import losses as _loss
+from fastnn.kernels.gpu import normalization as _norm
+from fastnn.kernels.gpu import optimizers as _opt
 
 
 class CupyOps(Ops):
@@ -34,3 +41,67 @@ class CupyOps(Ops):
 
     def synchronize(self):
         self._cupy.cuda.Device(self.device_id).synchronize()
+
+    # ------------------------------------------------------------------ fused CUDA kernels
+    # Kernels launch on the current CUDA device and index flat memory of the arrays they get;
+    # a model's arrays live on this backend's device, which the caller makes current.
+    def bias_act(self, x, b, act, alpha=0.0, *, out=None):
+        return _act.bias_act(x, b, act, alpha, out=out)
+
+    def act_backward(self, dout, y, act, alpha=0.0, *, out=None):
+        return _act.act_backward(dout, y, act, alpha, out=out)
+
+    def bias_grad(self, dz, *, out=None):
+        return _act.bias_grad(dz, out=out)
+
+    def act_backward_bias_grad(self, dout, y, act, alpha=0.0, *, out=None, db=None):
+        return _act.act_backward_bias_grad(dout, y, act, alpha, out=out, db=db)
+
+    def dropout_mask(self, shape, rate, seed, step, row0=0, *, dtype=numpy.float32, out=None):
+        with self._cupy.cuda.Device(self.device_id):
+            return _drop.dropout_mask(shape, rate, seed, step, row0, dtype=dtype, out=out)
+
+    def mul(self, x, y, *, out=None):
+        return _act.mul(x, y, out=out)
+
+    def softmax(self, x, *, out=None):
+        return _act.softmax(x, out=out)
+
+    def softmax_xent(self, x, t, *, y=None, dx=None):
+        return _loss.softmax_xent(x, t, y=y, dx=dx)
+
+    def softmax_xent_backward(self, y, t, dout=1.0, *, out=None):
+        return _loss.softmax_xent_backward(y, t, dout, out=out)
+
+    def sigmoid_bce(self, x, t, *, y=None, dx=None):
+        return _loss.sigmoid_bce(x, t, y=y, dx=dx)
+
+    def mse(self, y, t, scale, *, dx=None):
+        return _loss.mse(y, t, scale, dx=dx)
+
+    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, momentum, eps, train,
+                          *, out=None):
+        return _norm.batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, train,
+                                       out=out)
+
+    def batchnorm_backward(self, dout, xhat, inv_std, gamma, *, dx=None, dgamma=None, dbeta=None):
+        return _norm.batchnorm_backward(dout, xhat, inv_std, gamma, dx=dx, dgamma=dgamma, dbeta=dbeta)
+
+    def sq_norm(self, x):
+        return _opt.sq_norm(x)
+
+    def sgd_step(self, p, g, lr, weight_decay=0.0, scale=1.0):
+        return _opt.sgd_step(p, g, lr, weight_decay, scale)
+
+    def momentum_step(self, p, g, v, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False):
+        return _opt.momentum_step(p, g, v, lr, momentum, weight_decay, scale, nesterov)
+
+    def adagrad_step(self, p, g, h, lr, eps, weight_decay=0.0, scale=1.0):
+        return _opt.adagrad_step(p, g, h, lr, eps, weight_decay, scale)
+
+    def rmsprop_step(self, p, g, h, lr, rho, eps, weight_decay=0.0, scale=1.0):
+        return _opt.rmsprop_step(p, g, h, lr, rho, eps, weight_decay, scale)
+
+    def adam_step(self, p, g, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0,
+                  decoupled=False):
+        return _opt.adam_step(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled)

@@ -1,0 +1,157 @@
+"""Build and cache the CUDA modules of ``fastnn.kernels.gpu``, and shared launcher helpers.
+
+Each ``<family>.cu`` next to this file becomes one ``cupy.RawModule``, compiled by NVRTC at
+first use on each device, with every ``fastnn_<name><T>`` template instantiated for ``float``
+and ``double`` through ``name_expressions``; CuPy's disk cache (``CUPY_CACHE_DIR``) serves later
+processes (CuPy >= 14.2 caches templated modules). Nothing here imports CuPy at module level, so
+the launcher modules import on machines without CuPy or a GPU.
+
+Launch sizes come from the device's properties: grid-stride kernels get at most
+``BLOCKS_PER_SM`` blocks per multiprocessor, so any grid is correct and the size is only tuning.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy
+
+HERE = Path(__file__).resolve().parent
+CTYPES = {numpy.dtype(numpy.float32): "float", numpy.dtype(numpy.float64): "double"}
+# --fmad=false: products and sums round separately, as NumPy's do, so the kernels reproduce the
+# reference's arithmetic. (CuPy adds -ftz=true and -arch itself; GPU-NOTES §2.)
+COMPILE_OPTIONS = ("--fmad=false",)
+BLOCK = 256          # threads per block of the elementwise and 1-D reduction kernels
+COL_BLOCK = (32, 8)  # (columns, rows) per block of the column-reduction kernels
+BLOCKS_PER_SM = 8    # grid-stride loops: at most this many blocks per multiprocessor
+
+_lock = threading.Lock()
+_modules: dict = {}    # (family, device id) -> cupy.RawModule
+_functions: dict = {}  # (family, kernel, dtype, device id) -> cupy.RawKernel
+_sm_counts: dict = {}  # device id -> multiprocessor count
+
+
+def source_path(family: str) -> Path:
+    """The ``.cu`` file of a kernel family (shipped as package data)."""
+    return HERE / f"{family}.cu"
+
+
+def name_expressions(kernels) -> list:
+    """``['fastnn_x<float>', 'fastnn_x<double>', ...]`` for every kernel name."""
+    return [f"{k}<{c}>" for k in kernels for c in CTYPES.values()]
+
+
+def _cupy():
+    import cupy
+
+    return cupy
+
+
+def _device_id() -> int:
+    return _cupy().cuda.runtime.getDevice()
+
+
+def module(family: str, kernels):
+    """The compiled ``RawModule`` of ``family`` on the current device (built once per device)."""
+    key = (family, _device_id())
+    mod = _modules.get(key)
+    if mod is None:
+        with _lock:
+            mod = _modules.get(key)
+            if mod is None:
+                cupy = _cupy()
+                mod = cupy.RawModule(code=source_path(family).read_text(encoding="utf-8"),
+                                     options=COMPILE_OPTIONS, name_expressions=name_expressions(kernels))
+                _modules[key] = mod
+    return mod
+
+
+def function(family: str, kernels, name: str, dtype):
+    """The ``name<T>`` kernel of ``family`` for ``dtype`` (float32 -> float, float64 -> double)."""
+    dtype = numpy.dtype(dtype)
+    key = (family, name, dtype, _device_id())
+    fn = _functions.get(key)
+    if fn is None:
+        fn = module(family, kernels).get_function(f"{name}<{CTYPES[dtype]}>")
+        _functions[key] = fn
+    return fn
+
+
+def sm_count() -> int:
+    """Multiprocessors of the current device (read once per device)."""
+    dev = _device_id()
+    count = _sm_counts.get(dev)
+    if count is None:
+        count = int(_cupy().cuda.Device(dev).attributes["MultiProcessorCount"])
+        _sm_counts[dev] = count
+    return count
+
+
+def grid_1d(n: int, block: int = BLOCK) -> int:
+    """Blocks for a grid-stride loop over ``n`` items: enough to cover them, capped by the device."""
+    return max(1, min(-(-n // block), sm_count() * BLOCKS_PER_SM))
+
+
+def grid_rows(n_rows: int, block: int = BLOCK) -> int:
+    """Blocks for warp-per-row kernels: ``block // 32`` rows per block, capped by the device."""
+    return grid_1d(n_rows, block // 32)
+
+
+def grid_cols(n_cols: int) -> int:
+    """Blocks for column-reduction kernels: one per group of ``COL_BLOCK[0]`` columns, capped."""
+    return grid_1d(n_cols, COL_BLOCK[0])
+
+
+# ---------------------------------------------------------------------------- argument checks
+def check_dtype(primitive: str, *arrays):
+    """The common float dtype of ``arrays`` (``None`` entries skipped); ``TypeError`` otherwise."""
+    dtype = None
+    for a in arrays:
+        if a is None:
+            continue
+        dt = numpy.dtype(a.dtype)
+        if dt not in CTYPES:
+            raise TypeError(f"{primitive}: the CUDA kernels take float32 or float64 arrays, got {dt}")
+        if dtype is None:
+            dtype = dt
+        elif dt != dtype:
+            raise TypeError(f"{primitive}: arrays must share one dtype, got {dtype} and {dt}; "
+                            f"cast them first (nothing is promoted silently)")
+    return dtype
+
+
+def contiguous(a):
+    """``a`` itself when C-contiguous, else a C-contiguous copy (kernels index flat memory)."""
+    if a is None or a.flags.c_contiguous:
+        return a
+    return _cupy().ascontiguousarray(a)
+
+
+def check_out(primitive: str, name: str, buf, shape, dtype):
+    """Check a caller-given output buffer: C-contiguous, of ``shape`` and ``dtype``."""
+    if buf is None:
+        return None
+    if tuple(buf.shape) != tuple(shape):
+        raise ValueError(f"{primitive}: {name} must have shape {tuple(shape)}, got {tuple(buf.shape)}")
+    if numpy.dtype(buf.dtype) != numpy.dtype(dtype):
+        raise TypeError(f"{primitive}: {name} must have dtype {numpy.dtype(dtype)}, got {buf.dtype}")
+    if not buf.flags.c_contiguous:
+        raise ValueError(f"{primitive}: {name} must be C-contiguous (the kernel writes flat memory); "
+                         f"pass a contiguous buffer")
+    return buf
+
+
+def check_inplace(primitive: str, name: str, buf, shape, dtype):
+    """Check an array the primitive updates in place (optimizer state, running statistics)."""
+    if buf is None:
+        raise ValueError(f"{primitive}: {name} is required")
+    return check_out(primitive, name, buf, shape, dtype)
+
+
+def empty(shape, dtype):
+    return _cupy().empty(shape, dtype=dtype)
+
+
+def dtype_scalar(dtype, value):
+    """``value`` as a NumPy scalar of ``dtype``: CuPy passes a Python float as double (GPU-NOTES)."""
+    return numpy.dtype(dtype).type(value)

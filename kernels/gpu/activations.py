@@ -1,0 +1,143 @@
+"""CuPy launchers of ``activations.cu``: bias + activation, activation backward, bias gradient,
+their fused backward pair, row-wise softmax and the elementwise product.
+
+Same names, arguments and results as the ``Ops`` reference (``fastnn/backend/ops.py``). Every
+launcher checks dtypes (float32/float64, one dtype), sizes and ``out=`` buffers before launching
+(CuPy checks nothing), copies non-contiguous inputs, and allocates nothing of the data's size
+when given its output buffers.
+"""
+import numpy
+
+from fastnn.kernels import ACTIVATION_NAMES
+from fastnn.kernels.gpu import _loader as L
+
+FAMILY = "activations"
+KERNELS = ("fastnn_bias_act", "fastnn_act_backward", "fastnn_bias_grad", "fastnn_act_backward_bias_grad",
+           "fastnn_softmax", "fastnn_mul")
+
+
+def _fn(name, dtype):
+    return L.function(FAMILY, KERNELS, name, dtype)
+
+
+def _act_code(primitive, act):
+    if act not in ACTIVATION_NAMES:
+        raise ValueError(f"{primitive}: unknown activation code {act!r}; "
+                         f"expected one of {sorted(ACTIVATION_NAMES)} (fastnn.kernels)")
+    return numpy.int32(act)
+
+
+def _rows_cols(primitive, name, a):
+    if a.ndim != 2:
+        raise ValueError(f"{primitive}: expected {name} of shape (N, D), got {tuple(a.shape)}")
+    return a.shape
+
+
+def _same_shape(primitive, names, *arrays):
+    shape = tuple(arrays[0].shape)
+    for name, a in zip(names[1:], arrays[1:]):
+        if tuple(a.shape) != shape:
+            raise ValueError(f"{primitive}: {name} must have the shape of {names[0]} {shape}, got {tuple(a.shape)}")
+
+
+def bias_act(x, b, act, alpha=0.0, *, out=None):
+    """``out = act(x + b)``, ``b: (D,)`` broadcast over the rows of ``x: (..., D)``; ``b=None``: no bias."""
+    dtype = L.check_dtype("bias_act", x, b)
+    code = _act_code("bias_act", act)
+    if b is not None and (b.ndim != 1 or x.ndim == 0 or b.shape[0] != x.shape[-1]):
+        raise ValueError(f"bias_act: expected b of shape ({x.shape[-1] if x.ndim else '?'},) for x of shape "
+                         f"{tuple(x.shape)}, got {tuple(b.shape)}")
+    x, b = L.contiguous(x), L.contiguous(b)
+    y = L.check_out("bias_act", "out", out, x.shape, dtype)
+    if y is None:
+        y = L.empty(x.shape, dtype)
+    n = x.size
+    if n:
+        d = b.shape[0] if b is not None else 1
+        _fn("fastnn_bias_act", dtype)(
+            (L.grid_1d(n),), (L.BLOCK,),
+            (x, x if b is None else b, y, numpy.int64(n), numpy.int64(max(d, 1)),
+             numpy.int32(b is not None), code, L.dtype_scalar(dtype, alpha)))
+    return y
+
+
+def act_backward(dout, y, act, alpha=0.0, *, out=None):
+    """``out = dout * act'(z)``, with ``act'`` computed from the forward output ``y``; ``dout`` is not written."""
+    dtype = L.check_dtype("act_backward", dout, y)
+    code = _act_code("act_backward", act)
+    _same_shape("act_backward", ("dout", "y"), dout, y)
+    dout, y = L.contiguous(dout), L.contiguous(y)
+    dz = L.check_out("act_backward", "out", out, y.shape, dtype)
+    if dz is None:
+        dz = L.empty(y.shape, dtype)
+    n = y.size
+    if n:
+        _fn("fastnn_act_backward", dtype)(
+            (L.grid_1d(n),), (L.BLOCK,),
+            (dout, y, dz, numpy.int64(n), code, L.dtype_scalar(dtype, alpha)))
+    return dz
+
+
+def bias_grad(dz, *, out=None):
+    """``out = dz.sum(axis=0)``: the bias gradient of ``dz: (N, D)``."""
+    dtype = L.check_dtype("bias_grad", dz)
+    n, d = _rows_cols("bias_grad", "dz", dz)
+    dz = L.contiguous(dz)
+    db = L.check_out("bias_grad", "out", out, (d,), dtype)
+    if db is None:
+        db = L.empty((d,), dtype)
+    if d:
+        _fn("fastnn_bias_grad", dtype)(
+            (L.grid_cols(d),), L.COL_BLOCK, (dz, db, numpy.int64(n), numpy.int64(d)))
+    return db
+
+
+def act_backward_bias_grad(dout, y, act, alpha=0.0, *, out=None, db=None):
+    """``act_backward`` then ``bias_grad`` in one pass: returns ``dz: (N, D)`` and writes ``db = dz.sum(0)``.
+
+    ``db=None`` computes only ``dz`` (as the reference, which then discards the sum).
+    """
+    if db is None:
+        return act_backward(dout, y, act, alpha, out=out)
+    dtype = L.check_dtype("act_backward_bias_grad", dout, y)
+    code = _act_code("act_backward_bias_grad", act)
+    n, d = _rows_cols("act_backward_bias_grad", "y", y)
+    _same_shape("act_backward_bias_grad", ("dout", "y"), dout, y)
+    dout, y = L.contiguous(dout), L.contiguous(y)
+    dz = L.check_out("act_backward_bias_grad", "out", out, (n, d), dtype)
+    L.check_out("act_backward_bias_grad", "db", db, (d,), dtype)
+    if dz is None:
+        dz = L.empty((n, d), dtype)
+    if d:
+        _fn("fastnn_act_backward_bias_grad", dtype)(
+            (L.grid_cols(d),), L.COL_BLOCK,
+            (dout, y, dz, db, numpy.int64(n), numpy.int64(d), code, L.dtype_scalar(dtype, alpha)))
+    return dz
+
+
+def softmax(x, *, out=None):
+    """Row-wise softmax of ``x: (N, C)``, max-subtracted; one warp per row."""
+    dtype = L.check_dtype("softmax", x)
+    n, c = _rows_cols("softmax", "x", x)
+    x = L.contiguous(x)
+    y = L.check_out("softmax", "out", out, (n, c), dtype)
+    if y is None:
+        y = L.empty((n, c), dtype)
+    if n and c:
+        _fn("fastnn_softmax", dtype)(
+            (L.grid_rows(n),), (L.BLOCK,), (x, y, numpy.int64(n), numpy.int64(c)))
+    return y
+
+
+def mul(x, y, *, out=None):
+    """``out = x * y`` elementwise (same shape and dtype; no broadcasting)."""
+    dtype = L.check_dtype("mul", x, y)
+    _same_shape("mul", ("x", "y"), x, y)
+    x, y = L.contiguous(x), L.contiguous(y)
+    z = L.check_out("mul", "out", out, x.shape, dtype)
+    if z is None:
+        z = L.empty(x.shape, dtype)
+    n = x.size
+    if n:
+        _fn("fastnn_mul", dtype)((L.grid_1d(n),), (L.BLOCK,), (x, y, z, numpy.int64(n)))
+    return z

@@ -1,0 +1,122 @@
+// fastnn batch normalization over the columns of x: (n, d).
+//
+// Block (FASTNN_COLS, FASTNN_ROWS): threadIdx.x walks a group of 32 columns (coalesced reads of a
+// row), threadIdx.y strides over rows; column sums meet in shared memory. Grid-stride over
+// column groups. Formulas mirror Ops.batchnorm_forward / batchnorm_backward (two-pass variance).
+
+#define FASTNN_COLS 32
+#define FASTNN_ROWS 8
+
+template <typename T> struct FMath;
+template <> struct FMath<float> {
+    static __device__ __forceinline__ float sqrt(float x) { return sqrtf(x); }
+};
+template <> struct FMath<double> {
+    static __device__ __forceinline__ double sqrt(double x) { return ::sqrt(x); }
+};
+
+// Sum the FASTNN_ROWS partial sums of each column; every thread of the column gets the total.
+template <typename T>
+__device__ __forceinline__ T fastnn_column_total(T (*part)[FASTNN_COLS + 1], T acc) {
+    part[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = FASTNN_ROWS / 2; s > 0; s >>= 1) {
+        if (threadIdx.y < s) part[threadIdx.y][threadIdx.x] += part[threadIdx.y + s][threadIdx.x];
+        __syncthreads();
+    }
+    T total = part[0][threadIdx.x];
+    __syncthreads();  // part is reused by the next reduction
+    return total;
+}
+
+// train != 0: mu, var = batch mean and biased variance; running = mom * running + one_minus_mom * batch.
+// train == 0: mu, var = running statistics. Then inv_std = 1 / sqrt(var + eps),
+// xhat = (x - mu) * inv_std, y = gamma * xhat + beta.
+template <typename T>
+__global__ void fastnn_batchnorm_forward(const T* __restrict__ x, const T* __restrict__ gamma,
+                                         const T* __restrict__ beta, T* __restrict__ running_mean,
+                                         T* __restrict__ running_var, T* __restrict__ y,
+                                         T* __restrict__ xhat, T* __restrict__ inv_std,
+                                         long long n, long long d, T mom, T one_minus_mom, T eps,
+                                         int train) {
+    __shared__ T part[FASTNN_ROWS][FASTNN_COLS + 1];
+    const T n_t = T(n);
+    for (long long c0 = (long long)blockIdx.x * FASTNN_COLS; c0 < d; c0 += (long long)gridDim.x * FASTNN_COLS) {
+        const long long j = c0 + threadIdx.x;
+        const bool col = j < d;
+        T mu, var;
+        if (train) {
+            T acc = T(0);
+            if (col) for (long long i = threadIdx.y; i < n; i += FASTNN_ROWS) acc += x[i * d + j];
+            mu = fastnn_column_total<T>(part, acc) / n_t;
+            acc = T(0);
+            if (col) {
+                for (long long i = threadIdx.y; i < n; i += FASTNN_ROWS) {
+                    const T xc = x[i * d + j] - mu;
+                    acc += xc * xc;
+                }
+            }
+            var = fastnn_column_total<T>(part, acc) / n_t;
+            if (col && threadIdx.y == 0) {
+                running_mean[j] = mom * running_mean[j] + one_minus_mom * mu;
+                running_var[j] = mom * running_var[j] + one_minus_mom * var;
+            }
+        } else {
+            mu = col ? running_mean[j] : T(0);
+            var = col ? running_var[j] : T(1);
+        }
+        if (!col) continue;  // no __syncthreads below this point
+        const T is = T(1) / FMath<T>::sqrt(var + eps);
+        if (threadIdx.y == 0) inv_std[j] = is;
+        const T g = gamma[j], b = beta[j];
+        for (long long i = threadIdx.y; i < n; i += FASTNN_ROWS) {
+            const long long k = i * d + j;
+            const T xh = (x[k] - mu) * is;
+            xhat[k] = xh;
+            y[k] = g * xh + b;
+        }
+    }
+}
+
+// Training-mode gradients: dbeta = sum(dout), dgamma = sum(dout * xhat), dxhat = dout * gamma,
+// dx = inv_std / n * (n * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)), per column.
+template <typename T>
+__global__ void fastnn_batchnorm_backward(const T* __restrict__ dout, const T* __restrict__ xhat,
+                                          const T* __restrict__ inv_std, const T* __restrict__ gamma,
+                                          T* __restrict__ dx, T* __restrict__ dgamma, T* __restrict__ dbeta,
+                                          long long n, long long d, int write_dgamma, int write_dbeta) {
+    __shared__ T part[FASTNN_ROWS][FASTNN_COLS + 1];
+    const T n_t = T(n);
+    for (long long c0 = (long long)blockIdx.x * FASTNN_COLS; c0 < d; c0 += (long long)gridDim.x * FASTNN_COLS) {
+        const long long j = c0 + threadIdx.x;
+        const bool col = j < d;
+        const T g = col ? gamma[j] : T(0);
+        T s_dout = T(0), s_dout_xhat = T(0), s_dxhat = T(0), s_dxhat_xhat = T(0);
+        if (col) {
+            for (long long i = threadIdx.y; i < n; i += FASTNN_ROWS) {
+                const long long k = i * d + j;
+                const T dy = dout[k], xh = xhat[k];
+                const T dxh = dy * g;
+                s_dout += dy;
+                s_dout_xhat += dy * xh;
+                s_dxhat += dxh;
+                s_dxhat_xhat += dxh * xh;
+            }
+        }
+        s_dout = fastnn_column_total<T>(part, s_dout);
+        s_dout_xhat = fastnn_column_total<T>(part, s_dout_xhat);
+        s_dxhat = fastnn_column_total<T>(part, s_dxhat);
+        s_dxhat_xhat = fastnn_column_total<T>(part, s_dxhat_xhat);
+        if (!col) continue;  // no __syncthreads below this point
+        if (threadIdx.y == 0) {
+            if (write_dbeta) dbeta[j] = s_dout;
+            if (write_dgamma) dgamma[j] = s_dout_xhat;
+        }
+        const T k0 = inv_std[j] / n_t;
+        for (long long i = threadIdx.y; i < n; i += FASTNN_ROWS) {
+            const long long k = i * d + j;
+            const T dxh = dout[k] * g;
+            dx[k] = k0 * ((n_t * dxh - s_dxhat) - xhat[k] * s_dxhat_xhat);
+        }
+    }
+}

@@ -1,0 +1,77 @@
+"""CuPy launchers of ``normalization.cu``: batch normalization forward and backward over the
+columns of ``x: (N, D)``, one block per group of 32 columns."""
+import numpy
+
+from fastnn.kernels.gpu import _loader as L
+
+FAMILY = "normalization"
+KERNELS = ("fastnn_batchnorm_forward", "fastnn_batchnorm_backward")
+
+
+def _fn(name, dtype):
+    return L.function(FAMILY, KERNELS, name, dtype)
+
+
+def _check_vectors(primitive, d, dtype, **vectors):
+    for name, v in vectors.items():
+        if v is None:
+            raise ValueError(f"{primitive}: {name} is required")
+        if tuple(v.shape) != (d,):
+            raise ValueError(f"{primitive}: expected {name} of shape ({d},), got {tuple(v.shape)}")
+        if numpy.dtype(v.dtype) != dtype:
+            raise TypeError(f"{primitive}: {name} must have the dtype of x, {dtype}; got {v.dtype}")
+
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, train, *, out=None):
+    """Batch normalization of ``x: (N, D)`` per column; returns ``(y, xhat, inv_std)``.
+
+    Training: batch mean and biased variance, and ``running = momentum * running + (1 - momentum)
+    * batch`` in place. Inference: the running statistics. ``xhat`` and ``inv_std`` are always
+    allocated (the signature has no buffers for them); ``y`` is written into ``out`` when given.
+    """
+    dtype = L.check_dtype("batchnorm_forward", x)
+    if x.ndim != 2:
+        raise ValueError(f"batchnorm_forward: expected x of shape (N, D), got {tuple(x.shape)}")
+    n, d = x.shape
+    if train and n == 0:
+        raise ValueError("batchnorm_forward: training needs at least one row (the batch mean of 0 rows is undefined)")
+    _check_vectors("batchnorm_forward", d, dtype, gamma=gamma, beta=beta)
+    L.check_inplace("batchnorm_forward", "running_mean", running_mean, (d,), dtype)
+    L.check_inplace("batchnorm_forward", "running_var", running_var, (d,), dtype)
+    x, gamma, beta = L.contiguous(x), L.contiguous(gamma), L.contiguous(beta)
+    y = L.check_out("batchnorm_forward", "out", out, (n, d), dtype)
+    if y is None:
+        y = L.empty((n, d), dtype)
+    xhat = L.empty((n, d), dtype)
+    inv_std = L.empty((d,), dtype)
+    dt = dtype.type
+    if d:
+        _fn("fastnn_batchnorm_forward", dtype)(
+            (L.grid_cols(d),), L.COL_BLOCK,
+            (x, gamma, beta, running_mean, running_var, y, xhat, inv_std, numpy.int64(n), numpy.int64(d),
+             dt(momentum), dt(1 - momentum), dt(eps), numpy.int32(bool(train))))
+    return y, xhat, inv_std
+
+
+def batchnorm_backward(dout, xhat, inv_std, gamma, *, dx=None, dgamma=None, dbeta=None):
+    """Training-mode gradients: returns ``dx: (N, D)`` and writes ``dgamma``, ``dbeta`` (``(D,)``) when given."""
+    dtype = L.check_dtype("batchnorm_backward", dout, xhat)
+    if dout.ndim != 2:
+        raise ValueError(f"batchnorm_backward: expected dout of shape (N, D), got {tuple(dout.shape)}")
+    n, d = dout.shape
+    if tuple(xhat.shape) != (n, d):
+        raise ValueError(f"batchnorm_backward: xhat must have the shape of dout {(n, d)}, got {tuple(xhat.shape)}")
+    _check_vectors("batchnorm_backward", d, dtype, inv_std=inv_std, gamma=gamma)
+    dout, xhat = L.contiguous(dout), L.contiguous(xhat)
+    inv_std, gamma = L.contiguous(inv_std), L.contiguous(gamma)
+    L.check_out("batchnorm_backward", "dgamma", dgamma, (d,), dtype)
+    L.check_out("batchnorm_backward", "dbeta", dbeta, (d,), dtype)
+    dx_ = L.check_out("batchnorm_backward", "dx", dx, (n, d), dtype)
+    if dx_ is None:
+        dx_ = L.empty((n, d), dtype)
+    if d:
+        _fn("fastnn_batchnorm_backward", dtype)(
+            (L.grid_cols(d),), L.COL_BLOCK,
+            (dout, xhat, inv_std, gamma, dx_, dout if dgamma is None else dgamma, dout if dbeta is None else dbeta,
+             numpy.int64(n), numpy.int64(d), numpy.int32(dgamma is not None), numpy.int32(dbeta is not None)))
+    return dx_

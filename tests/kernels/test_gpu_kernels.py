@@ -1,0 +1,420 @@
+"""Every CUDA kernel against the NumPy reference (``Ops``), on random data (never zeros).
+
+float32 and float64; odd shapes, a size whose grid-stride loops wrap (``BIG``: 128*128*2 + 3
+rows, not a multiple of any block size), and a wide one whose column groups wrap the grid
+(``WIDE``). Reductions are compared with looser tolerances (the summation order differs from
+NumPy's pairwise sums) and, for plain sums, exactly on small-integer data, where every order
+gives the same bits, so a missed or doubled element cannot hide inside a tolerance. Dropout
+masks are compared bit for bit. In-place kernels get fresh copies per backend and every array
+they write is compared.
+"""
+import numpy
+import pytest
+
+from fastnn.backend import get_ops
+from fastnn.kernels import ACTIVATIONS, ELU, LEAKY_RELU, LINEAR
+from fastnn.testing import ATOL, RTOL, has_gpu, host
+from fastnn.backend import select
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not has_gpu(), reason="needs CuPy and a CUDA GPU: " + select.probe_cupy(0).reason)]
+
+BIG = (128 * 128 * 2 + 3, 17)   # > 1056 blocks of 256 on an H100: the grid-stride loop wraps
+WIDE = (3, 40_003)              # > 132 SMs * 8 blocks * 32 columns: the column-group loop wraps
+SHAPES = [(1, 1), (7, 13), (257, 33), BIG, WIDE]
+SHAPE_IDS = ["1x1", "7x13", "257x33", "big", "wide"]
+# Reductions: summation order differs from NumPy's pairwise sums.
+RED_RTOL = {numpy.dtype(numpy.float32): 1e-4, numpy.dtype(numpy.float64): 1e-10}
+RED_ATOL = {numpy.dtype(numpy.float32): 1e-4, numpy.dtype(numpy.float64): 1e-10}
+ALPHA = {LEAKY_RELU: 0.1, ELU: 0.7}
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    return get_ops("cupy")
+
+
+def close(actual, expected, dtype, reduction=False):
+    dtype = numpy.dtype(dtype)
+    actual = host(actual)
+    assert actual.dtype == dtype, f"got dtype {actual.dtype}, expected {dtype}"
+    assert actual.shape == numpy.shape(expected), f"got shape {actual.shape}, expected {numpy.shape(expected)}"
+    rtol = RED_RTOL[dtype] if reduction else RTOL[dtype]
+    atol = RED_ATOL[dtype] if reduction else ATOL[dtype]
+    numpy.testing.assert_allclose(actual, host(expected), rtol=rtol, atol=atol)
+
+
+def randn(rng, shape, dtype, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def small_ints(rng, shape, dtype, top=2):
+    """Nonzero integers in [-top, top]: every partial sum is exact, in any order."""
+    v = rng.integers(1, top + 1, size=shape) * rng.choice([-1, 1], size=shape)
+    return v.astype(dtype)
+
+
+# ---------------------------------------------------------------------------- activations
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS.values()), ids=sorted(ACTIVATIONS, key=ACTIVATIONS.get))
+def test_bias_act_matches_reference(gpu, ref, dtype, shape, act):
+    rng = numpy.random.default_rng(1)
+    x, b = randn(rng, shape, dtype, 3.0), randn(rng, shape[1], dtype)
+    alpha = ALPHA.get(act, 0.0)
+    close(gpu.bias_act(gpu.asarray(x), gpu.asarray(b), act, alpha), ref.bias_act(x, b, act, alpha), dtype)
+    close(gpu.bias_act(gpu.asarray(x), None, act, alpha), ref.bias_act(x, None, act, alpha), dtype)
+
+
+def test_bias_act_extreme_inputs_stay_finite(gpu, ref, dtype):
+    x = numpy.array([[-1000.0, -80.0, -1e-3, 0.0, 1e-3, 80.0, 1000.0]], dtype=dtype)
+    for act in ACTIVATIONS.values():
+        alpha = ALPHA.get(act, 0.0)
+        y = gpu.bias_act(gpu.asarray(x), None, act, alpha)
+        assert numpy.isfinite(host(y)).all(), act
+        close(y, ref.bias_act(x, None, act, alpha), dtype)
+
+
+def test_bias_act_writes_into_out(gpu, dtype):
+    rng = numpy.random.default_rng(2)
+    x, b = gpu.asarray(randn(rng, (5, 4), dtype)), gpu.asarray(randn(rng, 4, dtype))
+    out = gpu.alloc((5, 4), dtype)
+    assert gpu.bias_act(x, b, LINEAR, out=out) is out
+    close(out, host(x) + host(b), dtype)
+
+
+def test_bias_act_copies_non_contiguous_input(gpu, ref, dtype):
+    rng = numpy.random.default_rng(3)
+    x = randn(rng, (6, 10), dtype)
+    b = randn(rng, 6, dtype)
+    close(gpu.bias_act(gpu.asarray(x).T, gpu.asarray(b), 1), ref.bias_act(x.T, b, 1), dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS.values()), ids=sorted(ACTIVATIONS, key=ACTIVATIONS.get))
+def test_act_backward_matches_reference(gpu, ref, dtype, shape, act):
+    rng = numpy.random.default_rng(4)
+    alpha = ALPHA.get(act, 0.0)
+    y = ref.bias_act(randn(rng, shape, dtype, 3.0), None, act, alpha)
+    dout = randn(rng, shape, dtype)
+    dout_d = gpu.asarray(dout)
+    close(gpu.act_backward(dout_d, gpu.asarray(y), act, alpha), ref.act_backward(dout, y, act, alpha), dtype)
+    numpy.testing.assert_array_equal(host(dout_d), dout)  # dout is not written
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_bias_grad_matches_reference(gpu, ref, dtype, shape):
+    rng = numpy.random.default_rng(5)
+    dz = randn(rng, shape, dtype)
+    close(gpu.bias_grad(gpu.asarray(dz)), ref.bias_grad(dz), dtype, reduction=True)
+    out = gpu.alloc(shape[1], dtype)
+    assert gpu.bias_grad(gpu.asarray(dz), out=out) is out
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_bias_grad_exact_on_integers(gpu, ref, dtype, shape):
+    dz = small_ints(numpy.random.default_rng(6), shape, dtype)
+    numpy.testing.assert_array_equal(host(gpu.bias_grad(gpu.asarray(dz))), ref.bias_grad(dz))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS.values()), ids=sorted(ACTIVATIONS, key=ACTIVATIONS.get))
+def test_act_backward_bias_grad_matches_reference(gpu, ref, dtype, shape, act):
+    rng = numpy.random.default_rng(7)
+    alpha = ALPHA.get(act, 0.0)
+    y = ref.bias_act(randn(rng, shape, dtype, 3.0), None, act, alpha)
+    dout = randn(rng, shape, dtype)
+    db_ref = numpy.empty(shape[1], dtype)
+    dz_ref = ref.act_backward_bias_grad(dout, y, act, alpha, db=db_ref)
+    out, db = gpu.alloc(shape, dtype), gpu.alloc(shape[1], dtype)
+    assert gpu.act_backward_bias_grad(gpu.asarray(dout), gpu.asarray(y), act, alpha, out=out, db=db) is out
+    close(out, dz_ref, dtype)
+    close(db, db_ref, dtype, reduction=True)
+
+
+@pytest.mark.parametrize("shape", [BIG, WIDE], ids=["big", "wide"])
+def test_act_backward_bias_grad_exact_on_integers(gpu, ref, dtype, shape):
+    dout = small_ints(numpy.random.default_rng(8), shape, dtype)
+    y = numpy.ones(shape, dtype)
+    db = gpu.alloc(shape[1], dtype)
+    dz = gpu.act_backward_bias_grad(gpu.asarray(dout), gpu.asarray(y), LINEAR, db=db)
+    numpy.testing.assert_array_equal(host(dz), dout)
+    numpy.testing.assert_array_equal(host(db), dout.sum(axis=0))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_softmax_matches_reference(gpu, ref, dtype, shape):
+    x = randn(numpy.random.default_rng(9), shape, dtype, 5.0)
+    close(gpu.softmax(gpu.asarray(x)), ref.softmax(x), dtype, reduction=True)
+
+
+def test_softmax_large_logits_stay_finite(gpu, ref, dtype):
+    x = numpy.array([[1000.0, 999.0, -1000.0], [-1e4, -1e4, -1e4]], dtype=dtype)
+    close(gpu.softmax(gpu.asarray(x)), ref.softmax(x), dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_mul_matches_reference(gpu, ref, dtype, shape):
+    rng = numpy.random.default_rng(10)
+    x, y = randn(rng, shape, dtype), randn(rng, shape, dtype)
+    out = gpu.alloc(shape, dtype)
+    assert gpu.mul(gpu.asarray(x), gpu.asarray(y), out=out) is out
+    numpy.testing.assert_array_equal(host(out), ref.mul(x, y))
+
+
+# ---------------------------------------------------------------------------- dropout
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("rate", [0.0, 0.3, 0.5, 0.9])
+def test_dropout_mask_bitwise_equal_to_reference(gpu, ref, dtype, shape, rate):
+    for seed, step, row0 in [(0, 0, 0), (12345, 7, 0), (2**40 + 3, 123456, 1000)]:
+        expected = ref.dropout_mask(shape, rate, seed, step, row0, dtype=dtype)
+        got = gpu.dropout_mask(shape, rate, seed, step, row0, dtype=dtype)
+        numpy.testing.assert_array_equal(host(got), expected)
+        assert host(got).dtype == dtype
+
+
+def test_dropout_mask_split_rows_equal_whole(gpu, dtype):
+    n, d, cut = 1001, 37, 333
+    whole = host(gpu.dropout_mask((n, d), 0.4, 9, 3, dtype=dtype))
+    top = host(gpu.dropout_mask((cut, d), 0.4, 9, 3, 0, dtype=dtype))
+    out = gpu.alloc((n - cut, d), dtype)
+    assert gpu.dropout_mask((n - cut, d), 0.4, 9, 3, cut, dtype=dtype, out=out) is out
+    numpy.testing.assert_array_equal(numpy.concatenate([top, host(out)]), whole)
+
+
+# ---------------------------------------------------------------------------- losses
+LOSS_SHAPES = [(1, 1), (7, 13), (257, 33), (128 * 128 * 2 + 3, 10), (5, 40_003)]
+LOSS_IDS = ["1x1", "7x13", "257x33", "big", "wide"]
+
+
+@pytest.mark.parametrize("shape", LOSS_SHAPES, ids=LOSS_IDS)
+@pytest.mark.parametrize("targets", ["index", "onehot", "soft"])
+def test_softmax_xent_matches_reference(gpu, ref, dtype, shape, targets):
+    rng = numpy.random.default_rng(11)
+    n, c = shape
+    x = randn(rng, shape, dtype, 4.0)
+    t = rng.integers(0, c, size=n)
+    if targets == "onehot":
+        t = numpy.eye(c, dtype=dtype)[t]
+    elif targets == "soft":
+        t = rng.random(shape).astype(dtype)
+        t /= t.sum(axis=1, keepdims=True)
+    y_ref, dx_ref = numpy.empty(shape, dtype), numpy.empty(shape, dtype)
+    loss_ref = ref.softmax_xent(x, t, y=y_ref, dx=dx_ref)
+    y, dx = gpu.alloc(shape, dtype), gpu.alloc(shape, dtype)
+    loss = gpu.softmax_xent(gpu.asarray(x), gpu.asarray(t), y=y, dx=dx)
+    assert type(loss).__module__.startswith("cupy") and loss.shape == ()
+    close(loss, loss_ref, dtype, reduction=True)
+    close(y, y_ref, dtype, reduction=True)
+    close(dx, dx_ref, dtype, reduction=True)
+    close(gpu.softmax_xent(gpu.asarray(x), gpu.asarray(t)), loss_ref, dtype, reduction=True)
+
+
+def test_softmax_xent_accepts_int32_and_float_indices(gpu, ref, dtype):
+    rng = numpy.random.default_rng(12)
+    x = randn(rng, (9, 4), dtype)
+    t = rng.integers(0, 4, size=9)
+    expected = ref.softmax_xent(x, t)
+    for tt in (t.astype(numpy.int32), t.astype(dtype)):
+        close(gpu.softmax_xent(gpu.asarray(x), gpu.asarray(tt)), expected, dtype, reduction=True)
+
+
+@pytest.mark.parametrize("shape", LOSS_SHAPES, ids=LOSS_IDS)
+@pytest.mark.parametrize("onehot", [False, True], ids=["index", "onehot"])
+def test_softmax_xent_backward_matches_reference(gpu, ref, dtype, shape, onehot):
+    rng = numpy.random.default_rng(13)
+    n, c = shape
+    y = ref.softmax(randn(rng, shape, dtype))
+    t = rng.integers(0, c, size=n)
+    if onehot:
+        t = numpy.eye(c, dtype=dtype)[t]
+    for dout in (1.0, 0.37):
+        close(gpu.softmax_xent_backward(gpu.asarray(y), gpu.asarray(t), dout),
+              ref.softmax_xent_backward(y, t, dout), dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_sigmoid_bce_matches_reference(gpu, ref, dtype, shape):
+    rng = numpy.random.default_rng(14)
+    x, t = randn(rng, shape, dtype, 4.0), rng.random(shape).astype(dtype)
+    y_ref, dx_ref = numpy.empty(shape, dtype), numpy.empty(shape, dtype)
+    loss_ref = ref.sigmoid_bce(x, t, y=y_ref, dx=dx_ref)
+    y, dx = gpu.alloc(shape, dtype), gpu.alloc(shape, dtype)
+    loss = gpu.sigmoid_bce(gpu.asarray(x), gpu.asarray(t), y=y, dx=dx)
+    assert loss.shape == ()
+    close(loss, loss_ref, dtype, reduction=True)
+    close(y, y_ref, dtype)
+    close(dx, dx_ref, dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_mse_matches_reference(gpu, ref, dtype, shape):
+    rng = numpy.random.default_rng(15)
+    y, t = randn(rng, shape, dtype), randn(rng, shape, dtype)
+    for scale in (1.0 / y.size, 0.5 / shape[0]):
+        dx_ref = numpy.empty(shape, dtype)
+        loss_ref = ref.mse(y, t, scale, dx=dx_ref)
+        dx = gpu.alloc(shape, dtype)
+        loss = gpu.mse(gpu.asarray(y), gpu.asarray(t), scale, dx=dx)
+        assert loss.shape == ()
+        close(loss, loss_ref, dtype, reduction=True)
+        close(dx, dx_ref, dtype)
+
+
+def test_mse_exact_on_integers(gpu, ref, dtype):
+    rng = numpy.random.default_rng(16)
+    y, t = small_ints(rng, BIG, dtype), small_ints(rng, BIG, dtype)
+    numpy.testing.assert_array_equal(host(gpu.mse(gpu.asarray(y), gpu.asarray(t), 1.0)), ref.mse(y, t, 1.0))
+
+
+# ---------------------------------------------------------------------------- batch normalization
+@pytest.mark.parametrize("shape", [(2, 1), (7, 13), (257, 33), BIG, WIDE], ids=["2x1", "7x13", "257x33", "big", "wide"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "infer"])
+def test_batchnorm_forward_matches_reference(gpu, ref, dtype, shape, train):
+    rng = numpy.random.default_rng(17)
+    d = shape[1]
+    x = randn(rng, shape, dtype, 2.0) + dtype.type(0.5)
+    gamma, beta = randn(rng, d, dtype), randn(rng, d, dtype)
+    rm, rv = randn(rng, d, dtype), rng.random(d).astype(dtype) + dtype.type(0.5)
+    rm_d, rv_d = gpu.asarray(rm), gpu.asarray(rv)
+    y_ref, xhat_ref, inv_ref = ref.batchnorm_forward(x, gamma, beta, rm, rv, 0.9, 1e-5, train)
+    out = gpu.alloc(shape, dtype)
+    y, xhat, inv = gpu.batchnorm_forward(gpu.asarray(x), gpu.asarray(gamma), gpu.asarray(beta), rm_d, rv_d,
+                                         0.9, 1e-5, train, out=out)
+    assert y is out
+    for got, want in ((y, y_ref), (xhat, xhat_ref), (inv, inv_ref), (rm_d, rm), (rv_d, rv)):
+        close(got, want, dtype, reduction=True)
+
+
+@pytest.mark.parametrize("shape", [(2, 1), (7, 13), (257, 33), BIG, WIDE], ids=["2x1", "7x13", "257x33", "big", "wide"])
+def test_batchnorm_backward_matches_reference(gpu, ref, dtype, shape):
+    rng = numpy.random.default_rng(18)
+    d = shape[1]
+    x = randn(rng, shape, dtype, 2.0)
+    gamma, beta = randn(rng, d, dtype), randn(rng, d, dtype)
+    _, xhat, inv_std = ref.batchnorm_forward(x, gamma, beta, numpy.zeros(d, dtype), numpy.ones(d, dtype),
+                                             0.9, 1e-5, True)
+    dout = randn(rng, shape, dtype)
+    dg_ref, db_ref = numpy.empty(d, dtype), numpy.empty(d, dtype)
+    dx_ref = ref.batchnorm_backward(dout, xhat, inv_std, gamma, dgamma=dg_ref, dbeta=db_ref)
+    dx, dg, db = gpu.alloc(shape, dtype), gpu.alloc(d, dtype), gpu.alloc(d, dtype)
+    got = gpu.batchnorm_backward(gpu.asarray(dout), gpu.asarray(xhat), gpu.asarray(inv_std), gpu.asarray(gamma),
+                                 dx=dx, dgamma=dg, dbeta=db)
+    assert got is dx
+    close(dx, dx_ref, dtype, reduction=True)
+    close(dg, dg_ref, dtype, reduction=True)
+    close(db, db_ref, dtype, reduction=True)
+    close(gpu.batchnorm_backward(gpu.asarray(dout), gpu.asarray(xhat), gpu.asarray(inv_std), gpu.asarray(gamma)),
+          dx_ref, dtype, reduction=True)
+
+
+# ---------------------------------------------------------------------------- optimizers
+SIZES = [1, 7, 1000, 128 * 128 * 2 * 17 + 3]
+SIZE_IDS = ["1", "7", "1000", "big"]
+OPTIONS = [dict(), dict(weight_decay=0.01), dict(scale=0.5), dict(weight_decay=0.01, scale=2.0)]
+OPTION_IDS = ["plain", "wd", "scale", "wd+scale"]
+
+
+def _state(rng, n, dtype, positive=False):
+    s = randn(rng, n, dtype, 0.1)
+    return numpy.abs(s) if positive else s
+
+
+def _run_both(gpu, ref, arrays, call):
+    """Run ``call(ops, *arrays)`` on fresh copies for both backends; returns (gpu arrays, ref arrays)."""
+    ref_arrays = [a.copy() for a in arrays]
+    gpu_arrays = [gpu.asarray(a.copy()) for a in arrays]
+    call(ref, *ref_arrays)
+    call(gpu, *gpu_arrays)
+    return gpu_arrays, ref_arrays
+
+
+def _compare_all(gpu_arrays, ref_arrays, dtype, names):
+    for name, got, want in zip(names, gpu_arrays, ref_arrays):
+        try:
+            close(got, want, dtype)
+        except AssertionError as exc:
+            raise AssertionError(f"array {name} differs") from exc
+
+
+@pytest.mark.parametrize("n", SIZES, ids=SIZE_IDS)
+def test_sq_norm_matches_reference(gpu, ref, dtype, n):
+    x = randn(numpy.random.default_rng(19), n, dtype)
+    got = gpu.sq_norm(gpu.asarray(x))
+    assert got.shape == ()
+    close(got, ref.sq_norm(x), dtype, reduction=True)
+
+
+def test_sq_norm_exact_on_integers(gpu, ref, dtype):
+    x = small_ints(numpy.random.default_rng(20), SIZES[-1] // 4, dtype)
+    numpy.testing.assert_array_equal(host(gpu.sq_norm(gpu.asarray(x))), ref.sq_norm(x))
+
+
+@pytest.mark.parametrize("n", SIZES, ids=SIZE_IDS)
+@pytest.mark.parametrize("opts", OPTIONS, ids=OPTION_IDS)
+def test_sgd_step_matches_reference(gpu, ref, dtype, n, opts):
+    rng = numpy.random.default_rng(21)
+    arrays = [randn(rng, n, dtype), randn(rng, n, dtype)]
+    got, want = _run_both(gpu, ref, arrays, lambda ops, p, g: ops.sgd_step(p, g, 0.1, **opts))
+    _compare_all(got, want, dtype, ["p", "g"])
+
+
+@pytest.mark.parametrize("n", SIZES, ids=SIZE_IDS)
+@pytest.mark.parametrize("opts", OPTIONS, ids=OPTION_IDS)
+@pytest.mark.parametrize("nesterov", [False, True], ids=["classic", "nesterov"])
+def test_momentum_step_matches_reference(gpu, ref, dtype, n, opts, nesterov):
+    rng = numpy.random.default_rng(22)
+    arrays = [randn(rng, n, dtype), randn(rng, n, dtype), _state(rng, n, dtype)]
+    got, want = _run_both(gpu, ref, arrays,
+                          lambda ops, p, g, v: ops.momentum_step(p, g, v, 0.1, 0.9, nesterov=nesterov, **opts))
+    _compare_all(got, want, dtype, ["p", "g", "v"])
+
+
+@pytest.mark.parametrize("n", SIZES, ids=SIZE_IDS)
+@pytest.mark.parametrize("opts", OPTIONS, ids=OPTION_IDS)
+def test_adagrad_step_matches_reference(gpu, ref, dtype, n, opts):
+    rng = numpy.random.default_rng(23)
+    arrays = [randn(rng, n, dtype), randn(rng, n, dtype), _state(rng, n, dtype, positive=True)]
+    got, want = _run_both(gpu, ref, arrays, lambda ops, p, g, h: ops.adagrad_step(p, g, h, 0.01, 1e-7, **opts))
+    _compare_all(got, want, dtype, ["p", "g", "h"])
+
+
+@pytest.mark.parametrize("n", SIZES, ids=SIZE_IDS)
+@pytest.mark.parametrize("opts", OPTIONS, ids=OPTION_IDS)
+def test_rmsprop_step_matches_reference(gpu, ref, dtype, n, opts):
+    rng = numpy.random.default_rng(24)
+    arrays = [randn(rng, n, dtype), randn(rng, n, dtype), _state(rng, n, dtype, positive=True)]
+    got, want = _run_both(gpu, ref, arrays, lambda ops, p, g, h: ops.rmsprop_step(p, g, h, 0.01, 0.99, 1e-7, **opts))
+    _compare_all(got, want, dtype, ["p", "g", "h"])
+
+
+@pytest.mark.parametrize("n", SIZES, ids=SIZE_IDS)
+@pytest.mark.parametrize("opts", OPTIONS, ids=OPTION_IDS)
+@pytest.mark.parametrize("decoupled", [False, True], ids=["adam", "adamw"])
+@pytest.mark.parametrize("t", [1, 10])
+def test_adam_step_matches_reference(gpu, ref, dtype, n, opts, decoupled, t):
+    rng = numpy.random.default_rng(25)
+    arrays = [randn(rng, n, dtype), randn(rng, n, dtype), _state(rng, n, dtype),
+              _state(rng, n, dtype, positive=True)]
+    got, want = _run_both(gpu, ref, arrays, lambda ops, p, g, m, v: ops.adam_step(
+        p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, t, decoupled=decoupled, **opts))
+    _compare_all(got, want, dtype, ["p", "g", "m", "v"])
+
+
+def test_optimizer_state_below_smallest_normal_is_flushed(gpu, ref, dtype):
+    """A zero gradient lets state decay into the subnormal range: both backends flush it to 0."""
+    n = 1000
+    tiny = numpy.finfo(dtype).tiny
+    p, g = numpy.ones(n, dtype), numpy.zeros(n, dtype)
+    state = numpy.full(n, tiny * dtype.type(1.01), dtype)  # decays below tiny in one step
+    cases = [
+        (lambda ops, p, g, v: ops.momentum_step(p, g, v, 0.1, 0.9), [p, g, state]),
+        (lambda ops, p, g, h: ops.rmsprop_step(p, g, h, 0.01, 0.9, 1e-7), [p, g, state]),
+        (lambda ops, p, g, m, v: ops.adam_step(p, g, m, v, 1e-3, 0.9, 0.9, 1e-8, 1), [p, g, state, state]),
+    ]
+    for call, arrays in cases:
+        got, want = _run_both(gpu, ref, arrays, call)
+        for a in want[2:]:
+            assert (a == 0).all()
+        for a in got[2:]:
+            numpy.testing.assert_array_equal(host(a), numpy.zeros(n, dtype))
+        _compare_all(got, want, dtype, ["p", "g", "state", "state2"])

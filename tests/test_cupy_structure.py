@@ -1,0 +1,178 @@
+"""Structure of the cupy backend, checked without a GPU and without CuPy.
+
+- ``CupyOps`` defines every hot primitive itself, with the base signature exactly (inspected on
+  the class: nothing is instantiated, so CuPy is never imported).
+- ``fastnn.kernels.gpu`` and ``fastnn.backend.cupy_ops`` import where CuPy cannot be imported,
+  and importing them does not import CuPy (checked in a subprocess that blocks ``import cupy``).
+- The launchers' argument checks raise before any CuPy call, so their messages are tested here
+  on NumPy arrays (they read only ``dtype``, ``shape`` and ``flags``).
+"""
+import inspect
+import subprocess
+import sys
+import textwrap
+
+import numpy
+import pytest
+
+from fastnn.backend.ops import HOT_PRIMITIVES, Ops
+from fastnn.kernels import RELU
+
+GPU_MODULES = ("_loader", "activations", "losses", "dropout", "normalization", "optimizers")
+
+
+def _cupy_ops_class():
+    from fastnn.backend.cupy_ops import CupyOps
+    return CupyOps
+
+
+@pytest.mark.parametrize("name", HOT_PRIMITIVES)
+def test_cupy_defines_hot_primitive_with_base_signature(name):
+    cls = _cupy_ops_class()
+    assert name in vars(cls), f"CupyOps inherits {name} from the reference instead of defining it"
+    assert inspect.signature(vars(cls)[name]) == inspect.signature(getattr(Ops, name))
+
+
+@pytest.mark.parametrize("name", HOT_PRIMITIVES)
+def test_cupy_primitive_calls_a_gpu_launcher(name):
+    """Each override is a thin call into ``fastnn.kernels.gpu`` (not a copy of the reference body)."""
+    src = inspect.getsource(vars(_cupy_ops_class())[name])
+    assert f".{name}(" in src and "self.xp" not in src, src
+
+
+BLOCK_CUPY = textwrap.dedent("""
+    import importlib.abc, sys
+
+    class BlockCupy(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname == "cupy" or fullname.startswith(("cupy.", "cupyx", "cupy_backends")):
+                raise ImportError(f"{fullname} is blocked for this test")
+            return None
+
+    sys.meta_path.insert(0, BlockCupy())
+    import importlib
+    for mod in MODULES:
+        importlib.import_module(mod)
+    import fastnn.backend.cupy_ops
+    assert not any(m == "cupy" or m.startswith("cupy.") for m in sys.modules), sorted(
+        m for m in sys.modules if m.startswith("cupy"))
+    print("imported without cupy")
+""")
+
+
+def test_gpu_modules_import_without_cupy():
+    modules = [f"fastnn.kernels.gpu.{m}" for m in GPU_MODULES]
+    code = f"MODULES = {modules!r}\n" + BLOCK_CUPY
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "imported without cupy" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_launchers_list_their_kernels():
+    import importlib
+
+    for mod in GPU_MODULES[1:]:
+        m = importlib.import_module(f"fastnn.kernels.gpu.{mod}")
+        assert m.FAMILY == mod and m.KERNELS and all(k.startswith("fastnn_") for k in m.KERNELS)
+
+
+def test_name_expressions_cover_float_and_double():
+    from fastnn.kernels.gpu import _loader
+
+    assert _loader.name_expressions(["fastnn_mul"]) == ["fastnn_mul<float>", "fastnn_mul<double>"]
+
+
+# ---------------------------------------------------------------------------- error messages
+f32, f64 = numpy.float32, numpy.float64
+
+
+def _a(shape, dtype=f32):
+    return numpy.ones(shape, dtype=dtype)
+
+
+def test_bias_act_rejects_integer_dtype():
+    from fastnn.kernels.gpu import activations
+
+    with pytest.raises(TypeError, match=r"bias_act.*int32"):
+        activations.bias_act(_a((2, 3), numpy.int32), None, RELU)
+
+
+def test_act_backward_rejects_mixed_dtypes():
+    from fastnn.kernels.gpu import activations
+
+    with pytest.raises(TypeError, match=r"act_backward.*float32.*float64"):
+        activations.act_backward(_a((2, 3)), _a((2, 3), f64), RELU)
+
+
+def test_bias_act_rejects_wrong_bias_shape():
+    from fastnn.kernels.gpu import activations
+
+    with pytest.raises(ValueError, match=r"bias_act: expected b of shape \(3,\)"):
+        activations.bias_act(_a((2, 3)), _a(4), RELU)
+
+
+def test_bias_act_rejects_unknown_activation():
+    from fastnn.kernels.gpu import activations
+
+    with pytest.raises(ValueError, match="unknown activation code 99"):
+        activations.bias_act(_a((2, 3)), None, 99)
+
+
+def test_out_buffer_must_be_c_contiguous():
+    from fastnn.kernels.gpu import activations
+
+    out = numpy.zeros((2, 6), f32)[:, ::2]
+    with pytest.raises(ValueError, match=r"softmax: out must be C-contiguous"):
+        activations.softmax(_a((2, 3)), out=out)
+
+
+def test_out_buffer_shape_and_dtype_are_checked():
+    from fastnn.kernels.gpu import activations
+
+    with pytest.raises(ValueError, match=r"mul: out must have shape \(2, 3\)"):
+        activations.mul(_a((2, 3)), _a((2, 3)), out=_a((3, 2)))
+    with pytest.raises(TypeError, match=r"mul: out must have dtype float32"):
+        activations.mul(_a((2, 3)), _a((2, 3)), out=_a((2, 3), f64))
+
+
+def test_softmax_xent_rejects_bad_targets():
+    from fastnn.kernels.gpu import losses
+
+    with pytest.raises(ValueError, match=r"softmax_xent: class indices t must have shape \(4,\)"):
+        losses.softmax_xent(_a((4, 3)), numpy.zeros(5, numpy.int64))
+    with pytest.raises(ValueError, match=r"one-hot t must have shape \(4, 3\)"):
+        losses.softmax_xent(_a((4, 3)), _a((4, 2)))
+
+
+def test_dropout_mask_checks_rate_dtype_and_shape():
+    from fastnn.kernels.gpu import dropout
+
+    with pytest.raises(ValueError, match=r"rate must be in \[0, 1\)"):
+        dropout.dropout_mask((2, 3), 1.0, seed=0, step=0)
+    with pytest.raises(TypeError, match="dropout_mask.*float16"):
+        dropout.dropout_mask((2, 3), 0.5, 0, 0, dtype=numpy.float16)
+    with pytest.raises(ValueError, match=r"expected shape \(N, D\)"):
+        dropout.dropout_mask((2, 3, 4), 0.5, 0, 0)
+
+
+def test_optimizer_state_must_be_contiguous_and_match():
+    from fastnn.kernels.gpu import optimizers
+
+    p, g = _a(8), _a(8)
+    with pytest.raises(ValueError, match=r"momentum_step: v must be C-contiguous"):
+        optimizers.momentum_step(p, g, numpy.zeros(16, f32)[::2], 0.1, 0.9)
+    with pytest.raises(ValueError, match=r"adam_step: m must have shape \(8,\)"):
+        optimizers.adam_step(p, g, _a(7), _a(8), 1e-3, 0.9, 0.999, 1e-8, t=1)
+    with pytest.raises(TypeError, match=r"sgd_step.*float32.*float64"):
+        optimizers.sgd_step(p, _a(8, f64), 0.1)
+    with pytest.raises(ValueError, match=r"adam_step: the step number t counts from 1"):
+        optimizers.adam_step(p, g, _a(8), _a(8), 1e-3, 0.9, 0.999, 1e-8, t=0)
+
+
+def test_batchnorm_checks_parameter_shapes():
+    from fastnn.kernels.gpu import normalization
+
+    x = _a((4, 3))
+    with pytest.raises(ValueError, match=r"batchnorm_forward: expected gamma of shape \(3,\)"):
+        normalization.batchnorm_forward(x, _a(2), _a(3), _a(3), _a(3), 0.9, 1e-5, True)
+    with pytest.raises(TypeError, match=r"batchnorm_backward: gamma must have the dtype of x"):
+        normalization.batchnorm_backward(x, x, _a(3), _a(3, f64))
