@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections.abc
 import math
-import sys
 
 import numpy
 
@@ -141,15 +140,17 @@ def run_loop(model, sampler, train_step, *, epochs, initial_epoch=0, callbacks=(
 
 
 def progress_callbacks(callbacks, verbose, epochs, samples, model):
-    """The user's callbacks with a ``History`` first and a ``ProgressBar`` for ``verbose``."""
+    """The user's callbacks, then a ``ProgressBar`` for ``verbose``, then the ``History`` (last, as in
+    Keras, so it records what earlier callbacks add to the logs, such as ``lr``)."""
     if verbose == "auto":
         verbose = 1
     if verbose not in (0, 1, 2, True, False):
         raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
     history = History()
-    cbs = [history] + list(callbacks or [])
+    cbs = list(callbacks or [])
     if verbose:
         cbs.append(ProgressBar(int(verbose)))
+    cbs.append(history)
     model._fit_params = {"epochs": epochs, "samples": samples, "verbose": verbose}
     return history, cbs
 
@@ -243,7 +244,3 @@ class Trainer:
     def set_weights(self, weights):
         for p, w in zip(self.network.params.values(), weights):
             p[...] = self.ops.asarray(w)
-
-
-def _stderr_is_terminal():
-    return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
