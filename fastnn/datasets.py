@@ -10,7 +10,7 @@ import struct
 
 import numpy
 
-__all__ = ["load_digits", "load_mnist", "make_spiral", "train_test_split", "one_hot"]
+__all__ = ["load_digits", "load_mnist", "make_spiral", "train_test_split", "one_hot", "read_idx", "DataLoader"]
 
 
 def one_hot(t, classes=None, dtype=numpy.float32):
@@ -129,3 +129,39 @@ def make_spiral(samples_per_class=100, classes=3, noise=0.2, seed=0, dtype=numpy
         x[c * n:(c + 1) * n] = numpy.c_[r * numpy.sin(theta), r * numpy.cos(theta)]
         t[c * n:(c + 1) * n] = c
     return x.astype(dtype), t
+
+
+class DataLoader:
+    """Mini-batches ``(x_batch, t_batch)`` for hand-written loops, reshuffled each pass.
+
+    ``for x_batch, t_batch in DataLoader(x, t, batch_size=100): ...`` visits every sample once per
+    pass (the last batch may be smaller unless ``drop_last``). Arrays of any backend work: indices
+    are drawn on the host, batches are gathered where the data lives.
+    """
+
+    def __init__(self, x, t, batch_size=32, shuffle=True, seed=None, drop_last=False):
+        from fastnn.random import make_rng
+
+        if len(x) != len(t):
+            raise ValueError(f"DataLoader: x has {len(x)} samples but t has {len(t)}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, numpy.integer)) or batch_size <= 0:
+            raise ValueError(f"DataLoader: batch_size must be a positive integer, got {batch_size!r}")
+        self.x, self.t = x, t
+        self.batch_size, self.shuffle, self.drop_last = int(batch_size), shuffle, drop_last
+        self.rng = make_rng(seed)
+
+    def __len__(self):
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.x)
+        order = self.rng.permutation(n) if self.shuffle else numpy.arange(n)
+        on_device = type(self.x).__module__.split(".")[0] == "cupy"
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            if on_device:
+                import cupy
+
+                idx = cupy.asarray(idx)
+            yield self.x[idx], self.t[idx]
