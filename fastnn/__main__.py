@@ -11,7 +11,7 @@ def main(argv=None):
     sub.add_parser("info", help="versions, backends (available or why not), device, BLAS and threads")
     demo = sub.add_parser("demo", help="train a network on scikit-learn's bundled digits")
     demo.add_argument("--backend", default="auto", help="auto (default), cpu, numpy, numba, cupy")
-    demo.add_argument("--epochs", type=int, default=30)
+    demo.add_argument("--epochs", type=int, default=60)
     demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.command == "info":

@@ -109,6 +109,8 @@ class Sequential:
             self.optimizer.build(self.flat)
 
     def _require_built(self, what):
+        if not self.built and self.layers and self.layers[0].input_shape is not None:
+            self.build()  # Keras builds a model whose first layer knows its input shape
         if not self.built:
             raise ValueError(f"{self.name}: {what} needs a built model; give the first layer input_shape=(...) "
                              f"or call fit() first")
