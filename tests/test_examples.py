@@ -1,0 +1,39 @@
+"""Every example script runs in a fresh process with ``--quick`` and writes PNGs that decode."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+matplotlib_image = pytest.importorskip("matplotlib.image", reason="the examples need matplotlib (the plot extra)")
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
+
+# script -> the PNG files it must write
+EXPECTED = {
+    "activation_functions.py": ["activation_functions.png"],
+    "gradient_field.py": ["gradient_field.png"],
+    "optimizer_paths.py": ["optimizer_paths.png"],
+    "overfitting.py": ["overfitting.png"],
+    "learning_rates.py": ["learning_rates.png"],
+}
+
+
+def test_every_example_is_listed():
+    scripts = {f for f in os.listdir(EXAMPLES) if f.endswith(".py") and not f.startswith("_")}
+    assert scripts == set(EXPECTED)
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_example_runs_and_writes_png(script, tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(EXAMPLES, script), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{script} exited with {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.stdout.strip(), f"{script} printed no summary line"
+    for name in EXPECTED[script]:
+        path = tmp_path / name
+        assert path.is_file(), f"{script} did not write {name}; wrote {sorted(os.listdir(tmp_path))}"
+        image = matplotlib_image.imread(str(path))
+        assert image.ndim == 3 and image.shape[0] >= 200 and image.shape[1] >= 200, \
+            f"{name} decodes to shape {image.shape}"
+        assert image.std() > 0.01, f"{name} is blank"
