@@ -49,7 +49,9 @@ setup(
         "cuda13": ["cupy-cuda13x>=14.2"],
         "plot": ["matplotlib>=3.6"],
         "mpi": ["mpi4py>=3.1"],
-        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "scikit-learn>=1.3", "matplotlib>=3.6"],
+        "safetensors": ["safetensors>=0.4"],
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "scikit-learn>=1.3", "matplotlib>=3.6",
+                 "safetensors>=0.4"],
     },
     entry_points={
         "console_scripts": [

@@ -11,6 +11,7 @@ from fastnn.backend import available, current, describe, get_ops, use, using
 from fastnn.errors import BackendUnavailableError, FormatError, OutOfMemoryError
 from fastnn.functions import get_array_module
 from fastnn.random import set_seed
+from fastnn.registry import register
 from fastnn import np  # noqa: E402  the active backend's array module
 xp = np
 
@@ -33,6 +34,6 @@ def asarray(x, dtype=None):
 
 __all__ = [
     "__version__", "use", "using", "current", "get_ops", "available", "describe", "set_seed",
-    "get_array_module", "asnumpy", "asarray", "np", "xp", "BackendUnavailableError", "FormatError",
+    "get_array_module", "asnumpy", "asarray", "np", "xp", "register", "BackendUnavailableError", "FormatError",
     "OutOfMemoryError",
 ]

@@ -20,6 +20,7 @@ import numpy
 __all__ = [
     "Callback", "CallbackList", "History", "ProgressBar", "EarlyStopping", "LearningRateScheduler",
     "ReduceLROnPlateau", "TerminateOnNaN", "CSVLogger", "LambdaCallback", "PlotCurves", "plot_history",
+    "BackupAndRestore", "ModelCheckpoint",
 ]
 
 
@@ -384,3 +385,134 @@ class LambdaCallback(Callback):
         for name, fn in locals().items():
             if name.startswith("on_") and fn is not None:
                 setattr(self, name, fn)
+
+
+# ---------------------------------------------------------------- checkpoints
+def _checkpoint_files(folder):
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.startswith("ckpt-") and n.endswith(".fastnn"))
+    except FileNotFoundError:
+        return []
+    return [os.path.join(folder, n) for n in names]
+
+
+class BackupAndRestore(Callback):
+    """Back up the whole training state so a crashed or killed run continues exactly where it was.
+
+    Every epoch (``save_freq="epoch"``) or every ``save_freq`` optimizer steps, the model, its
+    optimizer slots and step count, the dropout step, the data order (the sampler's state at the
+    epoch's start and the next batch) and the epoch's partial sums are written atomically to
+    ``backup_dir/ckpt-e<epoch>-b<batch>.fastnn``; the newest ``keep`` are kept. ``fit`` restores the
+    newest at the start, so running the same script again resumes it, bit for bit on CPU
+    backends. A state with non-finite weights is never written: the last good backup stays.
+    When training finishes, a final backup marked as completed is written (or, with
+    ``delete_checkpoint=True``, every backup is removed); a later ``fit`` does not resume from a
+    completed run but removes its backups and starts anew. (Other callbacks' own state, such as
+    ``EarlyStopping``'s patience, is not backed up.)
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch", keep=3, delete_checkpoint=False):
+        super().__init__()
+        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq <= 0):
+            raise ValueError(f"BackupAndRestore: save_freq must be 'epoch' or a positive integer, got {save_freq!r}")
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep <= 0:
+            raise ValueError(f"BackupAndRestore: keep must be a positive integer, got {keep!r}")
+        self.backup_dir = os.fspath(backup_dir)
+        self.save_freq, self.keep, self.delete_checkpoint = save_freq, keep, delete_checkpoint
+
+    def latest(self):
+        files = _checkpoint_files(self.backup_dir)
+        return files[-1] if files else None
+
+    def restore(self, model):
+        """Load the newest backup into ``model`` and return its loop state; None when there is none,
+        or when the newest marks a finished run (its backups are then removed: a new run starts)."""
+        from fastnn import io
+
+        io.clean_stale_temporaries(self.backup_dir)
+        path = self.latest()
+        if path is None:
+            return None
+        if io.read_training_state(path).get("completed"):
+            for old in _checkpoint_files(self.backup_dir):
+                os.unlink(old)
+            return None
+        return io.restore_checkpoint(model, path)
+
+    def _save(self, completed=False):
+        from fastnn import io
+
+        state = self.model._loop.snapshot()
+        state["completed"] = completed
+        name = f"ckpt-e{state['epoch']:05d}-b{state['batch']:07d}.fastnn"
+        if io.write_checkpoint(self.model, os.path.join(self.backup_dir, name), state):
+            for old in _checkpoint_files(self.backup_dir)[:-self.keep]:
+                try:
+                    os.unlink(old)
+                except OSError:
+                    pass
+
+    def on_train_begin(self, logs=None):
+        os.makedirs(self.backup_dir, exist_ok=True)
+
+    def on_batch_end(self, batch, logs=None):
+        if self.save_freq != "epoch" and self.model.optimizer.iterations % self.save_freq == 0:
+            self._save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._save()
+
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint:
+            for path in _checkpoint_files(self.backup_dir):
+                os.unlink(path)
+        else:
+            self._save(completed=True)
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (``model.save``, or ``save_weights`` with ``save_weights_only``) to ``filepath``,
+    which may hold fields such as ``{epoch:03d}`` and ``{val_loss:.4f}``; with ``save_best_only``
+    only when ``monitor`` improves. ``save_freq``: ``"epoch"`` or every N optimizer steps. Writes
+    are atomic."""
+
+    def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=False,
+                 mode="auto", save_freq="epoch"):
+        super().__init__()
+        self.filepath, self.monitor, self.verbose = os.fspath(filepath), monitor, verbose
+        self.save_best_only, self.save_weights_only = save_best_only, save_weights_only
+        self.mode = _better(mode, monitor)
+        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq <= 0):
+            raise ValueError(f"ModelCheckpoint: save_freq must be 'epoch' or a positive integer, got {save_freq!r}")
+        self.save_freq = save_freq
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self._epoch = 0
+
+    def _write(self, epoch, logs):
+        path = self.filepath.format(epoch=epoch + 1, **{k: v for k, v in (logs or {}).items() if isinstance(v, float)})
+        if self.save_best_only:
+            value = (logs or {}).get(self.monitor)
+            if value is None:
+                raise KeyError(f"ModelCheckpoint: monitor {self.monitor!r} is not in the logs; available: {sorted(logs or {})}")
+            better = value < self.best if self.mode == "min" else value > self.best
+            if not better:
+                return
+            self.best = value
+        if self.save_weights_only:
+            self.model.save_weights(path)
+        else:
+            self.model.save(path)
+        if self.verbose:
+            print(f"ModelCheckpoint: saved {path}", file=sys.stderr)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        if self.save_freq != "epoch" and self.model.optimizer.iterations % self.save_freq == 0:
+            self._write(self._epoch, {k: logs[k] for k in logs if k not in ("size", "batch")} if self.save_best_only else {})
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._write(epoch, logs)

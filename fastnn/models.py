@@ -16,6 +16,7 @@ from fastnn import losses as _losses
 from fastnn import metrics as _metrics
 from fastnn import optimizers as _optimizers
 from fastnn.backend import current, get_ops, is_device_array
+from fastnn.callbacks import BackupAndRestore
 from fastnn.layers.base import Layer, shape_str
 from fastnn.layers.core import SOFTMAX, Activation, Dense, Dropout
 from fastnn.kernels import SIGMOID
@@ -23,7 +24,17 @@ from fastnn.params import FlatParams
 from fastnn.random import make_rng
 from fastnn.training import ShuffleSampler, progress_callbacks, run_loop
 
-__all__ = ["Sequential"]
+__all__ = ["Sequential", "load_model"]
+
+
+def load_model(path, backend=None):
+    """Rebuild a model written by ``model.save(path)``, on ``backend`` (default: the active one).
+
+    Nothing in the file is executed; any problem raises ``fastnn.FormatError``.
+    """
+    from fastnn import io
+
+    return io.load_model(path, backend=backend)
 
 
 def _positive_int(owner, name, value):
@@ -341,12 +352,16 @@ class Sequential:
 
     # ------------------------------------------------------------------ public training API
     def fit(self, x, y, batch_size=32, epochs=1, verbose="auto", validation_data=None, validation_split=0.0,
-            shuffle=True, callbacks=None, initial_epoch=0, seed=None):
+            shuffle=True, callbacks=None, initial_epoch=0, seed=None, checkpoint_dir=None, resume=True, keep=3,
+            save_freq="epoch"):
         """Train for ``epochs`` epochs of mini-batches; returns a ``History``.
 
         ``validation_split`` holds out the last fraction of ``x``/``y`` (before shuffling, as Keras);
         ``validation_data=(x_val, y_val)`` gives a set explicitly. ``seed`` fixes the batch order
-        (default: the model's generator).
+        (default: the model's generator). ``checkpoint_dir`` is the short form of
+        ``callbacks=[BackupAndRestore(checkpoint_dir, save_freq, keep)]``: the training state is
+        backed up there and, with ``resume=True``, an interrupted run continues from its newest
+        backup exactly.
         """
         self._require_compiled("fit()")
         batch_size = _positive_int(self.name, "batch_size", batch_size)
@@ -369,7 +384,19 @@ class Sequential:
         n = x.shape[0]
         rng = make_rng(seed) if seed is not None else self.rng
         sampler = ShuffleSampler(n, batch_size, shuffle, rng)
+        callbacks = list(callbacks or [])
+        restorers = [cb for cb in callbacks if isinstance(cb, BackupAndRestore)]  # Keras: always restore
+        if checkpoint_dir is not None:
+            callbacks.append(BackupAndRestore(checkpoint_dir, save_freq=save_freq, keep=keep))
+            if resume:
+                restorers.append(callbacks[-1])
         history, cbs = progress_callbacks(callbacks, verbose, epochs, n, self)
+        restored = None
+        for cb in restorers:
+            restored = cb.restore(self) or restored
+        if restored is not None and restored.get("history"):
+            history.history = {k: list(v) for k, v in restored["history"]["history"].items()}
+            history.epoch = list(restored["history"]["epoch"])
 
         def train_step(idx):
             return self._train_batch(self._gather(x, idx), self._gather(y, idx))
@@ -380,7 +407,7 @@ class Sequential:
                     logs["val_" + k] = v
 
         run_loop(self, sampler, train_step, epochs=epochs, initial_epoch=initial_epoch, callbacks=cbs,
-                 epoch_end=epoch_end)
+                 epoch_end=epoch_end, resume=restored, history=history)
         return history
 
     def _evaluate_arrays(self, x, y, batch_size):
@@ -449,6 +476,27 @@ class Sequential:
         x, y = self._prepare(x, y)
         values = list(self._evaluate_arrays(x, y, x.shape[0]).values())
         return values[0] if len(values) == 1 else values
+
+    # ------------------------------------------------------------------ saving
+    def save(self, path, include_optimizer=True):
+        """Write architecture, compile settings, weights and optimizer state to one ``.fastnn`` zip, atomically."""
+        from fastnn import io
+
+        self._require_built("save()")
+        io.save_model(self, path, include_optimizer)
+
+    def save_weights(self, path):
+        """The weights alone, as ``.npz``."""
+        from fastnn import io
+
+        self._require_built("save_weights()")
+        io.save_weights(self, path)
+
+    def load_weights(self, path):
+        """Load weights written by ``save_weights`` (shapes must match this model)."""
+        from fastnn import io
+
+        io.load_weights(self, path)
 
     def __call__(self, x):
         return self.predict(x)

@@ -265,6 +265,9 @@ class Momentum(SGD):
     def __init__(self, lr=None, momentum=0.9, **kwargs):
         super().__init__(lr, momentum=momentum, nesterov=False, **kwargs)
 
+    def _hyper(self):
+        return {"momentum": self.momentum}
+
 
 class Nesterov(SGD):
     """Nesterov momentum as ``torch.optim.SGD(nesterov=True)`` (Sutskever et al. 2013):
@@ -272,6 +275,9 @@ class Nesterov(SGD):
 
     def __init__(self, lr=None, momentum=0.9, **kwargs):
         super().__init__(lr, momentum=momentum, nesterov=True, **kwargs)
+
+    def _hyper(self):
+        return {"momentum": self.momentum}
 
 
 class AdaGrad(Optimizer):

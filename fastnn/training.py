@@ -65,7 +65,7 @@ class _Sums:
         self.count += size
 
     def result(self):
-        if not self.count:
+        if not self.count or not self.sums:
             return {}
         host = self.ops.asnumpy(self.ops.xp.stack(list(self.sums.values()))) if self.sums else []
         return {k: float(v) / self.count for k, v in zip(self.sums, host)}
@@ -109,29 +109,91 @@ class BatchLogs(collections.abc.Mapping):
         return len(self._compute())
 
 
-def run_loop(model, sampler, train_step, *, epochs, initial_epoch=0, callbacks=(), epoch_end=None):
+class LoopState:
+    """Where the loop is: the epoch, the next batch, the sampler's state at the epoch's start and the
+    epoch's partial sums; everything a checkpoint needs to continue as if nothing had happened."""
+
+    def __init__(self, model, sampler):
+        self.model, self.sampler = model, sampler
+        self.epoch = 0
+        self.batch = 0
+        self.epoch_start_state = None
+        self.sums = None
+        self.history = None
+        self.finished = None  # (epoch, logs) of the last finished epoch, before History records it
+
+    def snapshot(self):
+        """A JSON-able record (one device sync for the partial sums)."""
+        sums = self.sums
+        host = {}
+        if sums is not None and sums.sums:
+            values = sums.ops.asnumpy(sums.ops.xp.stack(list(sums.sums.values())))
+            host = {k: float(v) for k, v in zip(sums.sums, values)}
+        history = None
+        if self.history is not None:
+            history = {"history": {k: list(v) for k, v in self.history.history.items()},
+                       "epoch": list(self.history.epoch)}
+            if self.finished is not None and self.finished[0] not in history["epoch"]:
+                history["epoch"].append(self.finished[0])
+                for k, v in self.finished[1].items():
+                    history["history"].setdefault(k, []).append(v)
+        return {"epoch": self.epoch, "batch": self.batch, "sampler_state": self.epoch_start_state,
+                "sums": host, "count": 0 if sums is None else sums.count,
+                "model_step": getattr(self.model, "_step", 0), "history": history}
+
+
+def _restore_sums(ops, saved):
+    sums = _Sums(ops)
+    for k, v in (saved.get("sums") or {}).items():
+        sums.sums[k] = ops.xp.asarray(v, dtype=numpy.float64)
+    sums.count = int(saved.get("count", 0))
+    return sums
+
+
+def run_loop(model, sampler, train_step, *, epochs, initial_epoch=0, callbacks=(), epoch_end=None, resume=None,
+             history=None):
     """The training loop shared by ``Sequential.fit`` and ``Trainer``.
 
     ``train_step(idx)`` trains on the samples ``idx`` (host int array) and returns
     ``{name: 0-d device array}`` holding sums over the batch; ``epoch_end(epoch, logs)`` may add
-    validation results to ``logs``. Returns the last epoch's logs.
+    validation results to ``logs``. ``resume`` (a ``LoopState.snapshot()``) continues an
+    interrupted run exactly: the epoch's batch order is regenerated from the sampler state saved at
+    the epoch's start and the batches already trained are skipped. Returns the last epoch's logs.
     """
     cbs = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks, model)
+    state = model._loop = LoopState(model, sampler)
+    state.history = history
     model.stop_training = False
     logs = {}
+    start_epoch, skip = initial_epoch, 0
+    if resume is not None:
+        start_epoch, skip = int(resume["epoch"]), int(resume["batch"])
+        if resume.get("sampler_state") is not None:
+            sampler.rng.bit_generator.state = resume["sampler_state"]
     cbs.on_train_begin({})
-    for epoch in range(initial_epoch, epochs):
+    for epoch in range(start_epoch, epochs):
+        state.epoch, state.batch = epoch, 0
+        state.epoch_start_state = sampler.rng.bit_generator.state
         cbs.on_epoch_begin(epoch, {})
-        sums = _Sums(model.ops)
+        sums = state.sums = _Sums(model.ops)
+        if skip:
+            sums = state.sums = _restore_sums(model.ops, resume)
         for batch, idx in enumerate(sampler.epoch(epoch)):
+            if batch < skip:
+                continue  # trained before the interruption; drawing it keeps the sampler in step
             cbs.on_batch_begin(batch, {"size": len(idx)})
             sums.add(train_step(idx), len(idx))
+            state.batch = batch + 1
             cbs.on_batch_end(batch, BatchLogs(sums, batch))
             if model.stop_training:
                 break
+        skip = 0
         logs = sums.result()
         if epoch_end is not None:
             epoch_end(epoch, logs)
+        state.epoch, state.batch, state.sums = epoch + 1, 0, None
+        state.epoch_start_state = sampler.rng.bit_generator.state
+        state.finished = (epoch, dict(logs))
         cbs.on_epoch_end(epoch, logs)
         if model.stop_training:
             break

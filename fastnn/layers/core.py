@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy
 
+from fastnn import regularizers
 from fastnn.kernels import ACTIVATIONS, ELU, LEAKY_RELU, LINEAR
 from fastnn.layers.base import Layer, shape_str, train_flag
 from fastnn.random import draw_seed, make_rng
@@ -70,8 +71,8 @@ class Dense(Layer):
         self.act, self.alpha = activation_code(activation)
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
-        self.kernel_regularizer = kernel_regularizer
-        self.bias_regularizer = bias_regularizer
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
         self.use_bias = use_bias
         self.W = self.b = self.dW = self.db = None
         self.x = self.y = None
@@ -150,8 +151,13 @@ class Dense(Layer):
     def get_config(self):
         cfg = super().get_config()
         cfg.update(units=self.units, activation=self.activation, use_bias=self.use_bias,
-                   input_shape=self.input_shape,
-                   kernel_initializer=self.kernel_initializer if isinstance(self.kernel_initializer, str) else None)
+                   input_shape=list(self.input_shape) if self.input_shape else None)
+        for key in ("kernel_initializer", "bias_initializer"):
+            if isinstance(getattr(self, key), str):  # a callable initializer is not saved; weights are
+                cfg[key] = getattr(self, key)
+        for key in ("kernel_regularizer", "bias_regularizer"):
+            if getattr(self, key) is not None:
+                cfg[key] = getattr(self, key).get_config()
         return cfg
 
 
@@ -222,28 +228,39 @@ class Activation(Layer):
         return cfg
 
 
-class Relu(Activation):
+class _Named(Activation):
+    """An activation class with its name fixed: its config is its name (and alpha where it has one)."""
+
+    def get_config(self):
+        cfg = super().get_config()
+        del cfg["activation"]
+        if self.act not in (LEAKY_RELU, ELU):
+            del cfg["alpha"]
+        return cfg
+
+
+class Relu(_Named):
     """``max(0, x)``; ``backward`` passes ``dout`` where the output is positive (``dout`` is not written)."""
 
     def __init__(self, name=None, **kwargs):
         super().__init__("relu", name=name, **kwargs)
 
 
-class Sigmoid(Activation):
+class Sigmoid(_Named):
     """``1 / (1 + e^-x)``; ``backward`` is ``dout * y * (1 - y)``."""
 
     def __init__(self, name=None, **kwargs):
         super().__init__("sigmoid", name=name, **kwargs)
 
 
-class Tanh(Activation):
+class Tanh(_Named):
     """``tanh(x)``; ``backward`` is ``dout * (1 - y^2)``."""
 
     def __init__(self, name=None, **kwargs):
         super().__init__("tanh", name=name, **kwargs)
 
 
-class LeakyRelu(Activation):
+class LeakyRelu(_Named):
     """``x`` where positive, ``alpha * x`` elsewhere (``alpha > 0``)."""
 
     def __init__(self, alpha=0.01, name=None, **kwargs):
@@ -252,7 +269,7 @@ class LeakyRelu(Activation):
         super().__init__("leaky_relu", name=name, alpha=alpha, **kwargs)
 
 
-class Elu(Activation):
+class Elu(_Named):
     """``x`` where positive, ``alpha * (e^x - 1)`` elsewhere."""
 
     def __init__(self, alpha=1.0, name=None, **kwargs):
@@ -261,14 +278,14 @@ class Elu(Activation):
         super().__init__("elu", name=name, alpha=alpha, **kwargs)
 
 
-class Softplus(Activation):
+class Softplus(_Named):
     """``log(1 + e^x)``, computed stably."""
 
     def __init__(self, name=None, **kwargs):
         super().__init__("softplus", name=name, **kwargs)
 
 
-class Softmax(Activation):
+class Softmax(_Named):
     """Row-wise softmax of ``x: (N, C)``. With a cross-entropy loss use ``SoftmaxWithLoss`` instead:
     it is fused and numerically stable."""
 

@@ -124,6 +124,9 @@ class BatchNormalization(Layer):
         return self._from_2d(dx, how)
 
     def get_config(self):
+        if self.book:
+            raise TypeError(f"{self.name}: the book's BatchNormalization(gamma, beta) holds the arrays it was "
+                            f"given; use BatchNormalization() to save a model")
         cfg = super().get_config()
         cfg.update(momentum=self.momentum, epsilon=self.eps, axis=self.axis)
         return cfg
