@@ -55,7 +55,7 @@ def compiled(tmp_path_factory):
 
 
 def test_every_gpu_family_has_a_source():
-    assert {p.stem for p in SOURCES} == {"activations", "losses", "dropout", "normalization", "optimizers"}
+    assert {p.stem for p in SOURCES} == {"activations", "losses", "dropout", "normalization", "optimizers", "conv"}
 
 
 @pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.name)

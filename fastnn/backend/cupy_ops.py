@@ -8,6 +8,7 @@ import numpy
 
 from fastnn.backend.ops import Ops
 from fastnn.kernels.gpu import activations as _act
+from fastnn.kernels.gpu import conv as _conv
 from fastnn.kernels.gpu import dropout as _drop
 from fastnn.kernels.gpu import losses as _loss
 from fastnn.kernels.gpu import normalization as _norm
@@ -86,6 +87,18 @@ class CupyOps(Ops):
 
     def batchnorm_backward(self, dout, xhat, inv_std, gamma, *, dx=None, dgamma=None, dbeta=None):
         return _norm.batchnorm_backward(dout, xhat, inv_std, gamma, dx=dx, dgamma=dgamma, dbeta=dbeta)
+
+    def im2col(self, x, fh, fw, stride=1, pad=0, *, out=None):
+        return _conv.im2col(x, fh, fw, stride, pad, out=out)
+
+    def col2im(self, col, x_shape, fh, fw, stride=1, pad=0, *, out=None):
+        return _conv.col2im(col, x_shape, fh, fw, stride, pad, out=out)
+
+    def maxpool_forward(self, x, ph, pw, stride=1, pad=0, *, out=None, argmax=None):
+        return _conv.maxpool_forward(x, ph, pw, stride, pad, out=out, argmax=argmax)
+
+    def maxpool_backward(self, dout, argmax, x_shape, *, out=None):
+        return _conv.maxpool_backward(dout, argmax, x_shape, out=out)
 
     def sq_norm(self, x):
         return _opt.sq_norm(x)

@@ -13,9 +13,10 @@ import math
 
 import numpy
 
-from fastnn.backend.ops import Ops
+from fastnn.backend.ops import Ops, conv_geometry, pool_geometry
 from fastnn.kernels import ACTIVATION_NAMES, dropout_base
 from fastnn.kernels.cpu import activations as _ka
+from fastnn.kernels.cpu import conv as _kc
 from fastnn.kernels.cpu import dropout as _kd
 from fastnn.kernels.cpu import losses as _kl
 from fastnn.kernels.cpu import normalization as _kn
@@ -257,6 +258,54 @@ class NumbaOps(Ops):
             _finish(gbuf, gback)
         if dbeta is not None:
             _finish(bbuf, bback)
+        return _finish(buf, back)
+
+    # ------------------------------------------------------------------ convolution and pooling (NCHW)
+    def im2col(self, x, fh, fw, stride=1, pad=0, *, out=None):
+        if not (_fast(x) and x.ndim == 4):
+            return super().im2col(x, fh, fw, stride, pad, out=out)
+        oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x.shape, fh, fw, stride, pad, "im2col")
+        n, c = x.shape[:2]
+        buf, back = _target(out, (n * oh * ow, c * int(fh) * int(fw)), x.dtype)
+        _kc.im2col(_c(x), int(fh), int(fw), sh, sw, pt, pl, oh, ow, buf)
+        return _finish(buf, back)
+
+    def col2im(self, col, x_shape, fh, fw, stride=1, pad=0, *, out=None):
+        if not (_fast(col) and col.ndim == 2 and len(x_shape) == 4):
+            return super().col2im(col, x_shape, fh, fw, stride, pad, out=out)
+        x_shape = tuple(int(s) for s in x_shape)
+        oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x_shape, fh, fw, stride, pad, "col2im")
+        n, c = x_shape[:2]
+        if col.shape != (n * oh * ow, c * int(fh) * int(fw)):
+            raise ValueError(f"col2im: expected col of shape {(n * oh * ow, c * int(fh) * int(fw))} for x of "
+                             f"shape {x_shape}, got {tuple(col.shape)}")
+        buf, back = _target(out, x_shape, col.dtype)
+        _kc.col2im(_c(col), int(fh), int(fw), sh, sw, pt, pl, oh, ow, buf)
+        return _finish(buf, back)
+
+    def maxpool_forward(self, x, ph, pw, stride=1, pad=0, *, out=None, argmax=None):
+        if not (_fast(x) and x.ndim == 4):
+            return super().maxpool_forward(x, ph, pw, stride, pad, out=out, argmax=argmax)
+        oh, ow, sh, sw, pt, _, pl, _ = pool_geometry(x.shape, ph, pw, stride, pad, "maxpool_forward")
+        shape = x.shape[:2] + (oh, ow)
+        buf, back = _target(out, shape, x.dtype)
+        ibuf, iback = _target(argmax, shape, numpy.dtype(numpy.int64))
+        _kc.maxpool_forward(_c(x), int(ph), int(pw), sh, sw, pt, pl, oh, ow, x.dtype.type(-numpy.inf), buf, ibuf)
+        return _finish(buf, back), _finish(ibuf, iback)
+
+    def maxpool_backward(self, dout, argmax, x_shape, *, out=None):
+        if not (_fast(dout) and dout.ndim == 4 and isinstance(argmax, numpy.ndarray)
+                and argmax.shape == dout.shape and argmax.dtype.kind in "iu" and len(x_shape) == 4
+                and tuple(dout.shape[:2]) == tuple(int(s) for s in x_shape[:2])):
+            return super().maxpool_backward(dout, argmax, x_shape, out=out)
+        n, c, h, w = (int(s) for s in x_shape)
+        buf, back = _target(out, (n, c, h, w), dout.dtype)
+        bad = _kc.maxpool_backward(_c(dout).reshape(n * c, -1),
+                                   _c(argmax.astype(numpy.int64, copy=False)).reshape(n * c, -1),
+                                   buf.reshape(n * c, h * w))
+        if bad:
+            raise IndexError(f"maxpool_backward: {bad} argmax entries lie outside the {h}x{w} input plane; "
+                             f"pass the argmax maxpool_forward returned")
         return _finish(buf, back)
 
     # ------------------------------------------------------------------ optimizers (flat buffers)

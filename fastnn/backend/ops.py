@@ -26,6 +26,58 @@ from fastnn.kernels import (
 Array = "numpy.ndarray | cupy.ndarray"
 
 
+def _ints(primitive, name, value, n):
+    """``value`` (an int or a sequence of ``n`` ints) as a tuple of ``n`` Python ints."""
+    if isinstance(value, (int, numpy.integer)) and not isinstance(value, bool):
+        return (int(value),) * n
+    try:
+        vals = tuple(int(v) for v in value)
+    except TypeError:
+        vals = ()
+    if len(vals) != n or any(isinstance(v, bool) for v in value):
+        raise ValueError(f"{primitive}: {name} must be an int or {n} ints, got {value!r}")
+    return vals
+
+
+def conv_geometry(x_shape, fh, fw, stride=1, pad=0, primitive="im2col"):
+    """Output size and padding of a 2-D window of ``fh x fw`` sliding over ``x: (N, C, H, W)``.
+
+    ``stride`` is an int or ``(sh, sw)``; ``pad`` an int, ``(ph, pw)`` or ``(top, bottom, left,
+    right)`` (zeros added around each plane; asymmetric padding is what Keras's ``"same"`` needs
+    for even windows or strides > 1). Returns ``(oh, ow, sh, sw, pt, pb, pl, pr)`` with
+    ``oh = (H + pt + pb - fh) // sh + 1`` (likewise ``ow``), as ``torch.nn.functional.conv2d``.
+    """
+    if len(x_shape) != 4:
+        raise ValueError(f"{primitive}: expected x of shape (N, C, H, W) (layout NCHW), got {tuple(x_shape)}")
+    fh, fw = _ints(primitive, "the window size", (fh, fw), 2)
+    sh, sw = _ints(primitive, "stride", stride, 2)
+    if not (hasattr(pad, "__len__") and len(pad) == 4):
+        ph, pw = _ints(primitive, "pad", pad, 2)
+        pt, pb, pl, pr = ph, ph, pw, pw
+    else:
+        pt, pb, pl, pr = _ints(primitive, "pad", pad, 4)
+    if min(fh, fw, sh, sw) < 1 or min(pt, pb, pl, pr) < 0:
+        raise ValueError(f"{primitive}: window {fh}x{fw} and stride ({sh}, {sw}) must be >= 1 and pad "
+                         f"({pt}, {pb}, {pl}, {pr}) >= 0")
+    h, w = int(x_shape[2]) + pt + pb, int(x_shape[3]) + pl + pr
+    if h < fh or w < fw:
+        raise ValueError(f"{primitive}: a {fh}x{fw} window does not fit in the padded {h}x{w} plane of x "
+                         f"with shape {tuple(x_shape)}")
+    return (h - fh) // sh + 1, (w - fw) // sw + 1, sh, sw, pt, pb, pl, pr
+
+
+def pool_geometry(x_shape, ph, pw, stride=1, pad=0, primitive="maxpool_forward"):
+    """``conv_geometry`` for pooling, which also needs each pad at most half the window (as
+    PyTorch), so that every window holds at least one element of ``x``."""
+    g = conv_geometry(x_shape, ph, pw, stride, pad, primitive)
+    pt, pb, pl, pr = g[4:]
+    if 2 * max(pt, pb) > ph or 2 * max(pl, pr) > pw:
+        raise ValueError(f"{primitive}: pad ({pt}, {pb}, {pl}, {pr}) must be at most half the "
+                         f"{ph}x{pw} window")
+    return g
+
+
+
 class Ops:
     """The NumPy reference backend. ``name``, ``xp`` (the array module) and ``device`` describe it."""
 
@@ -285,6 +337,90 @@ class Ops:
         dx[...] = dx_
         return dx
 
+    # ------------------------------------------------------------------ convolution and pooling (NCHW)
+    def im2col(self, x, fh, fw, stride=1, pad=0, *, out=None):
+        """Patches of ``x: (N, C, H, W)`` as rows: ``out: (N*OH*OW, C*FH*FW)``, the book's ``im2col``.
+
+        Row ``(n, oy, ox)``, column ``(c, ky, kx)`` holds ``x[n, c, oy*sh + ky - pt, ox*sw + kx - pl]``,
+        zero outside ``x``. ``stride``, ``pad`` and the output size as ``conv_geometry``.
+        """
+        xp = self.xp
+        n, c = x.shape[:2]
+        oh, ow, sh, sw, pt, pb, pl, pr = conv_geometry(x.shape, fh, fw, stride, pad, "im2col")
+        img = xp.pad(x, [(0, 0), (0, 0), (pt, pb), (pl, pr)])
+        col = xp.empty((n, c, fh, fw, oh, ow), dtype=x.dtype)
+        for ky in range(fh):
+            for kx in range(fw):
+                col[:, :, ky, kx] = img[:, :, ky:ky + sh * oh:sh, kx:kx + sw * ow:sw]
+        col = col.transpose(0, 4, 5, 1, 2, 3).reshape(n * oh * ow, c * fh * fw)
+        if out is None:
+            return col
+        out[...] = col
+        return out
+
+    def col2im(self, col, x_shape, fh, fw, stride=1, pad=0, *, out=None):
+        """The adjoint of ``im2col``: ``out: x_shape`` where each element sums the ``col: (N*OH*OW,
+        C*FH*FW)`` entries ``im2col`` copied it to (entries that fell on the padding are dropped).
+        ``col`` is not written."""
+        xp = self.xp
+        n, c, h, w = (int(s) for s in x_shape)
+        oh, ow, sh, sw, pt, pb, pl, pr = conv_geometry(x_shape, fh, fw, stride, pad, "col2im")
+        if tuple(col.shape) != (n * oh * ow, c * fh * fw):
+            raise ValueError(f"col2im: expected col of shape {(n * oh * ow, c * fh * fw)} for x of shape "
+                             f"{tuple(x_shape)}, got {tuple(col.shape)}")
+        col6 = col.reshape(n, oh, ow, c, fh, fw).transpose(0, 3, 4, 5, 1, 2)
+        img = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=col.dtype)
+        for ky in range(fh):
+            for kx in range(fw):
+                img[:, :, ky:ky + sh * oh:sh, kx:kx + sw * ow:sw] += col6[:, :, ky, kx]
+        dx = img[:, :, pt:pt + h, pl:pl + w]
+        if out is None:
+            return xp.ascontiguousarray(dx)
+        out[...] = dx
+        return out
+
+    def maxpool_forward(self, x, ph, pw, stride=1, pad=0, *, out=None, argmax=None):
+        """Max pooling of ``x: (N, C, H, W)`` over ``ph x pw`` windows, as ``torch.nn.functional.max_pool2d``.
+
+        Padding never wins (it counts as -inf; each pad is at most half the window). Returns
+        ``(out, argmax)``: ``out: (N, C, OH, OW)`` and ``argmax`` (int64, same shape), the index
+        ``iy * W + ix`` of each maximum in its input plane (the first one on ties; a NaN wins).
+        """
+        xp = self.xp
+        n, c, h, w = x.shape
+        oh, ow, sh, sw, pt, pb, pl, pr = pool_geometry(x.shape, ph, pw, stride, pad, "maxpool_forward")
+        img = xp.pad(x, [(0, 0), (0, 0), (pt, pb), (pl, pr)], constant_values=-numpy.inf)
+        win = xp.stack([img[:, :, ky:ky + sh * oh:sh, kx:kx + sw * ow:sw]
+                        for ky in range(ph) for kx in range(pw)])
+        k = win.argmax(axis=0)
+        y = xp.take_along_axis(win, k[None], axis=0)[0]
+        iy = xp.arange(oh).reshape(oh, 1) * sh - pt + k // pw
+        ix = xp.arange(ow).reshape(1, ow) * sw - pl + k % pw
+        idx = (iy * w + ix).astype(xp.int64)
+        for buf, val in ((out, y), (argmax, idx)):
+            if buf is not None:
+                buf[...] = val
+        return (y if out is None else out), (idx if argmax is None else argmax)
+
+    def maxpool_backward(self, dout, argmax, x_shape, *, out=None):
+        """Gradient of max pooling: ``out: x_shape``, zero except ``dout`` added at each window's
+        ``argmax`` (``maxpool_forward``'s); overlapping windows (stride < window) add up. ``dout``
+        and ``argmax`` are ``(N, C, OH, OW)``; ``dout`` is not written."""
+        xp = self.xp
+        n, c, h, w = (int(s) for s in x_shape)
+        if tuple(dout.shape) != tuple(argmax.shape) or dout.ndim != 4 or tuple(dout.shape[:2]) != (n, c):
+            raise ValueError(f"maxpool_backward: dout {tuple(dout.shape)} and argmax {tuple(argmax.shape)} must "
+                             f"both be (N, C, OH, OW) with (N, C) = {(n, c)}")
+        dx = xp.zeros((n * c, h * w), dtype=dout.dtype)
+        rows = xp.arange(n * c).reshape(-1, 1)
+        idx = argmax.reshape(n * c, -1)
+        xp.add.at(dx, (xp.broadcast_to(rows, idx.shape), idx), dout.reshape(n * c, -1))
+        dx = dx.reshape(n, c, h, w)
+        if out is None:
+            return dx
+        out[...] = dx
+        return out
+
     # ------------------------------------------------------------------ optimizers (flat buffers)
     def _flush(self, s):
         """Set state values below the smallest normal number to zero, in place."""
@@ -374,4 +510,5 @@ HOT_PRIMITIVES = (
     "softmax", "softmax_xent", "softmax_xent_backward", "sigmoid_bce", "mse",
     "batchnorm_forward", "batchnorm_backward", "sq_norm",
     "sgd_step", "momentum_step", "adagrad_step", "rmsprop_step", "adam_step",
+    "im2col", "col2im", "maxpool_forward", "maxpool_backward",
 )

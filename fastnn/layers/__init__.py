@@ -9,6 +9,9 @@ from fastnn.layers.core import (
     ACTIVATION_NAMES, Activation, Affine, Dense, Dropout, Elu, Flatten, LeakyRelu, PRelu, Relu,
     Sigmoid, Softmax, Softplus, Tanh,
 )
+from fastnn.layers.conv import (
+    AveragePooling2D, Conv2D, Convolution, GlobalAveragePooling2D, MaxPooling2D, Pooling,
+)
 from fastnn.layers.normalization import BatchNormalization
 from fastnn.losses import MeanSquaredLoss, SigmoidWithLoss, SoftmaxWithLoss
 
@@ -16,4 +19,5 @@ __all__ = [
     "Layer", "Dense", "Affine", "Activation", "Relu", "Sigmoid", "Tanh", "LeakyRelu", "PRelu", "Elu",
     "Softplus", "Softmax", "Dropout", "Flatten", "BatchNormalization", "SoftmaxWithLoss",
     "SigmoidWithLoss", "MeanSquaredLoss", "ACTIVATION_NAMES",
+    "Conv2D", "Convolution", "MaxPooling2D", "Pooling", "AveragePooling2D", "GlobalAveragePooling2D",
 ]

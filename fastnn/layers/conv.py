@@ -1,0 +1,455 @@
+"""Convolution and pooling layers, the book's and Keras's, in NCHW layout throughout.
+
+Every array is ``(N, C, H, W)``: batch, channels, height, width (PyTorch's and the book's layout;
+Keras defaults to NHWC). A Keras-style first layer therefore takes ``input_shape=(C, H, W)``, and
+channels-last data needs ``x.transpose(0, 3, 1, 2)`` first.
+
+A convolution is the book's ``im2col`` into one GEMM: ``col: (N*OH*OW, C*FH*FW)`` times the
+filters ``W: (FN, C, FH, FW)`` seen as ``(FN, C*FH*FW)``, then bias + activation fused on the
+``(N*OH*OW, FN)`` result (``ops.bias_act``, the same primitive ``Dense`` uses); backward is one
+fused ``act_backward_bias_grad``, two GEMMs and ``col2im``.
+"""
+from __future__ import annotations
+
+import numpy
+
+from fastnn.backend.ops import conv_geometry, pool_geometry
+from fastnn.kernels import LINEAR
+from fastnn.layers.base import Layer, _auto_name, shape_str
+from fastnn.layers.core import SOFTMAX, activation_code
+
+__all__ = ["Conv2D", "Convolution", "MaxPooling2D", "Pooling", "AveragePooling2D", "GlobalAveragePooling2D"]
+
+_NCHW_HINT = ("layout is NCHW (channels on axis 1); channels-last (NHWC) data needs "
+              "x.transpose(0, 3, 1, 2) first")
+
+
+def _pair(owner, name, value):
+    """An int or a pair of ints as ``(a, b)``, each >= 1."""
+    if isinstance(value, (int, numpy.integer)) and not isinstance(value, bool):
+        pair = (int(value), int(value))
+    else:
+        try:
+            pair = tuple(int(v) for v in value)
+        except (TypeError, ValueError):
+            pair = ()
+        if len(pair) != 2 or any(isinstance(v, bool) for v in value):
+            raise ValueError(f"{owner}: {name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < 1:
+        raise ValueError(f"{owner}: {name} must be >= 1, got {value!r}")
+    return pair
+
+
+def _check_padding(owner, padding, allowed=("valid", "same")):
+    key = padding.lower() if isinstance(padding, str) else padding
+    if key not in allowed:
+        raise ValueError(f"{owner}: padding must be one of {', '.join(repr(a) for a in allowed)}, got {padding!r}")
+    return key
+
+
+def same_padding(size, window, stride):
+    """Keras/TensorFlow ``"same"``: ``(before, after)`` zeros so that ``out = ceil(size / stride)``;
+    the odd one goes after (bottom/right), as TensorFlow does."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + window - size, 0)
+    return total // 2, total - total // 2
+
+
+def check_nchw(layer, x, channels=None):
+    """Raise the layer's ``ValueError`` unless ``x`` is 4-D NCHW with ``channels`` channels."""
+    c = "C" if channels is None else channels
+    if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
+        hint = _NCHW_HINT
+        if x.ndim == 3 and channels == 1:
+            hint += "; single-channel images of shape (N, H, W) need a channel axis: x[:, None]"
+        raise ValueError(f"{layer.name} ({type(layer).__name__}): expected x of shape (N, {c}, H, W), got "
+                         f"{tuple(x.shape)}; {hint}")
+
+
+class _Workspaces:
+    """A layer's scratch arrays, one set per (batch shape, dtype, backend)."""
+
+    def __init__(self):
+        self._sets = {}
+
+    def get(self, ops, key, shapes, dtype):
+        full = (ops.name, getattr(ops, "device", None), key, numpy.dtype(dtype).str)
+        ws = self._sets.get(full)
+        if ws is None:
+            ws = {name: ops.xp.empty(shape, dtype=dtype) for name, shape in shapes.items()}
+            self._sets[full] = ws
+        return ws
+
+
+class Conv2D(Layer):
+    """2-D convolution ``y = act(conv(x, W) + b)`` over NCHW inputs, as Keras's ``Conv2D``.
+
+    Layout NCHW: ``x: (N, C, H, W)`` gives ``y: (N, filters, OH, OW)``; the first layer of a model
+    takes ``input_shape=(C, H, W)``. The kernel is ``W: (filters, C, kh, kw)`` (PyTorch's and the
+    book's layout, not Keras's ``(kh, kw, C, filters)``), the bias ``b: (filters,)``. The result
+    equals ``torch.nn.functional.conv2d`` (a cross-correlation) plus the activation.
+
+    Parameters
+    ----------
+    filters : int
+        Output channels.
+    kernel_size : int or (int, int)
+        Window ``(kh, kw)``.
+    strides : int or (int, int)
+    padding : "valid" or "same"
+        ``"valid"``: no padding, ``OH = (H - kh) // sh + 1``. ``"same"``: as Keras/TensorFlow,
+        ``OH = ceil(H / sh)``, with zeros split evenly and the odd one at the bottom/right (so even
+        kernels and strides > 1 pad asymmetrically, unlike PyTorch's ``padding="same"``).
+    activation : str, optional
+        relu, sigmoid, tanh, leaky_relu, elu, softplus or linear, fused with the bias add.
+    input_shape : (C, H, W), optional
+    kernel_initializer, bias_initializer : str or callable
+        Glorot's fans for a kernel are ``C*kh*kw`` and ``filters*kh*kw``.
+    kernel_regularizer, bias_regularizer : optional ``fastnn.regularizers`` objects.
+    use_bias : bool
+    """
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None, input_shape=None,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel_regularizer=None,
+                 bias_regularizer=None, use_bias=True, name=None, dtype=None, trainable=True):
+        name = name or _auto_name("Conv2d" if type(self) is Conv2D else type(self).__name__)
+        super().__init__(name=name, trainable=trainable, dtype=dtype, input_shape=input_shape)
+        if isinstance(filters, bool) or not isinstance(filters, (int, numpy.integer)) or filters <= 0:
+            raise ValueError(f"{self.name}: filters must be a positive integer, got {filters!r}")
+        if self.input_shape is not None and len(self.input_shape) != 3:
+            raise ValueError(f"{self.name}: input_shape must be (C, H, W) (layout NCHW), got {self.input_shape}")
+        self.filters = int(filters)
+        self.kernel_size = _pair(self.name, "kernel_size", kernel_size)
+        self.strides = _pair(self.name, "strides", strides)
+        self.padding = _check_padding(self.name, padding)
+        self.activation = activation
+        self.act, self.alpha = activation_code(activation)
+        if self.act == SOFTMAX:
+            raise ValueError(f"{self.name}: softmax over a convolution's channels is not supported; flatten or pool "
+                             f"to (N, C) and use Dense(..., activation='softmax') or Activation('softmax')")
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+        self.kernel_regularizer = kernel_regularizer
+        self.bias_regularizer = bias_regularizer
+        self.use_bias = bool(use_bias)
+        self.W = self.b = self.dW = self.db = None
+        self.x_shape = self.col = self.y2 = None
+        self._pad = None
+        self._ws = _Workspaces()
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def in_channels(self):
+        return None if self.W is None else int(self.W.shape[1])
+
+    def _padding_for(self, h, w):
+        """``(top, bottom, left, right)`` zeros for an ``h x w`` input."""
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        return same_padding(h, self.kernel_size[0], self.strides[0]) + same_padding(w, self.kernel_size[1],
+                                                                                    self.strides[1])
+
+    def _out_hw(self, h, w):
+        kh, kw = self.kernel_size
+        shape = (1, 1, h, w)
+        oh, ow = conv_geometry(shape, kh, kw, self.strides, self._padding_for(h, w), self.name)[:2]
+        return oh, ow
+
+    def build(self, input_shape, rng=None):
+        if rng is not None:
+            self.rng = rng
+        if len(input_shape) != 4:
+            raise ValueError(f"{self.name}: expected inputs of shape (N, C, H, W) (layout NCHW; input_shape=(C, H, W)), "
+                             f"got {shape_str(input_shape)}")
+        kh, kw = self.kernel_size
+        self.add_weight("W", (self.filters, int(input_shape[1]), kh, kw), self.kernel_initializer,
+                        regularizer=self.kernel_regularizer)
+        if self.use_bias:
+            self.add_weight("b", (self.filters,), self.bias_initializer, regularizer=self.bias_regularizer)
+        self.built = True
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(f"{self.name}: expected inputs of shape (N, C, H, W) (layout NCHW), got "
+                             f"{shape_str(input_shape)}")
+        oh, ow = self._out_hw(int(input_shape[2]), int(input_shape[3]))
+        return (input_shape[0], self.filters, oh, ow)
+
+    # ------------------------------------------------------------------ compute
+    def forward(self, x, train_flg=True, training=None):
+        """``y: (N, filters, OH, OW)`` from ``x: (N, C, H, W)`` (layout NCHW)."""
+        if getattr(x, "ndim", 0) != 4:
+            check_nchw(self, x, self.in_channels)
+        self._ensure_built(x.shape)
+        ops = self._ops_for(x)
+        x = self._input(ops, x, self.W.dtype)
+        check_nchw(self, x, self.in_channels)
+        n, c, h, w = x.shape
+        kh, kw = self.kernel_size
+        fn = self.filters
+        pad = self._padding_for(h, w)
+        oh, ow = conv_geometry(x.shape, kh, kw, self.strides, pad, self.name)[:2]
+        m, k = n * oh * ow, c * kh * kw
+        ws = self._ws.get(ops, tuple(x.shape), {"col": (m, k), "z": (m, fn), "y": (m, fn), "dz": (m, fn),
+                                                 "dcol": (m, k)}, x.dtype)
+        col = ops.im2col(x, kh, kw, self.strides, pad, out=ws["col"])
+        z = ops.gemm(col, self.W.reshape(fn, k), trans_b=True, out=ws["z"])
+        self.y2 = ops.bias_act(z, self.b if self.use_bias else None, self.act, self.alpha, out=ws["y"])
+        self.col, self.x_shape, self._pad, self._dz, self._dcol = col, tuple(x.shape), pad, ws["dz"], ws["dcol"]
+        # rows are (n, oy, ox): the NCHW output is their transpose, copied so the caller owns it
+        return ops.xp.ascontiguousarray(self.y2.reshape(n, oh, ow, fn).transpose(0, 3, 1, 2))
+
+    def backward(self, dout):
+        """Fills ``dW``, ``db`` and returns ``dx: (N, C, H, W)``; ``dout: (N, filters, OH, OW)`` is not written."""
+        y2 = self._require_forward("y2")
+        n, c = self.x_shape[:2]
+        fn, (kh, kw) = self.filters, self.kernel_size
+        oh_ow = y2.shape[0] // n
+        if dout.ndim != 4 or dout.shape[0] != n or dout.shape[1] != fn or dout.shape[2] * dout.shape[3] != oh_ow:
+            raise ValueError(f"{self.name}: backward expected dout of shape (N, {fn}, OH, OW) like the forward "
+                             f"output (N = {n}, OH*OW = {oh_ow}), got {tuple(dout.shape)}")
+        ops = self._ops_for(y2)
+        self._grad_buffers(ops)
+        dout = self._input(ops, dout, y2.dtype)
+        d2 = dout.transpose(0, 2, 3, 1).reshape(-1, fn)  # a new array (or a read-only view when OH*OW == 1)
+        if self.act == LINEAR:
+            dz = d2
+            if self.use_bias:
+                ops.bias_grad(dz, out=self.db)
+        elif self.use_bias:
+            dz = ops.act_backward_bias_grad(d2, y2, self.act, self.alpha, out=self._dz, db=self.db)
+        else:
+            dz = ops.act_backward(d2, y2, self.act, self.alpha, out=self._dz)
+        ops.gemm(dz, self.col, trans_a=True, out=self.dW.reshape(fn, -1))
+        if self.skip_input_grad:
+            return None
+        dcol = ops.gemm(dz, self.W.reshape(fn, -1), out=self._dcol)
+        return ops.col2im(dcol, self.x_shape, kh, kw, self.strides, self._pad)
+
+    def _grad_buffers(self, ops):
+        """``dW``/``db`` exist from ``add_weight`` (views into a model's flat buffer once owned)."""
+
+    def get_config(self):
+        cfg = super().get_config()
+        init = self.kernel_initializer
+        cfg.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides, padding=self.padding,
+                   activation=self.activation, use_bias=self.use_bias, input_shape=self.input_shape,
+                   kernel_initializer=init if isinstance(init, str) else None)
+        return cfg
+
+
+class Convolution(Conv2D):
+    """The book's ``Convolution(W, b, stride=1, pad=0)`` on the very arrays it is given.
+
+    ``W: (FN, C, FH, FW)``, ``b: (FN,)``; ``x: (N, C, H, W)`` (layout NCHW) gives
+    ``(N, FN, OH, OW)`` with ``OH = (H + 2*pad - FH) // stride + 1``. ``stride`` and ``pad`` may
+    also be pairs ``(h, w)``. The layer keeps ``W`` and ``b`` by reference (on a CuPy backend host
+    arrays move to the device once, and ``layer.W`` is the moved array), computes in ``W``'s
+    dtype, and after ``backward`` holds the gradients in ``dW`` and ``db``. Like the book's it
+    goes through ``im2col`` (``self.col``) and one GEMM.
+    """
+
+    def __init__(self, W, b, stride=1, pad=0, name=None):
+        W_shape = getattr(W, "shape", None)
+        if W_shape is None or len(W_shape) != 4:
+            raise ValueError(f"Convolution: W must be a 4-D array (FN, C, FH, FW), got {type(W).__name__} of "
+                             f"shape {W_shape}")
+        super().__init__(int(W_shape[0]), tuple(W_shape[2:]), strides=stride, name=name, dtype=W.dtype)
+        b_shape = getattr(b, "shape", None)
+        if b_shape is None or tuple(b_shape) != (W_shape[0],):
+            raise ValueError(f"{self.name}: b must have shape ({W_shape[0]},) to match W of shape {tuple(W_shape)}, "
+                             f"got {b_shape}")
+        if W.dtype.kind != "f":
+            raise TypeError(f"{self.name}: W must be a float array, got dtype {W.dtype}")
+        self.stride = stride
+        self.pad = pad
+        ph, pw = (pad, pad) if isinstance(pad, (int, numpy.integer)) else tuple(pad)
+        if min(int(ph), int(pw)) < 0:
+            raise ValueError(f"{self.name}: pad must be >= 0, got {pad!r}")
+        self._explicit_pad = (int(ph), int(ph), int(pw), int(pw))
+        self.W, self.b = W, b
+        self._weights = {"W": {"trainable": True, "regularizer": None, "decay": True},
+                         "b": {"trainable": True, "regularizer": None, "decay": True}}
+        self.built = True
+
+    def _padding_for(self, h, w):
+        return self._explicit_pad
+
+    @property
+    def col_W(self):
+        """The book's ``col_W``: the filters as ``(C*FH*FW, FN)``."""
+        return self.W.reshape(self.filters, -1).T
+
+    def _grad_buffers(self, ops):
+        if self.dW is None or self.dW.shape != self.W.shape or not ops.owns(self.dW):
+            self.dW = ops.alloc(self.W.shape, self.W.dtype)
+            self.db = ops.alloc(self.b.shape, self.b.dtype)
+
+    def get_config(self):
+        raise TypeError(f"{self.name}: Convolution holds the arrays it was given; use Conv2D to save a model")
+
+
+# ---------------------------------------------------------------------------- pooling
+class MaxPooling2D(Layer):
+    """Max pooling over NCHW inputs, as Keras's ``MaxPooling2D`` (``padding="valid"``).
+
+    Layout NCHW: ``x: (N, C, H, W)`` gives ``(N, C, OH, OW)`` with ``OH = (H - ph) // sh + 1``.
+    ``pool_size`` and ``strides`` are ints or pairs; ``strides`` defaults to ``pool_size``.
+    Equals ``torch.nn.functional.max_pool2d``; ``backward`` sends each gradient to the first
+    maximum of its window (``self.arg_max``, indices into each input plane).
+    """
+
+    def __init__(self, pool_size=2, strides=None, padding="valid", name=None, **kwargs):
+        name = name or _auto_name("MaxPooling2d" if type(self) is MaxPooling2D else type(self).__name__)
+        super().__init__(name=name, **kwargs)
+        self.pool_size = _pair(self.name, "pool_size", pool_size)
+        self.strides = self.pool_size if strides is None else _pair(self.name, "strides", strides)
+        self.padding = _check_padding(self.name, padding, ("valid",))
+        self._explicit_pad = (0, 0, 0, 0)
+        self.x_shape = self.arg_max = None
+
+    def _geometry(self, shape):
+        ph, pw = self.pool_size
+        return pool_geometry(shape, ph, pw, self.strides, self._explicit_pad, self.name)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(f"{self.name}: expected inputs of shape (N, C, H, W) (layout NCHW), got "
+                             f"{shape_str(input_shape)}")
+        oh, ow = self._geometry((1, 1, int(input_shape[2]), int(input_shape[3])))[:2]
+        return (input_shape[0], input_shape[1], oh, ow)
+
+    def forward(self, x, train_flg=True, training=None):
+        """``(N, C, OH, OW)``: the maximum of each window of ``x: (N, C, H, W)`` (layout NCHW)."""
+        ops = self._ops_for(x)
+        x = self._input(ops, x, x.dtype if getattr(x, "dtype", None) is not None and x.dtype.kind == "f" else None)
+        check_nchw(self, x)
+        ph, pw = self.pool_size
+        y, self.arg_max = ops.maxpool_forward(x, ph, pw, self.strides, self._explicit_pad)
+        self.x_shape = tuple(x.shape)
+        return y
+
+    def backward(self, dout):
+        """``dx: (N, C, H, W)``: ``dout`` at each window's maximum, zero elsewhere; ``dout`` is not written."""
+        arg_max = self._require_forward("arg_max", dout)
+        ops = self._ops_for(arg_max)
+        return ops.maxpool_backward(self._input(ops, dout, dout.dtype if dout.dtype.kind == "f" else None),
+                                    arg_max, self.x_shape)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(pool_size=self.pool_size, strides=self.strides, padding=self.padding)
+        return cfg
+
+
+class Pooling(MaxPooling2D):
+    """The book's ``Pooling(pool_h, pool_w, stride=1, pad=0)``: max pooling, NCHW layout.
+
+    ``x: (N, C, H, W)`` gives ``(N, C, OH, OW)`` with ``OH = (H + 2*pad - pool_h) // stride + 1``.
+    Note the book's default ``stride=1`` (Keras's ``MaxPooling2D`` defaults to the pool size).
+    Padding follows ``torch.nn.functional.max_pool2d``: padded cells never win (the book's
+    ``im2col`` pads with zeros, which win over negative inputs), and ``pad`` is at most half the
+    window. ``arg_max`` holds, per window, the index of its maximum in the input plane.
+    """
+
+    def __init__(self, pool_h, pool_w, stride=1, pad=0, name=None):
+        super().__init__((pool_h, pool_w), stride, name=name)
+        self.pool_h, self.pool_w = self.pool_size
+        self.stride, self.pad = stride, pad
+        ph, pw = (pad, pad) if isinstance(pad, (int, numpy.integer)) else tuple(pad)
+        self._explicit_pad = (int(ph), int(ph), int(pw), int(pw))
+        pool_geometry((1, 1, self.pool_h, self.pool_w), self.pool_h, self.pool_w, stride, self._explicit_pad,
+                      self.name)  # checks stride and pad now, not at the first forward
+
+    def get_config(self):
+        return {"name": self.name, "pool_h": self.pool_h, "pool_w": self.pool_w, "stride": self.stride,
+                "pad": self.pad}
+
+
+class AveragePooling2D(Layer):
+    """Average pooling over NCHW inputs, as Keras's ``AveragePooling2D`` (``padding="valid"``).
+
+    Layout NCHW: ``x: (N, C, H, W)`` gives ``(N, C, OH, OW)``, each the mean of a ``ph x pw``
+    window; ``strides`` defaults to ``pool_size``. Equals ``torch.nn.functional.avg_pool2d``.
+    Written with ``im2col``/``col2im`` on the ``N*C`` planes (no kernel of its own).
+    """
+
+    def __init__(self, pool_size=2, strides=None, padding="valid", name=None, **kwargs):
+        super().__init__(name=name or _auto_name("AveragePooling2d"), **kwargs)
+        self.pool_size = _pair(self.name, "pool_size", pool_size)
+        self.strides = self.pool_size if strides is None else _pair(self.name, "strides", strides)
+        self.padding = _check_padding(self.name, padding, ("valid",))
+        self.x_shape = None
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(f"{self.name}: expected inputs of shape (N, C, H, W) (layout NCHW), got "
+                             f"{shape_str(input_shape)}")
+        ph, pw = self.pool_size
+        oh, ow = conv_geometry((1, 1, int(input_shape[2]), int(input_shape[3])), ph, pw, self.strides, 0,
+                               self.name)[:2]
+        return (input_shape[0], input_shape[1], oh, ow)
+
+    def forward(self, x, train_flg=True, training=None):
+        """``(N, C, OH, OW)``: the mean of each window of ``x: (N, C, H, W)`` (layout NCHW)."""
+        ops = self._ops_for(x)
+        x = self._input(ops, x, x.dtype if getattr(x, "dtype", None) is not None and x.dtype.kind == "f" else None)
+        check_nchw(self, x)
+        n, c, h, w = x.shape
+        ph, pw = self.pool_size
+        oh, ow = conv_geometry(x.shape, ph, pw, self.strides, 0, self.name)[:2]
+        col = ops.im2col(x.reshape(n * c, 1, h, w), ph, pw, self.strides, 0)
+        self.x_shape = tuple(x.shape)
+        return col.mean(axis=1).reshape(n, c, oh, ow)
+
+    def backward(self, dout):
+        """``dx: (N, C, H, W)``: each window's gradient shared equally by its cells; ``dout`` is not written."""
+        shape = self._require_forward("x_shape")
+        n, c, h, w = shape
+        ph, pw = self.pool_size
+        oh, ow = conv_geometry(shape, ph, pw, self.strides, 0, self.name)[:2]
+        if tuple(dout.shape) != (n, c, oh, ow):
+            raise ValueError(f"{self.name}: backward expected dout of shape {(n, c, oh, ow)}, got {tuple(dout.shape)}")
+        ops = self._ops_for(dout)
+        dout = self._input(ops, dout, dout.dtype if dout.dtype.kind == "f" else None)
+        share = dout.reshape(-1, 1) * dout.dtype.type(1.0 / (ph * pw))
+        dcol = ops.xp.ascontiguousarray(ops.xp.broadcast_to(share, (share.shape[0], ph * pw)))
+        return ops.col2im(dcol, (n * c, 1, h, w), ph, pw, self.strides, 0).reshape(shape)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(pool_size=self.pool_size, strides=self.strides, padding=self.padding)
+        return cfg
+
+
+class GlobalAveragePooling2D(Layer):
+    """The mean over each channel's plane: ``x: (N, C, H, W)`` (layout NCHW) gives ``(N, C)``."""
+
+    def __init__(self, name=None, **kwargs):
+        super().__init__(name=name or _auto_name("GlobalAveragePooling2d"), **kwargs)
+        self.x_shape = None
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(f"{self.name}: expected inputs of shape (N, C, H, W) (layout NCHW), got "
+                             f"{shape_str(input_shape)}")
+        return (input_shape[0], input_shape[1])
+
+    def forward(self, x, train_flg=True, training=None):
+        """``(N, C)``: the mean of each ``H x W`` plane of ``x: (N, C, H, W)`` (layout NCHW)."""
+        ops = self._ops_for(x)
+        x = self._input(ops, x, x.dtype if getattr(x, "dtype", None) is not None and x.dtype.kind == "f" else None)
+        check_nchw(self, x)
+        self.x_shape = tuple(x.shape)
+        return x.mean(axis=(2, 3))
+
+    def backward(self, dout):
+        """``dx: (N, C, H, W)``: ``dout / (H*W)`` spread over each plane; ``dout`` is not written."""
+        shape = self._require_forward("x_shape")
+        n, c, h, w = shape
+        if tuple(dout.shape) != (n, c):
+            raise ValueError(f"{self.name}: backward expected dout of shape {(n, c)}, got {tuple(dout.shape)}")
+        ops = self._ops_for(dout)
+        dout = self._input(ops, dout, dout.dtype if dout.dtype.kind == "f" else None)
+        share = dout * dout.dtype.type(1.0 / (h * w))
+        return ops.xp.ascontiguousarray(ops.xp.broadcast_to(share[:, :, None, None], shape))

@@ -1,0 +1,99 @@
+// fastnn convolution and pooling kernels over NCHW arrays: im2col, col2im, max pooling forward
+// (with argmax) and backward.
+//
+// Templates over T (float, double), instantiated through CuPy's name_expressions; grid-stride
+// loops, so any grid is correct. No headers. Geometry arrives checked and normalised by the
+// launcher (fastnn/backend/ops.py, conv_geometry): strides sh, sw, top/left padding pt, pl and
+// the output size oh, ow. col is (N*OH*OW, C*FH*FW): row (n, oy, ox), column (c, ky, kx).
+// col2im gathers (one thread per input element) instead of scattering, so it needs no atomics and
+// every element sums its terms in one fixed order; maxpool_backward scatters with atomicAdd.
+
+// One thread per col element: col[r, j] = x[n, c, oy*sh + ky - pt, ox*sw + kx - pl], 0 outside x.
+template <typename T>
+__global__ void fastnn_im2col(const T* __restrict__ x, T* __restrict__ col, long long n, long long c,
+                              long long h, long long w, long long fh, long long fw, long long sh,
+                              long long sw, long long pt, long long pl, long long oh, long long ow) {
+    const long long k = c * fh * fw;
+    const long long total = n * oh * ow * k;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const long long r = i / k, j = i % k;
+        const long long ox = r % ow, oy = (r / ow) % oh, b = r / (ow * oh);
+        const long long kx = j % fw, ky = (j / fw) % fh, ch = j / (fw * fh);
+        const long long iy = oy * sh + ky - pt, ix = ox * sw + kx - pl;
+        col[i] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? x[((b * c + ch) * h + iy) * w + ix] : T(0);
+    }
+}
+
+// One thread per dx element (b, ch, iy, ix): the sum, over the (ky, kx) that put it in a window,
+// of col[(b, oy, ox), (ch, ky, kx)] with oy = (iy + pt - ky) / sh exact and in range (same for x).
+template <typename T>
+__global__ void fastnn_col2im(const T* __restrict__ col, T* __restrict__ dx, long long n, long long c,
+                              long long h, long long w, long long fh, long long fw, long long sh,
+                              long long sw, long long pt, long long pl, long long oh, long long ow) {
+    const long long k = c * fh * fw;
+    const long long total = n * c * h * w;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const long long ix = i % w, iy = (i / w) % h, ch = (i / (w * h)) % c, b = i / (w * h * c);
+        T sum = T(0);
+        for (long long ky = 0; ky < fh; ++ky) {
+            const long long ty = iy + pt - ky;
+            if (ty < 0 || ty % sh != 0 || ty / sh >= oh) continue;
+            const long long oy = ty / sh;
+            for (long long kx = 0; kx < fw; ++kx) {
+                const long long tx = ix + pl - kx;
+                if (tx < 0 || tx % sw != 0 || tx / sw >= ow) continue;
+                const long long ox = tx / sw;
+                sum += col[((b * oh + oy) * ow + ox) * k + (ch * fh + ky) * fw + kx];
+            }
+        }
+        dx[i] = sum;
+    }
+}
+
+// One thread per output element: the window's maximum (padding counts as -inf) and its index
+// iy * W + ix in the input plane; the first maximum wins ties and the first NaN wins outright.
+template <typename T>
+__global__ void fastnn_maxpool_forward(const T* __restrict__ x, T* __restrict__ y, long long* __restrict__ argmax,
+                                       long long nc, long long h, long long w, long long ph, long long pw,
+                                       long long sh, long long sw, long long pt, long long pl, long long oh,
+                                       long long ow, T neg_inf) {
+    const long long total = nc * oh * ow;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const long long ox = i % ow, oy = (i / ow) % oh, plane = i / (ow * oh);
+        const T* xp = x + plane * h * w;
+        T m = neg_inf;
+        long long best = (oy * sh - pt) * w + (ox * sw - pl);  // the first cell, as argmax of all -inf
+        for (long long ky = 0; ky < ph; ++ky) {
+            const long long iy = oy * sh + ky - pt;
+            if (iy < 0 || iy >= h) continue;
+            for (long long kx = 0; kx < pw; ++kx) {
+                const long long ix = ox * sw + kx - pl;
+                if (ix < 0 || ix >= w) continue;
+                const T v = xp[iy * w + ix];
+                if (v > m || (v != v && m == m)) {
+                    m = v;
+                    best = iy * w + ix;
+                }
+            }
+        }
+        y[i] = m;
+        argmax[i] = best;
+    }
+}
+
+// One thread per output element: dout added at its argmax in the (zeroed) input plane. Windows
+// overlap when the stride is smaller than the window, hence atomicAdd (float and double). Indices
+// outside the plane (not from maxpool_forward) are skipped rather than written out of bounds.
+template <typename T>
+__global__ void fastnn_maxpool_backward(const T* __restrict__ dout, const long long* __restrict__ argmax,
+                                        T* __restrict__ dx, long long nc, long long hw, long long ohw) {
+    const long long total = nc * ohw;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const long long k = argmax[i];
+        if (k >= 0 && k < hw) atomicAdd(dx + (i / ohw) * hw + k, dout[i]);
+    }
+}

@@ -1,0 +1,120 @@
+"""CuPy launchers of ``conv.cu``: im2col/col2im and max pooling (forward with argmax, backward) over
+NCHW arrays.
+
+Same names, arguments and results as the ``Ops`` reference (``fastnn/backend/ops.py``); the
+geometry (stride, padding, output size) is checked and normalised by the same
+``conv_geometry``/``pool_geometry`` the reference uses. Every launcher checks dtypes
+(float32/float64; ``argmax`` int64) and ``out=`` buffers before launching, copies non-contiguous
+inputs, and allocates nothing of the data's size when given its output buffers. ``col2im`` gathers
+per input element (no atomics, one summation order); ``maxpool_backward`` scatters with ``atomicAdd``.
+"""
+import numpy
+
+from fastnn.backend.ops import conv_geometry, pool_geometry
+from fastnn.kernels.gpu import _loader as L
+
+FAMILY = "conv"
+KERNELS = ("fastnn_im2col", "fastnn_col2im", "fastnn_maxpool_forward", "fastnn_maxpool_backward")
+_I64 = numpy.dtype(numpy.int64)
+
+
+def _fn(name, dtype):
+    return L.function(FAMILY, KERNELS, name, dtype)
+
+
+def _i64(*values):
+    return tuple(numpy.int64(v) for v in values)
+
+
+def _x_shape(primitive, x_shape):
+    if len(x_shape) != 4:
+        raise ValueError(f"{primitive}: expected x_shape (N, C, H, W) (layout NCHW), got {tuple(x_shape)}")
+    return tuple(int(s) for s in x_shape)
+
+
+def im2col(x, fh, fw, stride=1, pad=0, *, out=None):
+    """Patches of ``x: (N, C, H, W)`` as rows: ``out: (N*OH*OW, C*FH*FW)``, row ``(n, oy, ox)``,
+    column ``(c, ky, kx)``; zeros where a window covers the padding."""
+    dtype = L.check_dtype("im2col", x)
+    oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x.shape, fh, fw, stride, pad, "im2col")
+    n, c, h, w = (int(s) for s in x.shape)
+    fh, fw = int(fh), int(fw)
+    x = L.contiguous(x)
+    shape = (n * oh * ow, c * fh * fw)
+    col = L.check_out("im2col", "out", out, shape, dtype)
+    if col is None:
+        col = L.empty(shape, dtype)
+    total = shape[0] * shape[1]
+    if total:
+        _fn("fastnn_im2col", dtype)((L.grid_1d(total),), (L.BLOCK,),
+                                    (x, col, *_i64(n, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow)))
+    return col
+
+
+def col2im(col, x_shape, fh, fw, stride=1, pad=0, *, out=None):
+    """The adjoint of ``im2col``: ``out: x_shape`` sums the ``col`` entries copied from each element."""
+    dtype = L.check_dtype("col2im", col)
+    x_shape = _x_shape("col2im", x_shape)
+    oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x_shape, fh, fw, stride, pad, "col2im")
+    n, c, h, w = x_shape
+    fh, fw = int(fh), int(fw)
+    if tuple(col.shape) != (n * oh * ow, c * fh * fw):
+        raise ValueError(f"col2im: expected col of shape {(n * oh * ow, c * fh * fw)} for x of shape "
+                         f"{x_shape}, got {tuple(col.shape)}")
+    col = L.contiguous(col)
+    dx = L.check_out("col2im", "out", out, x_shape, dtype)
+    if dx is None:
+        dx = L.empty(x_shape, dtype)
+    total = n * c * h * w
+    if total:
+        _fn("fastnn_col2im", dtype)((L.grid_1d(total),), (L.BLOCK,),
+                                    (col, dx, *_i64(n, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow)))
+    return dx
+
+
+def maxpool_forward(x, ph, pw, stride=1, pad=0, *, out=None, argmax=None):
+    """Max pooling of ``x: (N, C, H, W)``; returns ``(out, argmax)``, both ``(N, C, OH, OW)``, argmax
+    int64 holding ``iy * W + ix`` of each window's maximum in its input plane."""
+    dtype = L.check_dtype("maxpool_forward", x)
+    oh, ow, sh, sw, pt, _, pl, _ = pool_geometry(x.shape, ph, pw, stride, pad, "maxpool_forward")
+    n, c, h, w = (int(s) for s in x.shape)
+    x = L.contiguous(x)
+    shape = (n, c, oh, ow)
+    y = L.check_out("maxpool_forward", "out", out, shape, dtype)
+    idx = L.check_out("maxpool_forward", "argmax", argmax, shape, _I64)
+    if y is None:
+        y = L.empty(shape, dtype)
+    if idx is None:
+        idx = L.empty(shape, _I64)
+    total = n * c * oh * ow
+    if total:
+        _fn("fastnn_maxpool_forward", dtype)(
+            (L.grid_1d(total),), (L.BLOCK,),
+            (x, y, idx, *_i64(n * c, h, w, ph, pw, sh, sw, pt, pl, oh, ow), L.dtype_scalar(dtype, -numpy.inf)))
+    return y, idx
+
+
+def maxpool_backward(dout, argmax, x_shape, *, out=None):
+    """``out: x_shape``, zero except ``dout`` added at each window's ``argmax``; ``dout`` and
+    ``argmax`` are ``(N, C, OH, OW)``. Overlapping windows add with ``atomicAdd`` (their order, and
+    so the last bits of such sums, may vary from run to run); indices outside the input plane
+    (not from ``maxpool_forward``) are skipped, where the CPU backends raise ``IndexError``."""
+    dtype = L.check_dtype("maxpool_backward", dout)
+    x_shape = _x_shape("maxpool_backward", x_shape)
+    n, c, h, w = x_shape
+    if dout.ndim != 4 or tuple(argmax.shape) != tuple(dout.shape) or tuple(dout.shape[:2]) != (n, c):
+        raise ValueError(f"maxpool_backward: dout {tuple(dout.shape)} and argmax {tuple(argmax.shape)} must both "
+                         f"be (N, C, OH, OW) with (N, C) = {(n, c)}")
+    if numpy.dtype(argmax.dtype) != _I64:
+        raise TypeError(f"maxpool_backward: argmax must be int64 (as maxpool_forward returns it), got {argmax.dtype}")
+    dout, argmax = L.contiguous(dout), L.contiguous(argmax)
+    dx = L.check_out("maxpool_backward", "out", out, x_shape, dtype)
+    if dx is None:
+        dx = L.empty(x_shape, dtype)
+    dx.fill(0)
+    total = int(dout.size)
+    if total and h * w:
+        _fn("fastnn_maxpool_backward", dtype)(
+            (L.grid_1d(total),), (L.BLOCK,),
+            (dout, argmax, dx, *_i64(n * c, h * w, int(dout.shape[2]) * int(dout.shape[3]))))
+    return dx
