@@ -126,7 +126,8 @@ class PlotCurves(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._history.on_epoch_end(epoch, logs)
-        plot_history(self._history, self.path, self.title)
+        if _is_chief(self.model):
+            plot_history(self._history, self.path, self.title)
 
 
 # ---------------------------------------------------------------- progress
@@ -363,6 +364,8 @@ class CSVLogger(Callback):
             open(self.filename, "w").close()
 
     def on_epoch_end(self, epoch, logs=None):
+        if not _is_chief(self.model):
+            return
         logs = logs or {}
         write_header = self.keys is None
         if write_header:
@@ -388,6 +391,13 @@ class LambdaCallback(Callback):
 
 
 # ---------------------------------------------------------------- checkpoints
+def _is_chief(model):
+    """Only rank 0 writes files under data parallelism."""
+    from fastnn import distributed
+
+    return distributed.get().rank == 0
+
+
 def _checkpoint_files(folder):
     try:
         names = sorted(n for n in os.listdir(folder) if n.startswith("ckpt-") and n.endswith(".fastnn"))
@@ -442,7 +452,9 @@ class BackupAndRestore(Callback):
     def _save(self, completed=False):
         from fastnn import io
 
-        state = self.model._loop.snapshot()
+        state = self.model._loop.snapshot()  # every rank: the partial sums are reduced
+        if not _is_chief(self.model):
+            return
         state["completed"] = completed
         name = f"ckpt-e{state['epoch']:05d}-b{state['batch']:07d}.fastnn"
         if io.write_checkpoint(self.model, os.path.join(self.backup_dir, name), state):
@@ -453,7 +465,8 @@ class BackupAndRestore(Callback):
                     pass
 
     def on_train_begin(self, logs=None):
-        os.makedirs(self.backup_dir, exist_ok=True)
+        if _is_chief(self.model):
+            os.makedirs(self.backup_dir, exist_ok=True)
 
     def on_batch_end(self, batch, logs=None):
         if self.save_freq != "epoch" and self.model.optimizer.iterations % self.save_freq == 0:
@@ -464,11 +477,11 @@ class BackupAndRestore(Callback):
             self._save()
 
     def on_train_end(self, logs=None):
-        if self.delete_checkpoint:
+        if not self.delete_checkpoint:
+            self._save(completed=True)
+        elif _is_chief(self.model):
             for path in _checkpoint_files(self.backup_dir):
                 os.unlink(path)
-        else:
-            self._save(completed=True)
 
 
 class ModelCheckpoint(Callback):
@@ -490,6 +503,8 @@ class ModelCheckpoint(Callback):
         self._epoch = 0
 
     def _write(self, epoch, logs):
+        if not _is_chief(self.model):
+            return
         path = self.filepath.format(epoch=epoch + 1, **{k: v for k, v in (logs or {}).items() if isinstance(v, float)})
         if self.save_best_only:
             value = (logs or {}).get(self.monitor)

@@ -12,6 +12,7 @@ import sys
 
 import numpy
 
+from fastnn import distributed
 from fastnn import losses as _losses
 from fastnn import metrics as _metrics
 from fastnn import optimizers as _optimizers
@@ -332,20 +333,34 @@ class Sequential:
             stats[m.name] = m(self.ops, out, t, self._head is not None)
         return stats
 
-    def _train_batch(self, xb, tb):
+    def _train_batch(self, xb, tb, n_global=None, row0=0, comm=None):
+        """One optimizer step. Under data parallelism ``xb`` is this rank's shard (rows ``row0`` onward
+        of a global batch of ``n_global``): its gradient is scaled by its share before the all-reduce,
+        so the summed gradient is the whole batch's mean."""
+        n = xb.shape[0]
+        n_global = n if n_global is None else n_global
         for layer in self.layers:
             if isinstance(layer, Dropout):
-                layer.step = self._step
+                layer.step, layer.row0 = self._step, row0
         self._step += 1
-        out = self._forward(xb, True)
-        dx = self.ops.xp.empty_like(out)
-        loss = self.loss.compute(self.ops, out, tb, dx)
-        self._backward(dx)
-        penalty = self._regularize()
+        if n:
+            out = self._forward(xb, True)
+            dx = self.ops.xp.empty_like(out)
+            loss = self.loss.compute(self.ops, out, tb, dx)
+            if n != n_global:
+                dx *= dx.dtype.type(n / n_global)
+            self._backward(dx)
+            stats = self._batch_stats(out, tb, loss, n)
+        else:  # more ranks than samples in this batch: contribute nothing, but take part
+            self.flat.g[...] = 0
+            stats = {k: self.ops.xp.zeros((), dtype=self.dtype) for k in ["loss"] + [m.name for m in self.metrics]}
+        if comm is not None and comm.size > 1:
+            comm.allreduce_sum_(self.flat.g)
+        penalty = self._regularize()  # after the all-reduce: added once
         if penalty is not None:
-            loss = loss + penalty
+            stats["loss"] = stats["loss"] + penalty * self.dtype.type(n)
         self.optimizer.step_flat(self.flat)
-        return self._batch_stats(out, tb, loss, xb.shape[0])
+        return stats
 
     def _gather(self, a, idx):
         return a[self.ops.asarray(idx) if self.ops.name == "cupy" else idx]
@@ -384,6 +399,11 @@ class Sequential:
         n = x.shape[0]
         rng = make_rng(seed) if seed is not None else self.rng
         sampler = ShuffleSampler(n, batch_size, shuffle, rng)
+        comm = distributed.get()
+        if comm.size > 1:
+            self._sync_replicas(comm, rng)
+            if comm.rank != 0:
+                verbose = 0
         callbacks = list(callbacks or [])
         restorers = [cb for cb in callbacks if isinstance(cb, BackupAndRestore)]  # Keras: always restore
         if checkpoint_dir is not None:
@@ -399,18 +419,57 @@ class Sequential:
             history.epoch = list(restored["history"]["epoch"])
 
         def train_step(idx):
-            return self._train_batch(self._gather(x, idx), self._gather(y, idx))
+            if comm.size == 1:
+                return self._train_batch(self._gather(x, idx), self._gather(y, idx))
+            lo, hi = distributed.shard(len(idx), comm.rank, comm.size)
+            local = idx[lo:hi]
+            return self._train_batch(self._gather(x, local), self._gather(y, local), len(idx), lo, comm)
 
         def epoch_end(epoch, logs):
             if val is not None:
-                for k, v in self._evaluate_arrays(val[0], val[1], batch_size).items():
+                for k, v in self._evaluate_arrays(val[0], val[1], batch_size, comm).items():
                     logs["val_" + k] = v
 
         run_loop(self, sampler, train_step, epochs=epochs, initial_epoch=initial_epoch, callbacks=cbs,
-                 epoch_end=epoch_end, resume=restored, history=history)
+                 epoch_end=epoch_end, resume=restored, history=history, comm=comm)
         return history
 
-    def _evaluate_arrays(self, x, y, batch_size):
+    def _sync_replicas(self, comm, rng):
+        """Make every rank start from rank 0's parameters, optimizer state and seeds, and check it.
+
+        The architecture is compared first (so a rank with another model fails clearly instead of
+        hanging in a broadcast of the wrong size), then everything is broadcast and checksummed.
+        """
+        signature = (str(self.dtype), [type(layer).__name__ for layer in self.layers],
+                     [(e.key.split("/")[1], e.shape) for e in self.flat.entries], type(self.optimizer).__name__)
+        signatures = comm.allgather_obj(repr(signature))
+        if len(set(signatures)) > 1:
+            differ = [r for r, sig in enumerate(signatures) if sig != signatures[0]]
+            raise RuntimeError(f"{self.name}: ranks {differ} define a different model or optimizer than rank 0:\n"
+                               f"  rank 0: {signatures[0]}\n  rank {differ[0]}: {signatures[differ[0]]}")
+        if self.optimizer.flat_slots is None:
+            self.optimizer.build(self.flat)
+        comm.bcast_(self.flat.p)
+        for slot in self.optimizer.flat_slots:
+            comm.bcast_(slot)
+        self.optimizer.iterations, self._step, state, seeds = comm.bcast_obj(
+            (self.optimizer.iterations, self._step, rng.bit_generator.state,
+             [layer.seed for layer in self.layers if isinstance(layer, Dropout)]))
+        rng.bit_generator.state = state
+        for layer, seed in zip([layer for layer in self.layers if isinstance(layer, Dropout)], seeds):
+            layer.seed = seed
+        digest = distributed.checksum(self.ops.asnumpy(self.flat.p),
+                                      *(self.ops.asnumpy(s) for s in self.optimizer.flat_slots),
+                                      numpy.array([self.optimizer.iterations, self._step]),
+                                      numpy.frombuffer(repr((state, seeds)).encode(), dtype=numpy.uint8))
+        digests = comm.allgather_obj(digest)
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"{self.name}: replicas disagree after the broadcast from rank 0 (checksums {digests})")
+
+    def _evaluate_arrays(self, x, y, batch_size, comm=None):
+        if comm is not None and comm.size > 1:  # each rank evaluates its contiguous share
+            lo, hi = distributed.shard(x.shape[0], comm.rank, comm.size)
+            x, y = x[lo:hi], y[lo:hi]
         sums, count = {}, 0
         for start in range(0, x.shape[0], batch_size):
             xb, tb = x[start:start + batch_size], y[start:start + batch_size]
@@ -422,8 +481,13 @@ class Sequential:
             for k, v in self._batch_stats(out, tb, loss, xb.shape[0]).items():
                 sums[k] = v if k not in sums else sums[k] + v
             count += xb.shape[0]
-        host = self.ops.asnumpy(self.ops.xp.stack(list(sums.values())))
-        return {k: float(v) / count for k, v in zip(sums, host)}
+        keys = ["loss"] + [m.name for m in self.metrics]
+        host = self.ops.asnumpy(self.ops.xp.stack([sums[k] for k in keys])).astype(numpy.float64) if count else \
+            numpy.zeros(len(keys))
+        if comm is not None and comm.size > 1:
+            reduced = comm.allreduce_host(numpy.append(host, count))
+            host, count = reduced[:-1], reduced[-1]
+        return {k: float(v) / count for k, v in zip(keys, host)}
 
     def _penalty(self):
         total = None

@@ -50,10 +50,12 @@ class ReplacementSampler:
 
 
 class _Sums:
-    """Per-epoch sums kept on the device: ``{name: 0-d array}`` plus the sample count."""
+    """Per-epoch sums kept on the device: ``{name: 0-d array}`` plus the sample count; with a
+    communicator, ``result`` sums them over the ranks."""
 
-    def __init__(self, ops):
+    def __init__(self, ops, comm=None):
         self.ops = ops
+        self.comm = comm
         self.sums = {}
         self.count = 0
         self.last = None
@@ -64,11 +66,22 @@ class _Sums:
             self.sums[k] = v if k not in self.sums else self.sums[k] + v
         self.count += size
 
+    def host_sums(self):
+        """``(names, host float64 sums, count)``, summed over ranks under data parallelism."""
+        names = list(self.sums)
+        host = (self.ops.asnumpy(self.ops.xp.stack(list(self.sums.values()))).astype(numpy.float64)
+                if names else numpy.zeros(0))
+        count = self.count
+        if self.comm is not None and self.comm.size > 1:
+            reduced = self.comm.allreduce_host(numpy.append(host, count))
+            host, count = reduced[:-1], int(reduced[-1])
+        return names, host, count
+
     def result(self):
-        if not self.count or not self.sums:
+        names, host, count = self.host_sums()
+        if not count or not names:
             return {}
-        host = self.ops.asnumpy(self.ops.xp.stack(list(self.sums.values()))) if self.sums else []
-        return {k: float(v) / self.count for k, v in zip(self.sums, host)}
+        return {k: float(v) / count for k, v in zip(names, host)}
 
 
 class BatchLogs(collections.abc.Mapping):
@@ -123,12 +136,13 @@ class LoopState:
         self.finished = None  # (epoch, logs) of the last finished epoch, before History records it
 
     def snapshot(self):
-        """A JSON-able record (one device sync for the partial sums)."""
+        """A JSON-able record (one device sync for the partial sums; a collective under data
+        parallelism, so every rank calls it)."""
         sums = self.sums
-        host = {}
-        if sums is not None and sums.sums:
-            values = sums.ops.asnumpy(sums.ops.xp.stack(list(sums.sums.values())))
-            host = {k: float(v) for k, v in zip(sums.sums, values)}
+        host, count = {}, 0
+        if sums is not None:
+            names, values, count = sums.host_sums()
+            host = {k: float(v) for k, v in zip(names, values)}
         history = None
         if self.history is not None:
             history = {"history": {k: list(v) for k, v in self.history.history.items()},
@@ -138,12 +152,12 @@ class LoopState:
                 for k, v in self.finished[1].items():
                     history["history"].setdefault(k, []).append(v)
         return {"epoch": self.epoch, "batch": self.batch, "sampler_state": self.epoch_start_state,
-                "sums": host, "count": 0 if sums is None else sums.count,
+                "sums": host, "count": count,
                 "model_step": getattr(self.model, "_step", 0), "history": history}
 
 
-def _restore_sums(ops, saved):
-    sums = _Sums(ops)
+def _restore_sums(ops, saved, comm=None):
+    sums = _Sums(ops, comm)
     for k, v in (saved.get("sums") or {}).items():
         sums.sums[k] = ops.xp.asarray(v, dtype=numpy.float64)
     sums.count = int(saved.get("count", 0))
@@ -151,7 +165,7 @@ def _restore_sums(ops, saved):
 
 
 def run_loop(model, sampler, train_step, *, epochs, initial_epoch=0, callbacks=(), epoch_end=None, resume=None,
-             history=None):
+             history=None, comm=None):
     """The training loop shared by ``Sequential.fit`` and ``Trainer``.
 
     ``train_step(idx)`` trains on the samples ``idx`` (host int array) and returns
@@ -175,9 +189,9 @@ def run_loop(model, sampler, train_step, *, epochs, initial_epoch=0, callbacks=(
         state.epoch, state.batch = epoch, 0
         state.epoch_start_state = sampler.rng.bit_generator.state
         cbs.on_epoch_begin(epoch, {})
-        sums = state.sums = _Sums(model.ops)
-        if skip:
-            sums = state.sums = _restore_sums(model.ops, resume)
+        sums = state.sums = _Sums(model.ops, comm)
+        if skip and (comm is None or comm.rank == 0):  # saved sums are global: one rank carries them
+            sums = state.sums = _restore_sums(model.ops, resume, comm)
         for batch, idx in enumerate(sampler.epoch(epoch)):
             if batch < skip:
                 continue  # trained before the interruption; drawing it keeps the sampler in step
