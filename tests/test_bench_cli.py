@@ -1,0 +1,86 @@
+"""``python -m fastnn.bench``: a smoke run at tiny sizes writes a complete JSON record.
+
+Never a timing assertion: only that every section, ratio and the machine line are there.
+"""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from fastnn.bench import cli
+
+
+def _run(tmp_path, *args, timeout=300):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "fastnn.bench", *args, "--smoke", "--max-other-load", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_train_and_ops_smoke_run_writes_the_record(tmp_path):
+    stdout, rec = _run(tmp_path, "train", "ops", "--backends", "numpy")
+    assert stdout.startswith("machine: ")
+    assert rec["machine_line"].startswith("machine: ") and "numpy " in rec["machine_line"]
+    assert rec["info"].startswith("fastnn ")  # the `fastnn info` text
+    assert rec["versions"]["numpy"] and "blas" in rec
+    assert set(rec["sections"]) == {"train", "ops"}
+    assert rec["backends"] == ["numpy"]
+
+    ops = rec["sections"]["ops"]
+    names = {r["op"].split()[0] for r in ops["rows"]}
+    assert {"bias_act", "act_backward_bias_grad", "softmax_xent", "dropout_mask", "sgd_step",
+            "momentum_step", "rmsprop_step", "adam_step"} <= names
+    for r in ops["rows"]:
+        assert _positive(r["us"]["median"]) and r["us"]["min"] <= r["us"]["median"] <= r["us"]["max"]
+        assert r["speedup_vs_numpy"] == pytest.approx(1.0)
+    adam = next(r for r in ops["rows"] if r["op"].startswith("adam_step"))
+    assert adam["bytes"] == 7 * 4 * ops["params"] and _positive(adam["fraction_of_copy"])
+
+    train = rec["sections"]["train"]
+    assert set(train["models"]) == {"A", "B512", "B64"}
+    for name, m in train["models"].items():
+        assert m["layers"][0] == 784 and m["layers"][-1] == 10
+        assert _positive(m["gemm_floor_s"])
+        impls = m["impls"]
+        assert "numpy" in impls
+        for impl, r in impls.items():
+            assert _positive(r["samples_per_s"]["median"])
+            assert _positive(r["epoch_over_gemm_floor"])
+            assert r["vs_numpy"] == pytest.approx(r["samples_per_s"]["median"] / impls["numpy"]["samples_per_s"]["median"])
+            assert math.isfinite(r["first_loss"])
+        if cli.torch_module() is not None:
+            assert "torch" in impls and _positive(impls["numpy"]["vs_torch"])
+    # same initial weights and data, no dropout: every implementation starts from the same loss
+    assert train["models"]["A"]["first_loss_spread"] < 1e-4
+
+
+def test_hardware_smoke_run(tmp_path):
+    stdout, rec = _run(tmp_path, "hardware", "--backends", "numpy", "--models", "A")
+    hw = rec["sections"]["hardware"]
+    assert _positive(hw["gemm"]["float32"]["gflops"]) and _positive(hw["gemm"]["float64"]["gflops"])
+    assert _positive(hw["copy"]["gbs"])
+    assert {g["layout"] for g in hw["gemm_models"]} == {"nn", "tn", "nt"}
+    assert "GFLOP/s" in stdout
+
+
+def test_unknown_section_and_backend_are_errors():
+    with pytest.raises(SystemExit):
+        cli.parse_args(["warp"])
+    parser, args = cli.parse_args(["train", "--backends", "numpy"])
+    assert args.sections == ["train"] and args.models == ["A", "B512", "B64"]
+    with pytest.raises(SystemExit):
+        cli.choose_backends(parser, "numpy,fortran")
+
+
+def test_gemm_floor_excludes_the_first_layers_input_gradient():
+    gemms = cli.model_gemms(cli.MODELS["B512"], 128)
+    assert [g[4] for g in gemms].count("nt") == 2  # dx for layers 2 and 3 only
+    assert sum(1 for g in gemms if g[4] == "nn") == 3
+    assert cli.param_count(cli.MODELS["B512"]) == 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
