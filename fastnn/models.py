@@ -79,6 +79,7 @@ class Sequential:
         self._step = 0
         self._head = None
         self._fit_params = {}
+        self._dx_buffer = {}
         for layer in layers or []:
             self.add(layer)
 
@@ -108,6 +109,7 @@ class Sequential:
         shape = (None,) + self.input_shape
         for layer in self.layers:
             layer._ops = self.ops
+            layer.reuse_buffers = True
             if not layer.built:
                 layer.dtype = self.dtype
                 layer.rng = self.rng
@@ -170,6 +172,8 @@ class Sequential:
         slots = [old.ops.asnumpy(s) for s in (self.optimizer.flat_slots or ())] if self.optimizer else []
         for layer in self.layers:
             layer._ops = ops
+            layer._ws.clear()  # workspaces live on the old device
+        self._dx_buffer.clear()
         self.ops = ops
         self.flat = FlatParams(self.layers, ops, self.dtype)  # copies each weight from its old view
         if self.optimizer is not None and slots:
@@ -345,7 +349,9 @@ class Sequential:
         self._step += 1
         if n:
             out = self._forward(xb, True)
-            dx = self.ops.xp.empty_like(out)
+            dx = self._dx_buffer.get(out.shape)
+            if dx is None or dx.dtype != out.dtype:
+                dx = self._dx_buffer[out.shape] = self.ops.xp.empty_like(out)
             loss = self.loss.compute(self.ops, out, tb, dx)
             if n != n_global:
                 dx *= dx.dtype.type(n / n_global)

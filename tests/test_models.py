@@ -256,3 +256,30 @@ def test_frozen_layer_is_not_updated():
     model.fit(rng.random((16, 3)), rng.integers(0, 2, 16), epochs=2, verbose=0)
     numpy.testing.assert_array_equal(host(model.layers[0].W), frozen)
     assert not numpy.array_equal(host(model.layers[1].W), trained)
+
+
+def test_no_allocation_per_step_in_steady_state():
+    """After the first step of a batch shape, a training step allocates no array memory on the numba
+    backend (workspaces are kept per shape); tracemalloc sees NumPy's allocations."""
+    import tracemalloc
+
+    if not fastnn.testing.has_numba():
+        pytest.skip("needs numba: the NumPy reference primitives allocate temporaries by design")
+    rng = numpy.random.default_rng(0)
+    x, t = rng.random((128, 784), dtype=numpy.float32), rng.integers(0, 10, 128)
+    with fastnn.using("numba"):
+        model = Sequential([Dense(512, activation="relu", input_shape=(784,)), Dropout(0.2),
+                            Dense(512, activation="relu"), Dropout(0.2), Dense(10, activation="softmax")], seed=0)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        xd, td = model._prepare(x, t)
+        for _ in range(2):
+            model._train_batch(xd, td)
+        tracemalloc.start()
+        try:
+            for _ in range(5):
+                model._train_batch(xd, td)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    one_activation = 128 * 512 * 4
+    assert peak < one_activation // 4, f"{peak} bytes allocated during 5 steady-state steps"

@@ -60,6 +60,8 @@ class Layer:
         self.rng = None
         self._ops = None  # fixed by a model at build; None: follow the inputs
         self._weights = {}  # name -> {"trainable", "regularizer", "decay"}
+        self.reuse_buffers = False  # set by a model: training outputs go to workspaces kept per shape
+        self._ws = {}
 
     # ------------------------------------------------------------------ backend
     @property
@@ -78,6 +80,22 @@ class Layer:
                 g = getattr(self, "d" + name, None)
                 setattr(self, "d" + name, None if g is None else ops.asarray(g))
         return ops
+
+    def _buffer(self, ops, name, shape, dtype, train=True):
+        """A workspace for output ``name``, or None (the primitive then allocates).
+
+        Only a model that owns this layer turns ``reuse_buffers`` on, and only for training steps:
+        the model consumes each output before the next step, so after the first step of each batch
+        shape nothing is allocated. Outputs a user can keep (inference, a layer used on its own)
+        are always fresh arrays.
+        """
+        if not (train and self.reuse_buffers):
+            return None
+        key = (name, tuple(shape), dtype)
+        buf = self._ws.get(key)
+        if buf is None:
+            buf = self._ws[key] = ops.xp.empty(shape, dtype=dtype)
+        return buf
 
     def _input(self, ops, x, dtype=None):
         """``x`` on ``ops``'s device as a float array of ``dtype`` (the weights' dtype by default)."""

@@ -28,11 +28,11 @@ def activation_code(name):
     return code, _DEFAULT_ALPHA.get(code, 0.0)
 
 
-def _apply(ops, z, b, act, alpha):
-    """act(z + b) for any activation code, softmax included."""
+def _apply(ops, z, b, act, alpha, out=None):
+    """act(z + b) for any activation code, softmax included (``out`` may be ``z`` itself)."""
     if act == SOFTMAX:
         return ops.softmax(z if b is None else ops.bias_act(z, b, LINEAR))
-    return ops.bias_act(z, b, act, alpha)
+    return ops.bias_act(z, b, act, alpha, out=out)
 
 
 def _apply_backward(ops, dout, y, act, alpha):
@@ -77,6 +77,7 @@ class Dense(Layer):
         self.W = self.b = self.dW = self.db = None
         self.x = self.y = None
         self.x_shape = None
+        self._train = False
         # set by a model that fuses a final softmax/sigmoid into its loss: emit the logits
         self.logits_only = False
 
@@ -121,8 +122,10 @@ class Dense(Layer):
         x = self._input(ops, x, self.W.dtype)
         self.x_shape = x.shape
         self.x = self._flat_input(x)
-        z = ops.gemm(self.x, self.W)
-        self.y = _apply(ops, z, self.b, self._act_now, self.alpha)
+        train = train_flag(train_flg, training)
+        self._train = train
+        z = ops.gemm(self.x, self.W, out=self._buffer(ops, "z", (x.shape[0], self.units), self.W.dtype, train))
+        self.y = _apply(ops, z, self.b, self._act_now, self.alpha, out=z)  # in place: z is ours
         return self.y
 
     def backward(self, dout):
@@ -140,13 +143,15 @@ class Dense(Layer):
             if self.use_bias:
                 ops.bias_grad(dz, out=self.db)
         elif self.use_bias:
-            dz = ops.act_backward_bias_grad(dout, y, act, self.alpha, db=self.db)
+            dz = ops.act_backward_bias_grad(dout, y, act, self.alpha, db=self.db,
+                                            out=self._buffer(ops, "dz", y.shape, y.dtype, self._train))
         else:
-            dz = ops.act_backward(dout, y, act, self.alpha)
+            dz = ops.act_backward(dout, y, act, self.alpha, out=self._buffer(ops, "dz", y.shape, y.dtype, self._train))
         ops.gemm(self.x, dz, trans_a=True, out=self.dW)
         if self.skip_input_grad:
             return None
-        return ops.gemm(dz, self.W, trans_b=True).reshape(self.x_shape)
+        dx = ops.gemm(dz, self.W, trans_b=True, out=self._buffer(ops, "dx", self.x.shape, y.dtype, self._train))
+        return dx.reshape(self.x_shape)
 
     def get_config(self):
         cfg = super().get_config()
@@ -208,19 +213,24 @@ class Activation(Layer):
         self.act, default_alpha = activation_code(activation)
         self.alpha = default_alpha if alpha is None else float(alpha)
         self.y = None
+        self._train = False
 
     def forward(self, x, train_flg=True, training=None):
         ops = self._ops_for(x)
         x = self._input(ops, x, x.dtype if getattr(x, "dtype", None) is not None and x.dtype.kind == "f" else None)
         if self.act == SOFTMAX and x.ndim != 2:
             raise ValueError(f"{self.name}: softmax expects x of shape (N, C), got {tuple(x.shape)}")
-        self.y = _apply(ops, x, None, self.act, self.alpha)
+        self._train = train_flag(train_flg, training)
+        self.y = _apply(ops, x, None, self.act, self.alpha, out=self._buffer(ops, "y", x.shape, x.dtype, self._train))
         return self.y
 
     def backward(self, dout):
         y = self._require_forward("y", dout)
         ops = self._ops_for(y)
-        return _apply_backward(ops, self._input(ops, dout, y.dtype), y, self.act, self.alpha)
+        dout = self._input(ops, dout, y.dtype)
+        if self.act == SOFTMAX:
+            return _apply_backward(ops, dout, y, self.act, self.alpha)
+        return ops.act_backward(dout, y, self.act, self.alpha, out=self._buffer(ops, "dx", y.shape, y.dtype, self._train))
 
     def get_config(self):
         cfg = super().get_config()
@@ -385,8 +395,9 @@ class Dropout(Layer):
             step = self._calls
             self._calls += 1
         flat = x.reshape(x.shape[0], -1)
-        self.mask = ops.dropout_mask(flat.shape, self.rate, self.seed, step, self.row0, dtype=x.dtype)
-        return ops.mul(flat, self.mask).reshape(x.shape)
+        self.mask = ops.dropout_mask(flat.shape, self.rate, self.seed, step, self.row0, dtype=x.dtype,
+                                     out=self._buffer(ops, "mask", flat.shape, x.dtype))
+        return ops.mul(flat, self.mask, out=self._buffer(ops, "y", flat.shape, x.dtype)).reshape(x.shape)
 
     def backward(self, dout):
         if self.mask is None:
@@ -397,7 +408,7 @@ class Dropout(Layer):
         if flat.shape != self.mask.shape:
             raise ValueError(f"{self.name}: backward expected dout with {self.mask.shape[1]} units per sample "
                              f"and {self.mask.shape[0]} rows, got shape {tuple(dout.shape)}")
-        return ops.mul(flat, self.mask).reshape(dout.shape)
+        return ops.mul(flat, self.mask, out=self._buffer(ops, "dx", flat.shape, flat.dtype)).reshape(dout.shape)
 
     def get_config(self):
         cfg = super().get_config()
