@@ -634,14 +634,46 @@ class _FastnnImpl:
         self.model = build_model(spec, backend)
         self.model.set_weights(weights)
         self.batches = [(self.ops.asarray(x), self.ops.asarray(y)) for x, y in batches]
+        self.batch = len(batches[0][0])
+        self.x_epoch = self.ops.xp.concatenate([x for x, _ in self.batches])
+        self.y_epoch = self.ops.xp.concatenate([y for _, y in self.batches])
         self.first_loss = None
 
     def step(self, x, y):
         return self.model.train_on_batch(x, y)
 
     def epoch(self):
+        # what users run: one fit() call per epoch (inputs validated once, then the fused loop)
+        self.model.fit(self.x_epoch, self.y_epoch, batch_size=self.batch, epochs=1, shuffle=False, verbose=0)
+
+
+class _BookImpl:
+    """The book's ``MultiLayerNetExtend`` (float32) trained with ``opt.update(net.params, net.gradient(x, t))``."""
+
+    def __init__(self, name, spec, backend, weights, batches):
+        from fastnn import get_ops, optimizers
+        from fastnn.networks import MultiLayerNetExtend
+
+        self.name = name
+        self.ops = get_ops(backend)
+        self.clock = clock_for(self.ops)
+        self.net = MultiLayerNetExtend(IN_FEATURES, list(spec["hidden"]), CLASSES, use_dropout=bool(spec["dropout"]),
+                                       dropout_ration=spec["dropout"] or 0.5, dtype="float32", backend=backend)
+        for i, (w, b) in enumerate(zip(weights[0::2], weights[1::2]), start=1):
+            self.net.params[f"W{i}"][...] = self.ops.asarray(w)
+            self.net.params[f"b{i}"][...] = self.ops.asarray(b)
+        opt_name, lr = spec["optimizer"]
+        self.opt = optimizers.SGD(lr) if opt_name == "sgd" else optimizers.Adam(lr)
+        self.batches = [(self.ops.asarray(x), self.ops.asarray(y)) for x, y in batches]
+        self.first_loss = None
+
+    def step(self, x, y):
+        self.opt.update(self.net.params, self.net.gradient(x, y))
+        return self.net.last_layer.loss
+
+    def epoch(self):
         for x, y in self.batches:
-            self.model.train_on_batch(x, y)
+            self.opt.update(self.net.params, self.net.gradient(x, y))
 
 
 class _TorchImpl:
@@ -729,6 +761,8 @@ def run_train(settings, backends, ctx, models, with_torch=True, batch_override=N
             batches = [(xx, yy)]
         weights = build_model(spec, "numpy").get_weights()
         impls = [_FastnnImpl(be, spec, be, weights, batches) for be in backends]
+        if "numba" in backends:  # the book's network class on the same kernels (issue: within 1.2x)
+            impls.append(_BookImpl("numba-book", spec, "numba", weights, batches))
         if torch is not None:
             impls.append(_TorchImpl("torch", spec, weights, batches))
             if "cupy" in backends and torch.cuda.is_available():

@@ -89,8 +89,8 @@ class SoftmaxWithLoss(_LossLayer):
         if self.t.ndim == 2 and self.t.dtype != x.dtype:
             self.t = self.t.astype(x.dtype)
         self.ops = ops
-        self.loss = ops.softmax_xent(x, self.t)
-        self.y = ops.softmax(x)
+        self.y = ops.xp.empty_like(x)
+        self.loss = ops.softmax_xent(x, self.t, y=self.y)  # one pass: the loss and the probabilities
         return self.loss[()]
 
     def backward(self, dout=1):

@@ -141,10 +141,17 @@ class _BookNet:
 
     def gradient(self, x, t):
         """Back-propagated gradients, same keys as ``params`` (a fresh copy each call)."""
-        self.loss(x, t, train_flg=True)
-        dout = self.last_layer.backward(1)
-        for layer in reversed(list(self.layers.values())):
-            dout = layer.backward(dout)
+        layers = list(self.layers.values())
+        for layer in layers:  # this pass's activations are internal: reuse workspaces
+            layer.reuse_buffers = True
+        try:
+            self.loss(x, t, train_flg=True)
+            dout = self.last_layer.backward(1)
+            for layer in reversed(layers):
+                dout = layer.backward(dout)
+        finally:
+            for layer in layers:
+                layer.reuse_buffers = False
         if self.weight_decay_lambda:
             lam = self.dtype.type(self.weight_decay_lambda)
             for key, (layer, wname) in self._grad_keys.items():

@@ -165,7 +165,9 @@ class Optimizer:
                 raise ValueError(f"{self.name}.update: params[{key!r}] has shape {tuple(p.shape)} but "
                                  f"grads[{key!r}] has {tuple(g.shape)}")
         ops = follow(*params.values())
-        scale = self._clip_scale(ops, [ops.sq_norm(grads[k].reshape(-1)) for k in params])
+        scale = 1.0
+        if self.clipnorm is not None:
+            scale = self._clip_scale(ops, [ops.sq_norm(grads[k].reshape(-1)) for k in params])
         lr = self.lr
         self.iterations += 1
         for key, p in params.items():
