@@ -18,6 +18,7 @@ from fastnn import metrics as _metrics
 from fastnn import optimizers as _optimizers
 from fastnn.backend import current, get_ops, is_device_array
 from fastnn.callbacks import BackupAndRestore
+from fastnn.errors import OutOfMemoryError
 from fastnn.layers.base import Layer, shape_str
 from fastnn.layers.core import SOFTMAX, Activation, Dense, Dropout
 from fastnn.kernels import SIGMOID
@@ -424,12 +425,15 @@ class Sequential:
             history.history = {k: list(v) for k, v in restored["history"]["history"].items()}
             history.epoch = list(restored["history"]["epoch"])
 
-        def train_step(idx):
+        def step(idx):
             if comm.size == 1:
                 return self._train_batch(self._gather(x, idx), self._gather(y, idx))
             lo, hi = distributed.shard(len(idx), comm.rank, comm.size)
             local = idx[lo:hi]
             return self._train_batch(self._gather(x, local), self._gather(y, local), len(idx), lo, comm)
+
+        def train_step(idx):
+            return self._guard_memory(lambda: step(idx), len(idx))
 
         def epoch_end(epoch, logs):
             if val is not None:
@@ -439,6 +443,41 @@ class Sequential:
         run_loop(self, sampler, train_step, epochs=epochs, initial_epoch=initial_epoch, callbacks=cbs,
                  epoch_end=epoch_end, resume=restored, history=history, comm=comm)
         return history
+
+    def _guard_memory(self, fn, batch_size):
+        """Run a step; when the device runs out of memory, free the caches once and retry, then raise
+        ``fastnn.OutOfMemoryError`` with the sizes involved. Never switches device by itself."""
+        try:
+            return fn()
+        except MemoryError as exc:
+            if not self.ops.is_out_of_memory(exc):
+                raise
+        for layer in self.layers:
+            layer._ws.clear()
+        self._dx_buffer.clear()
+        self.ops.free_memory()
+        try:
+            return fn()
+        except MemoryError as exc:
+            if not self.ops.is_out_of_memory(exc):
+                raise
+            raise OutOfMemoryError(self._oom_message(batch_size)) from exc
+
+    def _oom_message(self, batch_size):
+        item = self.dtype.itemsize
+        params = self.flat.size * item
+        slots = len(self.optimizer.slots) * params if self.optimizer is not None else 0
+        shape, units = (None,) + self.input_shape, 0
+        for layer in self.layers:
+            shape = layer.compute_output_shape(shape)
+            units += math.prod(shape[1:])
+        activations = 3 * units * batch_size * item  # outputs, gradients and workspaces
+        usage = self.ops.memory_usage()
+        pool = "" if usage is None else f"; memory pool: {usage[0]:,} bytes in use of {usage[1]:,} held"
+        return (f"{self.name}: out of memory on {self.ops.device} training batches of {batch_size}: parameters "
+                f"{params:,} bytes, gradients {params:,}, optimizer state {slots:,}, activations about "
+                f"{activations:,} bytes per batch{pool}. Use a smaller batch_size (e.g. {max(1, batch_size // 2)}) "
+                f"or train on the CPU with backend='cpu'; fastnn never switches device by itself.")
 
     def _sync_replicas(self, comm, rng):
         """Make every rank start from rank 0's parameters, optimizer state and seeds, and check it.

@@ -283,3 +283,37 @@ def test_no_allocation_per_step_in_steady_state():
             tracemalloc.stop()
     one_activation = 128 * 512 * 4
     assert peak < one_activation // 4, f"{peak} bytes allocated during 5 steady-state steps"
+
+
+def test_out_of_memory_frees_once_retries_then_names_sizes_and_remedies(monkeypatch):
+    rng = numpy.random.default_rng(0)
+    x, t = rng.random((64, 5)).astype(numpy.float32), rng.integers(0, 3, 64)
+    model = Sequential([Dense(8, activation="relu", input_shape=(5,)), Dense(3, activation="softmax")], seed=0)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.build()
+    real = model.layers[1].forward
+    failures = {"left": 1}
+
+    def flaky(*args, **kwargs):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise MemoryError("simulated")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model.layers[1], "forward", flaky)
+    model.fit(x, t, batch_size=16, epochs=1, verbose=0)  # one failure: freed, retried, trained
+    assert failures["left"] == 0
+
+    def always(*args, **kwargs):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(model.layers[1], "forward", always)
+    before = model.get_weights()
+    with pytest.raises(fastnn.OutOfMemoryError) as info:
+        model.fit(x, t, batch_size=16, epochs=1, verbose=0)
+    message = str(info.value)
+    assert "training batches of 16" in message
+    assert f"parameters {model.count_params() * 4:,} bytes" in message
+    assert "smaller batch_size (e.g. 8)" in message and "backend='cpu'" in message
+    for a, b in zip(before, model.get_weights()):
+        numpy.testing.assert_array_equal(a, b)  # nothing half-applied

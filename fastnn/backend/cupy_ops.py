@@ -43,6 +43,19 @@ class CupyOps(Ops):
     def synchronize(self):
         self._cupy.cuda.Device(self.device_id).synchronize()
 
+    def is_out_of_memory(self, exc):
+        return isinstance(exc, (MemoryError, self._cupy.cuda.memory.OutOfMemoryError))
+
+    def free_memory(self):
+        with self._cupy.cuda.Device(self.device_id):
+            self._cupy.get_default_memory_pool().free_all_blocks()
+            self._cupy.get_default_pinned_memory_pool().free_all_blocks()
+
+    def memory_usage(self):
+        with self._cupy.cuda.Device(self.device_id):
+            pool = self._cupy.get_default_memory_pool()
+            return pool.used_bytes(), pool.total_bytes()
+
     # ------------------------------------------------------------------ fused CUDA kernels
     # Kernels launch on the current CUDA device and index flat memory of the arrays they get;
     # a model's arrays live on this backend's device, which the caller makes current.

@@ -105,6 +105,17 @@ class Ops:
     def synchronize(self):
         """Wait for queued work (a no-op on CPUs)."""
 
+    def is_out_of_memory(self, exc) -> bool:
+        """True when ``exc`` means this backend's memory is exhausted."""
+        return isinstance(exc, MemoryError)
+
+    def free_memory(self):
+        """Return cached memory to the system (CuPy's pools); nothing to do for NumPy."""
+
+    def memory_usage(self):
+        """``(bytes in use, bytes held)`` by this backend's allocator, or ``None`` when it has no pool."""
+        return None
+
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r} device={self.device!r}>"
 
