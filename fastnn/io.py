@@ -300,23 +300,25 @@ def _construct(what, cls, config):
         raise FormatError(f"{what}: cannot rebuild {cls.__name__} from its config ({type(exc).__name__}: {exc})") from None
 
 
+def _lookup(what, find, name):
+    """``find(name)`` from ``fastnn.registry``'s fixed tables; an unknown name is a FormatError."""
+    try:
+        return find(name)
+    except (KeyError, TypeError) as exc:
+        raise FormatError(f"{what}: {exc}") from None
+
+
 def _optimizer_from_config(what, spec):
     from fastnn import registry
 
     if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict):
         raise FormatError(f"{what}: optimizer must be {{'class_name', 'config'}}")
-    try:
-        cls = registry.optimizer_class(spec.get("class_name"))
-    except (KeyError, TypeError) as exc:
-        raise FormatError(f"{what}: {exc}") from None
+    cls = _lookup(what, registry.optimizer_class, spec.get("class_name"))
     cfg = dict(spec["config"])
     lr = cfg.get("lr")
     if isinstance(lr, dict):
         lr = dict(lr)
-        try:
-            sched = registry.schedule_class(lr.pop("class_name", None))
-        except (KeyError, TypeError) as exc:
-            raise FormatError(f"{what}: {exc}") from None
+        sched = _lookup(what, registry.schedule_class, lr.pop("class_name", None))
         cfg["lr"] = _construct(what, sched, lr)
     return _construct(what, cls, cfg)
 
@@ -349,10 +351,7 @@ def _build_model(reader, backend):
     for i, spec in enumerate(body["layers"]):
         if not isinstance(spec, dict):
             raise FormatError(f"{what}: layer {i} must be an object")
-        try:
-            cls = registry.layer_class(spec.get("class_name"))
-        except (KeyError, TypeError) as exc:
-            raise FormatError(f"{what}: layer {i}: {exc}") from None
+        cls = _lookup(f"{what}: layer {i}", registry.layer_class, spec.get("class_name"))
         layers.append(_construct(f"{what}: layer {i}", cls, spec.get("config")))
     name = body.get("name") if isinstance(body.get("name"), str) else "sequential"
     model = Sequential(layers, dtype=dtype, name=name, backend=backend)
@@ -368,10 +367,7 @@ def _build_model(reader, backend):
         loss_spec = compile_cfg.get("loss")
         if not isinstance(loss_spec, dict):
             raise FormatError(f"{what}: 'loss' must be {{'class_name', 'config'}}")
-        try:
-            loss_cls = registry.loss_class(loss_spec.get("class_name"))
-        except (KeyError, TypeError) as exc:
-            raise FormatError(f"{what}: {exc}") from None
+        loss_cls = _lookup(what, registry.loss_class, loss_spec.get("class_name"))
         loss = _construct(what, loss_cls, loss_spec.get("config") or {})
         metrics = compile_cfg.get("metrics") or []
         if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
