@@ -18,6 +18,13 @@ xp = np
 _logging.getLogger("fastnn").addHandler(_logging.NullHandler())
 
 
+def warmup(backend=None, dtypes=("float32", "float64")):
+    """Compile every fused kernel ahead of time (see ``fastnn._warmup``); returns the seconds taken."""
+    from fastnn._warmup import warmup as _warmup
+
+    return _warmup(backend, dtypes)
+
+
 def asnumpy(x):
     """A host ``numpy.ndarray`` copy of ``x`` (a CuPy array is copied from the device)."""
     import numpy
@@ -34,6 +41,6 @@ def asarray(x, dtype=None):
 
 __all__ = [
     "__version__", "use", "using", "current", "get_ops", "available", "describe", "set_seed",
-    "get_array_module", "asnumpy", "asarray", "np", "xp", "register", "BackendUnavailableError", "FormatError",
+    "get_array_module", "asnumpy", "asarray", "np", "xp", "register", "warmup", "BackendUnavailableError", "FormatError",
     "OutOfMemoryError",
 ]
