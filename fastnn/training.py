@@ -12,6 +12,7 @@ import math
 
 import numpy
 
+from fastnn import distributed
 from fastnn.callbacks import CallbackList, History, ProgressBar
 from fastnn.random import make_rng
 
@@ -61,24 +62,29 @@ class _Sums:
         self.last = None
 
     def add(self, stats, size):
+        """Add a batch's sums; ``size`` is the (global) batch size, of which this rank counts its shard."""
         self.last = (stats, size)
+        if self.comm is not None and self.comm.size > 1:  # host_sums adds the ranks' counts up
+            lo, hi = distributed.shard(size, self.comm.rank, self.comm.size)
+            size = hi - lo
         for k, v in stats.items():
             self.sums[k] = v if k not in self.sums else self.sums[k] + v
         self.count += size
 
-    def host_sums(self):
-        """``(names, host float64 sums, count)``, summed over ranks under data parallelism."""
+    def host_sums(self, local=False):
+        """``(names, host float64 sums, count)``, summed over ranks under data parallelism unless
+        ``local`` (a collective must be called by every rank; per-batch logs stay local)."""
         names = list(self.sums)
         host = (self.ops.asnumpy(self.ops.xp.stack(list(self.sums.values()))).astype(numpy.float64)
                 if names else numpy.zeros(0))
         count = self.count
-        if self.comm is not None and self.comm.size > 1:
+        if not local and self.comm is not None and self.comm.size > 1:
             reduced = self.comm.allreduce_host(numpy.append(host, count))
             host, count = reduced[:-1], int(reduced[-1])
         return names, host, count
 
-    def result(self):
-        names, host, count = self.host_sums()
+    def result(self, local=False):
+        names, host, count = self.host_sums(local)
         if not count or not names:
             return {}
         return {k: float(v) / count for k, v in zip(names, host)}
@@ -87,8 +93,9 @@ class _Sums:
 class BatchLogs(collections.abc.Mapping):
     """Logs for ``on_batch_end``, computed only when read (one device sync on first access).
 
-    ``loss`` and metrics are running means over the epoch so far, as in Keras; ``batch_loss`` is
-    the last batch's; ``size`` is the batch's sample count.
+    ``loss`` and metrics are running means over the epoch so far, as in Keras (over this rank's
+    shards under data parallelism); ``batch_loss`` is the last batch's; ``size`` is the batch's
+    sample count.
     """
 
     def __init__(self, sums, batch):
@@ -96,7 +103,7 @@ class BatchLogs(collections.abc.Mapping):
 
     def _compute(self):
         if self._values is None:
-            values = self._sums.result()
+            values = self._sums.result(local=True)  # this rank's running means: no collective per batch
             stats, size = self._sums.last
             if "loss" in stats:
                 values["batch_loss"] = float(self._sums.ops.asnumpy(stats["loss"])) / size
