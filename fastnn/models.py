@@ -219,6 +219,8 @@ class Sequential:
         if hasattr(a, "__cuda_array_interface__") or (hasattr(a, "__dlpack__") and not hasattr(a, "__array__")):
             ops = self.ops or current()
             try:
+                if hasattr(a, "__dlpack_device__") and a.__dlpack_device__()[0] == 1:  # kDLCPU: host memory
+                    return numpy.from_dlpack(a)
                 return ops.xp.from_dlpack(a) if hasattr(a, "__dlpack__") else ops.asarray(a)
             except Exception as exc:
                 raise TypeError(f"{self.name}: could not import {what} ({type(a).__name__}) on the {ops.name} "

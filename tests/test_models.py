@@ -317,3 +317,30 @@ def test_out_of_memory_frees_once_retries_then_names_sizes_and_remedies(monkeypa
     assert "smaller batch_size (e.g. 8)" in message and "backend='cpu'" in message
     for a, b in zip(before, model.get_weights()):
         numpy.testing.assert_array_equal(a, b)  # nothing half-applied
+
+
+class DLPackOnly:
+    """An array-like that offers only the DLPack protocol (as a foreign framework's tensor does)."""
+
+    def __init__(self, array):
+        self._a = array
+        self.shape, self.dtype = array.shape, array.dtype
+
+    def __dlpack__(self, *args, **kwargs):
+        return self._a.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+    def __len__(self):
+        return len(self._a)
+
+
+def test_inputs_with_only_dlpack_are_accepted(backend):
+    rng = numpy.random.default_rng(0)
+    x, t = rng.random((40, 5)).astype(numpy.float32), rng.integers(0, 3, 40)
+    with fastnn.using(backend):
+        model = Sequential([Dense(4, activation="relu", input_shape=(5,)), Dense(3, activation="softmax")], seed=0)
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit(DLPackOnly(x), DLPackOnly(t), epochs=1, verbose=0)
+        numpy.testing.assert_allclose(model.predict(DLPackOnly(x)), model.predict(x))
