@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""GPU probe: first-use compile time of every fastnn CUDA module, cold and from CuPy's disk cache.
+
+Runs the same child twice, each in a fresh process with ``CUPY_CACHE_DIR`` pointed at one new
+temporary folder (``CUPY_CACHE_IN_MEMORY`` unset): the first compiles every ``RawModule`` of
+``fastnn.kernels.gpu`` (each family's ``.cu``, all kernels instantiated for ``float`` and
+``double`` through ``name_expressions``), the second should load them from the disk cache
+(CuPy >= 14.2 caches templated modules; GPU-NOTES §2). Per family: seconds to build the
+``RawModule`` and seconds to fetch every ``<float>``/``<double>`` function, then whether the
+cache folder grew during the second run (it should not). CUDA context creation and ``import
+cupy`` are timed separately so they are not charged to the first family. Compile errors are
+recorded with CuPy's log (our kernels had never been compiled by NVRTC before this probe).
+
+Prints one JSON record on stdout and writes ``$OUT/kernel_cache.json`` when ``OUT`` is set.
+Without a GPU it exits 0 with ``"skipped": "no GPU: <reason>"``.
+Usage: ``python3 bench/probes/kernel_cache.py [--child-timeout S]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+NAME = "kernel_cache"
+FAMILIES = ("activations", "conv", "dropout", "losses", "normalization", "optimizers")
+RECORD: dict = {"probe": NAME, "schema": 1}
+
+
+def _default(o):
+    try:
+        import numpy
+
+        if isinstance(o, numpy.generic):
+            return o.item()
+    except ImportError:
+        pass
+    return str(o)
+
+
+def save():
+    text = json.dumps(RECORD, indent=2, default=_default)
+    out = os.environ.get("OUT")
+    if out:
+        try:
+            path = Path(out) / f"{NAME}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:   # an unwritable OUT must not lose the answers on stdout
+            print(f"[{NAME}] could not write under OUT={out}: {exc}", file=sys.stderr)
+    return text
+
+
+def log(msg):
+    print(f"[{NAME}] {msg}", file=sys.stderr, flush=True)
+
+
+def gpu_or_skip():
+    try:
+        from fastnn.backend.select import probe_cupy
+    except Exception as exc:
+        RECORD["error"] = f"fastnn does not import: {type(exc).__name__}: {exc}"
+        print(save())
+        sys.exit(2)
+    pr = probe_cupy(0)
+    if not pr.ok:
+        RECORD["skipped"] = f"no GPU: {pr.reason}"
+        print(save())
+        sys.exit(0)
+    return pr
+
+
+def cache_listing(folder):
+    files = [p for p in Path(folder).rglob("*") if p.is_file()]
+    return {"files": len(files), "bytes": sum(p.stat().st_size for p in files),
+            "names": sorted(p.name for p in files)[:40]}
+
+
+# ------------------------------------------------------------------------------ child
+def child():
+    """Time import, context creation and each family's module; print the record as the last line."""
+    rec = {"pid": os.getpid(), "CUPY_CACHE_DIR": os.environ.get("CUPY_CACHE_DIR")}
+    t0 = time.perf_counter()
+    import cupy
+
+    rec["import_cupy_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cupy.cuda.Device(0).use()
+    float(cupy.arange(4, dtype=cupy.float32).sum().get())
+    rec["context_and_first_kernel_s"] = time.perf_counter() - t0
+    try:
+        from cupy.cuda import nvrtc
+
+        rec["nvrtc_version"] = nvrtc.getVersion()
+    except Exception as exc:
+        rec["nvrtc_version"] = f"{type(exc).__name__}: {exc}"
+    rec["cupy"] = cupy.__version__
+    import importlib
+
+    import numpy
+
+    from fastnn.kernels.gpu import _loader as L
+
+    rec["compile_options"] = list(L.COMPILE_OPTIONS)
+    fams = {}
+    total = 0.0
+    for fam in FAMILIES:
+        r = fams[fam] = {}
+        try:
+            mod = importlib.import_module(f"fastnn.kernels.gpu.{fam}")
+            r["kernels"] = len(mod.KERNELS)
+            t0 = time.perf_counter()
+            L.module(mod.FAMILY, mod.KERNELS)
+            t1 = time.perf_counter()
+            for k in mod.KERNELS:
+                for dt in (numpy.float32, numpy.float64):
+                    L.function(mod.FAMILY, mod.KERNELS, k, dt)
+            cupy.cuda.Device(0).synchronize()
+            t2 = time.perf_counter()
+            r.update({"module_s": t1 - t0, "get_functions_s": t2 - t1, "total_s": t2 - t0,
+                      "functions": 2 * len(mod.KERNELS), "ok": True})
+            total += t2 - t0
+        except Exception as exc:
+            r["ok"] = False
+            r["error"] = f"{type(exc).__name__}: {exc}"[:8000]
+            r["traceback"] = traceback.format_exc()[-2000:]
+    rec["families"] = fams
+    rec["all_families_s"] = total
+    rec["all_ok"] = all(r.get("ok") for r in fams.values())
+    print(json.dumps(rec, default=_default))
+
+
+# ------------------------------------------------------------------------------ driver
+def run_phase(label, cache_dir, timeout):
+    env = dict(os.environ)
+    env["CUPY_CACHE_DIR"] = str(cache_dir)
+    env.pop("CUPY_CACHE_IN_MEMORY", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    before = cache_listing(cache_dir)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child"], env=env,
+                              capture_output=True, text=True, timeout=timeout)
+        rc, out, err = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        rc = "timeout"
+        out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode(errors="replace")
+        err = exc.stderr if isinstance(exc.stderr, str) else (exc.stderr or b"").decode(errors="replace")
+    wall = time.perf_counter() - t0
+    sys.stderr.write(err)
+    rec = None
+    for line in reversed(out.strip().splitlines()):
+        try:
+            rec = json.loads(line)
+            break
+        except ValueError:
+            continue
+    if rec is None:
+        rec = {"ok": False, "error": f"child ended with {rc} and printed no record", "stdout_tail": out[-1500:],
+               "stderr_tail": err[-3000:]}
+    rec.update({"returncode": rc, "process_wall_s": wall, "cache_before": before, "cache_after": cache_listing(cache_dir)})
+    RECORD[label] = rec
+    log(f"{label}: rc={rc} wall={wall:.2f}s families={rec.get('all_families_s')}")
+    save()
+    return rec
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child-timeout", type=float, default=100.0, help="seconds per fresh process (default 100)")
+    ap.add_argument("--keep-cache", action="store_true", help="keep the temporary cache folder (its path is recorded)")
+    args = ap.parse_args(argv)
+    if args.child:
+        try:
+            child()
+        except Exception as exc:   # still one record on stdout for the driver
+            print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                              "traceback": traceback.format_exc()[-2000:]}))
+            return 1
+        return 0
+    pr = gpu_or_skip()
+    RECORD["probe_cupy"] = pr.reason
+    cache_dir = Path(tempfile.mkdtemp(prefix="fastnn-cupy-cache-"))
+    RECORD["cache_dir"] = str(cache_dir)
+    try:
+        cold = run_phase("cold", cache_dir, args.child_timeout)
+        warm = run_phase("warm", cache_dir, args.child_timeout)
+        summary = {"families": {}}
+        for fam in FAMILIES:
+            c = (cold.get("families") or {}).get(fam, {})
+            w = (warm.get("families") or {}).get(fam, {})
+            summary["families"][fam] = {"cold_s": c.get("total_s"), "warm_s": w.get("total_s"),
+                                        "ok": bool(c.get("ok") and w.get("ok"))}
+        summary["cold_all_s"] = cold.get("all_families_s")
+        summary["warm_all_s"] = warm.get("all_families_s")
+        ca, wa = cold.get("cache_after", {}), warm.get("cache_after", {})
+        summary["cache_files_after_cold"] = ca.get("files")
+        summary["cache_files_after_warm"] = wa.get("files")
+        summary["warm_run_added_no_cache_files"] = ca.get("files") == wa.get("files") and bool(ca.get("files"))
+        if summary["cold_all_s"] and summary["warm_all_s"]:
+            summary["cold_over_warm"] = summary["cold_all_s"] / summary["warm_all_s"]
+        summary["all_compiled"] = bool(cold.get("all_ok"))
+        RECORD["summary"] = summary
+    finally:
+        if not args.keep_cache:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+    print(save())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
