@@ -741,8 +741,6 @@ class _GemmFloor:
 
 
 def run_train(settings, backends, ctx, models, with_torch=True, batch_override=None):
-    from fastnn import get_ops
-
     torch = torch_module() if with_torch else None
     out = {"data": None, "models": {}, "torch": torch.__version__ if torch is not None else None}
     x_all, y_all = synthetic_mnist(settings.train_samples)

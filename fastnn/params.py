@@ -81,16 +81,6 @@ class FlatParams:
             self._runs, self._runs_key = runs, key
         return self._runs
 
-    def trainable_entries(self):
-        return [e for e in self.entries if e.trainable]
-
-    def views(self):
-        """``{"layer/name": array}`` for every weight (views into ``p``)."""
-        return {e.key: self.p[e.offset:e.offset + e.size].reshape(e.shape) for e in self.entries}
-
-    def zero_grad(self):
-        self.g[...] = 0
-
     def get_host(self):
         """Every weight as a host NumPy array, in layer order (Keras's ``get_weights``)."""
         host = self.ops.asnumpy(self.p)

@@ -8,7 +8,6 @@ metrics are summed on the device and come back once per epoch.
 from __future__ import annotations
 
 import collections.abc
-import math
 
 import numpy
 
@@ -26,9 +25,6 @@ class ShuffleSampler:
         self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
         self.rng = rng if rng is not None else make_rng()
 
-    def steps(self):
-        return math.ceil(self.n / self.batch_size)
-
     def epoch(self, epoch):
         order = self.rng.permutation(self.n) if self.shuffle else numpy.arange(self.n)
         for start in range(0, self.n, self.batch_size):
@@ -41,9 +37,6 @@ class ReplacementSampler:
     def __init__(self, n, batch_size, steps_per_epoch, rng=None):
         self.n, self.batch_size, self._steps = n, batch_size, steps_per_epoch
         self.rng = rng if rng is not None else make_rng()
-
-    def steps(self):
-        return self._steps
 
     def epoch(self, epoch):
         for _ in range(self._steps):

@@ -127,7 +127,6 @@ class Ops:
     # ------------------------------------------------------------------ activations
     def _act(self, z, act, alpha):
         xp = self.xp
-        one = z.dtype.type(1)
         if act == LINEAR:
             return z.copy()
         if act == RELU:
@@ -333,7 +332,6 @@ class Ops:
 
     def batchnorm_backward(self, dout, xhat, inv_std, gamma, *, dx=None, dgamma=None, dbeta=None):
         """Gradients of training-mode batch normalization: returns ``dx`` and writes ``dgamma``, ``dbeta``."""
-        xp = self.xp
         n = dout.shape[0]
         dbeta_ = dout.sum(axis=0)
         dgamma_ = (dout * xhat).sum(axis=0)
