@@ -12,11 +12,11 @@ import sys
 
 import numpy
 
-from fastnn import distributed
+from fastnn import distributed, validation
 from fastnn import losses as _losses
 from fastnn import metrics as _metrics
 from fastnn import optimizers as _optimizers
-from fastnn.backend import current, get_ops, is_device_array
+from fastnn.backend import current, get_ops
 from fastnn.callbacks import BackupAndRestore
 from fastnn.errors import OutOfMemoryError
 from fastnn.layers.base import Layer, shape_str
@@ -212,89 +212,15 @@ class Sequential:
             raise ValueError(f"{self.name}: call compile(optimizer=..., loss=...) before {what}")
 
     # ------------------------------------------------------------------ data
-    def _host_or_device(self, a, what):
-        """``a`` as an array: NumPy, this backend's, or anything with __dlpack__/__cuda_array_interface__."""
-        if isinstance(a, numpy.ndarray) or is_device_array(a):
-            return a
-        if hasattr(a, "__cuda_array_interface__") or (hasattr(a, "__dlpack__") and not hasattr(a, "__array__")):
-            ops = self.ops or current()
-            try:
-                if hasattr(a, "__dlpack_device__") and a.__dlpack_device__()[0] == 1:  # kDLCPU: host memory
-                    return numpy.from_dlpack(a)
-                return ops.xp.from_dlpack(a) if hasattr(a, "__dlpack__") else ops.asarray(a)
-            except Exception as exc:
-                raise TypeError(f"{self.name}: could not import {what} ({type(a).__name__}) on the {ops.name} "
-                                f"backend: {exc}") from None
-        try:
-            arr = numpy.asarray(a)
-        except Exception as exc:
-            raise TypeError(f"{self.name}: {what} must be an array, got {type(a).__name__} ({exc})") from None
-        return arr
-
-    def _check_x(self, x, what="x"):
-        x = self._host_or_device(x, what)
-        if x.dtype == object or x.dtype.kind not in "biuf":
-            raise TypeError(f"{self.name}: {what} must hold numbers, got dtype {x.dtype}")
-        if x.ndim < 2:
-            raise ValueError(f"{self.name}: {what} must have a batch axis, shape (N, ...); got shape {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{self.name}: {what} is empty (0 samples)")
-        if x.dtype.kind == "f":
-            xp = numpy if isinstance(x, numpy.ndarray) else self.ops.xp
-            if not bool(xp.isfinite(x).all()):
-                bad = numpy.argwhere(~numpy.isfinite(numpy.asarray(self.ops.asnumpy(x) if not isinstance(x, numpy.ndarray) else x)))[0]
-                raise ValueError(f"{self.name}: {what} contains NaN or infinite values (first at index {tuple(int(i) for i in bad)})")
-        return x
-
-    def _check_shape(self, x, what):
-        if tuple(x.shape[1:]) != self.input_shape:
-            if math.prod(x.shape[1:]) != math.prod(self.input_shape) or not isinstance(self.layers[0], Dense):
-                raise ValueError(f"{self.name}: the first layer {self.layers[0].name} expects {what} of shape "
-                                 f"{shape_str((None,) + self.input_shape)}, got {tuple(x.shape)}")
-
-    def _check_y(self, y, n, what="y"):
-        y = self._host_or_device(y, what)
-        if y.dtype == object or y.dtype.kind not in "biuf":
-            raise TypeError(f"{self.name}: {what} must hold numbers, got dtype {y.dtype}")
-        if y.shape[0] != n:
-            raise ValueError(f"{self.name}: x has {n} samples but {what} has {y.shape[0]}")
-        units = self.output_shape[-1]
-        kind = self.loss.labels
-        if kind == "index" or (kind == "one_hot" and y.ndim == 1):
-            if kind == "one_hot":
-                raise ValueError(f"{self.name}: loss {self.loss.name} needs one-hot {what} of shape (N, {units}), "
-                                 f"got class indices of shape {tuple(y.shape)}; use "
-                                 f"loss='sparse_categorical_crossentropy' or fastnn.datasets.one_hot({what})")
-            if y.ndim == 2 and y.shape[1] == 1:
-                y = y.reshape(-1)
-            if y.ndim != 1:
-                raise ValueError(f"{self.name}: loss {self.loss.name} needs class indices {what} of shape (N,), "
-                                 f"got {tuple(y.shape)}")
-            _losses.check_labels(self.name, y, n, units, numpy if isinstance(y, numpy.ndarray) else self.ops.xp)
-            return y.astype(numpy.int64)
-        if kind == "one_hot" and (y.ndim != 2 or y.shape[1] != units):
-            raise ValueError(f"{self.name}: one-hot {what} must have shape (N, {units}) to match the output layer's "
-                             f"{units} units, got {tuple(y.shape)}")
-        if kind == "dense":
-            if y.ndim == 1 and units == 1:
-                y = y.reshape(-1, 1)
-            if tuple(y.shape[1:]) != tuple(self.output_shape[1:]):
-                raise ValueError(f"{self.name}: {what} must have shape {shape_str(self.output_shape)} to match the "
-                                 f"output layer, got {tuple(y.shape)}")
-        yh = y if isinstance(y, numpy.ndarray) else None
-        if yh is not None and not numpy.isfinite(yh).all():
-            raise ValueError(f"{self.name}: {what} contains NaN or infinite values")
-        return y.astype(self.dtype, copy=False)
-
     def _prepare(self, x, y=None, what=("x", "y")):
         """Validate once on the host, build if needed, and move to the device once."""
-        x = self._check_x(x, what[0])
+        x = validation.check_x(self.name, x, what[0], self.ops)
         if not self.built:
             first = self.layers[0].input_shape if self.layers else None
             self.build(first if first is not None else tuple(x.shape[1:]))
-        self._check_shape(x, what[0])
+        validation.check_input_shape(self, x, what[0])
         if y is not None:
-            y = self._check_y(y, x.shape[0], what[1])
+            y = validation.check_targets(self, y, x.shape[0], what[1])
         x = x if self.ops.owns(x) and x.dtype == self.dtype else self.ops.asarray(x, dtype=self.dtype)
         if y is not None and not self.ops.owns(y):
             y = self.ops.asarray(y)

@@ -1,0 +1,94 @@
+"""Input validation for models: once per ``fit``/``evaluate``/``predict`` call, on the host (or with one
+device reduction for device arrays), before any kernel runs. Every error names the model, the
+argument and the shapes or values involved."""
+from __future__ import annotations
+
+import math
+
+import numpy
+
+from fastnn import losses
+from fastnn.backend import current, is_device_array
+from fastnn.layers.base import shape_str
+from fastnn.layers.core import Dense
+from fastnn.functions import get_array_module
+
+
+def as_array(owner, a, what, ops=None):
+    """``a`` as an array: NumPy, a CuPy array, or anything with ``__dlpack__``/``__cuda_array_interface__``."""
+    if isinstance(a, numpy.ndarray) or is_device_array(a):
+        return a
+    if hasattr(a, "__cuda_array_interface__") or (hasattr(a, "__dlpack__") and not hasattr(a, "__array__")):
+        ops = ops or current()
+        try:
+            if hasattr(a, "__dlpack_device__") and a.__dlpack_device__()[0] == 1:  # kDLCPU: host memory
+                return numpy.from_dlpack(a)
+            return ops.xp.from_dlpack(a) if hasattr(a, "__dlpack__") else ops.asarray(a)
+        except Exception as exc:
+            raise TypeError(f"{owner}: could not import {what} ({type(a).__name__}) on the {ops.name} "
+                            f"backend: {exc}") from None
+    try:
+        return numpy.asarray(a)
+    except Exception as exc:
+        raise TypeError(f"{owner}: {what} must be an array, got {type(a).__name__} ({exc})") from None
+
+
+def check_x(owner, x, what="x", ops=None):
+    """Numbers, a batch axis, at least one sample, no NaN or inf (the first bad index is named)."""
+    x = as_array(owner, x, what, ops)
+    if x.dtype == object or x.dtype.kind not in "biuf":
+        raise TypeError(f"{owner}: {what} must hold numbers, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise ValueError(f"{owner}: {what} must have a batch axis, shape (N, ...); got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{owner}: {what} is empty (0 samples)")
+    if x.dtype.kind == "f" and not bool(get_array_module(x).isfinite(x).all()):
+        host = x.get() if is_device_array(x) else x
+        bad = numpy.argwhere(~numpy.isfinite(host))[0]
+        raise ValueError(f"{owner}: {what} contains NaN or infinite values (first at index {tuple(int(i) for i in bad)})")
+    return x
+
+
+def check_input_shape(model, x, what="x"):
+    """``x``'s per-sample shape is the model's input shape (a ``Dense`` first layer also takes it flattened)."""
+    if tuple(x.shape[1:]) != model.input_shape:
+        if math.prod(x.shape[1:]) != math.prod(model.input_shape) or not isinstance(model.layers[0], Dense):
+            raise ValueError(f"{model.name}: the first layer {model.layers[0].name} expects {what} of shape "
+                             f"{shape_str((None,) + model.input_shape)}, got {tuple(x.shape)}")
+
+
+def check_targets(model, y, n, what="y"):
+    """Targets for ``n`` samples as the compiled loss needs them: int64 class indices in range, one-hot
+    rows as wide as the output layer, or dense targets of the output's shape (cast to the model's dtype)."""
+    owner = model.name
+    y = as_array(owner, y, what, model.ops)
+    if y.dtype == object or y.dtype.kind not in "biuf":
+        raise TypeError(f"{owner}: {what} must hold numbers, got dtype {y.dtype}")
+    if y.shape[0] != n:
+        raise ValueError(f"{owner}: x has {n} samples but {what} has {y.shape[0]}")
+    units = model.output_shape[-1]
+    kind = model.loss.labels
+    if kind == "one_hot" and y.ndim == 1:
+        raise ValueError(f"{owner}: loss {model.loss.name} needs one-hot {what} of shape (N, {units}), got class "
+                         f"indices of shape {tuple(y.shape)}; use loss='sparse_categorical_crossentropy' or "
+                         f"fastnn.datasets.one_hot({what})")
+    if kind == "index":
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y.reshape(-1)
+        if y.ndim != 1:
+            raise ValueError(f"{owner}: loss {model.loss.name} needs class indices {what} of shape (N,), "
+                             f"got {tuple(y.shape)}")
+        losses.check_labels(owner, y, n, units, get_array_module(y))
+        return y.astype(numpy.int64)
+    if kind == "one_hot" and (y.ndim != 2 or y.shape[1] != units):
+        raise ValueError(f"{owner}: one-hot {what} must have shape (N, {units}) to match the output layer's "
+                         f"{units} units, got {tuple(y.shape)}")
+    if kind == "dense":
+        if y.ndim == 1 and units == 1:
+            y = y.reshape(-1, 1)
+        if tuple(y.shape[1:]) != tuple(model.output_shape[1:]):
+            raise ValueError(f"{owner}: {what} must have shape {shape_str(model.output_shape)} to match the "
+                             f"output layer, got {tuple(y.shape)}")
+    if not bool(get_array_module(y).isfinite(y).all()):
+        raise ValueError(f"{owner}: {what} contains NaN or infinite values")
+    return y.astype(model.dtype, copy=False)
