@@ -72,7 +72,9 @@ class Layer:
     def _ops_for(self, *arrays):
         """The backend for a call: the model's if owned, else where the inputs live; moves this
         layer's weights there once if they live elsewhere."""
-        ops = self._ops if self._ops is not None else follow(*arrays, *self.params.values())
+        if self._ops is not None:  # owned by a model or network: its weights live in the flat buffer there
+            return self._ops
+        ops = follow(*arrays, *self.params.values())
         for name in self._weights:
             w = getattr(self, name)
             if w is not None and not ops.owns(w):
