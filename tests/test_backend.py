@@ -182,3 +182,22 @@ def test_available_reports_every_backend_with_a_reason():
     for ok, reason in table.values():
         assert isinstance(ok, bool) and reason
     assert table["numpy"][0] is True
+
+
+def test_arrays_on_two_gpus_in_one_call_are_a_clear_error():
+    """``follow`` (how a book layer picks its backend) refuses arrays from two GPUs, naming each one.
+    Device arrays are recognised by their module, so stand-ins exercise the check without a GPU."""
+    from fastnn.backend import follow
+
+    class FakeDevice:
+        def __init__(self, i):
+            self.id = i
+
+    def fake(i):
+        cls = type("ndarray", (), {"__module__": "cupy._core.core"})
+        obj = cls()
+        obj.device = FakeDevice(i)
+        return obj
+
+    with pytest.raises(ValueError, match=r"argument 0 on cuda:0, argument 2 on cuda:1"):
+        follow(fake(0), numpy.zeros(2), fake(1))

@@ -178,9 +178,16 @@ def is_device_array(x) -> bool:
 def follow(*arrays) -> Ops:
     """The backend a book layer runs on for these inputs: CuPy arrays run on CuPy (on their
     device); host arrays on the current backend (a CuPy current backend moves them once)."""
-    for a in arrays:
+    devices = {}
+    for i, a in enumerate(arrays):
         if is_device_array(a):
-            return get_ops(f"cuda:{a.device.id}")
+            devices.setdefault(int(a.device.id), i)
+    if len(devices) > 1:
+        where = ", ".join(f"argument {i} on cuda:{d}" for d, i in sorted(devices.items(), key=lambda kv: kv[1]))
+        raise ValueError(f"arrays on different GPUs in one call ({where}); move them to one device first, e.g. "
+                         f"`with cupy.cuda.Device(0): a = cupy.asarray(a)`")
+    if devices:
+        return get_ops(f"cuda:{next(iter(devices))}")
     return current()
 
 
