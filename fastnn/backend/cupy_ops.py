@@ -113,6 +113,12 @@ class CupyOps(Ops):
     def maxpool_backward(self, dout, argmax, x_shape, *, out=None):
         return _conv.maxpool_backward(dout, argmax, x_shape, out=out)
 
+    def conv_bias_act(self, z, b, act, alpha=0.0, *, out=None):
+        return _conv.conv_bias_act(z, b, act, alpha, out=out)
+
+    def conv_act_backward(self, dout, y, act, alpha=0.0, *, out=None, db=None):
+        return _conv.conv_act_backward(dout, y, act, alpha, out=out, db=db)
+
     def sq_norm(self, x):
         return _opt.sq_norm(x)
 

@@ -308,6 +308,32 @@ class NumbaOps(Ops):
                              f"pass the argmax maxpool_forward returned")
         return _finish(buf, back)
 
+    def conv_bias_act(self, z, b, act, alpha=0.0, *, out=None):
+        if not ((_fast(z) if b is None else _fast(z, b) and b.shape == (z.shape[0],)) and z.ndim == 4):
+            return super().conv_bias_act(z, b, act, alpha, out=out)
+        act = _check_act(act)
+        dt = z.dtype.type
+        c, n, h, w = z.shape
+        buf, back = _target(out, (n, c, h, w), z.dtype)
+        bias = _NO_BIAS[z.dtype] if b is None else _c(b)
+        _kc.conv_bias_act(_c(z).reshape(c, n, h * w), bias, b is not None, act, dt(alpha), dt(1),
+                          buf.reshape(n, c, h * w))
+        return _finish(buf, back)
+
+    def conv_act_backward(self, dout, y, act, alpha=0.0, *, out=None, db=None):
+        if not (_fast(dout, y) and dout.shape == y.shape and y.ndim == 4):
+            return super().conv_act_backward(dout, y, act, alpha, out=out, db=db)
+        act = _check_act(act)
+        dt = y.dtype.type
+        n, c, h, w = y.shape
+        buf, back = _target(out, (c, n, h, w), y.dtype)
+        dbuf, dback = _target(db, (c,), y.dtype) if db is not None else (_NO_BIAS[y.dtype], None)
+        _kc.conv_act_backward(_c(dout).reshape(n, c, h * w), _c(y).reshape(n, c, h * w), act, dt(alpha), dt(1),
+                              buf.reshape(c, n, h * w), db is not None, dbuf)
+        if db is not None:
+            _finish(dbuf, dback)
+        return _finish(buf, back)
+
     # ------------------------------------------------------------------ optimizers (flat buffers)
     def sq_norm(self, x):
         if not _fast(x):

@@ -430,6 +430,31 @@ class Ops:
         out[...] = dx
         return out
 
+    def conv_bias_act(self, z, b, act, alpha=0.0, *, out=None):
+        """``out = act(z.transpose(1, 0, 2, 3) + b)``: a convolution's GEMM result ``z: (C, N, H, W)``
+        (channel-major) to NCHW ``out: (N, C, H, W)``, ``b: (C,)`` per channel (``None``: no bias).
+        ``z`` is not written."""
+        y = z.transpose(1, 0, 2, 3)
+        if b is not None:
+            y = y + b.reshape(1, -1, 1, 1)
+        y = self.xp.ascontiguousarray(self._act(y, act, alpha))
+        if out is None:
+            return y
+        out[...] = y
+        return out
+
+    def conv_act_backward(self, dout, y, act, alpha=0.0, *, out=None, db=None):
+        """``out = (dout * act'(y)).transpose(1, 0, 2, 3)``: NCHW ``dout, y: (N, C, H, W)`` to the
+        ``(C, N, H, W)`` layout of the convolution's GEMMs; writes ``db = out.sum((1, 2, 3))`` when
+        given. ``dout`` is not written."""
+        dz = self.xp.ascontiguousarray((dout * self._act_grad(y, act, alpha)).transpose(1, 0, 2, 3))
+        if db is not None:
+            db[...] = dz.reshape(dz.shape[0], -1).sum(axis=1)
+        if out is None:
+            return dz
+        out[...] = dz
+        return out
+
     # ------------------------------------------------------------------ optimizers (flat buffers)
     def _flush(self, s):
         """Set state values below the smallest normal number to zero, in place."""
@@ -519,5 +544,5 @@ HOT_PRIMITIVES = (
     "softmax", "softmax_xent", "softmax_xent_backward", "sigmoid_bce", "mse",
     "batchnorm_forward", "batchnorm_backward", "sq_norm",
     "sgd_step", "momentum_step", "adagrad_step", "rmsprop_step", "adam_step",
-    "im2col", "col2im", "maxpool_forward", "maxpool_backward",
+    "im2col", "col2im", "maxpool_forward", "maxpool_backward", "conv_bias_act", "conv_act_backward",
 )

@@ -4,10 +4,12 @@ Every array is ``(N, C, H, W)``: batch, channels, height, width (PyTorch's and t
 Keras defaults to NHWC). A Keras-style first layer therefore takes ``input_shape=(C, H, W)``, and
 channels-last data needs ``x.transpose(0, 3, 1, 2)`` first.
 
-A convolution is the book's ``im2col`` into one GEMM: ``col: (N*OH*OW, C*FH*FW)`` times the
-filters ``W: (FN, C, FH, FW)`` seen as ``(FN, C*FH*FW)``, then bias + activation fused on the
-``(N*OH*OW, FN)`` result (``ops.bias_act``, the same primitive ``Dense`` uses); backward is one
-fused ``act_backward_bias_grad``, two GEMMs and ``col2im``.
+A convolution is the book's ``im2col`` into one GEMM: the filters ``W: (FN, C, FH, FW)`` seen as
+``(FN, C*FH*FW)`` times ``col.T``, ``col: (N*OH*OW, C*FH*FW)``, gives the channel-major
+``(FN, N*OH*OW)``; ``ops.conv_bias_act`` adds the bias, applies the activation and writes NCHW
+in one pass. Backward is ``ops.conv_act_backward`` (NCHW back to channel-major, with the bias
+gradient), ``dW = dz @ col``, ``dcol = dz.T @ W`` and ``col2im``: no transpose is materialised.
+In a model's training step every array is a workspace kept per batch shape.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import numpy
 
 from fastnn.backend.ops import conv_geometry, pool_geometry
 from fastnn.kernels import LINEAR
-from fastnn.layers.base import Layer, _auto_name, shape_str
+from fastnn.layers.base import Layer, _auto_name, shape_str, train_flag
 from fastnn.layers.core import SOFTMAX, activation_code
 
 __all__ = ["Conv2D", "Convolution", "MaxPooling2D", "Pooling", "AveragePooling2D", "GlobalAveragePooling2D"]
@@ -66,19 +68,17 @@ def check_nchw(layer, x, channels=None):
                          f"{tuple(x.shape)}; {hint}")
 
 
-class _Workspaces:
-    """A layer's scratch arrays, one set per (batch shape, dtype, backend)."""
-
-    def __init__(self):
-        self._sets = {}
-
-    def get(self, ops, key, shapes, dtype):
-        full = (ops.name, getattr(ops, "device", None), key, numpy.dtype(dtype).str)
-        ws = self._sets.get(full)
-        if ws is None:
-            ws = {name: ops.xp.empty(shape, dtype=dtype) for name, shape in shapes.items()}
-            self._sets[full] = ws
-        return ws
+def _scratch(layer, ops, shapes, dtype):
+    """The layer's scratch arrays ``{name: array}``, kept per (backend, shape, dtype) in ``layer._ws``
+    (which a model clears when it moves device or runs out of memory)."""
+    ws = {}
+    for name, shape in shapes.items():
+        key = ("scratch", ops.name, getattr(ops, "device", None), name, tuple(shape), numpy.dtype(dtype).str)
+        buf = layer._ws.get(key)
+        if buf is None:
+            buf = layer._ws[key] = ops.xp.empty(shape, dtype=dtype)
+        ws[name] = buf
+    return ws
 
 
 class Conv2D(Layer):
@@ -133,9 +133,9 @@ class Conv2D(Layer):
         self.bias_regularizer = bias_regularizer
         self.use_bias = bool(use_bias)
         self.W = self.b = self.dW = self.db = None
-        self.x_shape = self.col = self.y2 = None
+        self.x_shape = self.col = self.y = None
         self._pad = None
-        self._ws = _Workspaces()
+        self._train = False
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -190,41 +190,38 @@ class Conv2D(Layer):
         pad = self._padding_for(h, w)
         oh, ow = conv_geometry(x.shape, kh, kw, self.strides, pad, self.name)[:2]
         m, k = n * oh * ow, c * kh * kw
-        ws = self._ws.get(ops, tuple(x.shape), {"col": (m, k), "z": (m, fn), "y": (m, fn), "dz": (m, fn),
-                                                 "dcol": (m, k)}, x.dtype)
+        train = train_flag(train_flg, training)
+        ws = _scratch(self, ops, {"col": (m, k), "z": (fn, m), "dz": (fn, m), "dcol": (m, k)}, x.dtype)
         col = ops.im2col(x, kh, kw, self.strides, pad, out=ws["col"])
-        z = ops.gemm(col, self.W.reshape(fn, k), trans_b=True, out=ws["z"])
-        self.y2 = ops.bias_act(z, self.b if self.use_bias else None, self.act, self.alpha, out=ws["y"])
-        self.col, self.x_shape, self._pad, self._dz, self._dcol = col, tuple(x.shape), pad, ws["dz"], ws["dcol"]
-        # rows are (n, oy, ox): the NCHW output is their transpose, copied so the caller owns it
-        return ops.xp.ascontiguousarray(self.y2.reshape(n, oh, ow, fn).transpose(0, 3, 1, 2))
+        # z = W @ col.T: (filters, N*OH*OW), channel-major, so that bias + activation + the move to
+        # NCHW is one pass (conv_bias_act) and no transpose is materialised
+        z = ops.gemm(self.W.reshape(fn, k), col, trans_b=True, out=ws["z"])
+        self.y = ops.conv_bias_act(z.reshape(fn, n, oh, ow), self.b if self.use_bias else None, self.act, self.alpha,
+                                   out=self._buffer(ops, "y", (n, fn, oh, ow), x.dtype, train))
+        self.col, self.x_shape, self._pad, self._train = col, tuple(x.shape), pad, train
+        self._dz, self._dcol = ws["dz"], ws["dcol"]
+        return self.y
 
     def backward(self, dout):
         """Fills ``dW``, ``db`` and returns ``dx: (N, C, H, W)``; ``dout: (N, filters, OH, OW)`` is not written."""
-        y2 = self._require_forward("y2")
+        y = self._require_forward("y")
         n, c = self.x_shape[:2]
         fn, (kh, kw) = self.filters, self.kernel_size
-        oh_ow = y2.shape[0] // n
-        if dout.ndim != 4 or dout.shape[0] != n or dout.shape[1] != fn or dout.shape[2] * dout.shape[3] != oh_ow:
+        if tuple(dout.shape) != tuple(y.shape):
             raise ValueError(f"{self.name}: backward expected dout of shape (N, {fn}, OH, OW) like the forward "
-                             f"output (N = {n}, OH*OW = {oh_ow}), got {tuple(dout.shape)}")
-        ops = self._ops_for(y2)
+                             f"output {tuple(y.shape)}, got {tuple(dout.shape)}")
+        ops = self._ops_for(y)
         self._grad_buffers(ops)
-        dout = self._input(ops, dout, y2.dtype)
-        d2 = dout.transpose(0, 2, 3, 1).reshape(-1, fn)  # a new array (or a read-only view when OH*OW == 1)
-        if self.act == LINEAR:
-            dz = d2
-            if self.use_bias:
-                ops.bias_grad(dz, out=self.db)
-        elif self.use_bias:
-            dz = ops.act_backward_bias_grad(d2, y2, self.act, self.alpha, out=self._dz, db=self.db)
-        else:
-            dz = ops.act_backward(d2, y2, self.act, self.alpha, out=self._dz)
-        ops.gemm(dz, self.col, trans_a=True, out=self.dW.reshape(fn, -1))
+        dout = self._input(ops, dout, y.dtype)
+        # dz: (filters, N*OH*OW), the layout of z; db summed in the same pass
+        dz = ops.conv_act_backward(dout, y, self.act, self.alpha, out=self._dz.reshape(y.shape[1], n, *y.shape[2:]),
+                                   db=self.db if self.use_bias else None).reshape(fn, -1)
+        ops.gemm(dz, self.col, out=self.dW.reshape(fn, -1))
         if self.skip_input_grad:
             return None
-        dcol = ops.gemm(dz, self.W.reshape(fn, -1), out=self._dcol)
-        return ops.col2im(dcol, self.x_shape, kh, kw, self.strides, self._pad)
+        dcol = ops.gemm(dz, self.W.reshape(fn, -1), trans_a=True, out=self._dcol)
+        return ops.col2im(dcol, self.x_shape, kh, kw, self.strides, self._pad,
+                          out=self._buffer(ops, "dx", self.x_shape, y.dtype, self._train))
 
     def _grad_buffers(self, ops):
         """``dW``/``db`` exist from ``add_weight`` (views into a model's flat buffer once owned)."""
@@ -307,6 +304,7 @@ class MaxPooling2D(Layer):
         self.padding = _check_padding(self.name, padding, ("valid",))
         self._explicit_pad = (0, 0, 0, 0)
         self.x_shape = self.arg_max = None
+        self._train = False
 
     def _geometry(self, shape):
         ph, pw = self.pool_size
@@ -325,7 +323,11 @@ class MaxPooling2D(Layer):
         x = self._input(ops, x, x.dtype if getattr(x, "dtype", None) is not None and x.dtype.kind == "f" else None)
         check_nchw(self, x)
         ph, pw = self.pool_size
-        y, self.arg_max = ops.maxpool_forward(x, ph, pw, self.strides, self._explicit_pad)
+        train = self._train = train_flag(train_flg, training)
+        shape = self.compute_output_shape(x.shape)
+        y, self.arg_max = ops.maxpool_forward(x, ph, pw, self.strides, self._explicit_pad,
+                                              out=self._buffer(ops, "y", shape, x.dtype, train),
+                                              argmax=self._buffer(ops, "argmax", shape, numpy.int64, train))
         self.x_shape = tuple(x.shape)
         return y
 
@@ -333,8 +335,9 @@ class MaxPooling2D(Layer):
         """``dx: (N, C, H, W)``: ``dout`` at each window's maximum, zero elsewhere; ``dout`` is not written."""
         arg_max = self._require_forward("arg_max", dout)
         ops = self._ops_for(arg_max)
-        return ops.maxpool_backward(self._input(ops, dout, dout.dtype if dout.dtype.kind == "f" else None),
-                                    arg_max, self.x_shape)
+        dout = self._input(ops, dout, dout.dtype if dout.dtype.kind == "f" else None)
+        return ops.maxpool_backward(dout, arg_max, self.x_shape,
+                                    out=self._buffer(ops, "dx", self.x_shape, dout.dtype, self._train))
 
     def get_config(self):
         cfg = super().get_config()

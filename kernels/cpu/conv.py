@@ -1,59 +1,80 @@
-"""Convolution and pooling kernels over NCHW arrays: im2col/col2im and max pooling with argmax.
+"""Convolution and pooling kernels over NCHW arrays: im2col/col2im, max pooling with argmax, and
+bias + activation between NCHW and the ``(C, N, H, W)`` layout of the convolution GEMMs.
 
 Serial loops (BLAS runs the GEMM between im2col and col2im on every core). Geometry arrives
 already checked and normalised by ``fastnn.backend.ops.conv_geometry``: strides ``sh, sw``, the
 top/left padding ``pt, pl`` and the output size ``oh, ow`` (the bottom/right padding is implied).
 Scalars of the data's type (``neg_inf``) arrive cast to its dtype.
 """
+import numpy as np
 from numba import njit
+
+from fastnn.kernels import ELU, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
 
 
 @njit(cache=True, error_model="numpy")
 def im2col(x, fh, fw, sh, sw, pt, pl, oh, ow, col):
-    """``col[(n, oy, ox), (c, ky, kx)] = x[n, c, oy*sh + ky - pt, ox*sw + kx - pl]``, 0 outside ``x``."""
+    """``col[(n, oy, ox), (c, ky, kx)] = x[n, c, oy*sh + ky - pt, ox*sw + kx - pl]``, 0 outside ``x``.
+
+    One output row ``(n, oy)`` at a time, column after column: reads run along a row of ``x``, and
+    the ``OW`` rows of ``col`` being written stay in L1 (measured 1.1-1.9x faster than row by row)."""
     n, c, h, w = x.shape
-    r = 0
+    zero = x.dtype.type(0)
     for i in range(n):
         for oy in range(oh):
-            for ox in range(ow):
-                j = 0
-                for ch in range(c):
-                    for ky in range(fh):
-                        iy = oy * sh + ky - pt
-                        inside_y = iy >= 0 and iy < h
-                        for kx in range(fw):
-                            ix = ox * sw + kx - pl
-                            if inside_y and ix >= 0 and ix < w:
-                                col[r, j] = x[i, ch, iy, ix]
-                            else:
-                                col[r, j] = 0
-                            j += 1
-                r += 1
+            r0 = (i * oh + oy) * ow
+            j = 0
+            for ch in range(c):
+                for ky in range(fh):
+                    iy = oy * sh + ky - pt
+                    for kx in range(fw):
+                        if iy < 0 or iy >= h:
+                            for ox in range(ow):
+                                col[r0 + ox, j] = zero
+                        else:
+                            lo = 0  # the first ox whose column lies in x
+                            while lo < ow and lo * sw + kx - pl < 0:
+                                col[r0 + lo, j] = zero
+                                lo += 1
+                            hi = ow  # one past the last
+                            while hi > lo and (hi - 1) * sw + kx - pl >= w:
+                                hi -= 1
+                                col[r0 + hi, j] = zero
+                            for ox in range(lo, hi):
+                                col[r0 + ox, j] = x[i, ch, iy, ox * sw + kx - pl]
+                        j += 1
 
 
 @njit(cache=True, error_model="numpy")
 def col2im(col, fh, fw, sh, sw, pt, pl, oh, ow, dx):
     """``dx`` (zeroed here) accumulates every ``col`` entry at the element ``im2col`` read it from."""
     n, c, h, w = dx.shape
+    zero = dx.dtype.type(0)
     for i in range(n):
         for ch in range(c):
             for iy in range(h):
                 for ix in range(w):
-                    dx[i, ch, iy, ix] = 0
+                    dx[i, ch, iy, ix] = zero
     r = 0
     for i in range(n):
         for oy in range(oh):
             for ox in range(ow):
+                x0 = ox * sw - pl
+                inside_x = x0 >= 0 and x0 + fw <= w
                 j = 0
                 for ch in range(c):
                     for ky in range(fh):
                         iy = oy * sh + ky - pt
-                        inside_y = iy >= 0 and iy < h
-                        for kx in range(fw):
-                            ix = ox * sw + kx - pl
-                            if inside_y and ix >= 0 and ix < w:
-                                dx[i, ch, iy, ix] += col[r, j]
-                            j += 1
+                        if iy >= 0 and iy < h:
+                            if inside_x:
+                                for kx in range(fw):
+                                    dx[i, ch, iy, x0 + kx] += col[r, j + kx]
+                            else:
+                                for kx in range(fw):
+                                    ix = x0 + kx
+                                    if ix >= 0 and ix < w:
+                                        dx[i, ch, iy, ix] += col[r, j + kx]
+                        j += fw
                 r += 1
 
 
@@ -101,3 +122,86 @@ def maxpool_backward(dout, argmax, dx):
             else:
                 dx[r, idx] += dout[r, k]
     return bad
+
+
+# ---------------------------------------------------------------------------- bias + activation, NCHW <-> (C, N, H, W)
+# Copies of ``kernels/cpu/activations.py``'s helpers: Numba's cache does not see changes to
+# functions in other files, so each kernel file keeps its own (tests compare every code with the
+# reference, so the copies cannot drift unnoticed).
+@njit(cache=True, error_model="numpy")
+def _act(z, act, alpha, zero, half):
+    if act == RELU:
+        return zero if z < zero else z
+    if act == SIGMOID:
+        return half * np.tanh(half * z) + half
+    if act == TANH:
+        return np.tanh(z)
+    if act == LEAKY_RELU:
+        return z if z > zero else alpha * z
+    if act == ELU:
+        return z if z > zero else alpha * np.expm1(z)
+    if act == SOFTPLUS:
+        return (z if z > zero else zero) + np.log1p(np.exp(-abs(z)))
+    return z  # LINEAR
+
+
+@njit(cache=True, error_model="numpy")
+def _act_grad(y, act, alpha, zero, one):
+    if act == RELU:
+        return one if y > zero else zero
+    if act == SIGMOID:
+        return y * (one - y)
+    if act == TANH:
+        return one - y * y
+    if act == LEAKY_RELU:
+        return one if y > zero else alpha
+    if act == ELU:
+        return one if y > zero else y + alpha
+    if act == SOFTPLUS:
+        return -np.expm1(-y)
+    return one  # LINEAR
+
+
+@njit(cache=True, error_model="numpy")
+def conv_bias_act(z, b, has_b, act, alpha, one, out):
+    """``out[n, c, p] = act(z[c, n, p] + b[c])``: ``z: (C, N, P)`` to ``out: (N, C, P)``, one
+    contiguous plane of ``P = H*W`` at a time (``b`` ignored unless ``has_b``)."""
+    c, n, p = z.shape
+    zero = one - one
+    half = one / (one + one)
+    for ch in range(c):
+        bc = b[ch] if has_b else zero
+        for i in range(n):
+            if act == RELU:  # the hot case gets its own loop, which LLVM vectorises
+                for k in range(p):
+                    v = z[ch, i, k] + bc
+                    out[i, ch, k] = zero if v < zero else v
+            else:
+                for k in range(p):
+                    out[i, ch, k] = _act(z[ch, i, k] + bc, act, alpha, zero, half)
+
+
+@njit(cache=True, error_model="numpy")
+def conv_act_backward(dout, y, act, alpha, one, out, has_db, db):
+    """``out[c, n, p] = dout[n, c, p] * act'(y[n, c, p])``: ``(N, C, P)`` to ``out: (C, N, P)``;
+    ``db[c]`` = its sum over ``n, p`` (plane by plane) when ``has_db``."""
+    n, c, p = y.shape
+    zero = one - one
+    if has_db:
+        for ch in range(c):
+            db[ch] = zero
+    for i in range(n):
+        for ch in range(c):
+            s = zero
+            if act == RELU:
+                for k in range(p):
+                    d = dout[i, ch, k] * (one if y[i, ch, k] > zero else zero)
+                    out[ch, i, k] = d
+                    s += d
+            else:
+                for k in range(p):
+                    d = dout[i, ch, k] * _act_grad(y[i, ch, k], act, alpha, zero, one)
+                    out[ch, i, k] = d
+                    s += d
+            if has_db:
+                db[ch] += s

@@ -97,3 +97,102 @@ __global__ void fastnn_maxpool_backward(const T* __restrict__ dout, const long l
         if (k >= 0 && k < hw) atomicAdd(dx + (i / ohw) * hw + k, dout[i]);
     }
 }
+
+// ---- bias + activation between NCHW and the (C, N, H, W) layout of the convolution GEMMs.
+// Activation codes and formulas as activations.cu (each .cu compiles alone, with no headers).
+#define FASTNN_CONV_RELU 1
+#define FASTNN_CONV_SIGMOID 2
+#define FASTNN_CONV_TANH 3
+#define FASTNN_CONV_LEAKY_RELU 4
+#define FASTNN_CONV_ELU 5
+#define FASTNN_CONV_SOFTPLUS 6
+
+template <typename T> struct ConvMath;
+template <> struct ConvMath<float> {
+    static __device__ __forceinline__ float exp(float x) { return expf(x); }
+    static __device__ __forceinline__ float expm1(float x) { return expm1f(x); }
+    static __device__ __forceinline__ float log1p(float x) { return log1pf(x); }
+    static __device__ __forceinline__ float tanh(float x) { return tanhf(x); }
+    static __device__ __forceinline__ float abs(float x) { return fabsf(x); }
+};
+template <> struct ConvMath<double> {
+    static __device__ __forceinline__ double exp(double x) { return ::exp(x); }
+    static __device__ __forceinline__ double expm1(double x) { return ::expm1(x); }
+    static __device__ __forceinline__ double log1p(double x) { return ::log1p(x); }
+    static __device__ __forceinline__ double tanh(double x) { return ::tanh(x); }
+    static __device__ __forceinline__ double abs(double x) { return ::fabs(x); }
+};
+
+template <typename T>
+__device__ __forceinline__ T fastnn_conv_act(T z, int act, T alpha) {
+    typedef ConvMath<T> M;
+    const T zero = T(0), half = T(0.5);
+    switch (act) {
+    case FASTNN_CONV_RELU: return z < zero ? zero : z;
+    case FASTNN_CONV_SIGMOID: return half * M::tanh(half * z) + half;
+    case FASTNN_CONV_TANH: return M::tanh(z);
+    case FASTNN_CONV_LEAKY_RELU: return z > zero ? z : alpha * z;
+    case FASTNN_CONV_ELU: return z > zero ? z : alpha * M::expm1(z < zero ? z : zero);
+    case FASTNN_CONV_SOFTPLUS: return (z < zero ? zero : z) + M::log1p(M::exp(-M::abs(z)));
+    default: return z;  // LINEAR
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ T fastnn_conv_act_grad(T y, int act, T alpha) {
+    const T zero = T(0), one = T(1);
+    switch (act) {
+    case FASTNN_CONV_RELU: return y > zero ? one : zero;
+    case FASTNN_CONV_SIGMOID: return y * (one - y);
+    case FASTNN_CONV_TANH: return one - y * y;
+    case FASTNN_CONV_LEAKY_RELU: return y > zero ? one : alpha;
+    case FASTNN_CONV_ELU: return y > zero ? one : y + alpha;
+    case FASTNN_CONV_SOFTPLUS: return -ConvMath<T>::expm1(-y);
+    default: return one;  // LINEAR
+    }
+}
+
+// One thread per output element out[b, ch, k] = act(z[ch, b, k] + bias[ch]), k over the H*W plane.
+template <typename T>
+__global__ void fastnn_conv_bias_act(const T* __restrict__ z, const T* __restrict__ bias, T* __restrict__ out,
+                                     long long n, long long c, long long p, int has_b, int act, T alpha) {
+    const long long total = n * c * p;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const long long k = i % p, ch = (i / p) % c, b = i / (p * c);
+        const T v = z[(ch * n + b) * p + k];
+        out[i] = fastnn_conv_act(has_b ? v + bias[ch] : v, act, alpha);
+    }
+}
+
+// One thread per output element out[ch, b, k] = dout[b, ch, k] * act'(y[b, ch, k]); the bias
+// gradient is a separate reduction (fastnn_conv_bias_grad) over out's contiguous channel rows.
+template <typename T>
+__global__ void fastnn_conv_act_backward(const T* __restrict__ dout, const T* __restrict__ y, T* __restrict__ out,
+                                         long long n, long long c, long long p, int act, T alpha) {
+    const long long total = n * c * p;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const long long k = i % p, b = (i / p) % n, ch = i / (p * n);
+        const long long src = (b * c + ch) * p + k;
+        out[i] = dout[src] * fastnn_conv_act_grad(y[src], act, alpha);
+    }
+}
+
+// One block per channel: db[ch] = the sum of row ch of dz: (C, M), in a fixed order per block size.
+template <typename T>
+__global__ void fastnn_conv_bias_grad(const T* __restrict__ dz, T* __restrict__ db, long long c, long long m) {
+    __shared__ T part[256];
+    for (long long ch = blockIdx.x; ch < c; ch += gridDim.x) {
+        T s = T(0);
+        for (long long j = threadIdx.x; j < m; j += blockDim.x) s += dz[ch * m + j];
+        part[threadIdx.x] = s;
+        __syncthreads();
+        for (int half = blockDim.x / 2; half > 0; half /= 2) {
+            if (threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) db[ch] = part[0];
+        __syncthreads();
+    }
+}

@@ -1,5 +1,5 @@
-"""CuPy launchers of ``conv.cu``: im2col/col2im and max pooling (forward with argmax, backward) over
-NCHW arrays.
+"""CuPy launchers of ``conv.cu``: im2col/col2im, max pooling (forward with argmax, backward) over
+NCHW arrays, and bias + activation between NCHW and the ``(C, N, H, W)`` layout of the conv GEMMs.
 
 Same names, arguments and results as the ``Ops`` reference (``fastnn/backend/ops.py``); the
 geometry (stride, padding, output size) is checked and normalised by the same
@@ -11,10 +11,12 @@ per input element (no atomics, one summation order); ``maxpool_backward`` scatte
 import numpy
 
 from fastnn.backend.ops import conv_geometry, pool_geometry
+from fastnn.kernels import ACTIVATION_NAMES
 from fastnn.kernels.gpu import _loader as L
 
 FAMILY = "conv"
-KERNELS = ("fastnn_im2col", "fastnn_col2im", "fastnn_maxpool_forward", "fastnn_maxpool_backward")
+KERNELS = ("fastnn_im2col", "fastnn_col2im", "fastnn_maxpool_forward", "fastnn_maxpool_backward",
+           "fastnn_conv_bias_act", "fastnn_conv_act_backward", "fastnn_conv_bias_grad")
 _I64 = numpy.dtype(numpy.int64)
 
 
@@ -118,3 +120,60 @@ def maxpool_backward(dout, argmax, x_shape, *, out=None):
             (L.grid_1d(total),), (L.BLOCK,),
             (dout, argmax, dx, *_i64(n * c, h * w, int(dout.shape[2]) * int(dout.shape[3]))))
     return dx
+
+
+def _act_code(primitive, act):
+    if act not in ACTIVATION_NAMES:
+        raise ValueError(f"{primitive}: unknown activation code {act!r}; "
+                         f"expected one of {sorted(ACTIVATION_NAMES)} (fastnn.kernels)")
+    return numpy.int32(act)
+
+
+def conv_bias_act(z, b, act, alpha=0.0, *, out=None):
+    """``out = act(z.transpose(1, 0, 2, 3) + b)``: ``z: (C, N, H, W)`` to NCHW ``out: (N, C, H, W)``,
+    ``b: (C,)`` per channel (``None``: no bias)."""
+    dtype = L.check_dtype("conv_bias_act", z, b)
+    code = _act_code("conv_bias_act", act)
+    if z.ndim != 4:
+        raise ValueError(f"conv_bias_act: expected z of shape (C, N, H, W), got {tuple(z.shape)}")
+    c, n, h, w = (int(s) for s in z.shape)
+    if b is not None and tuple(b.shape) != (c,):
+        raise ValueError(f"conv_bias_act: expected b of shape ({c},) for z of shape {tuple(z.shape)}, got "
+                         f"{tuple(b.shape)}")
+    z, b = L.contiguous(z), L.contiguous(b)
+    y = L.check_out("conv_bias_act", "out", out, (n, c, h, w), dtype)
+    if y is None:
+        y = L.empty((n, c, h, w), dtype)
+    total = n * c * h * w
+    if total:
+        _fn("fastnn_conv_bias_act", dtype)(
+            (L.grid_1d(total),), (L.BLOCK,),
+            (z, z if b is None else b, y, *_i64(n, c, h * w), numpy.int32(b is not None), code,
+             L.dtype_scalar(dtype, alpha)))
+    return y
+
+
+def conv_act_backward(dout, y, act, alpha=0.0, *, out=None, db=None):
+    """``out = (dout * act'(y)).transpose(1, 0, 2, 3)``: NCHW ``dout, y`` to ``(C, N, H, W)``;
+    ``db = out.sum((1, 2, 3))`` when given."""
+    dtype = L.check_dtype("conv_act_backward", dout, y)
+    code = _act_code("conv_act_backward", act)
+    if y.ndim != 4 or tuple(dout.shape) != tuple(y.shape):
+        raise ValueError(f"conv_act_backward: dout {tuple(dout.shape)} and y {tuple(y.shape)} must both be "
+                         f"(N, C, H, W)")
+    n, c, h, w = (int(s) for s in y.shape)
+    dout, y = L.contiguous(dout), L.contiguous(y)
+    dz = L.check_out("conv_act_backward", "out", out, (c, n, h, w), dtype)
+    if dz is None:
+        dz = L.empty((c, n, h, w), dtype)
+    dbuf = L.check_out("conv_act_backward", "db", db, (c,), dtype)
+    total = n * c * h * w
+    if total:
+        _fn("fastnn_conv_act_backward", dtype)(
+            (L.grid_1d(total),), (L.BLOCK,), (dout, y, dz, *_i64(n, c, h * w), code, L.dtype_scalar(dtype, alpha)))
+    if dbuf is not None:
+        if total:
+            _fn("fastnn_conv_bias_grad", dtype)((L.grid_1d(c * L.BLOCK),), (L.BLOCK,), (dz, dbuf, *_i64(c, n * h * w)))
+        else:
+            dbuf.fill(0)
+    return dz

@@ -5,6 +5,7 @@ import numpy
 import pytest
 
 from fastnn.backend import get_ops
+from fastnn.kernels import ACTIVATION_NAMES
 from fastnn.testing import ATOL, RTOL, has_numba, host
 
 # (x shape, window, stride, pad)
@@ -168,3 +169,53 @@ def test_gpu_launcher_checks_run_before_any_cuda_call():
     with pytest.raises(TypeError, match=r"maxpool_backward: argmax must be int64"):
         conv.maxpool_backward(numpy.ones((1, 1, 1, 1), numpy.float32), numpy.zeros((1, 1, 1, 1), numpy.int32),
                               (1, 1, 2, 2))
+
+
+# ---------------------------------------------------------------------------- conv_bias_act / conv_act_backward
+ACT_CASES = [(1, 1, 1, 1), (2, 3, 7, 5), (3, 5, 4, 9)]
+
+
+@pytest.mark.parametrize("shape", ACT_CASES, ids=["1", "2x3x7x5", "3x5x4x9"])
+@pytest.mark.parametrize("act", sorted(ACTIVATION_NAMES))
+@pytest.mark.parametrize("has_b", [True, False], ids=["bias", "nobias"])
+def test_conv_bias_act_matches_reference(fast_backend, ref, dtype, shape, act, has_b):
+    ops = get_ops(fast_backend)
+    z = rand(shape, dtype, 5)  # (C, N, H, W)
+    b = rand(shape[:1], dtype, 6) if has_b else None
+    want = ref.conv_bias_act(z, b, act, 0.1)
+    assert want.shape == (shape[1], shape[0]) + shape[2:]
+    got = ops.conv_bias_act(ops.asarray(z), None if b is None else ops.asarray(b), act, 0.1)
+    assert host(got).dtype == dtype
+    numpy.testing.assert_allclose(host(got), want, rtol=RTOL[dtype], atol=ATOL[dtype])
+    out = ops.asarray(numpy.zeros(want.shape, dtype))
+    assert ops.conv_bias_act(ops.asarray(z), None if b is None else ops.asarray(b), act, 0.1, out=out) is out
+    numpy.testing.assert_allclose(host(out), want, rtol=RTOL[dtype], atol=ATOL[dtype])
+
+
+@pytest.mark.parametrize("shape", ACT_CASES, ids=["1", "2x3x7x5", "3x5x4x9"])
+@pytest.mark.parametrize("act", sorted(ACTIVATION_NAMES))
+def test_conv_act_backward_matches_reference(fast_backend, ref, dtype, shape, act):
+    ops = get_ops(fast_backend)
+    dout, y = rand(shape, dtype, 7), rand(shape, dtype, 8)  # (N, C, H, W)
+    if act in (1, 2):  # sigmoid's output lies in (0, 1)
+        y = numpy.abs(y) % 1
+    db_ref = numpy.zeros(shape[1], dtype)
+    want = ref.conv_act_backward(dout, y, act, 0.1, db=db_ref)
+    assert want.shape == (shape[1], shape[0]) + shape[2:]
+    db = ops.asarray(numpy.full(shape[1], 7, dtype))
+    out = ops.asarray(numpy.zeros(want.shape, dtype))
+    got = ops.conv_act_backward(ops.asarray(dout), ops.asarray(y), act, 0.1, out=out, db=db)
+    assert got is out and host(got).dtype == dtype
+    numpy.testing.assert_allclose(host(got), want, rtol=RTOL[dtype], atol=ATOL[dtype])
+    numpy.testing.assert_allclose(host(db), db_ref, rtol=SUM_RTOL[dtype] * 10, atol=SUM_RTOL[dtype] * 10)
+    numpy.testing.assert_allclose(host(ops.conv_act_backward(ops.asarray(dout), ops.asarray(y), act, 0.1)), want,
+                                  rtol=RTOL[dtype], atol=ATOL[dtype])
+
+
+def test_conv_primitives_are_the_transposed_bias_act(ref):
+    """conv_bias_act is bias_act on the NHWC-ordered rows, moved to NCHW; conv_act_backward likewise."""
+    z = rand((4, 3, 5, 6), numpy.float64, 9)  # (C, N, H, W)
+    b = rand((4,), numpy.float64, 10)
+    rows = z.transpose(1, 2, 3, 0).reshape(-1, 4)
+    want = ref.bias_act(rows, b, 1).reshape(3, 5, 6, 4).transpose(0, 3, 1, 2)
+    numpy.testing.assert_array_equal(ref.conv_bias_act(z, b, 1), want)
