@@ -60,6 +60,13 @@ def _calls(ops, dtype):
     ops.col2im(col, img.shape, 3, 3, 1, 1)
     pooled, argmax = ops.maxpool_forward(img, 2, 2, 2, 0)
     ops.maxpool_backward(pooled, argmax, img.shape)
+    cb, z = arr(3), arr(3, 2, 5, 5)  # the convolution's GEMM result is channel-major (C, N, H, W)
+    for code in ACTIVATIONS.values():  # its fused bias+activation into NCHW, and the way back
+        for bias in (cb, None):
+            y = ops.conv_bias_act(z, bias, code, 0.1, out=ops.xp.empty_like(img))
+            ops.conv_act_backward(y, y, code, 0.1, out=ops.xp.empty_like(z), db=ops.xp.empty_like(cb))
+        ops.conv_bias_act(z, cb, code, 0.1)
+        ops.conv_act_backward(y, y, code, 0.1)
 
 
 def warmup(backend=None, dtypes=("float32", "float64")):

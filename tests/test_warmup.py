@@ -19,10 +19,14 @@ def kernels():
 seconds = fastnn.warmup("numba")
 after = kernels()
 from fastnn.models import Sequential
-from fastnn.layers import Dense, Dropout
+from fastnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPooling2D
 m = Sequential([Dense(8, activation="relu", input_shape=(5,)), Dropout(0.2), Dense(3, activation="softmax")], seed=0)
 m.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 m.fit(numpy.random.rand(16, 5).astype("float32"), numpy.arange(16) % 3, epochs=1, verbose=0)
+c = Sequential([Conv2D(4, 3, padding="same", activation="relu", input_shape=(1, 6, 6)), MaxPooling2D(2),
+                Flatten(), Dense(3, activation="softmax")], seed=0)
+c.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+c.fit(numpy.random.rand(8, 1, 6, 6).astype("float32"), numpy.arange(8) % 3, epochs=1, verbose=0)
 print(json.dumps({"seconds": seconds, "after": after, "after_fit": kernels()}))
 """
 
