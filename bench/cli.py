@@ -677,6 +677,80 @@ class _BookImpl:
             self.opt.update(self.net.params, self.net.gradient(x, y))
 
 
+class _ScratchImpl:
+    """The network as a "from scratch" learner writes it in plain NumPy (the book's Affine, Relu with a
+    boolean mask, inverted Dropout, SoftmaxWithLoss and its SGD/Adam over a dict), float32 throughout:
+    the baseline that the prototype numbers in the issue were measured against."""
+
+    def __init__(self, name, spec, weights, batches):
+        self.name = name
+        self.clock = Clock("cpu")
+        self.params = {}
+        for i, (w, b) in enumerate(zip(weights[0::2], weights[1::2]), start=1):
+            self.params[f"W{i}"], self.params[f"b{i}"] = w.copy(), b.copy()
+        self.n_layers = len(weights) // 2
+        self.rate = spec["dropout"]
+        opt_name, self.lr = spec["optimizer"]
+        self.adam = opt_name != "sgd"
+        self.m = {k: numpy.zeros_like(v) for k, v in self.params.items()}
+        self.v = {k: numpy.zeros_like(v) for k, v in self.params.items()}
+        self.t = 0
+        self.rng = numpy.random.default_rng(0)
+        self.batches = batches
+        self.first_loss = None
+
+    def step(self, x, y):
+        p, n = self.params, x.shape[0]
+        cache, out = [], x
+        for i in range(1, self.n_layers + 1):
+            z = out @ p[f"W{i}"] + p[f"b{i}"]
+            if i == self.n_layers:
+                cache.append((out, None, None))
+                out = z
+                break
+            mask = z <= 0
+            a = z.copy()
+            a[mask] = 0
+            drop = None
+            if self.rate:
+                drop = (self.rng.random(a.shape, dtype=numpy.float32) > self.rate) / numpy.float32(1 - self.rate)
+                a = a * drop
+            cache.append((out, mask, drop))
+            out = a
+        e = numpy.exp(out - out.max(axis=1, keepdims=True))
+        prob = e / e.sum(axis=1, keepdims=True)
+        loss = -numpy.log(prob[numpy.arange(n), y] + 1e-7).mean()
+        dout = prob
+        dout[numpy.arange(n), y] -= 1
+        dout /= n
+        grads = {}
+        for i in range(self.n_layers, 0, -1):
+            inp, mask, drop = cache[i - 1]
+            grads[f"W{i}"], grads[f"b{i}"] = inp.T @ dout, dout.sum(axis=0)
+            if i == 1:
+                break
+            dout = dout @ p[f"W{i}"].T
+            prev_mask, prev_drop = cache[i - 2][1], cache[i - 2][2]
+            if prev_drop is not None:
+                dout = dout * prev_drop
+            dout[prev_mask] = 0
+        if self.adam:  # the book's Adam, array by array
+            self.t += 1
+            lr_t = self.lr * numpy.sqrt(1.0 - 0.999 ** self.t) / (1.0 - 0.9 ** self.t)
+            for k in p:
+                self.m[k] += (1 - 0.9) * (grads[k] - self.m[k])
+                self.v[k] += (1 - 0.999) * (grads[k] ** 2 - self.v[k])
+                p[k] -= numpy.float32(lr_t) * self.m[k] / (numpy.sqrt(self.v[k]) + numpy.float32(1e-7))
+        else:
+            for k in p:
+                p[k] -= numpy.float32(self.lr) * grads[k]
+        return loss
+
+    def epoch(self):
+        for x, y in self.batches:
+            self.step(x, y)
+
+
 class _TorchImpl:
     """The same network in PyTorch eager mode, from the same initial weights and batches."""
 
@@ -760,6 +834,7 @@ def run_train(settings, backends, ctx, models, with_torch=True, batch_override=N
             batches = [(xx, yy)]
         weights = build_model(spec, "numpy").get_weights()
         impls = [_FastnnImpl(be, spec, be, weights, batches) for be in backends]
+        impls.append(_ScratchImpl("numpy-scratch", spec, weights, batches))
         if "numba" in backends:  # the book's network class on the same kernels (issue: within 1.2x)
             impls.append(_BookImpl("numba-book", spec, "numba", weights, batches))
         if torch is not None:
