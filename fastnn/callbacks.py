@@ -269,12 +269,19 @@ class LearningRateScheduler(Callback):
         self.schedule = schedule
         self.verbose = verbose
 
+    def _takes_lr(self):
+        import inspect
+
+        try:
+            params = [p for p in inspect.signature(self.schedule).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+        except (TypeError, ValueError):  # a callable without a signature: Keras's two-argument form
+            return True
+        return len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
     def on_epoch_begin(self, epoch, logs=None):
         opt = self.model.optimizer
-        try:
-            lr = self.schedule(epoch, opt.lr)
-        except TypeError:
-            lr = self.schedule(epoch)
+        lr = self.schedule(epoch, opt.lr) if self._takes_lr() else self.schedule(epoch)
         opt.lr = float(lr)
         if self.verbose:
             print(f"LearningRateScheduler: epoch {epoch + 1}: lr = {opt.lr:.6g}", file=sys.stderr)
@@ -398,6 +405,12 @@ def _is_chief(model):
     return distributed.get().rank == 0
 
 
+def _require_sequential(callback, model):
+    if not hasattr(model, "flat") or not hasattr(model, "save"):
+        raise TypeError(f"{type(callback).__name__} saves a fastnn.models.Sequential; it cannot back up a "
+                        f"{type(model).__name__} (the book's Trainer: save net.params yourself, e.g. with numpy.savez)")
+
+
 def _checkpoint_files(folder):
     try:
         names = sorted(n for n in os.listdir(folder) if n.startswith("ckpt-") and n.endswith(".fastnn"))
@@ -429,6 +442,10 @@ class BackupAndRestore(Callback):
             raise ValueError(f"BackupAndRestore: keep must be a positive integer, got {keep!r}")
         self.backup_dir = os.fspath(backup_dir)
         self.save_freq, self.keep, self.delete_checkpoint = save_freq, keep, delete_checkpoint
+
+    def set_model(self, model):
+        _require_sequential(self, model)
+        super().set_model(model)
 
     def latest(self):
         files = _checkpoint_files(self.backup_dir)
@@ -506,6 +523,10 @@ class ModelCheckpoint(Callback):
         self.save_freq = save_freq
         self.best = math.inf if self.mode == "min" else -math.inf
         self._epoch = 0
+
+    def set_model(self, model):
+        _require_sequential(self, model)
+        super().set_model(model)
 
     def _write(self, epoch, logs):
         if not _is_chief(self.model):

@@ -528,6 +528,10 @@ def restore_checkpoint(model, path):
                               f"{opt_spec.get('class_name')!r} differs from the model's {type(model.optimizer).__name__!r}")
         _restore_weights(reader, model)
         _restore_optimizer(reader, model)
+        for layer, spec in zip(model.layers, config["config"]["layers"]):
+            seed = (spec.get("config") or {}).get("seed")
+            if hasattr(layer, "seed") and isinstance(seed, int):  # dropout masks continue as they were
+                layer.seed = seed
         training = reader.json("training.json")
         if isinstance(opt_spec.get("config", {}).get("lr"), (int, float)):
             model.optimizer.lr = float(opt_spec["config"]["lr"])  # a callback may have changed it

@@ -231,7 +231,10 @@ class MeanSquaredError(Loss):
 
 
 class CustomLoss(Loss):
-    """Wraps a user object with ``forward(y, t)`` and ``backward()`` (like ``SoftmaxWithLoss``)."""
+    """Wraps a user object with ``forward(y, t)`` and ``backward()`` (like ``SoftmaxWithLoss``); it takes
+    whatever targets the object does (class indices or arrays), and validates them itself."""
+
+    labels = "any"
 
     def __init__(self, obj):
         super().__init__()

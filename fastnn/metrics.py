@@ -9,6 +9,8 @@ METRIC_NAMES = ("accuracy", "acc", "categorical_accuracy", "sparse_categorical_a
 
 
 def _argmax_accuracy(ops, out, t, logits):
+    if out.ndim == 2 and out.shape[1] == 1:  # one output column: argmax is always 0 (Keras picks binary too)
+        return _binary_accuracy(ops, out, t, logits)
     pred = out.argmax(axis=1)
     labels = t if t.ndim == 1 else t.argmax(axis=1)
     return (pred == labels).sum().astype(out.dtype)
@@ -31,8 +33,11 @@ def _mae(ops, out, t, logits):
 
 
 class Metric:
-    def __init__(self, name, fn, needs_head=True):
-        self.name, self.fn = name, fn
+    """A named metric. ``on_logits``: it can read the logits of a fused softmax/sigmoid head (arg-max and
+    thresholds do); otherwise the model hands it the probabilities."""
+
+    def __init__(self, name, fn, on_logits=True):
+        self.name, self.fn, self.on_logits = name, fn, on_logits
 
     def __call__(self, ops, out, t, logits):
         return self.fn(ops, out, t, logits)
@@ -50,4 +55,4 @@ def get(name, loss):
              "binary_accuracy": _binary_accuracy, "mse": _mse, "mae": _mae}
     if key not in table:
         raise ValueError(f"unknown metric {name!r}; valid names: {', '.join(METRIC_NAMES)}")
-    return Metric(key, table[key])
+    return Metric(key, table[key], on_logits=key not in ("mse", "mae"))

@@ -110,11 +110,10 @@ class Sequential:
         shape = (None,) + self.input_shape
         for layer in self.layers:
             layer._ops = self.ops
-            layer.reuse_buffers = True
             if not layer.built:
                 layer.dtype = self.dtype
                 layer.rng = self.rng
-                layer.build(shape, rng=self.rng)
+                layer.build(shape)  # the public signature; built-in layers draw from layer.rng
             shape = layer.compute_output_shape(shape)
         self.output_shape = shape
         self.flat = FlatParams(self.layers, self.ops, self.dtype)
@@ -195,6 +194,8 @@ class Sequential:
         if loss is None:
             raise ValueError(f"{self.name}.compile: loss is required; valid names: {', '.join(_losses.LOSS_NAMES)}")
         opt, loss = _optimizers.get(optimizer), _losses.get(loss)
+        if isinstance(metrics, str):
+            metrics = [metrics]
         metrics = [_metrics.get(m, loss) for m in (metrics or [])]
         self.optimizer, self.loss, self.metrics = opt, loss, metrics
         last = self.layers[-1] if self.layers else None
@@ -204,8 +205,9 @@ class Sequential:
         self._head = head if self.loss.fuse(head) else None
         if isinstance(last, Dense):
             last.logits_only = self._head is not None
-        if self.built:
-            self.optimizer.build(self.flat)
+        if self.built and not (opt.flat_slots is not None and all(s.shape == (self.flat.size,) for s in opt.flat_slots)
+                               and len(opt.flat_slots) == len(opt.slots)):
+            self.optimizer.build(self.flat)  # a new optimizer; one compiled before keeps its state (as Keras)
 
     def _require_compiled(self, what):
         if self.optimizer is None or self.loss is None:
@@ -245,6 +247,7 @@ class Sequential:
             if i == 0 and not layer.weight_info():
                 break  # nothing needs the input gradient of a parameter-free first layer
             dout = layer.backward(dout)
+            self.flat.adopt(layer)
 
     def _regularize(self):
         """Add every weight regularizer's gradient to its weight's gradient; return the penalty (or None)."""
@@ -262,9 +265,24 @@ class Sequential:
 
     def _batch_stats(self, out, t, loss, n):
         stats = {"loss": loss * out.dtype.type(n)}
+        logits = self._head is not None or self.loss.from_logits
+        probs = None
         for m in self.metrics:
-            stats[m.name] = m(self.ops, out, t, self._head is not None)
+            if logits and not m.on_logits:  # mse/mae read probabilities, not the fused head's logits
+                if probs is None:
+                    probs = self._apply_head(out) if self._head is not None else out
+                stats[m.name] = m(self.ops, probs, t, False)
+            else:
+                stats[m.name] = m(self.ops, out, t, logits)
         return stats
+
+    def _apply_head(self, out):
+        """The fused head's activation (softmax or sigmoid) of logits ``out``; ``out`` itself without one."""
+        if self._head == "softmax":
+            return self.ops.softmax(out)
+        if self._head == "sigmoid":
+            return self.ops.bias_act(out, None, SIGMOID)
+        return out
 
     def _train_batch(self, xb, tb, n_global=None, row0=0, comm=None):
         """One optimizer step. Under data parallelism ``xb`` is this rank's shard (rows ``row0`` onward
@@ -273,9 +291,17 @@ class Sequential:
         n = xb.shape[0]
         n_global = n if n_global is None else n_global
         for layer in self.layers:
+            layer.reuse_buffers = True  # this step's activations are internal: workspaces, no allocation
             if isinstance(layer, Dropout):
                 layer.step, layer.row0 = self._step, row0
         self._step += 1
+        try:
+            return self._step_on(xb, tb, n, n_global, comm)
+        finally:
+            for layer in self.layers:
+                layer.reuse_buffers = False
+
+    def _step_on(self, xb, tb, n, n_global, comm):
         if n:
             out = self._forward(xb, True)
             dx = self._dx_buffer.get(out.shape)
@@ -490,12 +516,7 @@ class Sequential:
         x, _ = self._prepare(x)
         outs = []
         for start in range(0, x.shape[0], batch_size):
-            out = self._forward(x[start:start + batch_size], False)
-            if self._head == "softmax":
-                out = self.ops.softmax(out)
-            elif self._head == "sigmoid":
-                out = self.ops.bias_act(out, None, SIGMOID)
-            outs.append(out)
+            outs.append(self._apply_head(self._forward(x[start:start + batch_size], False)))
         return self.ops.asnumpy(self.ops.xp.concatenate(outs))
 
     def train_on_batch(self, x, y):

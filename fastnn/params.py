@@ -57,14 +57,34 @@ class FlatParams:
         self.size = offset
         self.p = ops.alloc((self.size,), self.dtype)
         self.g = ops.alloc((self.size,), self.dtype)
+        self._views = {}  # id(layer) -> [(attribute, view)]: what adopt() keeps bound
         for e in self.entries:
             value = getattr(e.layer, e.name)
             view = self.p[e.offset:e.offset + e.size].reshape(e.shape)
             view[...] = value if ops.owns(value) else ops.asarray(value)
+            gview = self.g[e.offset:e.offset + e.size].reshape(e.shape)
             setattr(e.layer, e.name, view)
-            setattr(e.layer, "d" + e.name, self.g[e.offset:e.offset + e.size].reshape(e.shape))
+            setattr(e.layer, "d" + e.name, gview)
+            self._views.setdefault(id(e.layer), []).extend([(e.name, view), ("d" + e.name, gview)])
         self._runs_key = None
         self._runs = []
+
+    def adopt(self, layer):
+        """Keep ``layer``'s weights and gradients in the buffer after its own code ran.
+
+        A layer written the book's way assigns new arrays (``self.dW = x.T @ dout``) instead of writing
+        into the views it was given; the optimizer would then never see them. The new values are
+        copied into the views and the views bound again (cheap identity checks otherwise).
+        """
+        for attr, view in self._views.get(id(layer), ()):
+            value = getattr(layer, attr)
+            if value is view:
+                continue
+            if getattr(value, "shape", None) != view.shape:
+                raise ValueError(f"{layer.name}: {attr} has shape {getattr(value, 'shape', None)} but the weight "
+                                 f"was made with shape {view.shape}")
+            view[...] = value if self.ops.owns(value) else self.ops.asarray(value)
+            setattr(layer, attr, view)
 
     def runs(self):
         """``[(start, stop, decay)]``: maximal slices of trainable weights sharing one decay flag."""

@@ -378,8 +378,10 @@ class Dropout(Layer):
         return self.rate
 
     def build(self, input_shape, rng=None):
+        if rng is not None:
+            self.rng = rng
         if self.seed is None:
-            self.seed = draw_seed(rng if rng is not None else make_rng())
+            self.seed = draw_seed(self.rng if self.rng is not None else make_rng())
         self.built = True
 
     def forward(self, x, train_flg=True, training=None):

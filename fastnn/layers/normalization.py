@@ -100,7 +100,7 @@ class BatchNormalization(Layer):
             self.running_mean = ops.alloc(self.gamma.shape, x.dtype)
             self.running_var = ops.alloc(self.gamma.shape, x.dtype)
         train = train_flag(train_flg, training)
-        if train and x2.shape[0] < 2:
+        if train and x2.shape[0] < 2 and self.book:  # Keras's layer takes fit's 1-sample last batch (xhat = 0)
             raise ValueError(f"{self.name}: training-mode batch normalization needs at least 2 values per feature, "
                              f"got a batch of shape {tuple(x.shape)}")
         y, xhat, inv_std = ops.batchnorm_forward(x2, self.gamma, self.beta, self.running_mean, self.running_var,
