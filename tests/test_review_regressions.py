@@ -151,3 +151,11 @@ def test_clear_errors_for_plausible_mistakes():
 
     with pytest.raises(TypeError, match="unsupported operand"):
         m.fit(X, T, epochs=1, verbose=0, callbacks=[C.LearningRateScheduler(broken)])
+
+
+def test_batchnorm_axis_other_than_features_or_channels_is_refused():
+    layer = BatchNormalization(axis=-1)
+    with pytest.raises(ValueError, match=r"axis=-1 is not supported for inputs of shape \(None, 2, 3, 5\)"):
+        layer.build((None, 2, 3, 5))
+    BatchNormalization(axis=1).build((None, 2, 3, 5))
+    BatchNormalization(axis=-1).build((None, 7))

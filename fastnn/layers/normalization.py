@@ -60,6 +60,11 @@ class BatchNormalization(Layer):
             features = input_shape[-1]
         else:
             raise ValueError(f"{self.name}: expected 2-D (N, D) or 4-D (N, C, H, W) inputs, got shape {input_shape}")
+        allowed = (None, 1, -1) if len(input_shape) == 2 else (None, 1, -3)
+        if self.axis not in allowed:
+            raise ValueError(f"{self.name}: axis={self.axis} is not supported for inputs of shape {tuple(input_shape)}; "
+                             f"statistics are per feature for (N, D) inputs and per channel (axis 1, layout NCHW) "
+                             f"for (N, C, H, W) inputs: transpose channels-last data with x.transpose(0, 3, 1, 2)")
         self.add_weight("gamma", (features,), "ones")
         self.add_weight("beta", (features,), "zeros")
         self.add_weight("running_mean", (features,), "zeros", trainable=False)
