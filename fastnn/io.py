@@ -136,7 +136,7 @@ def model_zip_bytes(model, include_optimizer=True, training=None) -> bytes:
         raise ValueError(f"{model.name}: save needs a built model")
     config = model_config(model)
     metadata = {"format": "fastnn", "format_version": FORMAT_VERSION, "fastnn_version": __version__,
-                "backend": model.ops.name, "dtype": str(model.dtype)}
+                "backend": model.ops.name, "dtype": str(model.dtype), "step": int(model._step)}
     weights = _weights_dict(model)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -425,6 +425,10 @@ def load_model(path, backend=None, _with_training=False):
         model = _build_model(reader, backend)
         _restore_weights(reader, model)
         _restore_optimizer(reader, model)
+        step = reader.json("metadata.json").get("step", 0)
+        if not isinstance(step, int) or step < 0:
+            raise FormatError(f"{reader.path}: member 'metadata.json': step must be a non-negative integer")
+        model._step = step  # dropout masks continue where they were
         training = reader.json("training.json") if reader.has("training.json") else None
     except FormatError:
         raise

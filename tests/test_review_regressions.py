@@ -159,3 +159,20 @@ def test_batchnorm_axis_other_than_features_or_channels_is_refused():
         layer.build((None, 2, 3, 5))
     BatchNormalization(axis=1).build((None, 2, 3, 5))
     BatchNormalization(axis=-1).build((None, 7))
+
+
+def test_save_and_load_continue_training_exactly_with_dropout(tmp_path):
+    def make():
+        m = Sequential([Dense(8, activation="relu", input_shape=(4,)), Dropout(0.3), Dense(3, activation="softmax")],
+                       seed=3)
+        m.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        return m
+
+    a = make()
+    a.fit(X, T, epochs=2, verbose=0, seed=1, shuffle=False)
+    a.save(tmp_path / "a.fastnn")
+    b = fastnn.models.load_model(tmp_path / "a.fastnn")
+    a.fit(X, T, epochs=1, verbose=0, seed=2, shuffle=False)
+    b.fit(X, T, epochs=1, verbose=0, seed=2, shuffle=False)
+    for u, v in zip(a.get_weights(), b.get_weights()):
+        numpy.testing.assert_array_equal(u, v)
