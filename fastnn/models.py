@@ -249,18 +249,19 @@ class Sequential:
             dout = layer.backward(dout)
             self.flat.adopt(layer)
 
+    def _regularized(self):
+        """``[(layer, weight name, regularizer)]`` (looked up once per step, cheaply)."""
+        return [(layer, name, info["regularizer"]) for layer in self.layers
+                for name, info in layer._weights.items() if info.get("regularizer") is not None]
+
     def _regularize(self):
         """Add every weight regularizer's gradient to its weight's gradient; return the penalty (or None)."""
         total = None
-        for layer in self.layers:
-            for name, info in layer.weight_info().items():
-                reg = info.get("regularizer")
-                if reg is None:
-                    continue
-                w = getattr(layer, name)
-                reg.add_grad(self.ops, w, getattr(layer, "d" + name))
-                p = reg.penalty(self.ops, w)
-                total = p if total is None else total + p
+        for layer, name, reg in self._regularized():
+            w = getattr(layer, name)
+            reg.add_grad(self.ops, w, getattr(layer, "d" + name))
+            p = reg.penalty(self.ops, w)
+            total = p if total is None else total + p
         return total
 
     def _batch_stats(self, out, t, loss, n):
@@ -490,11 +491,9 @@ class Sequential:
 
     def _penalty(self):
         total = None
-        for layer in self.layers:
-            for name, info in layer.weight_info().items():
-                if info.get("regularizer") is not None:
-                    p = info["regularizer"].penalty(self.ops, getattr(layer, name))
-                    total = p if total is None else total + p
+        for layer, name, reg in self._regularized():
+            p = reg.penalty(self.ops, getattr(layer, name))
+            total = p if total is None else total + p
         return total
 
     def evaluate(self, x, y, batch_size=32, verbose="auto", return_dict=False):

@@ -27,7 +27,7 @@ class Entry:
 
     @property
     def info(self):
-        return self.layer.weight_info()[self.name]
+        return self.layer._weights[self.name]  # read every step (runs()): no copy
 
     @property
     def trainable(self):

@@ -29,9 +29,16 @@ _NONE2D = {dt: numpy.zeros((0, 0), dt) for dt in _FLOATS}  # stands in for an ab
 
 def _fast(*arrays):
     """True when the kernels handle these arrays: non-empty NumPy arrays of one float dtype."""
-    dt = arrays[0].dtype if isinstance(arrays[0], numpy.ndarray) else None
-    return dt in _FLOATS and all(
-        isinstance(a, numpy.ndarray) and a.dtype == dt and a.size > 0 for a in arrays)
+    first = arrays[0]
+    if not isinstance(first, numpy.ndarray):
+        return False
+    dt = first.dtype
+    if dt not in _FLOATS:
+        return False
+    for a in arrays:  # a plain loop: this runs on every primitive call
+        if not isinstance(a, numpy.ndarray) or a.dtype != dt or a.size == 0:
+            return False
+    return True
 
 
 def _c(a):
