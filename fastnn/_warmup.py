@@ -58,6 +58,8 @@ def _calls(ops, dtype):
     img = arr(2, 3, 5, 5)
     col = ops.im2col(img, 3, 3, 1, 1)
     ops.col2im(col, img.shape, 3, 3, 1, 1)
+    colT = ops.im2col_t(img, 3, 3, 1, 1)
+    ops.col2im_t(colT, img.shape, 3, 3, 1, 1)
     pooled, argmax = ops.maxpool_forward(img, 2, 2, 2, 0)
     ops.maxpool_backward(pooled, argmax, img.shape)
     cb, z = arr(3), arr(3, 2, 5, 5)  # the convolution's GEMM result is channel-major (C, N, H, W)

@@ -107,6 +107,12 @@ class CupyOps(Ops):
     def col2im(self, col, x_shape, fh, fw, stride=1, pad=0, *, out=None):
         return _conv.col2im(col, x_shape, fh, fw, stride, pad, out=out)
 
+    def im2col_t(self, x, fh, fw, stride=1, pad=0, *, out=None):
+        return _conv.im2col_t(x, fh, fw, stride, pad, out=out)
+
+    def col2im_t(self, colT, x_shape, fh, fw, stride=1, pad=0, *, out=None):
+        return _conv.col2im_t(colT, x_shape, fh, fw, stride, pad, out=out)
+
     def maxpool_forward(self, x, ph, pw, stride=1, pad=0, *, out=None, argmax=None):
         return _conv.maxpool_forward(x, ph, pw, stride, pad, out=out, argmax=argmax)
 

@@ -290,6 +290,28 @@ class NumbaOps(Ops):
         _kc.col2im(_c(col), int(fh), int(fw), sh, sw, pt, pl, oh, ow, buf)
         return _finish(buf, back)
 
+    def im2col_t(self, x, fh, fw, stride=1, pad=0, *, out=None):
+        if not (_fast(x) and x.ndim == 4):
+            return super().im2col_t(x, fh, fw, stride, pad, out=out)
+        oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x.shape, fh, fw, stride, pad, "im2col_t")
+        n, c = x.shape[:2]
+        buf, back = _target(out, (c * int(fh) * int(fw), n * oh * ow), x.dtype)
+        _kc.im2col_t(_c(x), int(fh), int(fw), sh, sw, pt, pl, oh, ow, buf)
+        return _finish(buf, back)
+
+    def col2im_t(self, colT, x_shape, fh, fw, stride=1, pad=0, *, out=None):
+        if not (_fast(colT) and colT.ndim == 2 and len(x_shape) == 4):
+            return super().col2im_t(colT, x_shape, fh, fw, stride, pad, out=out)
+        x_shape = tuple(int(s) for s in x_shape)
+        oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x_shape, fh, fw, stride, pad, "col2im_t")
+        n, c = x_shape[:2]
+        if colT.shape != (c * int(fh) * int(fw), n * oh * ow):
+            raise ValueError(f"col2im_t: expected colT of shape {(c * int(fh) * int(fw), n * oh * ow)} for x of "
+                             f"shape {x_shape}, got {tuple(colT.shape)}")
+        buf, back = _target(out, x_shape, colT.dtype)
+        _kc.col2im_t(_c(colT), int(fh), int(fw), sh, sw, pt, pl, oh, ow, buf)
+        return _finish(buf, back)
+
     def maxpool_forward(self, x, ph, pw, stride=1, pad=0, *, out=None, argmax=None):
         if not (_fast(x) and x.ndim == 4):
             return super().maxpool_forward(x, ph, pw, stride, pad, out=out, argmax=argmax)

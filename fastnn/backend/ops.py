@@ -388,6 +388,48 @@ class Ops:
         out[...] = dx
         return out
 
+    def im2col_t(self, x, fh, fw, stride=1, pad=0, *, out=None):
+        """``im2col`` transposed: ``out: (C*FH*FW, N*OH*OW)`` equals ``im2col(x, ...).T``.
+
+        Row ``(c, ky, kx)``, column ``(n, oy, ox)`` holds ``x[n, c, oy*sh + ky - pt, ox*sw + kx - pl]``,
+        zero outside ``x``; ``W.reshape(FN, -1) @ out`` is the channel-major ``(FN, N*OH*OW)``.
+        ``stride``, ``pad`` and the output size as ``conv_geometry``.
+        """
+        xp = self.xp
+        n, c = x.shape[:2]
+        oh, ow, sh, sw, pt, pb, pl, pr = conv_geometry(x.shape, fh, fw, stride, pad, "im2col_t")
+        img = xp.pad(x, [(0, 0), (0, 0), (pt, pb), (pl, pr)])
+        col = xp.empty((c, fh, fw, n, oh, ow), dtype=x.dtype)
+        for ky in range(fh):
+            for kx in range(fw):
+                col[:, ky, kx] = img[:, :, ky:ky + sh * oh:sh, kx:kx + sw * ow:sw].transpose(1, 0, 2, 3)
+        col = col.reshape(c * fh * fw, n * oh * ow)
+        if out is None:
+            return col
+        out[...] = col
+        return out
+
+    def col2im_t(self, colT, x_shape, fh, fw, stride=1, pad=0, *, out=None):
+        """The adjoint of ``im2col_t`` (``col2im`` of ``colT.T``): ``out: x_shape`` where each element
+        sums the ``colT: (C*FH*FW, N*OH*OW)`` entries ``im2col_t`` copied it to (entries that fell on
+        the padding are dropped). ``colT`` is not written."""
+        xp = self.xp
+        n, c, h, w = (int(s) for s in x_shape)
+        oh, ow, sh, sw, pt, pb, pl, pr = conv_geometry(x_shape, fh, fw, stride, pad, "col2im_t")
+        if tuple(colT.shape) != (c * fh * fw, n * oh * ow):
+            raise ValueError(f"col2im_t: expected colT of shape {(c * fh * fw, n * oh * ow)} for x of shape "
+                             f"{tuple(x_shape)}, got {tuple(colT.shape)}")
+        col6 = colT.reshape(c, fh, fw, n, oh, ow)
+        img = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=colT.dtype)
+        for ky in range(fh):
+            for kx in range(fw):
+                img[:, :, ky:ky + sh * oh:sh, kx:kx + sw * ow:sw] += col6[:, ky, kx].transpose(1, 0, 2, 3)
+        dx = img[:, :, pt:pt + h, pl:pl + w]
+        if out is None:
+            return xp.ascontiguousarray(dx)
+        out[...] = dx
+        return out
+
     def maxpool_forward(self, x, ph, pw, stride=1, pad=0, *, out=None, argmax=None):
         """Max pooling of ``x: (N, C, H, W)`` over ``ph x pw`` windows, as ``torch.nn.functional.max_pool2d``.
 
@@ -544,5 +586,6 @@ HOT_PRIMITIVES = (
     "softmax", "softmax_xent", "softmax_xent_backward", "sigmoid_bce", "mse",
     "batchnorm_forward", "batchnorm_backward", "sq_norm",
     "sgd_step", "momentum_step", "adagrad_step", "rmsprop_step", "adam_step",
-    "im2col", "col2im", "maxpool_forward", "maxpool_backward", "conv_bias_act", "conv_act_backward",
+    "im2col", "col2im", "im2col_t", "col2im_t", "maxpool_forward", "maxpool_backward",
+    "conv_bias_act", "conv_act_backward",
 )

@@ -1,5 +1,6 @@
-"""Convolution and pooling kernels over NCHW arrays: im2col/col2im, max pooling with argmax, and
-bias + activation between NCHW and the ``(C, N, H, W)`` layout of the convolution GEMMs.
+"""Convolution and pooling kernels over NCHW arrays: im2col/col2im and their transposed layout
+im2col_t/col2im_t, max pooling with argmax, and bias + activation between NCHW and the
+``(C, N, H, W)`` layout of the convolution GEMMs.
 
 Serial loops (BLAS runs the GEMM between im2col and col2im on every core). Geometry arrives
 already checked and normalised by ``fastnn.backend.ops.conv_geometry``: strides ``sh, sw``, the
@@ -8,6 +9,7 @@ Scalars of the data's type (``neg_inf``) arrive cast to its dtype.
 """
 import numpy as np
 from numba import njit
+from numba import uint64 as u64
 
 from fastnn.kernels import ELU, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
 
@@ -76,6 +78,91 @@ def col2im(col, fh, fw, sh, sw, pt, pl, oh, ow, dx):
                                         dx[i, ch, iy, ix] += col[r, j + kx]
                         j += fw
                 r += 1
+
+
+@njit(cache=True, error_model="numpy")
+def _inside(o, s, k, p, size):
+    """``(lo, hi)``: the outputs ``lo <= o' < hi`` (of ``o``) whose input ``o'*s + k - p`` lies in ``[0, size)``."""
+    lo = 0
+    while lo < o and lo * s + k - p < 0:
+        lo += 1
+    hi = o
+    while hi > lo and (hi - 1) * s + k - p >= size:
+        hi -= 1
+    return lo, hi
+
+
+@njit(cache=True, error_model="numpy")
+def im2col_t(x, fh, fw, sh, sw, pt, pl, oh, ow, colT):
+    """``colT[(c, ky, kx), (n, oy, ox)] = x[n, c, oy*sh + ky - pt, ox*sw + kx - pl]``, 0 outside ``x``.
+
+    Each ``(row, n, oy)`` segment of ``OW`` is a shifted copy of part of one input row (strided when
+    ``sw > 1``); one input plane ``(n, c)`` at a time, so it stays in L1 while its ``FH*FW`` rows of
+    ``colT`` are written."""
+    n, c, h, w = x.shape
+    xf, cf = x.reshape(-1), colT.reshape(-1)
+    m = colT.shape[1]
+    zero = x.dtype.type(0)
+    p = oh * ow
+    # NOTE: flat arrays indexed by uint64: a signed index gets Numba's wraparound (a select per
+    # element), which stops LLVM vectorising these copies (measured 3-4x slower). Every index is >= 0.
+    for ch in range(c):
+        for i in range(n):
+            xb = (i * c + ch) * h * w
+            for ky in range(fh):
+                for kx in range(fw):
+                    lo, hi = _inside(ow, sw, kx, pl, w)
+                    rj = ((ch * fh + ky) * fw + kx) * m + i * p
+                    for oy in range(oh):
+                        r0 = rj + oy * ow
+                        iy = oy * sh + ky - pt
+                        if iy < 0 or iy >= h:
+                            for ox in range(ow):
+                                cf[u64(r0 + ox)] = zero
+                            continue
+                        for ox in range(lo):
+                            cf[u64(r0 + ox)] = zero
+                        s0 = xb + iy * w + kx - pl
+                        if sw == 1:
+                            for ox in range(lo, hi):
+                                cf[u64(r0 + ox)] = xf[u64(s0 + ox)]
+                        else:
+                            for ox in range(lo, hi):
+                                cf[u64(r0 + ox)] = xf[u64(s0 + ox * sw)]
+                        for ox in range(hi, ow):
+                            cf[u64(r0 + ox)] = zero
+
+
+@njit(cache=True, error_model="numpy")
+def col2im_t(colT, fh, fw, sh, sw, pt, pl, oh, ow, dx):
+    """``dx`` (zeroed here) accumulates every ``colT`` entry at the element ``im2col_t`` read it from:
+    one plane ``(n, c)`` at a time, adding its ``FH*FW`` rows of ``colT`` in ``(ky, kx)`` order."""
+    n, c, h, w = dx.shape
+    df, cf = dx.reshape(-1), colT.reshape(-1)
+    m = colT.shape[1]
+    zero = dx.dtype.type(0)
+    p = oh * ow
+    for ch in range(c):  # uint64 indices, as in im2col_t
+        for i in range(n):
+            xb = (i * c + ch) * h * w
+            for k in range(h * w):
+                df[u64(xb + k)] = zero
+            for ky in range(fh):
+                for kx in range(fw):
+                    lo, hi = _inside(ow, sw, kx, pl, w)
+                    rj = ((ch * fh + ky) * fw + kx) * m + i * p
+                    for oy in range(oh):
+                        iy = oy * sh + ky - pt
+                        if iy < 0 or iy >= h:
+                            continue
+                        r0 = rj + oy * ow
+                        s0 = xb + iy * w + kx - pl
+                        if sw == 1:
+                            for ox in range(lo, hi):
+                                df[u64(s0 + ox)] += cf[u64(r0 + ox)]
+                        else:
+                            for ox in range(lo, hi):
+                                df[u64(s0 + ox * sw)] += cf[u64(r0 + ox)]
 
 
 @njit(cache=True, error_model="numpy")

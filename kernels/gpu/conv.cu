@@ -1,12 +1,13 @@
-// fastnn convolution and pooling kernels over NCHW arrays: im2col, col2im, max pooling forward
-// (with argmax) and backward.
+// fastnn convolution and pooling kernels over NCHW arrays: im2col, col2im, their transposed
+// im2col_t, col2im_t, max pooling forward (with argmax) and backward.
 //
 // Templates over T (float, double), instantiated through CuPy's name_expressions; grid-stride
 // loops, so any grid is correct. No headers. Geometry arrives checked and normalised by the
 // launcher (fastnn/backend/ops.py, conv_geometry): strides sh, sw, top/left padding pt, pl and
 // the output size oh, ow. col is (N*OH*OW, C*FH*FW): row (n, oy, ox), column (c, ky, kx).
-// col2im gathers (one thread per input element) instead of scattering, so it needs no atomics and
-// every element sums its terms in one fixed order; maxpool_backward scatters with atomicAdd.
+// colT, im2col_t's output, is col transposed: (C*FH*FW, N*OH*OW).
+// col2im and col2im_t gather (one thread per input element) instead of scattering, so they need no
+// atomics and every element sums its terms in one fixed order; maxpool_backward scatters with atomicAdd.
 
 // One thread per col element: col[r, j] = x[n, c, oy*sh + ky - pt, ox*sw + kx - pl], 0 outside x.
 template <typename T>
@@ -46,6 +47,52 @@ __global__ void fastnn_col2im(const T* __restrict__ col, T* __restrict__ dx, lon
                 if (tx < 0 || tx % sw != 0 || tx / sw >= ow) continue;
                 const long long ox = tx / sw;
                 sum += col[((b * oh + oy) * ow + ox) * k + (ch * fh + ky) * fw + kx];
+            }
+        }
+        dx[i] = sum;
+    }
+}
+
+// im2col transposed, one thread per colT element: colT[j, r] = x[n, c, oy*sh + ky - pt, ox*sw + kx - pl],
+// 0 outside x; colT is (C*FH*FW, N*OH*OW), row j = (c, ky, kx), column r = (n, oy, ox). Neighbouring
+// threads write neighbouring r and read along a row of x.
+template <typename T>
+__global__ void fastnn_im2col_t(const T* __restrict__ x, T* __restrict__ colT, long long n, long long c,
+                                long long h, long long w, long long fh, long long fw, long long sh,
+                                long long sw, long long pt, long long pl, long long oh, long long ow) {
+    const long long m = n * oh * ow;
+    const long long total = c * fh * fw * m;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const long long j = i / m, r = i % m;
+        const long long ox = r % ow, oy = (r / ow) % oh, b = r / (ow * oh);
+        const long long kx = j % fw, ky = (j / fw) % fh, ch = j / (fw * fh);
+        const long long iy = oy * sh + ky - pt, ix = ox * sw + kx - pl;
+        colT[i] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? x[((b * c + ch) * h + iy) * w + ix] : T(0);
+    }
+}
+
+// The adjoint of im2col_t, gathering like col2im: one thread per dx element sums, in (ky, kx)
+// order, colT[(ch, ky, kx), (b, oy, ox)] over the windows that hold it.
+template <typename T>
+__global__ void fastnn_col2im_t(const T* __restrict__ colT, T* __restrict__ dx, long long n, long long c,
+                                long long h, long long w, long long fh, long long fw, long long sh,
+                                long long sw, long long pt, long long pl, long long oh, long long ow) {
+    const long long m = n * oh * ow;
+    const long long total = n * c * h * w;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const long long ix = i % w, iy = (i / w) % h, ch = (i / (w * h)) % c, b = i / (w * h * c);
+        T sum = T(0);
+        for (long long ky = 0; ky < fh; ++ky) {
+            const long long ty = iy + pt - ky;
+            if (ty < 0 || ty % sh != 0 || ty / sh >= oh) continue;
+            const long long oy = ty / sh;
+            for (long long kx = 0; kx < fw; ++kx) {
+                const long long tx = ix + pl - kx;
+                if (tx < 0 || tx % sw != 0 || tx / sw >= ow) continue;
+                const long long ox = tx / sw;
+                sum += colT[((ch * fh + ky) * fw + kx) * m + (b * oh + oy) * ow + ox];
             }
         }
         dx[i] = sum;

@@ -1,12 +1,14 @@
-"""CuPy launchers of ``conv.cu``: im2col/col2im, max pooling (forward with argmax, backward) over
-NCHW arrays, and bias + activation between NCHW and the ``(C, N, H, W)`` layout of the conv GEMMs.
+"""CuPy launchers of ``conv.cu``: im2col/col2im and the transposed im2col_t/col2im_t, max pooling
+(forward with argmax, backward) over NCHW arrays, and bias + activation between NCHW and the
+``(C, N, H, W)`` layout of the conv GEMMs.
 
 Same names, arguments and results as the ``Ops`` reference (``fastnn/backend/ops.py``); the
 geometry (stride, padding, output size) is checked and normalised by the same
 ``conv_geometry``/``pool_geometry`` the reference uses. Every launcher checks dtypes
 (float32/float64; ``argmax`` int64) and ``out=`` buffers before launching, copies non-contiguous
-inputs, and allocates nothing of the data's size when given its output buffers. ``col2im`` gathers
-per input element (no atomics, one summation order); ``maxpool_backward`` scatters with ``atomicAdd``.
+inputs, and allocates nothing of the data's size when given its output buffers. ``col2im`` and
+``col2im_t`` gather per input element (no atomics, one summation order); ``maxpool_backward``
+scatters with ``atomicAdd``.
 """
 import numpy
 
@@ -15,8 +17,8 @@ from fastnn.kernels import ACTIVATION_NAMES
 from fastnn.kernels.gpu import _loader as L
 
 FAMILY = "conv"
-KERNELS = ("fastnn_im2col", "fastnn_col2im", "fastnn_maxpool_forward", "fastnn_maxpool_backward",
-           "fastnn_conv_bias_act", "fastnn_conv_act_backward", "fastnn_conv_bias_grad")
+KERNELS = ("fastnn_im2col", "fastnn_col2im", "fastnn_im2col_t", "fastnn_col2im_t", "fastnn_maxpool_forward",
+           "fastnn_maxpool_backward", "fastnn_conv_bias_act", "fastnn_conv_act_backward", "fastnn_conv_bias_grad")
 _I64 = numpy.dtype(numpy.int64)
 
 
@@ -71,6 +73,46 @@ def col2im(col, x_shape, fh, fw, stride=1, pad=0, *, out=None):
     if total:
         _fn("fastnn_col2im", dtype)((L.grid_1d(total),), (L.BLOCK,),
                                     (col, dx, *_i64(n, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow)))
+    return dx
+
+
+def im2col_t(x, fh, fw, stride=1, pad=0, *, out=None):
+    """``im2col`` transposed: ``out: (C*FH*FW, N*OH*OW)``, row ``(c, ky, kx)``, column ``(n, oy, ox)``;
+    zeros where a window covers the padding."""
+    dtype = L.check_dtype("im2col_t", x)
+    oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x.shape, fh, fw, stride, pad, "im2col_t")
+    n, c, h, w = (int(s) for s in x.shape)
+    fh, fw = int(fh), int(fw)
+    x = L.contiguous(x)
+    shape = (c * fh * fw, n * oh * ow)
+    colT = L.check_out("im2col_t", "out", out, shape, dtype)
+    if colT is None:
+        colT = L.empty(shape, dtype)
+    total = shape[0] * shape[1]
+    if total:
+        _fn("fastnn_im2col_t", dtype)((L.grid_1d(total),), (L.BLOCK,),
+                                      (x, colT, *_i64(n, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow)))
+    return colT
+
+
+def col2im_t(colT, x_shape, fh, fw, stride=1, pad=0, *, out=None):
+    """The adjoint of ``im2col_t``: ``out: x_shape`` sums the ``colT`` entries copied from each element."""
+    dtype = L.check_dtype("col2im_t", colT)
+    x_shape = _x_shape("col2im_t", x_shape)
+    oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x_shape, fh, fw, stride, pad, "col2im_t")
+    n, c, h, w = x_shape
+    fh, fw = int(fh), int(fw)
+    if tuple(colT.shape) != (c * fh * fw, n * oh * ow):
+        raise ValueError(f"col2im_t: expected colT of shape {(c * fh * fw, n * oh * ow)} for x of shape "
+                         f"{x_shape}, got {tuple(colT.shape)}")
+    colT = L.contiguous(colT)
+    dx = L.check_out("col2im_t", "out", out, x_shape, dtype)
+    if dx is None:
+        dx = L.empty(x_shape, dtype)
+    total = n * c * h * w
+    if total:
+        _fn("fastnn_col2im_t", dtype)((L.grid_1d(total),), (L.BLOCK,),
+                                      (colT, dx, *_i64(n, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow)))
     return dx
 
 

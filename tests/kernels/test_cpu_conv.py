@@ -1,6 +1,7 @@
-"""im2col/col2im and max pooling of each fast backend against the NumPy reference (``Ops``), on
-random data (never zeros), float32 and float64, odd shapes, strides 1-3 and asymmetric padding;
-plus the properties that pin the reference itself (adjointness, output buffers, errors)."""
+"""im2col/col2im (and the transposed im2col_t/col2im_t) and max pooling of each fast backend against
+the NumPy reference (``Ops``), on random data (never zeros), float32 and float64, odd shapes,
+strides 1-3 and asymmetric padding; plus the properties that pin the reference itself
+(adjointness, output buffers, errors)."""
 import numpy
 import pytest
 
@@ -20,6 +21,9 @@ CASES = [
 IDS = ["1x1", "3x3s1", "3x3s2p1", "2x3s21p10", "same-asym", "5x4s3p2"]
 POOL_CASES = [c for c in CASES if max(numpy.atleast_1d(c[3])) * 2 <= min(c[1])]
 POOL_IDS = [i for c, i in zip(CASES, IDS) if c in POOL_CASES]
+# the transposed layout, also on an odd shape at strides 1 and 2, pads 0 and 1 in each combination
+T_CASES = CASES + [((3, 2, 9, 7), (3, 3), s, p) for s in (1, 2) for p in (0, 1)]
+T_IDS = IDS + [f"3x3s{s}p{p}-odd" for s in (1, 2) for p in (0, 1)]
 # col2im sums up to FH*FW terms in another order than the reference
 SUM_RTOL = {numpy.dtype(numpy.float32): 1e-5, numpy.dtype(numpy.float64): 1e-12}
 
@@ -55,6 +59,62 @@ def test_col2im_is_the_adjoint_of_im2col(ref, x_shape, win, stride, pad):
     col = ref.im2col(x, *win, stride, pad)
     c = rand(col.shape, numpy.float64, 4)
     assert numpy.isclose((col * c).sum(), (x * ref.col2im(c, x_shape, *win, stride, pad)).sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("x_shape,win,stride,pad", T_CASES, ids=T_IDS)
+def test_im2col_t_equals_reference(fast_backend, ref, dtype, x_shape, win, stride, pad):
+    ops = get_ops(fast_backend)
+    x = rand(x_shape, dtype, 1)
+    got = ops.im2col_t(ops.asarray(x), *win, stride, pad)
+    want = ref.im2col_t(x, *win, stride, pad)
+    assert host(got).dtype == dtype
+    numpy.testing.assert_array_equal(host(got), want)
+    numpy.testing.assert_array_equal(want, ref.im2col(x, *win, stride, pad).T)  # the contract: im2col's transpose
+
+
+@pytest.mark.parametrize("x_shape,win,stride,pad", T_CASES, ids=T_IDS)
+def test_col2im_t_matches_reference(fast_backend, ref, dtype, x_shape, win, stride, pad):
+    ops = get_ops(fast_backend)
+    colT = rand(ref.im2col_t(rand(x_shape, dtype, 1), *win, stride, pad).shape, dtype, 2)
+    got = host(ops.col2im_t(ops.asarray(colT), x_shape, *win, stride, pad))
+    want = ref.col2im_t(colT, x_shape, *win, stride, pad)
+    assert got.dtype == dtype and got.shape == x_shape
+    numpy.testing.assert_allclose(got, want, rtol=SUM_RTOL[dtype], atol=SUM_RTOL[dtype])
+    numpy.testing.assert_allclose(want, ref.col2im(numpy.ascontiguousarray(colT.T), x_shape, *win, stride, pad),
+                                  rtol=SUM_RTOL[dtype], atol=SUM_RTOL[dtype])
+
+
+@pytest.mark.parametrize("x_shape,win,stride,pad", T_CASES, ids=T_IDS)
+def test_col2im_t_is_the_adjoint_of_im2col_t(ops, x_shape, win, stride, pad):
+    """<col2im_t(c), x> == <c, im2col_t(x)> for random x, c (float64), on every backend."""
+    x = rand(x_shape, numpy.float64, 3)
+    colT = host(ops.im2col_t(ops.asarray(x), *win, stride, pad))
+    c = rand(colT.shape, numpy.float64, 4)
+    dx = host(ops.col2im_t(ops.asarray(c), x_shape, *win, stride, pad))
+    assert numpy.isclose((dx * x).sum(), (c * colT).sum(), rtol=1e-12)
+
+
+def test_transposed_out_buffers_are_written_and_returned(fast_backend, ref, dtype):
+    ops = get_ops(fast_backend)
+    x_shape = (2, 3, 7, 5)
+    x = ops.asarray(rand(x_shape, dtype, 8))
+    colT = ops.alloc((27, 2 * 4 * 3), dtype)
+    assert ops.im2col_t(x, 3, 3, 2, 1, out=colT) is colT
+    numpy.testing.assert_array_equal(host(colT), ref.im2col_t(host(x), 3, 3, 2, 1))
+    dx = ops.alloc(x_shape, dtype)
+    assert ops.col2im_t(colT, x_shape, 3, 3, 2, 1, out=dx) is dx
+    numpy.testing.assert_allclose(host(dx), ref.col2im_t(host(colT), x_shape, 3, 3, 2, 1), rtol=SUM_RTOL[dtype])
+
+
+def test_transposed_non_contiguous_inputs_are_read_correctly(fast_backend, ref, dtype):
+    ops = get_ops(fast_backend)
+    x = rand((2, 5, 7, 3), dtype, 9).transpose(0, 3, 1, 2)  # an NHWC array viewed as NCHW
+    got = host(ops.im2col_t(ops.asarray(x) if fast_backend != "cupy" else ops.xp.asarray(x), 2, 2, 1, 1))
+    numpy.testing.assert_array_equal(got, ref.im2col_t(numpy.ascontiguousarray(x), 2, 2, 1, 1))
+    c = rand((2 * 6 * 8, 3 * 2 * 2), dtype, 10).T  # (C*FH*FW, N*OH*OW), Fortran-ordered
+    got = host(ops.col2im_t(ops.asarray(c) if fast_backend != "cupy" else ops.xp.asarray(c), x.shape, 2, 2, 1, 1))
+    numpy.testing.assert_allclose(got, ref.col2im_t(numpy.ascontiguousarray(c), x.shape, 2, 2, 1, 1),
+                                  rtol=SUM_RTOL[dtype], atol=SUM_RTOL[dtype])
 
 
 @pytest.mark.parametrize("x_shape,win,stride,pad", POOL_CASES, ids=POOL_IDS)
@@ -125,6 +185,10 @@ def test_geometry_errors(ops):
         ops.maxpool_forward(x, 2, 2, 1, 2)
     with pytest.raises(ValueError, match=r"col2im: expected col of shape \(9, 4\)"):
         ops.col2im(ops.asarray(rand((8, 4), numpy.float32, 2)), (1, 1, 4, 4), 2, 2)
+    with pytest.raises(ValueError, match=r"im2col_t: a 5x5 window does not fit"):
+        ops.im2col_t(x, 5, 5)
+    with pytest.raises(ValueError, match=r"col2im_t: expected colT of shape \(4, 9\)"):
+        ops.col2im_t(ops.asarray(rand((9, 4), numpy.float32, 2)), (1, 1, 4, 4), 2, 2)
 
 
 @pytest.mark.skipif(not has_numba(), reason="needs numba")
@@ -145,9 +209,10 @@ def test_conv_kernels_are_serial_cached_and_stay_in_float32():
     x = rand((2, 3, 6, 5), numpy.float32, 1)
     col = ops.im2col(x, 3, 3, 1, 1)
     ops.col2im(col, x.shape, 3, 3, 1, 1)
+    ops.col2im_t(ops.im2col_t(x, 3, 3, 1, 1), x.shape, 3, 3, 1, 1)
     y, idx = ops.maxpool_forward(x, 2, 2, 2, 0)
     ops.maxpool_backward(y, idx, x.shape)
-    for name in ("im2col", "col2im", "maxpool_forward", "maxpool_backward"):
+    for name in ("im2col", "col2im", "im2col_t", "col2im_t", "maxpool_forward", "maxpool_backward"):
         disp = getattr(conv, name)
         opts = disp.targetoptions
         assert opts.get("error_model") == "numpy" and not opts.get("parallel") and not opts.get("fastmath"), name
@@ -166,6 +231,10 @@ def test_gpu_launcher_checks_run_before_any_cuda_call():
 
     with pytest.raises(TypeError, match=r"im2col.*int32"):
         conv.im2col(numpy.ones((1, 1, 3, 3), numpy.int32), 2, 2)
+    with pytest.raises(TypeError, match=r"im2col_t.*int32"):
+        conv.im2col_t(numpy.ones((1, 1, 3, 3), numpy.int32), 2, 2)
+    with pytest.raises(ValueError, match=r"col2im_t: expected colT of shape \(4, 4\)"):
+        conv.col2im_t(numpy.ones((4, 5), numpy.float32), (1, 1, 3, 3), 2, 2)
     with pytest.raises(TypeError, match=r"maxpool_backward: argmax must be int64"):
         conv.maxpool_backward(numpy.ones((1, 1, 1, 1), numpy.float32), numpy.zeros((1, 1, 1, 1), numpy.int32),
                               (1, 1, 2, 2))

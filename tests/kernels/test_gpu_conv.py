@@ -35,6 +35,25 @@ def test_big_im2col_col2im_match_reference(gpu, ref, dtype, stride, pad):
                                   ref.col2im(c, BIG, 3, 3, stride, pad), rtol=SUM_RTOL[dtype], atol=SUM_RTOL[dtype])
 
 
+@pytest.mark.parametrize("stride,pad", [(1, 0), (1, 1), (2, 0), (2, (0, 1, 1, 0))])
+def test_big_im2col_t_col2im_t_match_reference(gpu, ref, dtype, stride, pad):
+    x = rand(BIG, dtype, 1)
+    colT = gpu.im2col_t(gpu.asarray(x), 3, 3, stride, pad)
+    numpy.testing.assert_array_equal(host(colT), ref.im2col_t(x, 3, 3, stride, pad))
+    c = rand(colT.shape, dtype, 2)
+    numpy.testing.assert_allclose(host(gpu.col2im_t(gpu.asarray(c), BIG, 3, 3, stride, pad)),
+                                  ref.col2im_t(c, BIG, 3, 3, stride, pad), rtol=SUM_RTOL[dtype], atol=SUM_RTOL[dtype])
+
+
+def test_big_col2im_t_is_the_adjoint_of_im2col_t(gpu):
+    """<col2im_t(c), x> == <c, im2col_t(x)> in float64 at a size whose grid-stride loops wrap."""
+    x = rand(BIG, numpy.float64, 3)
+    colT = gpu.im2col_t(gpu.asarray(x), 3, 3, 2, 1)
+    c = gpu.asarray(rand(colT.shape, numpy.float64, 4))
+    dx = gpu.col2im_t(c, BIG, 3, 3, 2, 1)
+    assert numpy.isclose(float((dx * gpu.asarray(x)).sum()), float((c * colT).sum()), rtol=1e-12)
+
+
 @pytest.mark.parametrize("win,stride", [((2, 2), 2), ((3, 3), 1)])
 def test_big_maxpool_matches_reference(gpu, ref, dtype, win, stride):
     x = rand(BIG, dtype, 3)
