@@ -113,7 +113,9 @@ def launched_under_mpi():
 
 def _launcher_size():
     """``(variable, n)``: the environment variable in which a launcher announced ``n > 1`` ranks, else ``(None, 1)``."""
-    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS"):
+    # SLURM_NTASKS is set in a whole sbatch allocation, even around a single ``python`` process: only
+    # srun's per-step count says the processes were launched as ranks
+    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS"):
         value = os.environ.get(var)
         if value and value.isdigit() and int(value) > 1:
             return var, int(value)

@@ -63,7 +63,7 @@ class _AddWithAt:
 
 class _ArrayModule(types.ModuleType):
     def __getattr__(self, name):
-        if name.startswith("__"):
+        if name.startswith("__") and name not in ("__version__",):  # module protocol names stay fastnn.np's
             raise AttributeError(name)
         xp = _xp()
         value = getattr(xp, name)

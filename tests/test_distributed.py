@@ -128,8 +128,10 @@ def test_choose_kind():
 
 
 def test_launcher_detection_and_local_rank(monkeypatch):
-    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS"):
+    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS"):
         monkeypatch.delenv(var, raising=False)
+    assert not distributed.launched_under_mpi()
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # an sbatch allocation around one plain python process
     assert not distributed.launched_under_mpi()
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "1")
     assert not distributed.launched_under_mpi()

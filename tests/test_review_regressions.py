@@ -176,3 +176,67 @@ def test_save_and_load_continue_training_exactly_with_dropout(tmp_path):
     b.fit(X, T, epochs=1, verbose=0, seed=2, shuffle=False)
     for u, v in zip(a.get_weights(), b.get_weights()):
         numpy.testing.assert_array_equal(u, v)
+
+
+def test_conv_model_with_callable_initializer_and_regularizer_round_trips(tmp_path):
+    from fastnn import regularizers
+    from fastnn.layers import Conv2D, Flatten
+
+    def init(shape, rng, dtype):
+        return (rng.standard_normal(shape) * 0.1).astype(dtype)
+
+    m = Sequential([Conv2D(3, 3, input_shape=(2, 6, 6), kernel_initializer=init,
+                           kernel_regularizer=regularizers.l2(0.1)), Flatten(), Dense(2, activation="softmax")], seed=0)
+    m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    m.save(tmp_path / "c.fastnn")
+    loaded = fastnn.models.load_model(tmp_path / "c.fastnn")
+    assert loaded.layers[0].kernel_regularizer.l2 == 0.1
+    for a, b in zip(m.get_weights(), loaded.get_weights()):
+        numpy.testing.assert_array_equal(a, b)
+
+
+def test_conv_inference_keeps_no_scratch_per_input_shape(backend):
+    from fastnn.layers import Conv2D
+
+    with fastnn.using(backend) as ops:
+        layer = Conv2D(4, 3, padding="same")
+        for n in (1, 2, 3):
+            first = layer.forward(ops.asarray(RNG.standard_normal((n, 2, 6, 6))), train_flg=False)
+        kept_col = layer.col
+        layer.forward(ops.asarray(RNG.standard_normal((2, 2, 6, 6))), train_flg=False)
+    assert layer._ws == {} and first.shape == (3, 4, 6, 6)
+    assert kept_col.shape[0] == 3 * 36  # a kept layer.col is not overwritten by the next forward
+
+
+def test_maxpool_of_an_all_minus_inf_window_points_inside_the_plane(fast_backend):
+    from fastnn.layers import Pooling
+
+    x = numpy.full((1, 1, 4, 4), -numpy.inf)
+    x[..., 2:, 2:] = 1.0
+    results = {}
+    for name in ("numpy", fast_backend):
+        with fastnn.using(name) as ops:
+            layer = Pooling(2, 2, stride=2, pad=1)
+            layer.forward(ops.asarray(x))
+            dx = layer.backward(ops.asarray(numpy.ones((1, 1, 3, 3))))
+            results[name] = (fastnn.asnumpy(layer.arg_max), fastnn.asnumpy(dx))
+    numpy.testing.assert_array_equal(results["numpy"][0], results[fast_backend][0])
+    numpy.testing.assert_array_equal(results["numpy"][1], results[fast_backend][1])
+    assert results["numpy"][0].min() >= 0 and results["numpy"][1].sum() == 9
+
+
+def test_conv_list_input_and_channels_last_hints():
+    from fastnn.layers import Conv2D, MaxPooling2D
+
+    y = Conv2D(2, 3).forward(numpy.ones((1, 1, 5, 5)).tolist())
+    assert y.shape == (1, 2, 3, 3)
+    with pytest.warns(UserWarning, match="looks channels-last"):
+        Sequential([Conv2D(4, 3, input_shape=(28, 28, 3))]).build()
+    with pytest.raises(ValueError, match=r"x.transpose\(0, 3, 1, 2\)"):
+        Sequential([Conv2D(4, 3, input_shape=(8, 8, 1)), MaxPooling2D(2)]).build()
+
+
+def test_fastnn_np_has_the_module_version():
+    from fastnn import np
+
+    assert np.__version__ == fastnn.current().xp.__version__

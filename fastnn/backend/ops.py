@@ -435,7 +435,8 @@ class Ops:
 
         Padding never wins (it counts as -inf; each pad is at most half the window). Returns
         ``(out, argmax)``: ``out: (N, C, OH, OW)`` and ``argmax`` (int64, same shape), the index
-        ``iy * W + ix`` of each maximum in its input plane (the first one on ties; a NaN wins).
+        ``iy * W + ix`` of each maximum in its input plane (the first one on ties; a NaN wins; a window
+        of only -inf points at its first cell inside the plane).
         """
         xp = self.xp
         n, c, h, w = x.shape
@@ -448,6 +449,10 @@ class Ops:
         iy = xp.arange(oh).reshape(oh, 1) * sh - pt + k // pw
         ix = xp.arange(ow).reshape(1, ow) * sw - pl + k % pw
         idx = (iy * w + ix).astype(xp.int64)
+        # a window whose cells are all -inf: its first cell inside the plane (never a padding cell)
+        first = (xp.maximum(xp.arange(oh) * sh - pt, 0).reshape(oh, 1) * w
+                 + xp.maximum(xp.arange(ow) * sw - pl, 0).reshape(1, ow)).astype(xp.int64)
+        idx = xp.where(y == -numpy.inf, first, idx)
         for buf, val in ((out, y), (argmax, idx)):
             if buf is not None:
                 buf[...] = val

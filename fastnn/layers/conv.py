@@ -16,8 +16,11 @@ In a model's training step every array is a workspace kept per batch shape.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy
 
+from fastnn import regularizers
 from fastnn.backend.ops import conv_geometry, pool_geometry
 from fastnn.layers.base import Layer, _auto_name, shape_str, train_flag
 from fastnn.layers.core import SOFTMAX, activation_code
@@ -131,8 +134,8 @@ class Conv2D(Layer):
                              f"to (N, C) and use Dense(..., activation='softmax') or Activation('softmax')")
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
-        self.kernel_regularizer = kernel_regularizer
-        self.bias_regularizer = bias_regularizer
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
         self.use_bias = bool(use_bias)
         self.W = self.b = self.dW = self.db = None
         self.x_shape = self.colT = self.y = None
@@ -168,6 +171,10 @@ class Conv2D(Layer):
         if len(input_shape) != 4:
             raise ValueError(f"{self.name}: expected inputs of shape (N, C, H, W) (layout NCHW; input_shape=(C, H, W)), "
                              f"got {shape_str(input_shape)}")
+        c, h, w = (int(v) for v in input_shape[1:])
+        if w in (1, 3, 4) and c > w and h > w:  # (C, H, W) = (28, 28, 3) looks like channels-last data
+            warnings.warn(f"{self.name}: input shape {shape_str(input_shape)} looks channels-last (NHWC); "
+                          f"fastnn is NCHW: input_shape=(C, H, W) and x.transpose(0, 3, 1, 2)", stacklevel=3)
         kh, kw = self.kernel_size
         self.add_weight("W", (self.filters, int(input_shape[1]), kh, kw), self.kernel_initializer,
                         regularizer=self.kernel_regularizer)
@@ -179,13 +186,18 @@ class Conv2D(Layer):
         if len(input_shape) != 4:
             raise ValueError(f"{self.name}: expected inputs of shape (N, C, H, W) (layout NCHW), got "
                              f"{shape_str(input_shape)}")
-        oh, ow = self._out_hw(int(input_shape[2]), int(input_shape[3]))
+        try:
+            oh, ow = self._out_hw(int(input_shape[2]), int(input_shape[3]))
+        except ValueError as exc:
+            raise ValueError(f"{exc} (input shape {shape_str(input_shape)}; {_NCHW_HINT})") from None
         return (input_shape[0], self.filters, oh, ow)
 
     # ------------------------------------------------------------------ compute
     def forward(self, x, train_flg=True, training=None):
         """``y: (N, filters, OH, OW)`` from ``x: (N, C, H, W)`` (layout NCHW)."""
-        if getattr(x, "ndim", 0) != 4:
+        if not hasattr(x, "ndim"):
+            x = numpy.asarray(x)
+        if x.ndim != 4:
             check_nchw(self, x, self.in_channels)
         self._ensure_built(x.shape)
         ops = self._ops_for(x)
@@ -198,15 +210,18 @@ class Conv2D(Layer):
         oh, ow = conv_geometry(x.shape, kh, kw, self.strides, pad, self.name)[:2]
         m, k = n * oh * ow, c * kh * kw
         train = train_flag(train_flg, training)
-        ws = _scratch(self, ops, {"colT": (k, m), "z": (fn, m), "dz": (fn, m), "dcolT": (k, m)}, x.dtype)
-        colT = ops.im2col_t(x, kh, kw, self.strides, pad, out=ws["colT"])
+        # scratch kept only for a model's training steps; inference and standalone use get fresh
+        # arrays (nothing retained per input shape, and a kept layer.col is never overwritten)
+        keep = train and self.reuse_buffers
+        ws = _scratch(self, ops, {"colT": (k, m), "z": (fn, m), "dz": (fn, m), "dcolT": (k, m)}, x.dtype) if keep else {}
+        colT = ops.im2col_t(x, kh, kw, self.strides, pad, out=ws.get("colT"))
         # z = W @ colT: (filters, N*OH*OW), channel-major, so that bias + activation + the move to
         # NCHW is one pass (conv_bias_act) and no transpose is materialised
-        z = ops.gemm(self.W.reshape(fn, k), colT, out=ws["z"])
+        z = ops.gemm(self.W.reshape(fn, k), colT, out=ws.get("z"))
         self.y = ops.conv_bias_act(z.reshape(fn, n, oh, ow), self.b if self.use_bias else None, self.act, self.alpha,
                                    out=self._buffer(ops, "y", (n, fn, oh, ow), x.dtype, train))
         self.colT, self.x_shape, self._pad, self._train = colT, tuple(x.shape), pad, train
-        self._dz, self._dcolT = ws["dz"], ws["dcolT"]
+        self._dz, self._dcolT = ws.get("dz"), ws.get("dcolT")
         return self.y
 
     def backward(self, dout):
@@ -221,7 +236,8 @@ class Conv2D(Layer):
         self._grad_buffers(ops)
         dout = self._input(ops, dout, y.dtype)
         # dz: (filters, N*OH*OW), the layout of z; db summed in the same pass
-        dz = ops.conv_act_backward(dout, y, self.act, self.alpha, out=self._dz.reshape(y.shape[1], n, *y.shape[2:]),
+        dz_out = None if self._dz is None else self._dz.reshape(y.shape[1], n, *y.shape[2:])
+        dz = ops.conv_act_backward(dout, y, self.act, self.alpha, out=dz_out,
                                    db=self.db if self.use_bias else None).reshape(fn, -1)
         ops.gemm(dz, self.colT, trans_b=True, out=self.dW.reshape(fn, -1))
         if self.skip_input_grad:
@@ -235,10 +251,14 @@ class Conv2D(Layer):
 
     def get_config(self):
         cfg = super().get_config()
-        init = self.kernel_initializer
         cfg.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides, padding=self.padding,
-                   activation=self.activation, use_bias=self.use_bias, input_shape=self.input_shape,
-                   kernel_initializer=init if isinstance(init, str) else None)
+                   activation=self.activation, use_bias=self.use_bias, input_shape=self.input_shape)
+        for key in ("kernel_initializer", "bias_initializer"):
+            if isinstance(getattr(self, key, None), str):  # a callable initializer is not saved; weights are
+                cfg[key] = getattr(self, key)
+        for key in ("kernel_regularizer", "bias_regularizer"):
+            if getattr(self, key, None) is not None:
+                cfg[key] = getattr(self, key).get_config()
         return cfg
 
 

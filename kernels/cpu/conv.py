@@ -175,13 +175,12 @@ def maxpool_forward(x, ph, pw, sh, sw, pt, pl, oh, ow, neg_inf, y, argmax):
             for oy in range(oh):
                 for ox in range(ow):
                     m = neg_inf
-                    best = -1
+                    # when every cell is -inf: the window's first cell inside the plane (as PyTorch)
+                    best = max(oy * sh - pt, 0) * w + max(ox * sw - pl, 0)
                     for ky in range(ph):
                         iy = oy * sh + ky - pt
                         for kx in range(pw):
                             ix = ox * sw + kx - pl
-                            if best < 0:
-                                best = iy * w + ix  # the window's first cell, as argmax of all -inf
                             if iy < 0 or iy >= h or ix < 0 or ix >= w:
                                 continue
                             v = x[i, ch, iy, ix]

@@ -112,7 +112,8 @@ __global__ void fastnn_maxpool_forward(const T* __restrict__ x, T* __restrict__ 
         const long long ox = i % ow, oy = (i / ow) % oh, plane = i / (ow * oh);
         const T* xp = x + plane * h * w;
         T m = neg_inf;
-        long long best = (oy * sh - pt) * w + (ox * sw - pl);  // the first cell, as argmax of all -inf
+        // when every cell is -inf: the window's first cell inside the plane (as PyTorch)
+        long long best = max(oy * sh - pt, 0LL) * w + max(ox * sw - pl, 0LL);
         for (long long ky = 0; ky < ph; ++ky) {
             const long long iy = oy * sh + ky - pt;
             if (iy < 0 || iy >= h) continue;
