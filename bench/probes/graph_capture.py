@@ -48,11 +48,15 @@ from pathlib import Path
 
 import numpy
 
+from _probe import Probe, _default  # noqa: E402  (this folder is on sys.path when run as a script)
+
 NAME = "graph_capture"
 PARTS = ("cupy_matmul_in_capture", "ctypes_cublas_in_capture", "fastnn_kernels_in_capture", "replay_cost")
 PART_TIMEOUT_S = {"cupy_matmul_in_capture": 60, "ctypes_cublas_in_capture": 90,
                   "fastnn_kernels_in_capture": 60, "replay_cost": 150}
-RECORD: dict = {"probe": NAME, "schema": 1}
+PROBE = Probe(NAME)
+RECORD: dict = PROBE.record
+save, log, gpu_or_skip = PROBE.save, PROBE.log, PROBE.gpu_or_skip
 F32 = numpy.float32
 WORKSPACE_BYTES = 32 << 20     # PyTorch's cuBLAS workspace on Hopper (GPU-NOTES §1)
 
@@ -64,34 +68,6 @@ CUBLAS_GEMM_DEFAULT = -1
 
 
 # ------------------------------------------------------------------------------ record helpers
-def _default(o):
-    if isinstance(o, numpy.generic):
-        return o.item()
-    if isinstance(o, numpy.ndarray):
-        return o.tolist()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    return str(o)
-
-
-def save():
-    """The record as JSON text; also written to ``$OUT/<probe>.json`` when ``OUT`` is set."""
-    text = json.dumps(RECORD, indent=2, default=_default)
-    out = os.environ.get("OUT")
-    if out:
-        try:
-            path = Path(out) / f"{NAME}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as exc:   # an unwritable OUT must not lose the answers on stdout
-            print(f"[{NAME}] could not write under OUT={out}: {exc}", file=sys.stderr)
-    return text
-
-
-def log(msg):
-    print(f"[{NAME}] {msg}", file=sys.stderr, flush=True)
 
 
 class Part:
@@ -113,22 +89,6 @@ class Part:
         else:
             self.rec.setdefault("ok", True)
         return True
-
-
-def gpu_or_skip():
-    """Exit 0 with ``"skipped": "no GPU: ..."`` unless CuPy computes on device 0."""
-    try:
-        from fastnn.backend.select import probe_cupy
-    except Exception as exc:  # fastnn itself is broken: that is an error, not a skip
-        RECORD["error"] = f"fastnn does not import: {type(exc).__name__}: {exc}"
-        print(save())
-        sys.exit(2)
-    pr = probe_cupy(0)
-    if not pr.ok:
-        RECORD["skipped"] = f"no GPU: {pr.reason}"
-        print(save())
-        sys.exit(0)
-    return pr
 
 
 def env_info():

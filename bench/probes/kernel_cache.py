@@ -28,54 +28,13 @@ import time
 import traceback
 from pathlib import Path
 
+from _probe import Probe, _default  # noqa: E402  (this folder is on sys.path when run as a script)
+
 NAME = "kernel_cache"
 FAMILIES = ("activations", "conv", "dropout", "losses", "normalization", "optimizers")
-RECORD: dict = {"probe": NAME, "schema": 1}
-
-
-def _default(o):
-    try:
-        import numpy
-
-        if isinstance(o, numpy.generic):
-            return o.item()
-    except ImportError:
-        pass
-    return str(o)
-
-
-def save():
-    text = json.dumps(RECORD, indent=2, default=_default)
-    out = os.environ.get("OUT")
-    if out:
-        try:
-            path = Path(out) / f"{NAME}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as exc:   # an unwritable OUT must not lose the answers on stdout
-            print(f"[{NAME}] could not write under OUT={out}: {exc}", file=sys.stderr)
-    return text
-
-
-def log(msg):
-    print(f"[{NAME}] {msg}", file=sys.stderr, flush=True)
-
-
-def gpu_or_skip():
-    try:
-        from fastnn.backend.select import probe_cupy
-    except Exception as exc:
-        RECORD["error"] = f"fastnn does not import: {type(exc).__name__}: {exc}"
-        print(save())
-        sys.exit(2)
-    pr = probe_cupy(0)
-    if not pr.ok:
-        RECORD["skipped"] = f"no GPU: {pr.reason}"
-        print(save())
-        sys.exit(0)
-    return pr
+PROBE = Probe(NAME)
+RECORD: dict = PROBE.record
+save, log, gpu_or_skip = PROBE.save, PROBE.log, PROBE.gpu_or_skip
 
 
 def cache_listing(folder):

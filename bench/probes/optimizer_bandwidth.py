@@ -22,18 +22,19 @@ Usage: ``python3 bench/probes/optimizer_bandwidth.py [--sizes 669706,20000000] [
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import numpy
 
+from _probe import Probe  # noqa: E402  (this folder is on sys.path when run as a script)
+
 NAME = "optimizer_bandwidth"
-RECORD: dict = {"probe": NAME, "schema": 1}
+PROBE = Probe(NAME)
+RECORD: dict = PROBE.record
+save, log, gpu_or_skip = PROBE.save, PROBE.log, PROBE.gpu_or_skip
 F32 = numpy.float32
 B512_PARAMS = 669_706
 # name -> (state arrays, bytes touched per parameter: reads + writes, 4 bytes each)
@@ -44,48 +45,6 @@ OPTIMIZERS = {
     "rmsprop": (("h",), 5 * 4),
     "adam": (("m", "v"), 7 * 4),
 }
-
-
-def _default(o):
-    if isinstance(o, numpy.generic):
-        return o.item()
-    if isinstance(o, numpy.ndarray):
-        return o.tolist()
-    return str(o)
-
-
-def save():
-    text = json.dumps(RECORD, indent=2, default=_default)
-    out = os.environ.get("OUT")
-    if out:
-        try:
-            path = Path(out) / f"{NAME}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as exc:   # an unwritable OUT must not lose the answers on stdout
-            print(f"[{NAME}] could not write under OUT={out}: {exc}", file=sys.stderr)
-    return text
-
-
-def log(msg):
-    print(f"[{NAME}] {msg}", file=sys.stderr, flush=True)
-
-
-def gpu_or_skip():
-    try:
-        from fastnn.backend.select import probe_cupy
-    except Exception as exc:
-        RECORD["error"] = f"fastnn does not import: {type(exc).__name__}: {exc}"
-        print(save())
-        sys.exit(2)
-    pr = probe_cupy(0)
-    if not pr.ok:
-        RECORD["skipped"] = f"no GPU: {pr.reason}"
-        print(save())
-        sys.exit(0)
-    return pr
 
 
 def record_error(rec, exc):
