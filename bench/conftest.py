@@ -6,33 +6,9 @@ cupy only with a CUDA device, otherwise skipped with the reason), both float dty
 the kernels, not their launch. With ``--benchmark-disable`` (the default in pytest.ini) every
 benchmark runs its function once, so the suite doubles as a smoke test.
 """
-import numpy
 import pytest
 
-from fastnn.backend import get_ops
-from fastnn.testing import backend_params
-
-
-@pytest.fixture(params=backend_params())
-def backend(request):
-    """Each backend this machine can run (cupy skipped with the reason where absent)."""
-    return request.param
-
-
-@pytest.fixture
-def ops(backend):
-    return get_ops(backend)
-
-
-@pytest.fixture
-def ref():
-    """The NumPy reference ``Ops``."""
-    return get_ops("numpy")
-
-
-@pytest.fixture(params=[numpy.float32, numpy.float64], ids=["f32", "f64"])
-def dtype(request):
-    return numpy.dtype(request.param)
+from fastnn._pytest_fixtures import backend, dtype, ops, ref  # noqa: F401  (the test suite's fixtures)
 
 
 @pytest.fixture
