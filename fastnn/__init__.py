@@ -7,7 +7,8 @@ fastest that runs here and says so on the ``fastnn`` logger.
 import logging as _logging
 
 from fastnn._version import __version__
-from fastnn.backend import available, current, describe, get_ops, use, using
+from fastnn.backend import (available, current, describe, get_matmul_precision, get_ops, set_matmul_precision, use,
+                            using)
 from fastnn.errors import BackendUnavailableError, FormatError, OutOfMemoryError
 from fastnn.functions import get_array_module
 from fastnn.random import set_seed
@@ -42,5 +43,5 @@ def asarray(x, dtype=None):
 __all__ = [
     "__version__", "use", "using", "current", "get_ops", "available", "describe", "set_seed",
     "get_array_module", "asnumpy", "asarray", "np", "xp", "register", "warmup", "BackendUnavailableError", "FormatError",
-    "OutOfMemoryError",
+    "OutOfMemoryError", "set_matmul_precision", "get_matmul_precision",
 ]

@@ -4,6 +4,7 @@
 |---|---|
 | ``FASTNN_BACKEND`` | process default backend: ``auto`` (default), ``cpu``, ``numpy``, ``numba``, ``cupy``, ``cuda``, ``cuda:N`` |
 | ``FASTNN_NUM_THREADS`` | caps BLAS (through threadpoolctl) and Numba threads together |
+| ``FASTNN_MATMUL_PRECISION`` | ``float32`` (default: exact float32 GEMMs) or ``tf32`` (CUDA float32 GEMMs on TF32 tensor cores) |
 
 Numba's own knobs (``NUMBA_NUM_THREADS``, ``NUMBA_CACHE_DIR``, ``NUMBA_DISABLE_JIT``) are Numba's and
 are documented, not wrapped.
@@ -27,3 +28,17 @@ def _int_or_none(name):
 
 
 NUM_THREADS = _int_or_none("FASTNN_NUM_THREADS")
+
+
+MATMUL_PRECISIONS = ("float32", "tf32")
+
+
+def check_precision(value, name="precision"):
+    """``value`` if it is one of ``MATMUL_PRECISIONS``, else ``ValueError`` naming ``name``."""
+    if value not in MATMUL_PRECISIONS:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, MATMUL_PRECISIONS))}, got {value!r}")
+    return value
+
+
+MATMUL_PRECISION = check_precision(os.environ.get("FASTNN_MATMUL_PRECISION", "").strip().lower() or "float32",
+                                   "FASTNN_MATMUL_PRECISION")

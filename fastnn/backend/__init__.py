@@ -21,7 +21,7 @@ from fastnn.errors import BackendUnavailableError
 
 __all__ = [
     "Ops", "HOT_PRIMITIVES", "use", "using", "current", "get_ops", "available", "describe",
-    "follow", "is_device_array", "BACKEND_NAMES",
+    "follow", "is_device_array", "BACKEND_NAMES", "set_matmul_precision", "get_matmul_precision",
 ]
 
 log = logging.getLogger("fastnn")
@@ -116,9 +116,14 @@ def get_ops(name="auto") -> Ops:
         return ops
 
 
-def use(name) -> Ops:
-    """Set the process-wide default backend (checked now: an unavailable backend raises here)."""
+def use(name, precision=None) -> Ops:
+    """Set the process-wide default backend (checked now: an unavailable backend raises here).
+
+    ``precision="tf32"`` also sets ``set_matmul_precision("tf32")``: float32 GEMMs on CUDA run on
+    TF32 tensor cores. The default, ``"float32"``, keeps them exact."""
     global _default
+    if precision is not None:
+        set_matmul_precision(precision)
     ops = get_ops(name)
     _default = _canonical(name) if not isinstance(name, Ops) else name
     return ops
@@ -135,6 +140,23 @@ def using(name):
         yield _scoped.get()
     finally:
         _scoped.reset(token)
+
+
+_precision = config.MATMUL_PRECISION
+
+
+def set_matmul_precision(precision):
+    """How float32 GEMMs compute on CUDA: ``"float32"`` (default, exact, as NumPy) or ``"tf32"``
+    (TF32 tensor cores: 10-bit mantissa products, float32 accumulation; several times faster on
+    large GEMMs). Process-wide, like ``torch.set_float32_matmul_precision``. CPU backends compute
+    float32 exactly whatever it says (their BLAS has no TF32); float64 is never affected."""
+    global _precision
+    _precision = config.check_precision(precision)
+
+
+def get_matmul_precision() -> str:
+    """``"float32"`` or ``"tf32"``: see ``set_matmul_precision`` (``FASTNN_MATMUL_PRECISION`` sets the start value)."""
+    return _precision
 
 
 def current() -> Ops:

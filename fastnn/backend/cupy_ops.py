@@ -6,6 +6,7 @@ with the base signature exactly; the launchers import CuPy only when they run.
 """
 import numpy
 
+from fastnn import backend as _backend
 from fastnn.backend.ops import Ops
 from fastnn.kernels.gpu import activations as _act
 from fastnn.kernels.gpu import conv as _conv
@@ -25,6 +26,9 @@ class CupyOps(Ops):
         self.device_id = int(device_id)
         self.device = f"cuda:{self.device_id}"
         self._cupy = cupy
+        # While ``fastnn.graphs`` captures a training step, GEMMs go to its recorder (CuPy's own
+        # cuBLAS calls are refused during a capture); None otherwise.
+        self.capture = None
 
     def asarray(self, x, dtype=None):
         with self._cupy.cuda.Device(self.device_id):
@@ -55,6 +59,15 @@ class CupyOps(Ops):
         with self._cupy.cuda.Device(self.device_id):
             pool = self._cupy.get_default_memory_pool()
             return pool.used_bytes(), pool.total_bytes()
+
+    # ------------------------------------------------------------------ GEMM (cuBLAS)
+    def gemm(self, a, b, *, trans_a=False, trans_b=False, out=None):
+        """``out = op(a) @ op(b)`` through cuBLAS; float32 uses TF32 tensor cores only when
+        ``fastnn.set_matmul_precision("tf32")`` asked for it (exact float32 otherwise, even when
+        ``CUPY_TF32=1`` is set for the rest of the program)."""
+        if self.capture is not None:
+            return self.capture.gemm(a, b, trans_a, trans_b, out)
+        return cupy_matmul(self._cupy, a.T if trans_a else a, b.T if trans_b else b, out)
 
     # ------------------------------------------------------------------ fused CUDA kernels
     # Kernels launch on the current CUDA device and index flat memory of the arrays they get;
@@ -143,3 +156,22 @@ class CupyOps(Ops):
     def adam_step(self, p, g, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0,
                   decoupled=False):
         return _opt.adam_step(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled)
+
+
+def cupy_matmul(cupy, a, b, out=None, precision=None):
+    """``cupy.matmul(a, b, out=out)`` with CuPy's float32 compute type set to fastnn's matmul
+    precision for this call and restored after it (CuPy keeps one process-wide setting)."""
+    if a.dtype != numpy.float32:
+        return cupy.matmul(a, b, out=out)
+    from cupy._core import _routines_linalg as la
+
+    want = la.COMPUTE_TYPE_TF32 if (precision or _backend.get_matmul_precision()) == "tf32" \
+        else la.COMPUTE_TYPE_DEFAULT
+    before = la.get_compute_type(numpy.float32)
+    if before == want:
+        return cupy.matmul(a, b, out=out)
+    la.set_compute_type(numpy.float32, want)
+    try:
+        return cupy.matmul(a, b, out=out)
+    finally:
+        la.set_compute_type(numpy.float32, before)
