@@ -7,18 +7,23 @@ primitive per step. Inputs move to the backend's device once per call; batches a
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import math
 import sys
+import warnings
 
 import numpy
 
-from fastnn import distributed, validation
+from fastnn import distributed, feeding, validation
 from fastnn import losses as _losses
 from fastnn import metrics as _metrics
 from fastnn import optimizers as _optimizers
 from fastnn.backend import current, get_ops
 from fastnn.callbacks import BackupAndRestore
 from fastnn.errors import OutOfMemoryError
+from fastnn.graphs import StepGraphs
 from fastnn.layers.base import Layer, shape_str
 from fastnn.layers.core import SOFTMAX, Activation, Dense, Dropout
 from fastnn.kernels import SIGMOID
@@ -27,6 +32,8 @@ from fastnn.random import make_rng
 from fastnn.training import ShuffleSampler, progress_callbacks, run_loop
 
 __all__ = ["Sequential", "load_model"]
+
+log = logging.getLogger("fastnn")
 
 
 def load_model(path, backend=None):
@@ -105,6 +112,12 @@ class Sequential:
         if input_shape is None:
             raise ValueError(f"{self.name}: the input shape is unknown; give the first layer input_shape=(...) "
                              f"or call fit/build with data first")
+        input_shape = tuple(input_shape)
+        if input_shape and input_shape[0] is None:  # Keras's build((None, 784)): a batch axis first
+            input_shape = input_shape[1:]
+        if any(isinstance(s, bool) or not isinstance(s, (int, numpy.integer)) or s < 1 for s in input_shape):
+            raise ValueError(f"{self.name}: build() takes the shape of one sample, e.g. (784,) or (None, 784), "
+                             f"got {input_shape!r}")
         self.ops = get_ops(self._backend) if self._backend is not None else current()
         self.input_shape = tuple(int(s) for s in input_shape)
         shape = (None,) + self.input_shape
@@ -214,8 +227,8 @@ class Sequential:
             raise ValueError(f"{self.name}: call compile(optimizer=..., loss=...) before {what}")
 
     # ------------------------------------------------------------------ data
-    def _prepare(self, x, y=None, what=("x", "y")):
-        """Validate once on the host, build if needed, and move to the device once."""
+    def _prepare(self, x, y=None, what=("x", "y"), move=True):
+        """Validate once on the host, build if needed, and move to the device once (unless not ``move``)."""
         x = validation.check_x(self.name, x, what[0], self.ops)
         if not self.built:
             first = self.layers[0].input_shape if self.layers else None
@@ -223,6 +236,8 @@ class Sequential:
         validation.check_input_shape(self, x, what[0])
         if y is not None:
             y = validation.check_targets(self, y, x.shape[0], what[1])
+        if not move:
+            return x, y
         x = x if self.ops.owns(x) and x.dtype == self.dtype else self.ops.asarray(x, dtype=self.dtype)
         if y is not None and not self.ops.owns(y):
             y = self.ops.asarray(y)
@@ -304,18 +319,29 @@ class Sequential:
 
     def _step_on(self, xb, tb, n, n_global, comm):
         if n:
-            out = self._forward(xb, True)
-            dx = self._dx_buffer.get(out.shape)
-            if dx is None or dx.dtype != out.dtype:
-                dx = self._dx_buffer[out.shape] = self.ops.xp.empty_like(out)
-            loss = self.loss.compute(self.ops, out, tb, dx)
-            if n != n_global:
-                dx *= dx.dtype.type(n / n_global)
-            self._backward(dx)
-            stats = self._batch_stats(out, tb, loss, n)
+            stats = self._grad_step(xb, tb, n, n_global)
         else:  # more ranks than samples in this batch: contribute nothing, but take part
             self.flat.g[...] = 0
             stats = {k: self.ops.xp.zeros((), dtype=self.dtype) for k in ["loss"] + [m.name for m in self.metrics]}
+        return self._apply_step(stats, n, comm)
+
+    def _grad_step(self, xb, tb, n, n_global):
+        """Forward, loss, metrics and backward of one batch: the gradients land in ``flat.g``.
+
+        Everything here runs on the device without a host sync or a value that changes from step
+        to step, so it is what ``fit(cuda_graph=True)`` captures (``fastnn.graphs``)."""
+        out = self._forward(xb, True)
+        dx = self._dx_buffer.get(out.shape)
+        if dx is None or dx.dtype != out.dtype:
+            dx = self._dx_buffer[out.shape] = self.ops.xp.empty_like(out)
+        loss = self.loss.compute(self.ops, out, tb, dx)
+        if n != n_global:
+            dx *= dx.dtype.type(n / n_global)
+        self._backward(dx)
+        return self._batch_stats(out, tb, loss, n)
+
+    def _apply_step(self, stats, n, comm):
+        """The rest of a step, run eagerly: all-reduce, regularizers, one fused optimizer update."""
         if comm is not None and comm.size > 1:
             comm.allreduce_sum_(self.flat.g)
         penalty = self._regularize()  # after the all-reduce: added once
@@ -330,7 +356,7 @@ class Sequential:
     # ------------------------------------------------------------------ public training API
     def fit(self, x, y, batch_size=32, epochs=1, verbose="auto", validation_data=None, validation_split=0.0,
             shuffle=True, callbacks=None, initial_epoch=0, seed=None, checkpoint_dir=None, resume=True, keep=3,
-            save_freq="epoch"):
+            save_freq="epoch", cuda_graph=False):
         """Train for ``epochs`` epochs of mini-batches; returns a ``History``.
 
         ``validation_split`` holds out the last fraction of ``x``/``y`` (before shuffling, as Keras);
@@ -339,6 +365,13 @@ class Sequential:
         ``callbacks=[BackupAndRestore(checkpoint_dir, save_freq, keep)]``: the training state is
         backed up there and, with ``resume=True``, an interrupted run continues from its newest
         backup exactly.
+
+        On the CuPy backend the training set moves to the GPU once when it fits (half the free
+        device memory; ``FASTNN_DEVICE_DATA`` and ``FASTNN_DEVICE_DATA_FRACTION`` change that);
+        otherwise batches are gathered on the host into pinned buffers and copied asynchronously
+        (``fastnn.feeding``). ``cuda_graph=True`` replays each full-size step as a captured CUDA
+        graph (``fastnn.graphs``: the ragged last batch runs eagerly; on a CPU backend it warns and
+        runs eagerly).
         """
         self._require_compiled("fit()")
         batch_size = _positive_int(self.name, "batch_size", batch_size)
@@ -346,7 +379,7 @@ class Sequential:
             raise ValueError(f"{self.name}: epochs must be a non-negative integer, got {epochs!r}")
         if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
             raise ValueError(f"{self.name}: validation_split must be in [0, 1), got {validation_split!r}")
-        x, y = self._prepare(x, y)
+        x, y = self._prepare(x, y, move=False)
         val = None
         if validation_data is not None:
             if len(validation_data) != 2:
@@ -357,7 +390,8 @@ class Sequential:
             if n_val == 0 or n_val == x.shape[0]:
                 raise ValueError(f"{self.name}: validation_split={validation_split} of {x.shape[0]} samples leaves "
                                  f"{n_val} for validation and {x.shape[0] - n_val} for training")
-            x, y, val = x[:-n_val], y[:-n_val], (x[-n_val:], y[-n_val:])
+            x, y, val = x[:-n_val], y[:-n_val], self._prepare(x[-n_val:], y[-n_val:])
+        x, y, feeder = self._place_training_data(x, y, batch_size)
         n = x.shape[0]
         rng = make_rng(seed) if seed is not None else self.rng
         sampler = ShuffleSampler(n, batch_size, shuffle, rng)
@@ -380,12 +414,26 @@ class Sequential:
             history.history = {k: list(v) for k, v in restored["history"]["history"].items()}
             history.epoch = list(restored["history"]["epoch"])
 
+        graphs = self._step_graphs(cuda_graph, batch_size, comm, x, y)
+
         def step(idx):
             if comm.size == 1:
-                return self._train_batch(self._gather(x, idx), self._gather(y, idx))
-            lo, hi = distributed.shard(len(idx), comm.rank, comm.size)
-            local = idx[lo:hi]
-            return self._train_batch(self._gather(x, local), self._gather(y, local), len(idx), lo, comm)
+                local, lo = idx, 0
+            else:
+                lo, hi = distributed.shard(len(idx), comm.rank, comm.size)
+                local = idx[lo:hi]
+            if graphs is not None and len(idx) == batch_size and len(local):
+                stats = graphs.step(functools.partial(self._fill_slots, x, y, local, feeder), len(idx), lo,
+                                    comm if comm.size > 1 else None)
+                if stats is not None:
+                    return stats
+            if feeder is not None:
+                xb, yb = feeder.get(local)
+            else:
+                xb, yb = self._gather(x, local), self._gather(y, local)
+            if comm.size == 1:
+                return self._train_batch(xb, yb)
+            return self._train_batch(xb, yb, len(idx), lo, comm)
 
         def train_step(idx):
             return self._guard_memory(lambda: step(idx), len(idx))
@@ -395,9 +443,60 @@ class Sequential:
                 for k, v in self._evaluate_arrays(val[0], val[1], batch_size, comm).items():
                     logs["val_" + k] = v
 
-        run_loop(self, sampler, train_step, epochs=epochs, initial_epoch=initial_epoch, callbacks=cbs,
-                 epoch_end=epoch_end, resume=restored, history=history, comm=comm)
+        with contextlib.ExitStack() as stack:
+            if graphs is not None:
+                stack.enter_context(graphs.stream)  # the whole fit on the capture stream: one order
+            if feeder is not None:
+                stack.enter_context(feeder)
+            run_loop(self, sampler, train_step, epochs=epochs, initial_epoch=initial_epoch, callbacks=cbs,
+                     epoch_end=epoch_end, resume=restored, history=history, comm=comm)
         return history
+
+    def _place_training_data(self, x, y, batch_size):
+        """``(x, y, feeder)``: on the device when the set fits (or already lives there), else left on
+        the host with a ``HostBatches`` feeder of pinned, double-buffered, asynchronous copies.
+        ``FASTNN_DEVICE_DATA=host`` asks for the feeder on any backend (on a CPU backend it only
+        copies batches, which is how its path through ``fit`` is tested without a GPU)."""
+        gpu = self.ops.name == "cupy"
+        resident = gpu and self.ops.owns(x) and self.ops.owns(y)  # the caller's device arrays stay put
+        if not resident and (gpu or feeding.data_placement() == "host"):
+            nbytes = x.size * self.dtype.itemsize + y.size * y.dtype.itemsize
+            if feeding.feeds_from_host(self.ops, nbytes):
+                x, y = self.ops.asnumpy(x), self.ops.asnumpy(y)
+                return x, y, self._host_batches(x, y, batch_size)
+        x = x if self.ops.owns(x) and x.dtype == self.dtype else self.ops.asarray(x, dtype=self.dtype)
+        if not self.ops.owns(y):
+            y = self.ops.asarray(y)
+        return x, y, None
+
+    def _host_batches(self, x, y, batch_size):
+        log.info("%s: the training set (%s) stays on the host; batches are copied from pinned memory",
+                 self.name, shape_str(x.shape))
+        return feeding.HostBatches(x, y, self.dtype, batch_size, feeding.make_transfer(self.ops))
+
+    def _step_graphs(self, cuda_graph, batch_size, comm, x, y):
+        """``fastnn.graphs.StepGraphs`` for ``fit(cuda_graph=True)`` on CuPy; None otherwise."""
+        if not cuda_graph:
+            return None
+        if self.ops.name != "cupy":
+            warnings.warn(f"{self.name}: fit(cuda_graph=True) needs the CuPy backend, and this model runs on "
+                          f"{self.ops.name} ({self.ops.device}); its steps run eagerly", RuntimeWarning, stacklevel=3)
+            return None
+        lo, hi = distributed.shard(batch_size, comm.rank, comm.size)
+        x_spec = (tuple(x.shape[1:]), self.dtype)
+        y_spec = (tuple(y.shape[1:]), self.ops.asarray(y[:1]).dtype)
+        return StepGraphs(self, hi - lo, x_spec, y_spec)
+
+    def _fill_slots(self, x, y, local, feeder, x_slot, y_slot):
+        """Write the batch ``local`` into a captured step's input slots (on the current stream)."""
+        if feeder is not None:
+            xb, yb = feeder.get(local)
+            x_slot[...] = xb
+            y_slot[...] = yb
+            return
+        idx = self.ops.asarray(local)
+        self.ops.xp.take(x, idx, axis=0, out=x_slot)
+        self.ops.xp.take(y, idx, axis=0, out=y_slot)
 
     def _guard_memory(self, fn, batch_size):
         """Run a step; when the device runs out of memory, free the caches once and retry, then raise

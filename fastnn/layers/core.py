@@ -372,6 +372,9 @@ class Dropout(Layer):
         self.row0 = 0  # global index of the batch's first sample (data-parallel shards)
         self._calls = 0
         self.mask = None
+        # True only while a CUDA graph of a training step is captured: the mask buffer is then
+        # filled before each replay (``fill_mask``), since a step passed by value would be frozen.
+        self.premade_mask = False
 
     @property
     def dropout_ratio(self):
@@ -397,9 +400,16 @@ class Dropout(Layer):
             step = self._calls
             self._calls += 1
         flat = x.reshape(x.shape[0], -1)
-        self.mask = ops.dropout_mask(flat.shape, self.rate, self.seed, step, self.row0, dtype=x.dtype,
-                                     out=self._buffer(ops, "mask", flat.shape, x.dtype))
+        if self.premade_mask:
+            self.mask = self._buffer(ops, "mask", flat.shape, x.dtype)
+        else:
+            self.mask = self.fill_mask(ops, flat.shape, x.dtype, step)
         return ops.mul(flat, self.mask, out=self._buffer(ops, "y", flat.shape, x.dtype)).reshape(x.shape)
+
+    def fill_mask(self, ops, shape, dtype, step):
+        """This step's mask ``(rows, units)``, scaled by ``1 / (1 - rate)``, in the layer's workspace."""
+        return ops.dropout_mask(shape, self.rate, self.seed, step, self.row0, dtype=dtype,
+                                out=self._buffer(ops, "mask", shape, dtype))
 
     def backward(self, dout):
         if self.mask is None:

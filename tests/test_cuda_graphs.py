@@ -1,0 +1,280 @@
+"""``fit(cuda_graph=True)``, ``set_matmul_precision`` and the direct cuBLAS handle.
+
+CPU part (runs everywhere): on a CPU backend ``cuda_graph=True`` warns once, naming the backend,
+and trains exactly as without it; precision values are checked; the model step split that the
+graph captures (``_grad_step`` + ``_apply_step``) still trains bit for bit as before.
+GPU part (marker ``gpu``): graph replay equals eager training (MLP with Dropout and
+BatchNormalization, Adam, ragged last batch), in both capture modes; a capture that cannot work
+falls back to eager with a warning; the cuBLAS handle's GEMMs equal ``cupy.matmul`` in every
+layout and dtype; TF32 is opt-in.
+"""
+import subprocess
+import sys
+import warnings
+
+import numpy
+import pytest
+
+import fastnn
+import fastnn.feeding
+from fastnn import backend as fbackend
+from fastnn.backend import select
+from fastnn.layers import BatchNormalization, Dense, Dropout
+from fastnn.models import Sequential
+from fastnn.testing import has_gpu, host
+
+
+
+def gpu_only(test):
+    """Marker ``gpu``, skipped with the probe's reason where no CUDA GPU answers."""
+    reason = "needs CuPy and a CUDA GPU: " + select.probe_cupy(0).reason
+    return pytest.mark.gpu(pytest.mark.skipif(not has_gpu(), reason=reason)(test))
+
+
+def _data(n=203, d=12, k=4, seed=0):
+    rng = numpy.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(numpy.float32)
+    y = rng.integers(0, k, size=n)
+    return x, y
+
+
+def _model(backend, dtype="float32", dropout=True, bn=True, optimizer="adam"):
+    layers = [Dense(32, activation="relu", input_shape=(12,))]
+    if bn:
+        layers.append(BatchNormalization())
+    if dropout:
+        layers.append(Dropout(0.3))
+    layers += [Dense(16, activation="tanh"), Dense(4, activation="softmax")]
+    model = Sequential(layers, dtype=dtype, seed=3, backend=backend)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+# ------------------------------------------------------------------------------------ CPU
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
+    not select.probe_numba().ok, reason="needs numba"))])
+def test_cuda_graph_on_cpu_warns_and_trains_identically(backend):
+    x, y = _data()
+    plain = _model(backend)
+    h_plain = plain.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=1)
+    graphed = _model(backend)
+    with pytest.warns(RuntimeWarning, match=rf"fit\(cuda_graph=True\) needs the CuPy backend.*runs on {backend}"):
+        h_graph = graphed.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=1, cuda_graph=True)
+    assert h_graph.history == h_plain.history
+    for a, b in zip(graphed.get_weights(), plain.get_weights()):
+        numpy.testing.assert_array_equal(a, b)
+
+
+def test_without_cuda_graph_no_warning():
+    x, y = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _model("numpy").fit(x, y, batch_size=32, epochs=1, verbose=0)
+
+
+def test_grad_step_then_apply_step_is_one_training_step():
+    """The split the graph relies on: gradients from ``_grad_step`` alone, then the update."""
+    x, y = _data()
+    a, b = _model("numpy", dtype="float64"), _model("numpy", dtype="float64")
+    for m in (a, b):
+        m.build((None, 12))
+    xb, yb = a.ops.asarray(x[:32], dtype=a.dtype), a.ops.asarray(y[:32])
+    stats_a = a._train_batch(xb, yb)
+    for layer in b.layers:
+        layer.reuse_buffers = True
+        if isinstance(layer, Dropout):
+            layer.step, layer.row0 = b._step, 0
+    b._step += 1
+    stats_b = b._apply_step(b._grad_step(xb, yb, 32, 32), 32, None)
+    assert set(stats_a) == set(stats_b) == {"loss", "accuracy"}
+    for k in stats_a:
+        assert float(stats_a[k]) == float(stats_b[k])
+    numpy.testing.assert_array_equal(a.flat.p, b.flat.p)
+
+
+def test_dropout_premade_mask_uses_the_filled_buffer():
+    ops = fastnn.get_ops("numpy")
+    layer = Dropout(0.5, seed=11)
+    layer.reuse_buffers = True
+    x = numpy.random.default_rng(0).standard_normal((6, 10))
+    fresh = layer.forward(x, True).copy()   # draws the mask for step 0 (its own call count)
+    mask = layer.fill_mask(ops, (6, 10), x.dtype, 7)   # step 7's mask into the workspace
+    layer.premade_mask = True
+    y = layer.forward(x, True)
+    numpy.testing.assert_array_equal(y, x * mask)
+    assert not numpy.array_equal(y, fresh)
+
+
+@pytest.mark.parametrize("bad", ["fp16", "TF32 ", "", None, 32])
+def test_set_matmul_precision_rejects_unknown_values(bad):
+    with pytest.raises(ValueError, match=r"precision must be one of 'float32', 'tf32', got"):
+        fastnn.set_matmul_precision(bad)
+    assert fastnn.get_matmul_precision() == "float32"
+
+
+def test_use_precision_sets_and_default_is_exact():
+    assert fastnn.get_matmul_precision() == "float32"
+    try:
+        fastnn.use("numpy", precision="tf32")
+        assert fastnn.get_matmul_precision() == "tf32"
+        x, y = _data()
+        m = _model("numpy", dropout=False, bn=False)
+        m.fit(x, y, epochs=1, verbose=0)  # CPU: accepted, computes exactly (no TF32 on CPU BLAS)
+    finally:
+        fastnn.set_matmul_precision("float32")
+        fbackend._default = None
+
+
+def test_precision_environment_variable_is_checked():
+    code = "import fastnn"
+    bad = subprocess.run([sys.executable, "-c", code], env={"FASTNN_MATMUL_PRECISION": "half", "PATH": ""},
+                         capture_output=True, text=True)
+    assert bad.returncode != 0
+    assert "FASTNN_MATMUL_PRECISION must be one of 'float32', 'tf32', got 'half'" in bad.stderr
+    good = subprocess.run([sys.executable, "-c", code + "; print(fastnn.get_matmul_precision())"],
+                          env={"FASTNN_MATMUL_PRECISION": "TF32", "PATH": ""}, capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.strip() == "tf32"
+
+
+def test_cublas_module_imports_without_a_gpu():
+    from fastnn.kernels.gpu import cublas
+
+    assert cublas.WORKSPACE_BYTES == 32 << 20
+    found = cublas.find_libcublas()
+    assert found is None or "libcublas" in found
+
+
+# ------------------------------------------------------------------------------------ GPU
+def _history_close(h_graph, h_eager, rtol):
+    assert h_graph.history.keys() == h_eager.history.keys()
+    for k in h_eager.history:
+        numpy.testing.assert_allclose(h_graph.history[k], h_eager.history[k], rtol=rtol, atol=rtol, err_msg=k)
+
+
+@gpu_only
+@pytest.mark.parametrize("mode", ["full", "split"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_graph_training_equals_eager(mode, dtype, optimizer, monkeypatch):
+    from fastnn.graphs import StepGraphs
+
+    if mode == "split":
+        def no_handle(self):
+            self.mode, self._cublas = "split", None
+            return None
+        monkeypatch.setattr(StepGraphs, "_handle", no_handle)
+    x, y = _data(n=203)   # 6 full batches of 32 and a ragged 11
+    eager = _model("cupy", dtype, optimizer=optimizer)
+    h_eager = eager.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=5)
+    graphed = _model("cupy", dtype, optimizer=optimizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would warn: fail instead
+        h_graph = graphed.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=5, cuda_graph=True)
+    rtol = 2e-4 if dtype == "float32" else 1e-9
+    _history_close(h_graph, h_eager, rtol)
+    for a, b in zip(graphed.get_weights(), eager.get_weights()):
+        numpy.testing.assert_allclose(a, b, rtol=rtol * 10, atol=rtol * 10)
+
+
+@gpu_only
+def test_graph_capture_failure_falls_back_with_a_warning(monkeypatch):
+    x, y = _data()
+    model = _model("cupy")
+    original = Sequential._grad_step
+
+    def syncing(self, *args):   # a host sync inside the step invalidates any capture
+        stats = original(self, *args)
+        float(stats["loss"])
+        return stats
+    monkeypatch.setattr(Sequential, "_grad_step", syncing)
+    with pytest.warns(RuntimeWarning, match=r"fit\(cuda_graph=True\): capturing the step failed.*continues eagerly on cuda"):
+        h = model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True)
+    monkeypatch.setattr(Sequential, "_grad_step", original)
+    ref = _model("cupy")
+    h_ref = ref.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5)
+    _history_close(h, h_ref, 1e-6)
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("trans", [(False, False), (True, False), (False, True)], ids=["nn", "tn", "nt"])
+def test_cublas_handle_gemm_matches_cupy(dtype, trans):
+    import cupy
+
+    from fastnn.kernels.gpu.cublas import Cublas
+
+    stream = cupy.cuda.Stream(non_blocking=True)
+    handle = Cublas(stream)
+    rng = numpy.random.default_rng(0)
+    m, k, n = 129, 257, 65
+    a = rng.standard_normal((k, m) if trans[0] else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans[1] else (k, n)).astype(dtype)
+    want = (a.T if trans[0] else a).astype(numpy.float64) @ (b.T if trans[1] else b).astype(numpy.float64)
+    with stream:
+        out = cupy.full((m, n), numpy.nan, dtype=dtype)
+        handle.gemm(cupy.asarray(a), cupy.asarray(b), out, *trans)
+    stream.synchronize()
+    numpy.testing.assert_allclose(host(out), want, rtol=1e-4 if dtype == numpy.float32 else 1e-12, atol=1e-3)
+    with pytest.raises(ValueError, match="shapes do not chain"):
+        handle.gemm(cupy.asarray(a), cupy.asarray(b), cupy.empty((m + 1, n), dtype), *trans)
+
+
+@gpu_only
+def test_tf32_is_opt_in():
+    ops = fastnn.get_ops("cupy")
+    rng = numpy.random.default_rng(1)
+    a = rng.standard_normal((512, 1024)).astype(numpy.float32)
+    b = rng.standard_normal((1024, 256)).astype(numpy.float32)
+    exact = a.astype(numpy.float64) @ b.astype(numpy.float64)
+    scale = numpy.linalg.norm(exact)
+    default = host(ops.gemm(ops.asarray(a), ops.asarray(b)))
+    assert numpy.linalg.norm(default - exact) / scale < 1e-6       # float32: ~1e-7
+    try:
+        fastnn.set_matmul_precision("tf32")
+        tf32 = host(ops.gemm(ops.asarray(a), ops.asarray(b)))
+    finally:
+        fastnn.set_matmul_precision("float32")
+    err = numpy.linalg.norm(tf32 - exact) / scale
+    assert 1e-5 < err < 5e-3                                       # TF32's 10-bit mantissa: ~1e-4
+
+
+# ------------------------------------------------------------------------------------ host-fed fit
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
+    not select.probe_numba().ok, reason="needs numba"))])
+@pytest.mark.parametrize("split", [0.0, 0.2], ids=["no-val", "val-split"])
+def test_fit_fed_from_host_equals_resident_fit(backend, split, monkeypatch):
+    """``FASTNN_DEVICE_DATA=host`` routes every batch through ``HostBatches`` (double-buffered
+    slots, ragged last batch): training must be bit for bit the same as with resident data."""
+    x, y = _data(n=203)
+    x64 = x.astype(numpy.float64)   # cast on the host by the feeder
+    plain = _model(backend)
+    h_plain = plain.fit(x64, y, batch_size=32, epochs=3, verbose=0, seed=2, validation_split=split)
+    monkeypatch.setenv("FASTNN_DEVICE_DATA", "host")
+    fed = _model(backend)
+    calls = []
+    original = fastnn.feeding.HostBatches.get
+
+    def counting(self, idx):
+        calls.append(len(idx))
+        return original(self, idx)
+    monkeypatch.setattr(fastnn.feeding.HostBatches, "get", counting)
+    h_fed = fed.fit(x64, y, batch_size=32, epochs=3, verbose=0, seed=2, validation_split=split)
+    n_train = 203 - int(203 * split)
+    sizes = [32] * (n_train // 32) + ([n_train % 32] if n_train % 32 else [])
+    assert calls == sizes * 3
+    assert h_fed.history == h_plain.history
+    for a, b in zip(fed.get_weights(), plain.get_weights()):
+        numpy.testing.assert_array_equal(a, b)
+
+
+@gpu_only
+@pytest.mark.parametrize("cuda_graph", [False, True], ids=["eager", "graph"])
+def test_gpu_fit_fed_from_host_matches_resident(cuda_graph, monkeypatch):
+    x, y = _data(n=203)
+    resident = _model("cupy")
+    h_res = resident.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=2, cuda_graph=cuda_graph)
+    monkeypatch.setenv("FASTNN_DEVICE_DATA", "host")
+    fed = _model("cupy")
+    h_fed = fed.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=2, cuda_graph=cuda_graph)
+    _history_close(h_fed, h_res, 1e-6)
