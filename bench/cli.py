@@ -626,10 +626,11 @@ def print_ops(res):
 
 # --------------------------------------------------------------------------------------- train
 class _FastnnImpl:
-    def __init__(self, name, spec, backend, weights, batches):
+    def __init__(self, name, spec, backend, weights, batches, cuda_graph=False):
         from fastnn import get_ops
 
         self.name = name
+        self.cuda_graph = cuda_graph
         self.ops = get_ops(backend)
         self.clock = clock_for(self.ops)
         self.model = build_model(spec, backend)
@@ -645,7 +646,9 @@ class _FastnnImpl:
 
     def epoch(self):
         # what users run: one fit() call per epoch (inputs validated once, then the fused loop)
-        self.model.fit(self.x_epoch, self.y_epoch, batch_size=self.batch, epochs=1, shuffle=False, verbose=0)
+        # (with cuda_graph, the step captured in the first call is replayed by the later ones)
+        self.model.fit(self.x_epoch, self.y_epoch, batch_size=self.batch, epochs=1, shuffle=False, verbose=0,
+                       cuda_graph=self.cuda_graph)
 
 
 class _BookImpl:
@@ -797,6 +800,48 @@ class _TorchImpl:
             self.step(x, y)
 
 
+class _TorchGraphImpl(_TorchImpl):
+    """PyTorch with the whole training step (forward, backward, optimizer) captured in one CUDA
+    graph, as its "whole-network capture" recipe does: static input slots, warm-up iterations on
+    a side stream, Adam with ``capturable=True``; each step copies the batch in and replays."""
+
+    def __init__(self, name, spec, weights, batches):
+        super().__init__(name, spec, weights, batches, device="cuda")
+        torch = self.torch
+        opt_name, lr = spec["optimizer"]
+        params = list(self.model.parameters())
+        self.opt = (torch.optim.SGD(params, lr=lr) if opt_name == "sgd"
+                    else torch.optim.Adam(params, lr=lr, eps=1e-7, capturable=True))
+        self.static_x = self.batches[0][0].clone()
+        self.static_y = self.batches[0][1].clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.opt.zero_grad(set_to_none=True)
+                self.loss_fn(self.model(self.static_x), self.static_y).backward()
+                self.opt.step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            self.static_loss = self.loss_fn(self.model(self.static_x), self.static_y)
+            self.static_loss.backward()
+            self.opt.step()
+
+    def step(self, x, y):
+        self.static_x.copy_(x)
+        self.static_y.copy_(y)
+        self.graph.replay()
+        return self.static_loss.item()
+
+    def epoch(self):
+        for x, y in self.batches:
+            self.static_x.copy_(x)
+            self.static_y.copy_(y)
+            self.graph.replay()
+
+
 class _GemmFloor:
     """The matmuls of one epoch alone, into preallocated outputs (first layer's dx excluded)."""
 
@@ -814,7 +859,7 @@ class _GemmFloor:
                 c()
 
 
-def run_train(settings, backends, ctx, models, with_torch=True, batch_override=None):
+def run_train(settings, backends, ctx, models, with_torch=True, batch_override=None, gpu_only=False):
     torch = torch_module() if with_torch else None
     out = {"data": None, "models": {}, "torch": torch.__version__ if torch is not None else None}
     x_all, y_all = synthetic_mnist(settings.train_samples)
@@ -833,15 +878,24 @@ def run_train(settings, backends, ctx, models, with_torch=True, batch_override=N
             xx, yy = numpy.tile(x_all, (reps, 1))[:bs], numpy.tile(y_all, reps)[:bs]
             batches = [(xx, yy)]
         weights = build_model(spec, "numpy").get_weights()
-        impls = [_FastnnImpl(be, spec, be, weights, batches) for be in backends]
-        impls.append(_ScratchImpl("numpy-scratch", spec, weights, batches))
+        cpu = not gpu_only  # --gpu-only: no CPU rows (they would take minutes at GPU sizes)
+        impls = [_FastnnImpl(be, spec, be, weights, batches) for be in backends if cpu or be == "cupy"]
+        if "cupy" in backends:
+            impls.append(_FastnnImpl("cupy-graph", spec, "cupy", weights, batches, cuda_graph=True))
+        if cpu:
+            impls.append(_ScratchImpl("numpy-scratch", spec, weights, batches))
         if "numba" in backends:  # the book's network class on the same kernels (issue: within 1.2x)
             impls.append(_BookImpl("numba-book", spec, "numba", weights, batches))
         if torch is not None:
-            impls.append(_TorchImpl("torch", spec, weights, batches))
+            if cpu:
+                impls.append(_TorchImpl("torch", spec, weights, batches))
             if "cupy" in backends and torch.cuda.is_available():
                 impls.append(_TorchImpl("torch-cuda", spec, weights, batches, device="cuda"))
-        floors = [_GemmFloor("gemm-floor", spec, bs, n_batches)]
+                try:
+                    impls.append(_TorchGraphImpl("torch-cuda-graph", spec, weights, batches))
+                except Exception as exc:  # noqa: BLE001 - a peer that cannot capture is reported, not fatal
+                    out.setdefault("skipped", {})[f"{name}/torch-cuda-graph"] = f"{type(exc).__name__}: {exc}"
+        floors = [_GemmFloor("gemm-floor", spec, bs, n_batches)] if cpu else []
         if "cupy" in backends:
             import cupy
 
@@ -853,19 +907,22 @@ def run_train(settings, backends, ctx, models, with_torch=True, batch_override=N
                 loss = impl.step(xb, yb)
                 if i == 0:
                     impl.first_loss = float(loss)
+        for impl in impls:
+            if getattr(impl, "cuda_graph", False):
+                impl.epoch()  # captures the step (and checks it against eager) outside the timed rounds
         for f in floors:
             f.epoch()
         samples, loads = POLICY.run(settings.repeats, lambda: {
             impl.name: impl.clock.time(impl.epoch, 1) for impl in impls + floors})
         n_samples = n_batches * bs
-        floor_cpu = statistics.median(samples["gemm-floor"])
+        floor_cpu = statistics.median(samples["gemm-floor"]) if "gemm-floor" in samples else None
         floor_gpu = statistics.median(samples["gemm-floor-gpu"]) if "gemm-floor-gpu" in samples else None
         gflop = sum(2 * m * k * n for _, m, k, n, _ in model_gemms(spec, bs)) * n_batches / 1e9
         rows = {}
         for impl in impls:
             ts = samples[impl.name]
             sps = [n_samples / t for t in ts]
-            gpu = impl.name in ("cupy", "torch-cuda")
+            gpu = impl.name in ("cupy", "cupy-graph", "torch-cuda", "torch-cuda-graph")
             floor = floor_gpu if gpu else floor_cpu
             rows[impl.name] = {"samples_per_s": stats(sps), "epoch_s": stats(ts), "first_loss": impl.first_loss,
                                "epoch_over_gemm_floor": statistics.median(ts) / floor if floor else None}
@@ -878,7 +935,7 @@ def run_train(settings, backends, ctx, models, with_torch=True, batch_override=N
             "layers": layer_dims(spec), "dropout": spec["dropout"], "optimizer": list(spec["optimizer"]),
             "batch": bs, "batches_per_epoch": n_batches, "samples_per_epoch": n_samples,
             "params": param_count(spec), "gemm_gflop_per_epoch": gflop,
-            "gemm_floor_s": floor_cpu, "gemm_floor_gflops": gflop / floor_cpu,
+            "gemm_floor_s": floor_cpu, "gemm_floor_gflops": gflop / floor_cpu if floor_cpu else None,
             "gemm_floor_gpu_s": floor_gpu,
             "first_loss_spread": (max(losses) - min(losses)) if losses else None,
             "other_cpu_load_per_round": loads,
@@ -888,20 +945,29 @@ def run_train(settings, backends, ctx, models, with_torch=True, batch_override=N
 
 def print_train(res):
     rows = []
+    gpu = any("vs_torch_cuda" in r for m in res["models"].values() for r in m["impls"].values())
     for name, m in res["models"].items():
         for impl, r in m["impls"].items():
             s = r["samples_per_s"]
-            rows.append([name, impl, f"{s['median']:,.0f}", f"{s['min']:,.0f}-{s['max']:,.0f}",
-                         fmt(r.get("vs_numpy")) + "x" if r.get("vs_numpy") else "-",
-                         fmt(r.get("vs_torch")) + "x" if r.get("vs_torch") else "-",
-                         fmt(r["epoch_over_gemm_floor"]) + "x" if r["epoch_over_gemm_floor"] else "-",
-                         fmt(r["first_loss"], 6)])
-        rows.append([name, "gemm-floor", "", "", "", "", f"{1e3 * m['gemm_floor_s']:.1f} ms", f"{fmt(m['gemm_floor_gflops'])} GFLOP/s"])
+            row = [name, impl, f"{s['median']:,.0f}", f"{s['min']:,.0f}-{s['max']:,.0f}",
+                   fmt(r.get("vs_numpy")) + "x" if r.get("vs_numpy") else "-",
+                   fmt(r.get("vs_torch")) + "x" if r.get("vs_torch") else "-"]
+            if gpu:
+                row.append(fmt(r.get("vs_torch_cuda")) + "x" if r.get("vs_torch_cuda") else "-")
+            rows.append(row + [fmt(r["epoch_over_gemm_floor"]) + "x" if r["epoch_over_gemm_floor"] else "-",
+                               fmt(r["first_loss"], 6)])
+        if m.get("gemm_floor_s"):
+            floor = [name, "gemm-floor", "", "", "", ""] + ([""] if gpu else [])
+            rows.append(floor + [f"{1e3 * m['gemm_floor_s']:.1f} ms", f"{fmt(m['gemm_floor_gflops'])} GFLOP/s"])
+        if m.get("gemm_floor_gpu_s"):
+            rows.append([name, "gemm-floor-gpu", "", "", "", "", ""] + [f"{1e3 * m['gemm_floor_gpu_s']:.2f} ms", ""])
     d = res["data"]
     head = (f"== train (synthetic MNIST-shaped float32, {d['samples']} samples, seed {d['seed']}; one epoch of "
             f"full batches per repeat, interleaved; samples/s median and min-max)")
-    return table(["model", "impl", "samples/s", "min-max", "vs numpy", "vs torch", "epoch/GEMM floor", "first loss"],
-                 rows, head)
+    for what, why in (res.get("skipped") or {}).items():
+        head += f"\n   skipped {what}: {why}"
+    cols = ["model", "impl", "samples/s", "min-max", "vs numpy", "vs torch"] + (["vs torch-cuda"] if gpu else [])
+    return table(cols + ["epoch/GEMM floor", "first loss"], rows, head)
 
 
 # --------------------------------------------------------------------------------------- coldstart
@@ -975,6 +1041,10 @@ def parse_args(argv):
     p.add_argument("--models", default=",".join(DEFAULT_MODELS),
                    help=f"train models, comma-separated, of {', '.join(MODELS)} (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=None, help="override every train model's batch size")
+    p.add_argument("--gpu-only", action="store_true",
+                   help="train: time only the GPU implementations (cupy, cupy-graph, torch-cuda, torch-cuda-graph)")
+    p.add_argument("--train-samples", type=int, default=None,
+                   help="samples per timed train epoch (default 6000, quick 1536); e.g. 65536 for batch 8192 on a GPU")
     p.add_argument("--json", metavar="PATH", help="write the full record (with `fastnn info`) as JSON")
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes: under a minute")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 5, quick 3)")
@@ -989,6 +1059,8 @@ def parse_args(argv):
     bad = [s for s in args.sections if s not in SECTIONS]
     if bad:
         p.error(f"unknown section(s) {', '.join(bad)}; valid: {', '.join(SECTIONS)}")
+    if args.train_samples is not None and args.train_samples < 1:
+        p.error("--train-samples must be at least 1")
     if args.repeats is not None and args.repeats < 1:
         p.error("--repeats must be at least 1")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -1026,6 +1098,10 @@ def main(argv=None):
     backends = choose_backends(p, args.backends)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     settings = Settings(mode, args.repeats)
+    if args.train_samples:
+        settings.train_samples = args.train_samples
+    if args.gpu_only and "cupy" not in backends:
+        p.error("--gpu-only needs the cupy backend, which is not available here")
     with_torch = not args.no_torch
     if args.wait_quiet > 0:
         waited, load = wait_quiet(args.wait_quiet)
@@ -1055,7 +1131,8 @@ def main(argv=None):
                            "copy_bytes": settings.copy_bytes, "min_block_s": settings.min_block_s,
                            "train_samples": settings.train_samples, "warmup_steps": settings.warmup_steps,
                            "max_other_load": args.max_other_load,
-                           "models": args.models, "batch_size": args.batch_size, "torch": with_torch},
+                           "models": args.models, "batch_size": args.batch_size, "torch": with_torch,
+                           "gpu_only": args.gpu_only},
               "sections": {}}
     ctx = {}
     from fastnn.bench import distributed as bench_distributed
@@ -1071,7 +1148,7 @@ def main(argv=None):
         elif section == "ops":
             res = run_ops(settings, backends, ctx)
         elif section == "train":
-            res = run_train(settings, backends, ctx, args.models, with_torch, args.batch_size)
+            res = run_train(settings, backends, ctx, args.models, with_torch, args.batch_size, args.gpu_only)
         elif section == "distributed":
             res = bench_distributed.run(quick=mode != "full")
         else:

@@ -4,6 +4,7 @@
 |---|---|
 | ``FASTNN_BACKEND`` | process default backend: ``auto`` (default), ``cpu``, ``numpy``, ``numba``, ``cupy``, ``cuda``, ``cuda:N`` |
 | ``FASTNN_NUM_THREADS`` | caps BLAS (through threadpoolctl) and Numba threads together |
+| ``FASTNN_DEVICE_DATA``, ``FASTNN_DEVICE_DATA_FRACTION`` | where ``fit`` keeps a training set on a GPU; read at each ``fit`` by ``fastnn.feeding`` |
 | ``FASTNN_MATMUL_PRECISION`` | ``float32`` (default: exact float32 GEMMs) or ``tf32`` (CUDA float32 GEMMs on TF32 tensor cores) |
 
 Numba's own knobs (``NUMBA_NUM_THREADS``, ``NUMBA_CACHE_DIR``, ``NUMBA_DISABLE_JIT``) are Numba's and

@@ -20,7 +20,7 @@ from fastnn import distributed, feeding, validation
 from fastnn import losses as _losses
 from fastnn import metrics as _metrics
 from fastnn import optimizers as _optimizers
-from fastnn.backend import current, get_ops
+from fastnn.backend import current, get_matmul_precision, get_ops
 from fastnn.callbacks import BackupAndRestore
 from fastnn.errors import OutOfMemoryError
 from fastnn.graphs import StepGraphs
@@ -485,7 +485,17 @@ class Sequential:
         lo, hi = distributed.shard(batch_size, comm.rank, comm.size)
         x_spec = (tuple(x.shape[1:]), self.dtype)
         y_spec = (tuple(y.shape[1:]), self.ops.asarray(y[:1]).dtype)
-        return StepGraphs(self, hi - lo, x_spec, y_spec)
+        # A captured step stays valid across fit() calls while what it was captured from is the
+        # same: the flat buffers, the loss and metrics objects, the shapes and the precision.
+        owners = (self.flat, self.loss, *self.metrics)
+        plain = (self._head, hi - lo, batch_size, x_spec, y_spec, get_matmul_precision())
+        cached = getattr(self, "_graphs", None)
+        if (cached is not None and len(cached[0]) == len(owners) and all(a is b for a, b in zip(cached[0], owners))
+                and cached[1] == plain):
+            return cached[2]
+        graphs = StepGraphs(self, hi - lo, x_spec, y_spec)
+        self._graphs = (owners, plain, graphs)
+        return graphs
 
     def _fill_slots(self, x, y, local, feeder, x_slot, y_slot):
         """Write the batch ``local`` into a captured step's input slots (on the current stream)."""

@@ -84,3 +84,30 @@ def test_gemm_floor_excludes_the_first_layers_input_gradient():
     assert [g[4] for g in gemms].count("nt") == 2  # dx for layers 2 and 3 only
     assert sum(1 for g in gemms if g[4] == "nn") == 3
     assert cli.param_count(cli.MODELS["B512"]) == 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
+
+
+def test_train_table_has_the_gpu_columns_when_gpu_rows_exist():
+    """The GPU record (cupy, cupy-graph, torch-cuda, torch-cuda-graph) prints a vs-torch-cuda column,
+    the GPU GEMM floor and the peers that could not run; a CPU record prints neither."""
+    from fastnn.bench import cli
+
+    def impl(sps, **ratios):
+        return {"samples_per_s": {"median": sps, "min": sps * 0.9, "max": sps * 1.1}, "first_loss": 2.3,
+                "epoch_over_gemm_floor": 1.5, **ratios}
+    gpu = {"data": {"samples": 1000, "seed": 0}, "skipped": {"B64/torch-cuda-graph": "RuntimeError: no"},
+           "models": {"B64": {"gemm_floor_s": 0.01, "gemm_floor_gflops": 100.0, "gemm_floor_gpu_s": 0.0004,
+                              "impls": {"cupy-graph": impl(2e6, vs_torch_cuda=4.0),
+                                        "torch-cuda": impl(5e5, vs_torch_cuda=1.0)}}}}
+    text = cli.print_train(gpu)
+    lines = text.splitlines()
+    header = next(line for line in lines if "vs torch-cuda" in line)
+    row = next(line for line in lines if "cupy-graph" in line)
+    assert row.split() == ["B64", "cupy-graph", "2,000,000", "1,800,000-2,200,000", "-", "-", "4.00x", "1.50x",
+                           "2.30000"], row
+    assert "gemm-floor-gpu" in text and "0.40 ms" in text
+    assert "skipped B64/torch-cuda-graph: RuntimeError: no" in text
+    assert header.index("vs torch-cuda") > header.index("vs torch ")
+    cpu = {"data": {"samples": 1000, "seed": 0},
+           "models": {"A": {"gemm_floor_s": 0.01, "gemm_floor_gflops": 100.0, "gemm_floor_gpu_s": None,
+                            "impls": {"numba": impl(3e5, vs_numpy=1.2)}}}}
+    assert "vs torch-cuda" not in cli.print_train(cpu)

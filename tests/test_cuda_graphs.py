@@ -278,3 +278,47 @@ def test_gpu_fit_fed_from_host_matches_resident(cuda_graph, monkeypatch):
     fed = _model("cupy")
     h_fed = fed.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=2, cuda_graph=cuda_graph)
     _history_close(h_fed, h_res, 1e-6)
+
+
+@gpu_only
+def test_graph_is_reused_by_later_fit_calls():
+    x, y = _data(n=203)
+    model = _model("cupy")
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=5, cuda_graph=True)
+    graphs = model._graphs[2]
+    captured = graphs.captured
+    assert captured is not None and captured.checked and graphs.disabled is None
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=6, cuda_graph=True)
+    assert model._graphs[2] is graphs and graphs.captured is captured   # replayed, not captured again
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=6, cuda_graph=True)
+    assert model._graphs[2] is not graphs                                # new loss/metrics: new capture
+
+
+@gpu_only
+def test_out_of_memory_on_the_gpu_names_sizes_and_remedies():
+    """A real device OOM under ``MemoryPool.set_limit``: freed once, retried, then
+    ``fastnn.OutOfMemoryError`` with the batch size and the two remedies; no silent device switch."""
+    import cupy
+
+    x = numpy.random.default_rng(0).random((4096, 784), dtype=numpy.float32)
+    y = numpy.random.default_rng(1).integers(0, 10, 4096)
+    model = Sequential([Dense(4096, activation="relu", input_shape=(784,)), Dense(10, activation="softmax")],
+                       seed=0, backend="cupy")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.build()
+    pool = cupy.get_default_memory_pool()
+    before = model.get_weights()
+    pool.set_limit(size=pool.used_bytes() + 16 * 4096 * 784 + (8 << 20))   # the data fits, a 4096-row batch does not
+    try:
+        with pytest.raises(fastnn.OutOfMemoryError) as info:
+            model.fit(x, y, batch_size=4096, epochs=1, verbose=0)
+    finally:
+        pool.set_limit(size=0)
+    message = str(info.value)
+    assert "out of memory on cuda:0 training batches of 4096" in message
+    assert "smaller batch_size (e.g. 2048)" in message and "backend='cpu'" in message
+    assert "memory pool:" in message
+    assert model.ops.name == "cupy"
+    for a, b in zip(before, model.get_weights()):
+        numpy.testing.assert_array_equal(a, b)
