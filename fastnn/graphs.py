@@ -27,7 +27,17 @@ this graph uses (PyTorch's private graph pools work the same way).
 Safety net: the first replay of each graph is checked against an eager run of the same step from
 the same parameters (gradients and batch statistics within float tolerance). If capture fails, or
 the check does not hold, training goes on eagerly with one ``RuntimeWarning`` saying why; it never
-changes device. The ragged last batch of an epoch always runs eagerly.
+changes device. The ragged last batch of an epoch always runs eagerly. A step that reads a device
+value on the host cannot be captured: a book loss layer wrapped by ``CustomLoss`` (say
+``SoftmaxWithLoss``) checks its labels with ``float(t.min())`` on every call, so such a model
+trains eagerly, with the warning. Before capturing, the step runs once eagerly with its GEMMs on
+fastnn's handle, so cuBLAS picks its kernels for the real shapes outside the capture.
+
+Ordering: ``fit`` runs on the capture stream, a non-blocking one, so ``StepGraphs.ordered`` makes it
+wait for the work queued before on the legacy default stream (the data's copy to the device, a
+restored checkpoint), and the default stream wait for it at the end. An out-of-memory retry
+(``Sequential._guard_memory``) clears the workspaces a graph used, so it ``reset``s the graph,
+which is captured again.
 
 Status: written and CPU-tested for its fallbacks (no GPU in the sessions that wrote it); the
 ``gpu`` tests (replay equals eager, Dropout, BatchNormalization, Adam) and the probes in
@@ -35,6 +45,7 @@ Status: written and CPU-tested for its fallbacks (no GPU in the sessions that wr
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import warnings
@@ -69,14 +80,30 @@ class _Recorder:
         if self.cublas is not None:  # "full": the GEMM is captured like any kernel
             return self.cublas.gemm(a, b, out, trans_a, trans_b, self.precision)
         # "split": close the graph so far, run this GEMM eagerly at replay, start the next graph
-        self.program.append(self.stream.end_capture())
+        self._close_segment()
         self.program.append(functools.partial(_eager_gemm, cupy, a, b, trans_a, trans_b, out, self.precision))
         self.stream.begin_capture()
         return out
 
+    def _close_segment(self):
+        graph = self.stream.end_capture()
+        if _has_nodes(graph):  # a step that starts with a GEMM, or two GEMMs in a row, leave empty graphs
+            self.program.append(graph)
+
     def finish(self):
-        self.program.append(self.stream.end_capture())
+        self._close_segment()
         return self.program
+
+
+def _has_nodes(graph):
+    """False only for a graph whose DOT dump names no node at all (then launching it is a wasted
+    call); True whenever unsure."""
+    try:
+        dot = graph.debug_dot_str()
+    except Exception:  # noqa: BLE001 - no dump: keep the graph
+        return True
+    dot = dot.decode(errors="replace") if isinstance(dot, bytes) else str(dot)
+    return "node" in dot
 
 
 def _eager_gemm(cupy, a, b, trans_a, trans_b, out, precision):
@@ -90,7 +117,7 @@ class _Captured:
 
     def __init__(self, program, x_slot, y_slot, stats, masks, keep, pool):
         self.program, self.x_slot, self.y_slot, self.stats = program, x_slot, y_slot, stats
-        self.masks = masks  # [(Dropout layer, mask shape, dtype)]: masks drawn before each replay
+        self.masks = masks  # [(Dropout layer, its captured mask buffer)]: drawn before each replay
         self.keep, self.pool = keep, pool
         self.checked = False
 
@@ -119,6 +146,26 @@ class StepGraphs:
         self._cublas = None
 
     # ------------------------------------------------------------------ public
+    @contextlib.contextmanager
+    def ordered(self):
+        """Run a block (the whole ``fit``) on the capture stream, ordered after everything queued
+        before it on the legacy default stream (the data's and parameters' host-to-device copies,
+        a restored checkpoint) and before everything queued there after it. A non-blocking stream
+        does not synchronise with the default stream by itself."""
+        null = self.cupy.cuda.Stream.null
+        with self.stream:
+            self.stream.wait_event(null.record())
+            try:
+                yield self.stream
+            finally:
+                null.wait_event(self.stream.record())
+
+    def reset(self):
+        """Forget the captured step (after an out-of-memory retry cleared the layers' workspaces):
+        the next full batch runs eagerly again, and the one after it is captured anew."""
+        self.captured = None
+        self.warm = False
+
     def step(self, fill, n_global, row0, comm):
         """Train one full batch through the graph; ``None`` when the caller must run it eagerly.
 
@@ -139,19 +186,19 @@ class StepGraphs:
         cap = self.captured
         fill(cap.x_slot, cap.y_slot)
         step = model._step
-        model._step += 1
-        for layer, shape, dtype in cap.masks:
+        for layer, mask in cap.masks:  # into the very buffers the graph reads (never a fresh workspace)
             layer.step, layer.row0 = step, row0
-            layer.reuse_buffers = True
-            try:
-                layer.fill_mask(self.ops, shape, dtype, step)
-            finally:
-                layer.reuse_buffers = False
-        if not cap.checked:
-            stats = self._first_replay(cap, n_global)
-        else:
-            cap.launch(self.stream)
-            stats = {k: v.copy() for k, v in cap.stats.items()}
+            self.ops.dropout_mask(mask.shape, layer.rate, layer.seed, step, row0, dtype=mask.dtype, out=mask)
+        try:
+            if not cap.checked:
+                stats = self._first_replay(cap, n_global)
+            else:
+                cap.launch(self.stream)
+                stats = {k: v.copy() for k, v in cap.stats.items()}
+        except Exception as exc:  # noqa: BLE001 - a failed replay: this step and the rest run eagerly
+            self._give_up(f"replaying the step failed ({type(exc).__name__}: {exc})")
+            return None
+        model._step += 1
         return model._apply_step(stats, self.rows, comm)
 
     # ------------------------------------------------------------------ capture
@@ -161,7 +208,7 @@ class StepGraphs:
         warnings.warn(f"fastnn: fit(cuda_graph=True): {reason}; training continues eagerly on "
                       f"{self.ops.device}", RuntimeWarning, stacklevel=4)
 
-    def _handle(self):
+    def _handle(self, precision):
         """fastnn's cuBLAS handle on the capture stream, checked eagerly; None means "split" mode."""
         if self.mode is not None:
             return self._cublas
@@ -172,21 +219,39 @@ class StepGraphs:
             handle = Cublas(self.stream)
             rng = numpy.random.default_rng(0)
             for dtype in (numpy.float32, numpy.float64):
-                a = cupy.asarray(rng.standard_normal((37, 19)), dtype=dtype)
-                b = cupy.asarray(rng.standard_normal((19, 23)), dtype=dtype)
+                a64, b64 = rng.standard_normal((37, 19)), rng.standard_normal((19, 23))
+                want = a64 @ b64
+                tol = 5e-3 if dtype == numpy.float32 and precision == "tf32" else 1e-5
                 for ta, tb in ((False, False), (True, False), (False, True)):
-                    aa, bb = (cupy.ascontiguousarray(a.T) if ta else a), (cupy.ascontiguousarray(b.T) if tb else b)
+                    aa = cupy.asarray(a64.T.copy() if ta else a64, dtype=dtype)
+                    bb = cupy.asarray(b64.T.copy() if tb else b64, dtype=dtype)
                     out = cupy.empty((37, 23), dtype=dtype)
-                    handle.gemm(aa, bb, out, ta, tb)
-                    err = float(cupy.linalg.norm(out - a @ b) / cupy.linalg.norm(a @ b))
-                    if not err < 1e-5:
-                        raise RuntimeError(f"its GEMM differs from cupy.matmul (relative error {err:.2e})")
+                    handle.gemm(aa, bb, out, ta, tb, precision)
+                    got = cupy.asnumpy(out).astype(numpy.float64)
+                    err = float(numpy.linalg.norm(got - want) / numpy.linalg.norm(want))
+                    if not err < tol:
+                        raise RuntimeError(f"its {numpy.dtype(dtype).name} GEMM (trans_a={ta}, trans_b={tb}) is off "
+                                           f"by {err:.2e} (relative)")
             self.mode, self._cublas = "full", handle
         except Exception as exc:  # noqa: BLE001 - no usable handle: split the step around its GEMMs
             log.info("fastnn: cuda_graph: direct cuBLAS unavailable (%s: %s); GEMMs run eagerly between graphs",
                      type(exc).__name__, exc)
             self.mode, self._cublas = "split", None
         return self._cublas
+
+    def _rehearse(self, recorder, x_slot, y_slot, n_global):
+        """One eager run of the step with its GEMMs on fastnn's handle at their real shapes, so
+        cuBLAS chooses and loads its kernels before the capture (its heuristics can fail inside
+        one); the parameters (BatchNormalization's statistics) are restored after it."""
+        model, ops = self.model, self.ops
+        p0 = model.flat.p.copy()
+        ops.capture = recorder
+        try:
+            model._grad_step(x_slot, y_slot, self.rows, n_global)
+        finally:
+            ops.capture = None
+            model.flat.p[...] = p0
+        recorder.keep.clear()
 
     def _capture(self, n_global):
         from fastnn import backend
@@ -195,17 +260,20 @@ class StepGraphs:
         rows = self.rows
         x_slot = cupy.zeros((rows,) + self.x_spec[0], dtype=self.x_spec[1])  # filled before each replay
         y_slot = cupy.zeros((rows,) + self.y_spec[0], dtype=self.y_spec[1])
-        handle = self._handle()
+        precision = backend.get_matmul_precision()
+        handle = self._handle(precision)
         pool = cupy.cuda.MemoryPool()
-        recorder = _Recorder(cupy, stream, handle, backend.get_matmul_precision())
+        recorder = _Recorder(cupy, stream, handle, precision)
         dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
-        stream.synchronize()
-        ops.capture = recorder
         for layer in model.layers:
             layer.reuse_buffers = True
         for layer in dropouts:
             layer.premade_mask = True
         try:
+            if handle is not None:
+                self._rehearse(recorder, x_slot, y_slot, n_global)
+            stream.synchronize()
+            ops.capture = recorder
             with cupy.cuda.using_allocator(pool.malloc):
                 stream.begin_capture()
                 try:
@@ -223,7 +291,7 @@ class StepGraphs:
                 layer.reuse_buffers = False
             for layer in dropouts:
                 layer.premade_mask = False
-        masks = [(layer, layer.mask.shape, layer.mask.dtype) for layer in dropouts if layer.mask is not None]
+        masks = [(layer, layer.mask) for layer in dropouts if layer.mask is not None]
         keep = [handle, recorder.keep, list(model._dx_buffer.values())]
         for layer in model.layers:  # every array a layer holds now is one the graph may touch
             keep.append(list(layer._ws.values()))

@@ -88,6 +88,7 @@ class Sequential:
         self._head = None
         self._fit_params = {}
         self._dx_buffer = {}
+        self._graphs = None  # (owners, key, fastnn.graphs.StepGraphs) of the last fit(cuda_graph=True)
         for layer in layers or []:
             self.add(layer)
 
@@ -187,6 +188,7 @@ class Sequential:
             layer._ops = ops
             layer._ws.clear()  # workspaces live on the old device
         self._dx_buffer.clear()
+        self._graphs = None  # captured on the old device
         self.ops = ops
         self.flat = FlatParams(self.layers, ops, self.dtype)  # copies each weight from its old view
         if self.optimizer is not None and slots:
@@ -445,7 +447,7 @@ class Sequential:
 
         with contextlib.ExitStack() as stack:
             if graphs is not None:
-                stack.enter_context(graphs.stream)  # the whole fit on the capture stream: one order
+                stack.enter_context(graphs.ordered())  # the whole fit on the capture stream
             if feeder is not None:
                 stack.enter_context(feeder)
             run_loop(self, sampler, train_step, epochs=epochs, initial_epoch=initial_epoch, callbacks=cbs,
@@ -488,10 +490,11 @@ class Sequential:
         # A captured step stays valid across fit() calls while what it was captured from is the
         # same: the flat buffers, the loss and metrics objects, the shapes and the precision.
         owners = (self.flat, self.loss, *self.metrics)
-        plain = (self._head, hi - lo, batch_size, x_spec, y_spec, get_matmul_precision())
+        rates = tuple(layer.rate for layer in self.layers if isinstance(layer, Dropout))
+        plain = (self._head, hi - lo, batch_size, x_spec, y_spec, get_matmul_precision(), rates)
         cached = getattr(self, "_graphs", None)
         if (cached is not None and len(cached[0]) == len(owners) and all(a is b for a, b in zip(cached[0], owners))
-                and cached[1] == plain):
+                and cached[1] == plain and cached[2].disabled is None):
             return cached[2]
         graphs = StepGraphs(self, hi - lo, x_spec, y_spec)
         self._graphs = (owners, plain, graphs)
@@ -519,6 +522,9 @@ class Sequential:
         for layer in self.layers:
             layer._ws.clear()
         self._dx_buffer.clear()
+        cached = getattr(self, "_graphs", None)
+        if cached is not None:
+            cached[2].reset()  # its graph kept the cleared workspaces: capture again later
         self.ops.free_memory()
         try:
             return fn()
