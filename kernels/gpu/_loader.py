@@ -6,17 +6,33 @@ and ``double`` through ``name_expressions``; CuPy's disk cache (``CUPY_CACHE_DIR
 processes (CuPy >= 14.2 caches templated modules). Nothing here imports CuPy at module level, so
 the launcher modules import on machines without CuPy or a GPU.
 
+Shared device helpers (``FMath``, the activation functions, warp/block/column sums) live once in
+``common.cuh``; each ``.cu`` pulls them in with the single line ``#include "common.cuh"``. The
+loader does not let NVRTC resolve that include (no ``-I``): CuPy's disk cache keys on the source
+string given to ``RawModule`` plus the options, not on the contents of included headers, so an
+edited header behind an unchanged ``.cu`` would keep serving stale binaries. Instead ``source()``
+pastes the header's text in place of that line (between ``// begin common.cuh`` and
+``// end common.cuh``, with ``#line`` directives so compiler messages still name the right file
+and line), and ``module()`` compiles that expanded text: any change to ``common.cuh`` changes the
+cache key. Any other quoted ``#include`` in a ``.cu`` (or one inside the header) is a
+``ValueError``, since it would reintroduce exactly that staleness. nvcc (``tests/test_cuda_compile.py``)
+compiles the ``.cu`` files as they are, resolving the include next to them.
+
 Launch sizes come from the device's properties: grid-stride kernels get at most
 ``BLOCKS_PER_SM`` blocks per multiprocessor, so any grid is correct and the size is only tuning.
 """
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
 import numpy
 
 HERE = Path(__file__).resolve().parent
+HEADER = "common.cuh"  # the shared device helpers, pasted into every source by source()
+_INCLUDE_LINE = f'#include "{HEADER}"'
+_QUOTED_INCLUDE = re.compile(r'^\s*#\s*include\s*"')  # any quoted include, however spaced
 CTYPES = {numpy.dtype(numpy.float32): "float", numpy.dtype(numpy.float64): "double"}
 # --fmad=false: products and sums round separately, as NumPy's do, so the kernels reproduce the
 # reference's arithmetic. (CuPy adds -ftz=true and -arch itself; GPU-NOTES §2.)
@@ -34,6 +50,41 @@ _sm_counts: dict = {}  # device id -> multiprocessor count
 def source_path(family: str) -> Path:
     """The ``.cu`` file of a kernel family (shipped as package data)."""
     return HERE / f"{family}.cu"
+
+
+def header_path() -> Path:
+    """``common.cuh``, the shared device helpers (shipped as package data next to the ``.cu`` files)."""
+    return HERE / HEADER
+
+
+def source(family: str) -> str:
+    """The text of ``<family>.cu`` with ``#include "common.cuh"`` replaced by the header's text.
+
+    Only a line that is exactly ``#include "common.cuh"`` (surrounding whitespace aside) is
+    expanded; any other quoted include, in the ``.cu`` or in the header, raises ``ValueError``
+    naming the file and line. Angle-bracket includes are left to NVRTC. See the module docstring
+    for why the expansion happens here rather than through an include path.
+    """
+    path, hdr = source_path(family), header_path()
+    header = hdr.read_text(encoding="utf-8")
+    for no, line in enumerate(header.splitlines(), 1):
+        if _QUOTED_INCLUDE.match(line):
+            raise ValueError(f"{hdr.name}:{no}: quoted #include in the shared header is not supported "
+                             f"(the loader expands only {_INCLUDE_LINE!r} in the .cu files): {line.strip()!r}")
+    if not header.endswith("\n"):
+        header += "\n"
+    out = []
+    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(keepends=True), 1):
+        if line.strip() == _INCLUDE_LINE:
+            out.append(f"// begin {HEADER}\n#line 1 \"{HEADER}\"\n{header}"
+                       f"// end {HEADER}\n#line {no + 1} \"{path.name}\"\n")
+        elif _QUOTED_INCLUDE.match(line):
+            raise ValueError(f"{path.name}:{no}: only {_INCLUDE_LINE!r} may be included with quotes "
+                             f"(the loader pastes it in; other headers would escape CuPy's cache key): "
+                             f"{line.strip()!r}")
+        else:
+            out.append(line)
+    return "".join(out)
 
 
 def name_expressions(kernels) -> list:
@@ -60,7 +111,7 @@ def module(family: str, kernels):
             mod = _modules.get(key)
             if mod is None:
                 cupy = _cupy()
-                mod = cupy.RawModule(code=source_path(family).read_text(encoding="utf-8"),
+                mod = cupy.RawModule(code=source(family),
                                      options=COMPILE_OPTIONS, name_expressions=name_expressions(kernels))
                 _modules[key] = mod
     return mod

@@ -2,12 +2,14 @@
 // im2col_t, col2im_t, max pooling forward (with argmax) and backward.
 //
 // Templates over T (float, double), instantiated through CuPy's name_expressions; grid-stride
-// loops, so any grid is correct. No headers. Geometry arrives checked and normalised by the
-// launcher (fastnn/backend/ops.py, conv_geometry): strides sh, sw, top/left padding pt, pl and
-// the output size oh, ow. col is (N*OH*OW, C*FH*FW): row (n, oy, ox), column (c, ky, kx).
-// colT, im2col_t's output, is col transposed: (C*FH*FW, N*OH*OW).
+// loops, so any grid is correct. Shared helpers: common.cuh. Geometry arrives checked and
+// normalised by the launcher (fastnn/backend/ops.py, conv_geometry): strides sh, sw, top/left
+// padding pt, pl and the output size oh, ow. col is (N*OH*OW, C*FH*FW): row (n, oy, ox),
+// column (c, ky, kx). colT, im2col_t's output, is col transposed: (C*FH*FW, N*OH*OW).
 // col2im and col2im_t gather (one thread per input element) instead of scattering, so they need no
 // atomics and every element sums its terms in one fixed order; maxpool_backward scatters with atomicAdd.
+
+#include "common.cuh"
 
 // One thread per col element: col[r, j] = x[n, c, oy*sh + ky - pt, ox*sw + kx - pl], 0 outside x.
 template <typename T>
@@ -147,58 +149,7 @@ __global__ void fastnn_maxpool_backward(const T* __restrict__ dout, const long l
 }
 
 // ---- bias + activation between NCHW and the (C, N, H, W) layout of the convolution GEMMs.
-// Activation codes and formulas as activations.cu (each .cu compiles alone, with no headers).
-#define FASTNN_CONV_RELU 1
-#define FASTNN_CONV_SIGMOID 2
-#define FASTNN_CONV_TANH 3
-#define FASTNN_CONV_LEAKY_RELU 4
-#define FASTNN_CONV_ELU 5
-#define FASTNN_CONV_SOFTPLUS 6
-
-template <typename T> struct ConvMath;
-template <> struct ConvMath<float> {
-    static __device__ __forceinline__ float exp(float x) { return expf(x); }
-    static __device__ __forceinline__ float expm1(float x) { return expm1f(x); }
-    static __device__ __forceinline__ float log1p(float x) { return log1pf(x); }
-    static __device__ __forceinline__ float tanh(float x) { return tanhf(x); }
-    static __device__ __forceinline__ float abs(float x) { return fabsf(x); }
-};
-template <> struct ConvMath<double> {
-    static __device__ __forceinline__ double exp(double x) { return ::exp(x); }
-    static __device__ __forceinline__ double expm1(double x) { return ::expm1(x); }
-    static __device__ __forceinline__ double log1p(double x) { return ::log1p(x); }
-    static __device__ __forceinline__ double tanh(double x) { return ::tanh(x); }
-    static __device__ __forceinline__ double abs(double x) { return ::fabs(x); }
-};
-
-template <typename T>
-__device__ __forceinline__ T fastnn_conv_act(T z, int act, T alpha) {
-    typedef ConvMath<T> M;
-    const T zero = T(0), half = T(0.5);
-    switch (act) {
-    case FASTNN_CONV_RELU: return z < zero ? zero : z;
-    case FASTNN_CONV_SIGMOID: return half * M::tanh(half * z) + half;
-    case FASTNN_CONV_TANH: return M::tanh(z);
-    case FASTNN_CONV_LEAKY_RELU: return z > zero ? z : alpha * z;
-    case FASTNN_CONV_ELU: return z > zero ? z : alpha * M::expm1(z < zero ? z : zero);
-    case FASTNN_CONV_SOFTPLUS: return (z < zero ? zero : z) + M::log1p(M::exp(-M::abs(z)));
-    default: return z;  // LINEAR
-    }
-}
-
-template <typename T>
-__device__ __forceinline__ T fastnn_conv_act_grad(T y, int act, T alpha) {
-    const T zero = T(0), one = T(1);
-    switch (act) {
-    case FASTNN_CONV_RELU: return y > zero ? one : zero;
-    case FASTNN_CONV_SIGMOID: return y * (one - y);
-    case FASTNN_CONV_TANH: return one - y * y;
-    case FASTNN_CONV_LEAKY_RELU: return y > zero ? one : alpha;
-    case FASTNN_CONV_ELU: return y > zero ? one : y + alpha;
-    case FASTNN_CONV_SOFTPLUS: return -ConvMath<T>::expm1(-y);
-    default: return one;  // LINEAR
-    }
-}
+// Activation codes and fastnn_act / fastnn_act_grad: common.cuh (shared with activations.cu).
 
 // One thread per output element out[b, ch, k] = act(z[ch, b, k] + bias[ch]), k over the H*W plane.
 template <typename T>
@@ -209,7 +160,7 @@ __global__ void fastnn_conv_bias_act(const T* __restrict__ z, const T* __restric
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
         const long long k = i % p, ch = (i / p) % c, b = i / (p * c);
         const T v = z[(ch * n + b) * p + k];
-        out[i] = fastnn_conv_act(has_b ? v + bias[ch] : v, act, alpha);
+        out[i] = fastnn_act(has_b ? v + bias[ch] : v, act, alpha);
     }
 }
 
@@ -223,7 +174,7 @@ __global__ void fastnn_conv_act_backward(const T* __restrict__ dout, const T* __
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
         const long long k = i % p, b = (i / p) % n, ch = i / (p * n);
         const long long src = (b * c + ch) * p + k;
-        out[i] = dout[src] * fastnn_conv_act_grad(y[src], act, alpha);
+        out[i] = dout[src] * fastnn_act_grad(y[src], act, alpha);
     }
 }
 

@@ -5,6 +5,9 @@
 // i = (row0 + r) * d + j = row0 * d + e; it draws h = mix64(base + i * GOLDEN) (uint64 arithmetic
 // wraps as NumPy's does), u = (h >> 40) * 2^-24 in double, and is kept when u >= rate.
 // base = dropout_base(seed, step) is computed on the host.
+// Uses no shared helper yet; includes common.cuh like every family.
+
+#include "common.cuh"
 
 template <typename T>
 __global__ void fastnn_dropout_mask(T* __restrict__ out, long long n, unsigned long long base,

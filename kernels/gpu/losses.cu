@@ -4,56 +4,10 @@
 // Losses are summed on the device without atomics, so they are deterministic: each block writes
 // one partial sum, then fastnn_loss_finish (one block) adds the partials and applies the final
 // division or scale, writing a 0-d array. No host synchronisation anywhere.
-// Formulas mirror fastnn/backend/ops.py; compiled by NVRTC with no headers.
+// Formulas mirror fastnn/backend/ops.py. Shared helpers (FMath, warp and block sums, FASTNN_BLOCK):
+// common.cuh.
 
-#define FASTNN_BLOCK 256  // the launcher's block size for every kernel in this file
-
-template <typename T> struct FMath;
-template <> struct FMath<float> {
-    static __device__ __forceinline__ float exp(float x) { return expf(x); }
-    static __device__ __forceinline__ float log(float x) { return logf(x); }
-    static __device__ __forceinline__ float log1p(float x) { return log1pf(x); }
-    static __device__ __forceinline__ float tanh(float x) { return tanhf(x); }
-    static __device__ __forceinline__ float abs(float x) { return fabsf(x); }
-    static __device__ __forceinline__ float nan() { return __int_as_float(0x7fc00000); }
-};
-template <> struct FMath<double> {
-    static __device__ __forceinline__ double exp(double x) { return ::exp(x); }
-    static __device__ __forceinline__ double log(double x) { return ::log(x); }
-    static __device__ __forceinline__ double log1p(double x) { return ::log1p(x); }
-    static __device__ __forceinline__ double tanh(double x) { return ::tanh(x); }
-    static __device__ __forceinline__ double abs(double x) { return ::fabs(x); }
-    static __device__ __forceinline__ double nan() { return __longlong_as_double(0x7ff8000000000000LL); }
-};
-
-template <typename T>
-__device__ __forceinline__ T fastnn_warp_max(T v) {
-    for (int o = 16; o > 0; o >>= 1) {
-        T w = __shfl_xor_sync(0xffffffffu, v, o);
-        v = w > v ? w : v;
-    }
-    return v;
-}
-
-template <typename T>
-__device__ __forceinline__ T fastnn_warp_sum(T v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// Sum of v over the block (blockDim.x == FASTNN_BLOCK); the result is valid in thread 0.
-template <typename T>
-__device__ __forceinline__ T fastnn_block_sum(T v) {
-    __shared__ T warp_sums[FASTNN_BLOCK / 32];
-    v = fastnn_warp_sum(v);
-    if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = v;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        v = threadIdx.x < (FASTNN_BLOCK / 32) ? warp_sums[threadIdx.x] : T(0);
-        v = fastnn_warp_sum(v);
-    }
-    return v;
-}
+#include "common.cuh"
 
 // out[0] = sum(partials) / divisor (divide != 0) or sum(partials) * factor (divide == 0).
 // One block of FASTNN_BLOCK threads.

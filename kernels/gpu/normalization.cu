@@ -3,31 +3,9 @@
 // Block (FASTNN_COLS, FASTNN_ROWS): threadIdx.x walks a group of 32 columns (coalesced reads of a
 // row), threadIdx.y strides over rows; column sums meet in shared memory. Grid-stride over
 // column groups. Formulas mirror Ops.batchnorm_forward / batchnorm_backward (two-pass variance).
+// FASTNN_COLS, FASTNN_ROWS, fastnn_column_total and FMath: common.cuh.
 
-#define FASTNN_COLS 32
-#define FASTNN_ROWS 8
-
-template <typename T> struct FMath;
-template <> struct FMath<float> {
-    static __device__ __forceinline__ float sqrt(float x) { return sqrtf(x); }
-};
-template <> struct FMath<double> {
-    static __device__ __forceinline__ double sqrt(double x) { return ::sqrt(x); }
-};
-
-// Sum the FASTNN_ROWS partial sums of each column; every thread of the column gets the total.
-template <typename T>
-__device__ __forceinline__ T fastnn_column_total(T (*part)[FASTNN_COLS + 1], T acc) {
-    part[threadIdx.y][threadIdx.x] = acc;
-    __syncthreads();
-    for (int s = FASTNN_ROWS / 2; s > 0; s >>= 1) {
-        if (threadIdx.y < s) part[threadIdx.y][threadIdx.x] += part[threadIdx.y + s][threadIdx.x];
-        __syncthreads();
-    }
-    T total = part[0][threadIdx.x];
-    __syncthreads();  // part is reused by the next reduction
-    return total;
-}
+#include "common.cuh"
 
 // train != 0: mu, var = batch mean and biased variance; running = mom * running + one_minus_mom * batch.
 // train == 0: mu, var = running statistics. Then inv_std = 1 / sqrt(var + eps),

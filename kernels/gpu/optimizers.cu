@@ -9,19 +9,9 @@
 //
 // The gradient used by every rule: g' = g * scale (when use_scale) + wd * p (when use_wd).
 
-#define FASTNN_BLOCK 256  // the launcher's block size for fastnn_sq_norm / fastnn_sum_finish
-
-template <typename T> struct FMath;
-template <> struct FMath<float> {
-    static __device__ __forceinline__ float sqrt(float x) { return sqrtf(x); }
-    static __device__ __forceinline__ float abs(float x) { return fabsf(x); }
-    static __device__ __forceinline__ float tiny() { return 1.17549435082228750797e-38f; }  // FLT_MIN
-};
-template <> struct FMath<double> {
-    static __device__ __forceinline__ double sqrt(double x) { return ::sqrt(x); }
-    static __device__ __forceinline__ double abs(double x) { return ::fabs(x); }
-    static __device__ __forceinline__ double tiny() { return 2.2250738585072013830902e-308; }  // DBL_MIN
-};
+// Shared helpers (common.cuh): FMath, fastnn_block_sum and FASTNN_BLOCK, the launcher's block size
+// for fastnn_sq_norm / fastnn_sum_finish.
+#include "common.cuh"
 
 template <typename T>
 __device__ __forceinline__ T fastnn_flush(T s) {
@@ -33,26 +23,6 @@ __device__ __forceinline__ T fastnn_grad(T p, T g, T wd, T scale, int use_wd, in
     if (use_scale) g = g * scale;
     if (use_wd) g = g + wd * p;
     return g;
-}
-
-template <typename T>
-__device__ __forceinline__ T fastnn_warp_sum(T v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// Sum of v over the block (blockDim.x == FASTNN_BLOCK); the result is valid in thread 0.
-template <typename T>
-__device__ __forceinline__ T fastnn_block_sum(T v) {
-    __shared__ T warp_sums[FASTNN_BLOCK / 32];
-    v = fastnn_warp_sum(v);
-    if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = v;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        v = threadIdx.x < (FASTNN_BLOCK / 32) ? warp_sums[threadIdx.x] : T(0);
-        v = fastnn_warp_sum(v);
-    }
-    return v;
 }
 
 // partials[blockIdx.x] = sum over this block's share of x[i]^2.
