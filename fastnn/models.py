@@ -230,7 +230,11 @@ class Sequential:
 
     # ------------------------------------------------------------------ data
     def _prepare(self, x, y=None, what=("x", "y"), move=True):
-        """Validate once on the host, build if needed, and move to the device once (unless not ``move``)."""
+        """Validate once on the host, build if needed, and move to the device once.
+
+        ``move=False`` leaves the arrays where they are; ``move="auto"`` (evaluation, prediction)
+        leaves host arrays on the host when they would not fit on the GPU (``fastnn.feeding``): the
+        batch loops then move one batch at a time."""
         x = validation.check_x(self.name, x, what[0], self.ops)
         if not self.built:
             first = self.layers[0].input_shape if self.layers else None
@@ -240,6 +244,10 @@ class Sequential:
             y = validation.check_targets(self, y, x.shape[0], what[1])
         if not move:
             return x, y
+        if move == "auto" and self.ops.name == "cupy" and not self.ops.owns(x):
+            nbytes = x.size * self.dtype.itemsize + (0 if y is None else numpy.asarray(y).nbytes)
+            if feeding.feeds_from_host(self.ops, nbytes):
+                return x, y
         x = x if self.ops.owns(x) and x.dtype == self.dtype else self.ops.asarray(x, dtype=self.dtype)
         if y is not None and not self.ops.owns(y):
             y = self.ops.asarray(y)
@@ -386,13 +394,13 @@ class Sequential:
         if validation_data is not None:
             if len(validation_data) != 2:
                 raise ValueError(f"{self.name}: validation_data must be (x_val, y_val)")
-            val = self._prepare(*validation_data, what=("validation x", "validation y"))
+            val = self._prepare(*validation_data, what=("validation x", "validation y"), move="auto")
         elif validation_split:
             n_val = int(x.shape[0] * validation_split)
             if n_val == 0 or n_val == x.shape[0]:
                 raise ValueError(f"{self.name}: validation_split={validation_split} of {x.shape[0]} samples leaves "
                                  f"{n_val} for validation and {x.shape[0] - n_val} for training")
-            x, y, val = x[:-n_val], y[:-n_val], self._prepare(x[-n_val:], y[-n_val:])
+            x, y, val = x[:-n_val], y[:-n_val], self._prepare(x[-n_val:], y[-n_val:], move="auto")
         x, y, feeder = self._place_training_data(x, y, batch_size)
         n = x.shape[0]
         rng = make_rng(seed) if seed is not None else self.rng
@@ -587,7 +595,7 @@ class Sequential:
             x, y = x[lo:hi], y[lo:hi]
         sums, count = {}, 0
         for start in range(0, x.shape[0], batch_size):
-            xb, tb = x[start:start + batch_size], y[start:start + batch_size]
+            xb, tb = self._on_device(x[start:start + batch_size]), self._on_device(y[start:start + batch_size], None)
             out = self._forward(xb, False)
             loss = self.loss.compute(self.ops, out, tb, None)
             penalty = self._penalty()
@@ -615,7 +623,7 @@ class Sequential:
         """``[loss, *metrics]`` on ``(x, y)`` (just the loss when there are no metrics), as host floats."""
         self._require_compiled("evaluate()")
         batch_size = _positive_int(self.name, "batch_size", batch_size)
-        x, y = self._prepare(x, y)
+        x, y = self._prepare(x, y, move="auto")
         logs = self._evaluate_arrays(x, y, batch_size)
         if verbose not in (0, "auto", False) and verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), file=sys.stderr)
@@ -627,11 +635,18 @@ class Sequential:
     def predict(self, x, batch_size=32, verbose=0):
         """Outputs for ``x`` as a host NumPy array (probabilities when the model ends in softmax/sigmoid)."""
         batch_size = _positive_int(self.name, "batch_size", batch_size)
-        x, _ = self._prepare(x)
+        x, _ = self._prepare(x, move="auto")
         outs = []
         for start in range(0, x.shape[0], batch_size):
-            outs.append(self._apply_head(self._forward(x[start:start + batch_size], False)))
+            outs.append(self._apply_head(self._forward(self._on_device(x[start:start + batch_size]), False)))
         return self.ops.asnumpy(self.ops.xp.concatenate(outs))
+
+    def _on_device(self, a, dtype="model"):
+        """One batch on the model's device (a no-op for arrays already there): the inference loops'
+        per-batch copy when ``_prepare(move="auto")`` left a too-large set on the host."""
+        if self.ops.owns(a):
+            return a
+        return self.ops.asarray(a, dtype=self.dtype if dtype == "model" else dtype)
 
     def train_on_batch(self, x, y):
         """One optimizer step on ``(x, y)``; returns ``[loss, *metrics]`` for that batch."""

@@ -322,3 +322,16 @@ def test_out_of_memory_on_the_gpu_names_sizes_and_remedies():
     assert model.ops.name == "cupy"
     for a, b in zip(before, model.get_weights()):
         numpy.testing.assert_array_equal(a, b)
+
+
+@gpu_only
+def test_gpu_evaluate_and_predict_from_host_batches_match_resident(monkeypatch):
+    """With ``FASTNN_DEVICE_DATA=host`` evaluation and prediction move one batch at a time."""
+    x, y = _data(n=203)
+    model = _model("cupy")
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=2)
+    resident = model.evaluate(x, y, batch_size=50, verbose=0), model.predict(x, batch_size=50)
+    monkeypatch.setenv("FASTNN_DEVICE_DATA", "host")
+    fed = model.evaluate(x, y, batch_size=50, verbose=0), model.predict(x, batch_size=50)
+    numpy.testing.assert_allclose(fed[0], resident[0], rtol=1e-6)
+    numpy.testing.assert_array_equal(fed[1], resident[1])
