@@ -335,3 +335,91 @@ def test_gpu_evaluate_and_predict_from_host_batches_match_resident(monkeypatch):
     fed = model.evaluate(x, y, batch_size=50, verbose=0), model.predict(x, batch_size=50)
     numpy.testing.assert_allclose(fed[0], resident[0], rtol=1e-6)
     numpy.testing.assert_array_equal(fed[1], resident[1])
+
+
+# ------------------------------------------------------------------------------------ cuBLAS mapping (CPU)
+class _HostArray:
+    """A NumPy array dressed as the CuPy array ``Cublas.gemm`` reads (``.data.ptr`` and flags)."""
+
+    def __init__(self, a):
+        self.a = a
+        self.shape, self.dtype, self.flags = a.shape, a.dtype, a.flags
+        self.data = type("Ptr", (), {"ptr": a.ctypes.data})()
+
+    def fill(self, v):
+        self.a.fill(v)
+
+
+class _ColumnMajorBlas:
+    """cuBLAS's column-major GEMM contract, computed by NumPy on the memory behind the pointers:
+    ``C = alpha op(A) op(B) + beta C`` with ``op(A)`` m x k, element (i, j) of an ld-matrix at
+    ``i + j * ld``. A wrong operand order, dimension or leading dimension in ``Cublas.gemm`` gives
+    a wrong product (or a read out of bounds, caught by the size checks here)."""
+
+    def __init__(self, sizes):
+        self.sizes, self.calls = sizes, []
+
+    def _view(self, ptr, rows, cols, ld, ctype, dtype):
+        import ctypes
+
+        assert ld >= rows and ld * (cols - 1) + rows <= self.sizes[ptr], "leading dimension out of bounds"
+        flat = numpy.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctype)), shape=(self.sizes[ptr],))
+        return flat[:ld * cols].reshape(cols, ld).T[:rows].view(dtype)
+
+    def _gemm(self, name, ctype, dtype, h, opa, opb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
+        self.calls.append(name)
+        a = self._view(A.value, *((k, m) if opa else (m, k)), lda, ctype, dtype)
+        b = self._view(B.value, *((n, k) if opb else (k, n)), ldb, ctype, dtype)
+        c = self._view(C.value, m, n, ldc, ctype, dtype)
+        prod = alpha._obj.value * ((a.T if opa else a) @ (b.T if opb else b))
+        c[...] = prod if beta._obj.value == 0 else prod + beta._obj.value * c   # beta 0: C is not read
+        return 0
+
+    def cublasSgemm_v2(self, *args):
+        import ctypes
+        return self._gemm("sgemm", ctypes.c_float, numpy.float32, *args)
+
+    def cublasDgemm_v2(self, *args):
+        import ctypes
+        return self._gemm("dgemm", ctypes.c_double, numpy.float64, *args)
+
+    def cublasGemmEx(self, h, opa, opb, m, n, k, alpha, A, atype, lda, B, btype, ldb, beta, C, ctype_, ldc,
+                     compute, algo):
+        import ctypes
+        assert (atype, btype, ctype_, compute) == (0, 0, 0, 77)   # CUDA_R_32F x3, COMPUTE_32F_FAST_TF32
+        return self._gemm("gemmex-tf32", ctypes.c_float, numpy.float32, h, opa, opb, m, n, k, alpha, A, lda, B,
+                          ldb, beta, C, ldc)
+
+
+@pytest.mark.parametrize("dtype,precision,call", [(numpy.float32, "float32", "sgemm"),
+                                                  (numpy.float64, "float32", "dgemm"),
+                                                  (numpy.float64, "tf32", "dgemm"),
+                                                  (numpy.float32, "tf32", "gemmex-tf32")])
+@pytest.mark.parametrize("trans", [(False, False), (True, False), (False, True), (True, True)],
+                         ids=["nn", "tn", "nt", "tt"])
+def test_cublas_row_major_mapping_against_the_column_major_contract(dtype, precision, call, trans):
+    """``Cublas.gemm`` issues row-major ``out = op(a) @ op(b)`` as column-major ``out^T = op(b)^T op(a)^T``."""
+    import ctypes
+
+    from fastnn.kernels.gpu.cublas import Cublas
+
+    rng = numpy.random.default_rng(7)
+    m, k, n = 5, 7, 3
+    a = rng.standard_normal((k, m) if trans[0] else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans[1] else (k, n)).astype(dtype)
+    out = numpy.full((m, n), numpy.nan, dtype=dtype)
+    arrays = [_HostArray(v) for v in (a, b, out)]
+    handle = Cublas.__new__(Cublas)
+    handle.lib = _ColumnMajorBlas({x.data.ptr: x.a.size for x in arrays})
+    handle.handle = ctypes.c_void_p()
+    handle._one = {numpy.dtype(numpy.float32): ctypes.c_float(1.0), numpy.dtype(numpy.float64): ctypes.c_double(1.0)}
+    handle._zero = {numpy.dtype(numpy.float32): ctypes.c_float(0.0), numpy.dtype(numpy.float64): ctypes.c_double(0.0)}
+    handle.gemm(*arrays, *trans, precision)
+    assert handle.lib.calls == [call]
+    want = (a.T if trans[0] else a).astype(numpy.float64) @ (b.T if trans[1] else b).astype(numpy.float64)
+    numpy.testing.assert_allclose(out, want, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"op\(a\) is 5x7, op\(b\) 7x3, out 6x3: the shapes do not chain"):
+        handle.gemm(arrays[0], arrays[1], _HostArray(numpy.zeros((6, n), dtype)), *trans)
+    with pytest.raises(ValueError, match="must be a C-contiguous"):
+        handle.gemm(arrays[0], arrays[1], _HostArray(numpy.zeros((n, m), dtype).T), *trans)
+    handle.handle = ctypes.c_void_p()   # nothing to destroy
