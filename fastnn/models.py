@@ -320,9 +320,10 @@ class Sequential:
             layer.reuse_buffers = True  # this step's activations are internal: workspaces, no allocation
             if isinstance(layer, Dropout):
                 layer.step, layer.row0 = self._step, row0
-        self._step += 1
         try:
-            return self._step_on(xb, tb, n, n_global, comm)
+            stats = self._step_on(xb, tb, n, n_global, comm)
+            self._step += 1  # only once the step went through: an out-of-memory retry redraws the same masks
+            return stats
         finally:
             for layer in self.layers:
                 layer.reuse_buffers = False

@@ -344,3 +344,30 @@ def test_inputs_with_only_dlpack_are_accepted(backend):
         model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(DLPackOnly(x), DLPackOnly(t), epochs=1, verbose=0)
         numpy.testing.assert_allclose(model.predict(DLPackOnly(x)), model.predict(x))
+
+
+def test_out_of_memory_retry_trains_exactly_as_without_the_failure(monkeypatch):
+    """The retried step draws the same dropout masks: the step counter advances only on success."""
+    rng = numpy.random.default_rng(0)
+    x, t = rng.random((64, 5)).astype(numpy.float32), rng.integers(0, 3, 64)
+
+    def make():
+        model = Sequential([Dense(8, activation="relu", input_shape=(5,)), Dropout(0.4),
+                            Dense(3, activation="softmax")], seed=0)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        return model
+    clean, flaky = make(), make()
+    clean.fit(x, t, batch_size=16, epochs=2, verbose=0, seed=1)
+    real = flaky.layers[2].forward
+    calls = {"n": 0}
+
+    def fails_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise MemoryError("simulated")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(flaky.layers[2], "forward", fails_once)
+    flaky.fit(x, t, batch_size=16, epochs=2, verbose=0, seed=1)
+    assert calls["n"] == 2 * 4 + 1 and flaky._step == clean._step == 8
+    for a, b in zip(flaky.get_weights(), clean.get_weights()):
+        numpy.testing.assert_array_equal(a, b)

@@ -1,0 +1,292 @@
+"""``fit(cuda_graph=True)`` end to end on the CPU, against a stand-in for CuPy's streams and graphs.
+
+No GPU here, so this cannot show what a real capture freezes; the ``gpu`` tests in
+``test_cuda_graphs.py`` do. What it does show is everything around the capture in
+``fastnn.graphs`` and ``Sequential.fit``: the warm-up step, the capture (in "split" mode: no
+cuBLAS handle without a GPU), the input slots filled by ``take(out=)``, each step's dropout masks
+drawn into the captured buffers, the first replay checked against eager, the batch statistics
+copied out of the graph's buffers, the step counter, the ragged last batch run eagerly, reuse
+across ``fit`` calls, re-capture after an out-of-memory retry, and the fallback when capture or
+replay raises. The stand-in "graph" re-runs the captured ``Sequential._grad_step`` with the same
+arguments and writes its results into the arrays returned at capture, which is what a correct
+capture does; a run on it must equal eager training on the NumPy backend bit for bit.
+"""
+import types
+import warnings
+
+import numpy
+import pytest
+
+from fastnn import feeding
+from fastnn.backend.ops import Ops
+from fastnn.layers import BatchNormalization, Dense, Dropout
+from fastnn.models import Sequential
+
+
+class _Event:
+    pass
+
+
+class _Stream:
+    current = None
+
+    def __init__(self, non_blocking=False):
+        self.capturing, self.step, self.captures = False, None, 0
+
+    def __enter__(self):
+        self._previous, _Stream.current = _Stream.current, self
+        return self
+
+    def __exit__(self, *exc):
+        _Stream.current = self._previous
+
+    def begin_capture(self):
+        assert not self.capturing, "begin_capture while capturing"
+        self.capturing, self.step = True, None
+        self.captures += 1
+
+    def end_capture(self):
+        assert self.capturing, "end_capture without begin_capture"
+        self.capturing = False
+        graph, self.step = _Graph(self.step), None
+        return graph
+
+    def is_capturing(self):
+        return self.capturing
+
+    def record(self, event=None):
+        return _Event()
+
+    def wait_event(self, event):
+        assert isinstance(event, _Event)
+
+    def synchronize(self):
+        pass
+
+
+_Stream.null = _Stream()
+
+
+class _Graph:
+    launches = 0
+
+    def __init__(self, step):
+        self.step = step
+
+    def launch(self, stream=None):
+        _Graph.launches += 1
+        if self.step is not None:
+            self.step()
+
+    def debug_dot_str(self):
+        return "digraph { graph_0_node_0 }" if self.step is not None else "digraph { }"
+
+
+class _Pool:
+    def malloc(self, nbytes):
+        raise AssertionError("the stand-in never allocates through the pool")
+
+
+class _Device:
+    def __init__(self, device_id=0):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+class _using_allocator:
+    def __init__(self, malloc):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+class _FakeCupy(types.ModuleType):
+    """NumPy under CuPy's name, with the ``cuda`` pieces ``fastnn.graphs`` uses."""
+
+    def __init__(self):
+        super().__init__("fakecupy")
+        self.cuda = types.SimpleNamespace(Stream=_Stream, MemoryPool=_Pool, using_allocator=_using_allocator,
+                                          Device=_Device)
+        self.ndarray = numpy.ndarray
+
+    def __getattr__(self, name):
+        return getattr(numpy, name)
+
+    @staticmethod
+    def asnumpy(a):
+        return numpy.asarray(a)
+
+
+class FakeGpuOps(Ops):
+    """The NumPy reference kernels behind a CuPy-shaped backend (``name == "cupy"``)."""
+
+    name = "cupy"
+    device = "cuda:0"
+    device_id = 0
+
+    def __init__(self):
+        self.xp = _FakeCupy()
+        self.capture = None
+
+    def gemm(self, a, b, *, trans_a=False, trans_b=False, out=None):
+        if self.capture is not None:
+            return self.capture.gemm(a, b, trans_a, trans_b, out)
+        return super().gemm(a, b, trans_a=trans_a, trans_b=trans_b, out=out)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """Patch ``_grad_step`` so that a capture records it (and, like a real capture, leaves no trace:
+    the parameters, where BatchNormalization's statistics live, are restored)."""
+    monkeypatch.setenv("FASTNN_DEVICE_DATA", "device")
+    original = Sequential._grad_step
+
+    def grad_step(self, *args):
+        stream = _Stream.current
+        if stream is None or not stream.capturing:
+            return original(self, *args)
+        p0 = self.flat.p.copy()
+        stats = {k: numpy.array(v) for k, v in original(self, *args).items()}  # 0-d arrays, as CuPy gives
+        self.flat.p[...] = p0
+
+        def replay():
+            for k, v in original(self, *args).items():
+                stats[k][...] = v
+        stream.step = replay
+        return stats
+    monkeypatch.setattr(Sequential, "_grad_step", grad_step)
+    _Graph.launches = 0
+    return FakeGpuOps()
+
+
+def _data(n=203, seed=0):
+    rng = numpy.random.default_rng(seed)
+    return rng.standard_normal((n, 12)).astype(numpy.float32), rng.integers(0, 4, size=n)
+
+
+def _model(backend, optimizer="adam"):
+    model = Sequential([Dense(32, activation="relu", input_shape=(12,)), BatchNormalization(), Dropout(0.3),
+                        Dense(16, activation="tanh"), Dropout(0.2), Dense(4, activation="softmax")],
+                       seed=3, backend=backend)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _assert_same(model, history, ref, ref_history):
+    assert history.history == ref_history.history
+    for a, b in zip(model.get_weights(), ref.get_weights()):
+        numpy.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_graph_plumbing_trains_exactly_as_eager(fake_gpu, optimizer):
+    x, y = _data()          # 6 full batches of 32 and a ragged 11 per epoch
+    ref = _model("numpy", optimizer)
+    h_ref = ref.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=5, validation_split=0.1)
+    model = _model(fake_gpu, optimizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        h = model.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=5, validation_split=0.1, cuda_graph=True)
+    _assert_same(model, h, ref, h_ref)
+    graphs = model._graphs[2]
+    assert graphs.mode == "split" and graphs.disabled is None and graphs.captured.checked
+    assert graphs.stream.captures >= 1
+    full_batches = 3 * (int(203 * 0.9) // 32)
+    assert _Graph.launches == full_batches - 1      # all but the warm-up step replayed the graph
+    assert model._step == 3 * 6                     # one dropout step per batch, graph or not
+
+
+def test_graph_is_reused_across_fit_calls_and_recaptured_after_oom(fake_gpu, monkeypatch):
+    x, y = _data()
+    ref, model = _model("numpy"), _model(fake_gpu)
+    h_ref = [ref.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=s) for s in (1, 2)]
+    h = [model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=1, cuda_graph=True)]
+    graphs = model._graphs[2]
+    captured = graphs.captured
+    h.append(model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=2, cuda_graph=True))
+    for a, b in zip(h, h_ref):
+        assert a.history == b.history
+    assert model._graphs[2] is graphs and graphs.captured is captured   # replayed, not captured again
+    assert _Graph.launches == 2 * 6 - 1
+
+    # one simulated device OOM in the third fit's first batch: freed, retried, re-captured later
+    def flaky(layer):
+        real = layer.forward
+        state = {"calls": 0}
+
+        def forward(*args, **kwargs):
+            state["calls"] += 1
+            if state["calls"] == 1:
+                raise MemoryError("simulated")
+            return real(*args, **kwargs)
+        return forward
+    monkeypatch.setattr(ref.layers[3], "forward", flaky(ref.layers[3]))
+    h_ref3 = ref.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=3)
+    forwards = {"n": 0}
+    real3 = model.layers[3].forward
+
+    def counted(*args, **kwargs):          # the graph replays do not call forward: count only eager ones
+        forwards["n"] += 1
+        if forwards["n"] == 1:
+            raise MemoryError("simulated")
+        return real3(*args, **kwargs)
+    monkeypatch.setattr(model.layers[3], "forward", counted)
+    model._graphs[2].reset()                # so the first step of this fit is eager (and fails once)
+    h3 = model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=3, cuda_graph=True)
+    assert h3.history == h_ref3.history
+    for a, b in zip(model.get_weights(), ref.get_weights()):
+        numpy.testing.assert_array_equal(a, b)
+    assert model._graphs[2] is graphs and graphs.captured is not None and graphs.captured is not captured
+
+
+def test_capture_failure_warns_and_trains_eagerly(fake_gpu, monkeypatch):
+    x, y = _data()
+    ref = _model("numpy")
+    h_ref = ref.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5)
+    model = _model(fake_gpu)
+
+    def no_capture(self):
+        raise RuntimeError("cudaErrorStreamCaptureUnsupported (simulated)")
+    monkeypatch.setattr(_Stream, "begin_capture", no_capture)
+    with pytest.warns(RuntimeWarning, match=r"capturing the step failed \(RuntimeError: cudaErrorStreamCapture"
+                                            r"Unsupported \(simulated\)\); training continues eagerly on cuda:0"):
+        h = model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True)
+    _assert_same(model, h, ref, h_ref)
+    assert _Graph.launches == 0
+
+
+def test_replay_mismatch_gives_up_the_graph(fake_gpu, monkeypatch):
+    """A graph whose replay differs from the eager step (here: it computes nothing) is dropped at
+    its first replay, with the size of the difference in the warning; training stays exact."""
+    x, y = _data()
+    ref = _model("numpy")
+    h_ref = ref.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5)
+    model = _model(fake_gpu)
+    monkeypatch.setattr(_Graph, "launch", lambda self, stream=None: None)
+    with pytest.warns(RuntimeWarning, match=r"replayed step's \w+ differ from the eager step's \(relative "
+                                            r"difference .* > 1e-04\)"):
+        h = model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True)
+    _assert_same(model, h, ref, h_ref)
+    assert model._graphs is None or model._graphs[2].disabled is not None
+
+
+def test_host_fed_batches_through_the_graph(fake_gpu, monkeypatch):
+    """``FASTNN_DEVICE_DATA=host``: batches come from ``HostBatches`` and are copied into the slots."""
+    monkeypatch.setenv("FASTNN_DEVICE_DATA", "host")
+    monkeypatch.setattr(feeding, "make_transfer", lambda ops: feeding.NumpyTransfer(ops))
+    x, y = _data()
+    ref = _model("numpy")
+    h_ref = ref.fit(x.astype(numpy.float64), y, batch_size=32, epochs=2, verbose=0, seed=5)
+    model = _model(fake_gpu)
+    h = model.fit(x.astype(numpy.float64), y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True)
+    _assert_same(model, h, ref, h_ref)
+    assert _Graph.launches == 2 * 6 - 1
