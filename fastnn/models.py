@@ -498,14 +498,17 @@ class Sequential:
         y_spec = (tuple(y.shape[1:]), self.ops.asarray(y[:1]).dtype)
         # A captured step stays valid across fit() calls while what it was captured from is the
         # same: the flat buffers, the loss and metrics objects, the shapes and the precision.
-        owners = (self.flat, self.loss, *self.metrics)
+        opt = self.optimizer
+        owners = (self.flat, self.loss, self.optimizer, *self.metrics)
         rates = tuple(layer.rate for layer in self.layers if isinstance(layer, Dropout))
-        plain = (self._head, hi - lo, batch_size, x_spec, y_spec, get_matmul_precision(), rates)
+        pieces = tuple((a, b) for a, b, _ in opt._pieces(self.flat))
+        plain = (self._head, hi - lo, batch_size, x_spec, y_spec, get_matmul_precision(), rates, comm.size > 1,
+                 opt.graph_kind(), opt.graph_capturable(), pieces)
         cached = getattr(self, "_graphs", None)
         if (cached is not None and len(cached[0]) == len(owners) and all(a is b for a, b in zip(cached[0], owners))
                 and cached[1] == plain and cached[2].disabled is None):
             return cached[2]
-        graphs = StepGraphs(self, hi - lo, x_spec, y_spec)
+        graphs = StepGraphs(self, hi - lo, x_spec, y_spec, distributed=comm.size > 1)
         self._graphs = (owners, plain, graphs)
         return graphs
 

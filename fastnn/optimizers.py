@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy
+
 from fastnn.backend import follow
 
 __all__ = [
@@ -198,23 +200,55 @@ class Optimizer:
         if self.flat_slots is None or (self.flat_slots and self.flat_slots[0].shape != (flat.size,)):
             self.build(flat)
         ops = flat.ops
-        runs = flat.runs()
         scale = 1.0
         if self.clipnorm is not None:
-            scale = self._clip_scale(ops, [ops.sq_norm(flat.g[a:b]) for a, b, _ in runs])
+            scale = self._clip_scale(ops, [ops.sq_norm(flat.g[a:b]) for a, b, _ in flat.runs()])
         lr = self.lr
         self.iterations += 1
+        for a, b, piece_wd in self._pieces(flat):
+            self._apply(ops, flat.p[a:b], flat.g[a:b], tuple(s[a:b] for s in self.flat_slots), lr, piece_wd,
+                        scale, self.iterations)
+
+    def _pieces(self, flat):
+        """``[(start, stop, weight decay)]``: the flat ranges updated by one primitive call each."""
+        pieces = []
         excluded = self._decay_excluded
-        for start, stop, decay in runs:
+        for start, stop, decay in flat.runs():
             wd = self.weight_decay if decay else 0.0
             if excluded and wd:  # rare: per-key exclusions split the run into its weights
-                pieces = [(e.offset, e.offset + e.size, 0.0 if e.key in excluded else wd)
-                          for e in flat.entries if start <= e.offset < stop]
+                pieces += [(e.offset, e.offset + e.size, 0.0 if e.key in excluded else wd)
+                           for e in flat.entries if start <= e.offset < stop]
             else:
-                pieces = [(start, stop, wd)]
-            for a, b, piece_wd in pieces:
-                self._apply(ops, flat.p[a:b], flat.g[a:b], tuple(s[a:b] for s in self.flat_slots), lr, piece_wd,
-                            scale, self.iterations)
+                pieces.append((start, stop, wd))
+        return pieces
+
+    # -- captured path (fit(cuda_graph=True); see fastnn.graphs and Ops' graph-capture variants)
+    def graph_capturable(self):
+        """Whether a CUDA graph can hold this optimizer's update: not with ``clipnorm``, whose scale
+        is a host value computed from the gradient's norm every step."""
+        return self.clipnorm is None
+
+    def graph_kind(self):
+        """What decides which primitive a captured update launches (part of the graph's identity)."""
+        return type(self).__name__
+
+    def graph_scalars(self, flat, pieces):
+        """This step's per-piece scalar rows (host float64, one row per piece), as ``step_flat``
+        would compute them now; the caller advances ``iterations`` once the step has run."""
+        lr, t = self.lr, self.iterations + 1
+        return numpy.stack([self._scalars(flat.ops, flat.dtype, lr, wd, 1.0, t) for _, _, wd in pieces])
+
+    def step_flat_dev(self, flat, pieces, rows):
+        """``step_flat``'s update with its scalars read from the device rows ``rows[i]`` (captured)."""
+        ops = flat.ops
+        for (a, b, _), s in zip(pieces, rows):
+            self._apply_dev(ops, flat.p[a:b], flat.g[a:b], tuple(slot[a:b] for slot in self.flat_slots), s)
+
+    def _scalars(self, ops, dtype, lr, weight_decay, scale, t):
+        raise NotImplementedError
+
+    def _apply_dev(self, ops, p, g, state, s):
+        raise NotImplementedError
 
     # -- state
     def get_config(self):
@@ -257,6 +291,20 @@ class SGD(Optimizer):
         else:
             ops.sgd_step(p, g, lr, weight_decay, scale)
 
+    def graph_kind(self):
+        return "momentum" if self.momentum > 0 else "sgd"
+
+    def _scalars(self, ops, dtype, lr, weight_decay, scale, t):
+        if self.momentum > 0:
+            return ops.momentum_scalars(dtype, lr, self.momentum, weight_decay, scale, self.nesterov)
+        return ops.sgd_scalars(dtype, lr, weight_decay, scale)
+
+    def _apply_dev(self, ops, p, g, state, s):
+        if self.momentum > 0:
+            ops.momentum_step_dev(p, g, state[0], s)
+        else:
+            ops.sgd_step_dev(p, g, s)
+
     def _hyper(self):
         return {"momentum": self.momentum, "nesterov": self.nesterov}
 
@@ -296,6 +344,12 @@ class AdaGrad(Optimizer):
     def _apply(self, ops, p, g, state, lr, weight_decay, scale, t):
         ops.adagrad_step(p, g, state[0], lr, self.eps, weight_decay, scale)
 
+    def _scalars(self, ops, dtype, lr, weight_decay, scale, t):
+        return ops.adagrad_scalars(dtype, lr, self.eps, weight_decay, scale)
+
+    def _apply_dev(self, ops, p, g, state, s):
+        ops.adagrad_step_dev(p, g, state[0], s)
+
     def _hyper(self):
         return {"eps": self.eps}
 
@@ -316,6 +370,12 @@ class RMSprop(Optimizer):
 
     def _apply(self, ops, p, g, state, lr, weight_decay, scale, t):
         ops.rmsprop_step(p, g, state[0], lr, self.rho, self.eps, weight_decay, scale)
+
+    def _scalars(self, ops, dtype, lr, weight_decay, scale, t):
+        return ops.rmsprop_scalars(dtype, lr, self.rho, self.eps, weight_decay, scale)
+
+    def _apply_dev(self, ops, p, g, state, s):
+        ops.rmsprop_step_dev(p, g, state[0], s)
 
     def _hyper(self):
         return {"rho": self.rho, "eps": self.eps}
@@ -351,6 +411,12 @@ class Adam(Optimizer):
     def _apply(self, ops, p, g, state, lr, weight_decay, scale, t):
         ops.adam_step(p, g, state[0], state[1], lr, self.beta1, self.beta2, self.eps, t, weight_decay, scale,
                       self.decoupled)
+
+    def _scalars(self, ops, dtype, lr, weight_decay, scale, t):
+        return ops.adam_scalars(dtype, lr, self.beta1, self.beta2, self.eps, t, weight_decay, scale, self.decoupled)
+
+    def _apply_dev(self, ops, p, g, state, s):
+        ops.adam_step_dev(p, g, state[0], state[1], s)
 
     def _hyper(self):
         return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

@@ -18,6 +18,7 @@ import pytest
 import fastnn
 import fastnn.feeding
 from fastnn import backend as fbackend
+from fastnn import optimizers as _opt
 from fastnn.backend import select
 from fastnn.layers import BatchNormalization, Dense, Dropout
 from fastnn.models import Sequential
@@ -46,6 +47,8 @@ def _model(backend, dtype="float32", dropout=True, bn=True, optimizer="adam"):
         layers.append(Dropout(0.3))
     layers += [Dense(16, activation="tanh"), Dense(4, activation="softmax")]
     model = Sequential(layers, dtype=dtype, seed=3, backend=backend)
+    if callable(optimizer):
+        optimizer = optimizer()
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
@@ -155,7 +158,7 @@ def _history_close(h_graph, h_eager, rtol):
 @gpu_only
 @pytest.mark.parametrize("mode", ["full", "split"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "nesterov", "rmsprop-schedule", "adam-clipnorm"])
 def test_graph_training_equals_eager(mode, dtype, optimizer, monkeypatch):
     from fastnn.graphs import StepGraphs
 
@@ -164,13 +167,20 @@ def test_graph_training_equals_eager(mode, dtype, optimizer, monkeypatch):
             self.mode, self._cublas = "split", None
             return None
         monkeypatch.setattr(StepGraphs, "_handle", no_handle)
+    make = {"adam": lambda: _opt.Adam(0.01), "sgd": lambda: _opt.SGD(0.05),
+            "nesterov": lambda: _opt.SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+            "rmsprop-schedule": lambda: _opt.RMSprop(_opt.ExponentialDecay(0.01, 3, 0.5)),
+            "adam-clipnorm": lambda: _opt.Adam(0.01, clipnorm=0.5)}[optimizer]
     x, y = _data(n=203)   # 6 full batches of 32 and a ragged 11
-    eager = _model("cupy", dtype, optimizer=optimizer)
+    eager = _model("cupy", dtype, optimizer=make)
     h_eager = eager.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=5)
-    graphed = _model("cupy", dtype, optimizer=optimizer)
+    graphed = _model("cupy", dtype, optimizer=make)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would warn: fail instead
         h_graph = graphed.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=5, cuda_graph=True)
+    graphs = graphed._graphs[2]
+    assert graphs.disabled is None and graphs.captured.checks_left == 0 and graphs.mode == mode
+    assert (graphs.captured.pieces is None) == optimizer.endswith("clipnorm")
     rtol = 2e-4 if dtype == "float32" else 1e-9
     _history_close(h_graph, h_eager, rtol)
     for a, b in zip(graphed.get_weights(), eager.get_weights()):
@@ -287,7 +297,7 @@ def test_graph_is_reused_by_later_fit_calls():
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=5, cuda_graph=True)
     graphs = model._graphs[2]
     captured = graphs.captured
-    assert captured is not None and captured.checked and graphs.disabled is None
+    assert captured is not None and captured.checks_left == 0 and graphs.disabled is None
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=6, cuda_graph=True)
     assert model._graphs[2] is graphs and graphs.captured is captured   # replayed, not captured again
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -423,3 +433,62 @@ def test_cublas_row_major_mapping_against_the_column_major_contract(dtype, preci
     with pytest.raises(ValueError, match="must be a C-contiguous"):
         handle.gemm(arrays[0], arrays[1], _HostArray(numpy.zeros((n, m), dtype).T), *trans)
     handle.handle = ctypes.c_void_p()   # nothing to destroy
+
+
+# ------------------------------------------------------------------------------------ dev primitives (CPU)
+
+DEV_OPTIMIZERS = {
+    "sgd": lambda: _opt.SGD(0.05, weight_decay=0.01),
+    "momentum": lambda: _opt.Momentum(0.05),
+    "nesterov": lambda: _opt.SGD(0.05, momentum=0.9, nesterov=True),
+    "adagrad": lambda: _opt.AdaGrad(0.05, weight_decay=0.01),
+    "rmsprop": lambda: _opt.RMSprop(_opt.StepDecay(0.01, 2, 0.5)),
+    "adam": lambda: _opt.Adam(0.01),
+    "adamw": lambda: _opt.AdamW(0.01, weight_decay=0.05),
+}
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
+    not select.probe_numba().ok, reason="needs numba"))])
+@pytest.mark.parametrize("name", sorted(DEV_OPTIMIZERS))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dev_update_equals_step_flat(backend, name, dtype):
+    """``graph_scalars`` + ``step_flat_dev`` (what a captured update runs, scalars through a buffer)
+    is ``step_flat`` bit for bit, step after step (the schedule and Adam's t advance)."""
+    rng = numpy.random.default_rng(0)
+    models = []
+    for _ in range(2):
+        m = Sequential([Dense(7, activation="relu", input_shape=(5,)), Dense(3, activation="softmax")], dtype=dtype,
+                       seed=1, backend=backend)
+        m.compile(optimizer=DEV_OPTIMIZERS[name](), loss="sparse_categorical_crossentropy")
+        m.build()
+        models.append(m)
+    eager, dev = models
+    pieces = dev.optimizer._pieces(dev.flat)
+    for _ in range(4):
+        g = rng.standard_normal(eager.flat.size).astype(dtype)
+        eager.flat.g[...] = g
+        dev.flat.g[...] = g
+        eager.optimizer.step_flat(eager.flat)
+        rows = dev.ops.asarray(dev.optimizer.graph_scalars(dev.flat, pieces))   # "copied to the device"
+        dev.optimizer.step_flat_dev(dev.flat, pieces, rows)
+        dev.optimizer.iterations += 1
+        numpy.testing.assert_array_equal(host(dev.flat.p), host(eager.flat.p))
+        for a, b in zip(dev.optimizer.flat_slots, eager.optimizer.flat_slots):
+            numpy.testing.assert_array_equal(host(a), host(b))
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
+    not select.probe_numba().ok, reason="needs numba"))])
+def test_dropout_mask_dev_equals_dropout_mask(backend):
+    from fastnn.kernels import dropout_base
+
+    ops = fastnn.get_ops(backend)
+    for seed, step, row0, shape in [(1, 0, 0, (7, 13)), (123, 45, 5, (3, 1)), (2**40 + 7, 10**6, 17, (33, 65))]:
+        base = numpy.array([dropout_base(seed, step)], dtype=numpy.uint64)
+        out = numpy.empty(shape, numpy.float32)
+        got = ops.dropout_mask_dev(shape, 0.3, base, row0, dtype=numpy.float32, out=out)
+        assert got is out
+        numpy.testing.assert_array_equal(out, ops.dropout_mask(shape, 0.3, seed, step, row0, dtype=numpy.float32))
+    with pytest.raises(ValueError, match="dropout_mask_dev: out is required"):
+        ops.dropout_mask_dev((2, 2), 0.3, base, 0, dtype=numpy.float32)

@@ -208,9 +208,13 @@ class Ops:
         (see ``fastnn.kernels``): a pure function of (seed, step, global row, unit), the same on
         every backend and unchanged when a batch is split across workers.
         """
+        return self._dropout_mask_at(shape, rate, dropout_base(seed, step), row0, dtype, out)
+
+    def _dropout_mask_at(self, shape, rate, base, row0, dtype, out):
+        """``dropout_mask`` for the stream start ``base = dropout_base(seed, step)``."""
         xp = self.xp
         n, d = shape
-        base = xp.uint64(dropout_base(seed, step))
+        base = xp.uint64(base)
         rows = xp.arange(row0, row0 + n, dtype=xp.uint64)[:, None]
         cols = xp.arange(d, dtype=xp.uint64)[None, :]
         z = base + (rows * xp.uint64(d) + cols) * xp.uint64(HASH_GOLDEN)
@@ -583,6 +587,66 @@ class Ops:
         p -= step_size * m / (self.xp.sqrt(v) * inv_sqrt_bc2 + dt(eps))
         self._flush(m)
         self._flush(v)
+
+    # ------------------------------------------------------------------ graph-capture variants
+    # ``fit(cuda_graph=True)`` (fastnn.graphs) replays a captured step, and a captured kernel's
+    # scalar arguments are frozen at capture. So the values that change every step travel in a
+    # small device buffer instead: ``s = ops.<name>_scalars(dtype, ...)`` on the host, copied to
+    # the device before each replay, and the captured ``ops.<name>_step_dev(..., s)`` does exactly
+    # what ``ops.<name>_step(..., ...)`` does. Each backend packs ``s`` its own way (here: the
+    # arguments themselves; the CUDA kernels: their derived, dtype-rounded scalars), so only the
+    # pairing within one backend is defined. Dropout's per-step value is the stream start
+    # ``dropout_base(seed, step)``, a 1-element uint64 device array.
+    def dropout_mask_dev(self, shape, rate, base, row0=0, *, dtype=numpy.float32, out=None):
+        """``dropout_mask`` with ``dropout_base(seed, step)`` read from ``base`` (1 element, uint64)."""
+        if out is None:
+            raise ValueError("dropout_mask_dev: out is required (a captured mask is a fixed buffer)")
+        return self._dropout_mask_at(shape, rate, int(numpy.asarray(self.asnumpy(base)).reshape(-1)[0]), row0,
+                                     dtype, out)
+
+    @staticmethod
+    def _pack(*values):
+        return numpy.array([float(v) for v in values], dtype=numpy.float64)
+
+    def _unpack(self, s):
+        return [float(v) for v in numpy.asarray(self.asnumpy(s), dtype=numpy.float64).reshape(-1)]
+
+    def sgd_scalars(self, dtype, lr, weight_decay=0.0, scale=1.0):
+        return self._pack(lr, weight_decay, scale)
+
+    def sgd_step_dev(self, p, g, s):
+        lr, wd, scale = self._unpack(s)
+        self.sgd_step(p, g, lr, wd, scale)
+
+    def momentum_scalars(self, dtype, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False):
+        return self._pack(lr, momentum, weight_decay, scale, bool(nesterov))
+
+    def momentum_step_dev(self, p, g, v, s):
+        lr, momentum, wd, scale, nesterov = self._unpack(s)
+        self.momentum_step(p, g, v, lr, momentum, wd, scale, bool(nesterov))
+
+    def adagrad_scalars(self, dtype, lr, eps, weight_decay=0.0, scale=1.0):
+        return self._pack(lr, eps, weight_decay, scale)
+
+    def adagrad_step_dev(self, p, g, h, s):
+        lr, eps, wd, scale = self._unpack(s)
+        self.adagrad_step(p, g, h, lr, eps, wd, scale)
+
+    def rmsprop_scalars(self, dtype, lr, rho, eps, weight_decay=0.0, scale=1.0):
+        return self._pack(lr, rho, eps, weight_decay, scale)
+
+    def rmsprop_step_dev(self, p, g, h, s):
+        lr, rho, eps, wd, scale = self._unpack(s)
+        self.rmsprop_step(p, g, h, lr, rho, eps, wd, scale)
+
+    def adam_scalars(self, dtype, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, decoupled=False):
+        if t < 1:
+            raise ValueError(f"adam_scalars: the step number t counts from 1, got {t}")
+        return self._pack(lr, beta1, beta2, eps, t, weight_decay, scale, bool(decoupled))
+
+    def adam_step_dev(self, p, g, m, v, s):
+        lr, beta1, beta2, eps, t, wd, scale, decoupled = self._unpack(s)
+        self.adam_step(p, g, m, v, lr, beta1, beta2, eps, int(t), wd, scale, bool(decoupled))
 
 
 # The fused primitives a fast backend must define itself (the structure tests check this list).

@@ -8,6 +8,14 @@
 // of float64 buffers).
 //
 // The gradient used by every rule: g' = g * scale (when use_scale) + wd * p (when use_wd).
+//
+// Each update rule's per-element arithmetic lives once, in a __device__ __forceinline__
+// fastnn_<rule>_elem shared by two kernels: fastnn_<rule>_step takes its scalars by value (the
+// eager path), fastnn_<rule>_step_dev reads the same scalars, in the same order, from a device
+// array of doubles s (T-typed scalars as (T)s[i], int flags as (int)s[i]), so a CUDA graph that
+// captured it picks up each step's learning rate and Adam step count from memory. The host stores
+// the double of each already-T-rounded scalar, which converts back exactly: both kernels compute
+// bit-identical results for the same scalars.
 
 // Shared helpers (common.cuh): FMath, fastnn_block_sum and FASTNN_BLOCK, the launcher's block size
 // for fastnn_sq_norm / fastnn_sum_finish.
@@ -46,81 +54,170 @@ __global__ void fastnn_sum_finish(const T* __restrict__ partials, long long m, T
 
 // SGD: p -= lr * g'.
 template <typename T>
+__device__ __forceinline__ void fastnn_sgd_elem(T* __restrict__ p, const T* __restrict__ g, long long i, T lr, T wd,
+                                                T scale, int use_wd, int use_scale) {
+    const T pi = p[i];
+    const T gi = fastnn_grad(pi, g[i], wd, scale, use_wd, use_scale);
+    p[i] = pi - lr * gi;
+}
+
+template <typename T>
 __global__ void fastnn_sgd_step(T* __restrict__ p, const T* __restrict__ g, long long n, T lr, T wd, T scale,
                                 int use_wd, int use_scale) {
     const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const T pi = p[i];
-        const T gi = fastnn_grad(pi, g[i], wd, scale, use_wd, use_scale);
-        p[i] = pi - lr * gi;
-    }
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        fastnn_sgd_elem(p, g, i, lr, wd, scale, use_wd, use_scale);
+}
+
+// s = [lr, wd, scale, use_wd, use_scale]
+template <typename T>
+__global__ void fastnn_sgd_step_dev(T* __restrict__ p, const T* __restrict__ g, long long n,
+                                    const double* __restrict__ s) {
+    const T lr = (T)s[0], wd = (T)s[1], scale = (T)s[2];
+    const int use_wd = (int)s[3], use_scale = (int)s[4];
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        fastnn_sgd_elem(p, g, i, lr, wd, scale, use_wd, use_scale);
 }
 
 // Momentum (the book's): v = m*v - lr*g'; p += v.  Nesterov (torch): v = m*v + g'; p -= lr*(g' + m*v).
 template <typename T>
+__device__ __forceinline__ void fastnn_momentum_elem(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ v,
+                                                     long long i, T lr, T momentum, T wd, T scale, int use_wd,
+                                                     int use_scale, int nesterov) {
+    const T pi = p[i];
+    const T gi = fastnn_grad(pi, g[i], wd, scale, use_wd, use_scale);
+    T vi = v[i] * momentum;
+    if (nesterov) {
+        vi = vi + gi;
+        p[i] = pi - lr * (gi + momentum * vi);
+    } else {
+        vi = vi - lr * gi;
+        p[i] = pi + vi;
+    }
+    v[i] = fastnn_flush(vi);
+}
+
+template <typename T>
 __global__ void fastnn_momentum_step(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ v, long long n,
                                      T lr, T momentum, T wd, T scale, int use_wd, int use_scale, int nesterov) {
     const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const T pi = p[i];
-        const T gi = fastnn_grad(pi, g[i], wd, scale, use_wd, use_scale);
-        T vi = v[i] * momentum;
-        if (nesterov) {
-            vi = vi + gi;
-            p[i] = pi - lr * (gi + momentum * vi);
-        } else {
-            vi = vi - lr * gi;
-            p[i] = pi + vi;
-        }
-        v[i] = fastnn_flush(vi);
-    }
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        fastnn_momentum_elem(p, g, v, i, lr, momentum, wd, scale, use_wd, use_scale, nesterov);
+}
+
+// s = [lr, momentum, wd, scale, use_wd, use_scale, nesterov]
+template <typename T>
+__global__ void fastnn_momentum_step_dev(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ v, long long n,
+                                         const double* __restrict__ s) {
+    const T lr = (T)s[0], momentum = (T)s[1], wd = (T)s[2], scale = (T)s[3];
+    const int use_wd = (int)s[4], use_scale = (int)s[5], nesterov = (int)s[6];
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        fastnn_momentum_elem(p, g, v, i, lr, momentum, wd, scale, use_wd, use_scale, nesterov);
 }
 
 // AdaGrad: h += g'^2; p -= lr*g' / (sqrt(h) + eps).
 template <typename T>
+__device__ __forceinline__ void fastnn_adagrad_elem(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ h,
+                                                    long long i, T lr, T eps, T wd, T scale, int use_wd,
+                                                    int use_scale) {
+    const T pi = p[i];
+    const T gi = fastnn_grad(pi, g[i], wd, scale, use_wd, use_scale);
+    const T hi = h[i] + gi * gi;
+    p[i] = pi - (lr * gi) / (FMath<T>::sqrt(hi) + eps);
+    h[i] = fastnn_flush(hi);
+}
+
+template <typename T>
 __global__ void fastnn_adagrad_step(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ h, long long n,
                                     T lr, T eps, T wd, T scale, int use_wd, int use_scale) {
     const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const T pi = p[i];
-        const T gi = fastnn_grad(pi, g[i], wd, scale, use_wd, use_scale);
-        const T hi = h[i] + gi * gi;
-        p[i] = pi - (lr * gi) / (FMath<T>::sqrt(hi) + eps);
-        h[i] = fastnn_flush(hi);
-    }
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        fastnn_adagrad_elem(p, g, h, i, lr, eps, wd, scale, use_wd, use_scale);
+}
+
+// s = [lr, eps, wd, scale, use_wd, use_scale]
+template <typename T>
+__global__ void fastnn_adagrad_step_dev(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ h, long long n,
+                                        const double* __restrict__ s) {
+    const T lr = (T)s[0], eps = (T)s[1], wd = (T)s[2], scale = (T)s[3];
+    const int use_wd = (int)s[4], use_scale = (int)s[5];
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        fastnn_adagrad_elem(p, g, h, i, lr, eps, wd, scale, use_wd, use_scale);
 }
 
 // RMSprop: h = rho*h + (1-rho)*g'^2; p -= lr*g' / (sqrt(h) + eps).
 template <typename T>
+__device__ __forceinline__ void fastnn_rmsprop_elem(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ h,
+                                                    long long i, T lr, T rho, T one_minus_rho, T eps, T wd, T scale,
+                                                    int use_wd, int use_scale) {
+    const T pi = p[i];
+    const T gi = fastnn_grad(pi, g[i], wd, scale, use_wd, use_scale);
+    const T hi = h[i] * rho + (one_minus_rho * gi) * gi;
+    p[i] = pi - (lr * gi) / (FMath<T>::sqrt(hi) + eps);
+    h[i] = fastnn_flush(hi);
+}
+
+template <typename T>
 __global__ void fastnn_rmsprop_step(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ h, long long n,
                                     T lr, T rho, T one_minus_rho, T eps, T wd, T scale, int use_wd, int use_scale) {
     const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const T pi = p[i];
-        const T gi = fastnn_grad(pi, g[i], wd, scale, use_wd, use_scale);
-        const T hi = h[i] * rho + (one_minus_rho * gi) * gi;
-        p[i] = pi - (lr * gi) / (FMath<T>::sqrt(hi) + eps);
-        h[i] = fastnn_flush(hi);
-    }
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        fastnn_rmsprop_elem(p, g, h, i, lr, rho, one_minus_rho, eps, wd, scale, use_wd, use_scale);
+}
+
+// s = [lr, rho, one_minus_rho, eps, wd, scale, use_wd, use_scale]
+template <typename T>
+__global__ void fastnn_rmsprop_step_dev(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ h, long long n,
+                                        const double* __restrict__ s) {
+    const T lr = (T)s[0], rho = (T)s[1], one_minus_rho = (T)s[2], eps = (T)s[3], wd = (T)s[4], scale = (T)s[5];
+    const int use_wd = (int)s[6], use_scale = (int)s[7];
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        fastnn_rmsprop_elem(p, g, h, i, lr, rho, one_minus_rho, eps, wd, scale, use_wd, use_scale);
 }
 
 // Adam / AdamW: decay (AdamW, when use_decay) p *= decay_factor first, then
 // m = b1*m + (1-b1)*g'; v = b2*v + (1-b2)*g'^2; p -= step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps).
 // For AdamW the launcher passes use_wd = 0 (g' is not decayed), use_decay = 1.
 template <typename T>
+__device__ __forceinline__ void fastnn_adam_elem(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m,
+                                                 T* __restrict__ v, long long i, T beta1, T one_minus_beta1, T beta2,
+                                                 T one_minus_beta2, T eps, T step_size, T inv_sqrt_bc2, T wd,
+                                                 T scale, T decay_factor, int use_wd, int use_scale, int use_decay) {
+    T pi = p[i];
+    const T gi = fastnn_grad(pi, g[i], wd, scale, use_wd, use_scale);
+    if (use_decay) pi = pi * decay_factor;
+    const T mi = m[i] * beta1 + one_minus_beta1 * gi;
+    const T vi = v[i] * beta2 + (one_minus_beta2 * gi) * gi;
+    p[i] = pi - (step_size * mi) / (FMath<T>::sqrt(vi) * inv_sqrt_bc2 + eps);
+    m[i] = fastnn_flush(mi);
+    v[i] = fastnn_flush(vi);
+}
+
+template <typename T>
 __global__ void fastnn_adam_step(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
                                  long long n, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T eps,
                                  T step_size, T inv_sqrt_bc2, T wd, T scale, T decay_factor,
                                  int use_wd, int use_scale, int use_decay) {
     const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        T pi = p[i];
-        const T gi = fastnn_grad(pi, g[i], wd, scale, use_wd, use_scale);
-        if (use_decay) pi = pi * decay_factor;
-        const T mi = m[i] * beta1 + one_minus_beta1 * gi;
-        const T vi = v[i] * beta2 + (one_minus_beta2 * gi) * gi;
-        p[i] = pi - (step_size * mi) / (FMath<T>::sqrt(vi) * inv_sqrt_bc2 + eps);
-        m[i] = fastnn_flush(mi);
-        v[i] = fastnn_flush(vi);
-    }
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        fastnn_adam_elem(p, g, m, v, i, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
+                         inv_sqrt_bc2, wd, scale, decay_factor, use_wd, use_scale, use_decay);
+}
+
+// s = [beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size, inv_sqrt_bc2, wd, scale,
+//      decay_factor, use_wd, use_scale, use_decay]
+template <typename T>
+__global__ void fastnn_adam_step_dev(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m,
+                                     T* __restrict__ v, long long n, const double* __restrict__ s) {
+    const T beta1 = (T)s[0], one_minus_beta1 = (T)s[1], beta2 = (T)s[2], one_minus_beta2 = (T)s[3], eps = (T)s[4];
+    const T step_size = (T)s[5], inv_sqrt_bc2 = (T)s[6], wd = (T)s[7], scale = (T)s[8], decay_factor = (T)s[9];
+    const int use_wd = (int)s[10], use_scale = (int)s[11], use_decay = (int)s[12];
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        fastnn_adam_elem(p, g, m, v, i, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
+                         inv_sqrt_bc2, wd, scale, decay_factor, use_wd, use_scale, use_decay);
 }

@@ -3,6 +3,23 @@
 ``p`` and the state arrays are updated in place, so they must be C-contiguous (``ValueError``
 otherwise: a copy would update the copy); ``g`` is copied if it is not. Scalars reach the kernel
 as NumPy scalars of the buffer's dtype, computed with the reference's expressions.
+
+Graph-capture variants: a CUDA graph freezes arguments passed by value, so ``<rule>_step_dev``
+launches ``fastnn_<rule>_step_dev``, which reads the same scalars, in the same order, from a
+float64 device array ``s``. ``<rule>_scalars(dtype, ...)`` computes them on the host exactly as
+``<rule>_step`` does (``_<rule>_scalars``, shared by both) and returns them as a float64 NumPy
+array: each is a dtype-rounded value (or a 0/1 flag), which float64 holds exactly, so the dev
+kernel converts it back to the very scalar the by-value kernel gets and the results are bitwise
+equal. Layouts (``s[i]``, in the by-value kernel's parameter order after ``n``):
+
+- sgd:      lr, wd, scale, use_wd, use_scale
+- momentum: lr, momentum, wd, scale, use_wd, use_scale, nesterov
+- adagrad:  lr, eps, wd, scale, use_wd, use_scale
+- rmsprop:  lr, rho, 1-rho, eps, wd, scale, use_wd, use_scale
+- adam:     beta1, 1-beta1, beta2, 1-beta2, eps, step_size, inv_sqrt_bc2, wd, scale, decay_factor,
+            use_wd, use_scale, use_decay
+
+The ``*_scalars`` functions are pure host code (no CuPy import).
 """
 import numpy
 
@@ -10,7 +27,12 @@ from fastnn.kernels.gpu import _loader as L
 
 FAMILY = "optimizers"
 KERNELS = ("fastnn_sq_norm", "fastnn_sum_finish", "fastnn_sgd_step", "fastnn_momentum_step",
-           "fastnn_adagrad_step", "fastnn_rmsprop_step", "fastnn_adam_step")
+           "fastnn_adagrad_step", "fastnn_rmsprop_step", "fastnn_adam_step",
+           "fastnn_sgd_step_dev", "fastnn_momentum_step_dev", "fastnn_adagrad_step_dev",
+           "fastnn_rmsprop_step_dev", "fastnn_adam_step_dev")
+
+# Length of each rule's scalar array ``s`` (see the module docstring for the layouts).
+SCALAR_COUNTS = {"sgd": 5, "momentum": 7, "adagrad": 6, "rmsprop": 8, "adam": 13}
 
 
 def _fn(name, dtype):
@@ -48,51 +70,36 @@ def sq_norm(x):
     return total
 
 
-def sgd_step(p, g, lr, weight_decay=0.0, scale=1.0):
-    """SGD: ``g' = scale*g + wd*p; p -= lr*g'``, in place."""
-    dtype, g, n, grid = _prepare("sgd_step", p, g)
-    if n:
-        _fn("fastnn_sgd_step", dtype)(
-            (grid,), (L.BLOCK,), (p, g, numpy.int64(n), dtype.type(lr), *_grad_args(dtype, weight_decay, scale)))
+# ---------------------------------------------------------------------------- typed scalars
+# The by-value kernels' scalar arguments (after n), as NumPy scalars of ``dtype`` (int32 flags).
+# ``dtype`` is a numpy.dtype of float32 or float64.
+def _sgd_scalars(dtype, lr, weight_decay=0.0, scale=1.0):
+    return (dtype.type(lr), *_grad_args(dtype, weight_decay, scale))
 
 
-def momentum_step(p, g, v, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False):
-    """Momentum ``v = m*v - lr*g'; p += v`` (Nesterov: ``v = m*v + g'; p -= lr*(g' + m*v)``), in place."""
-    dtype, g, n, grid = _prepare("momentum_step", p, g, v=v)
-    if n:
-        dt = dtype.type
-        wd, sc, use_wd, use_scale = _grad_args(dtype, weight_decay, scale)
-        _fn("fastnn_momentum_step", dtype)(
-            (grid,), (L.BLOCK,),
-            (p, g, v, numpy.int64(n), dt(lr), dt(momentum), wd, sc, use_wd, use_scale, numpy.int32(bool(nesterov))))
+def _momentum_scalars(dtype, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False):
+    dt = dtype.type
+    return (dt(lr), dt(momentum), *_grad_args(dtype, weight_decay, scale), numpy.int32(bool(nesterov)))
 
 
-def adagrad_step(p, g, h, lr, eps, weight_decay=0.0, scale=1.0):
-    """AdaGrad: ``h += g'^2; p -= lr*g' / (sqrt(h) + eps)``, in place."""
-    dtype, g, n, grid = _prepare("adagrad_step", p, g, h=h)
-    if n:
-        dt = dtype.type
-        _fn("fastnn_adagrad_step", dtype)(
-            (grid,), (L.BLOCK,), (p, g, h, numpy.int64(n), dt(lr), dt(eps), *_grad_args(dtype, weight_decay, scale)))
+def _adagrad_scalars(dtype, lr, eps, weight_decay=0.0, scale=1.0):
+    dt = dtype.type
+    return (dt(lr), dt(eps), *_grad_args(dtype, weight_decay, scale))
 
 
-def rmsprop_step(p, g, h, lr, rho, eps, weight_decay=0.0, scale=1.0):
-    """RMSprop: ``h = rho*h + (1-rho)*g'^2; p -= lr*g' / (sqrt(h) + eps)``, in place."""
-    dtype, g, n, grid = _prepare("rmsprop_step", p, g, h=h)
-    if n:
-        dt = dtype.type
-        _fn("fastnn_rmsprop_step", dtype)(
-            (grid,), (L.BLOCK,),
-            (p, g, h, numpy.int64(n), dt(lr), dt(rho), dt(1 - rho), dt(eps), *_grad_args(dtype, weight_decay, scale)))
+def _rmsprop_scalars(dtype, lr, rho, eps, weight_decay=0.0, scale=1.0):
+    dt = dtype.type
+    return (dt(lr), dt(rho), dt(1 - rho), dt(eps), *_grad_args(dtype, weight_decay, scale))
 
 
-def adam_step(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, decoupled=False):
-    """Adam (AdamW when ``decoupled``) with bias correction for step ``t >= 1``, in place."""
+def _check_step_number(primitive, t):
     if t < 1:
-        raise ValueError(f"adam_step: the step number t counts from 1, got {t}")
-    dtype, g, n, grid = _prepare("adam_step", p, g, m=m, v=v)
-    if not n:
-        return
+        raise ValueError(f"{primitive}: the step number t counts from 1, got {t}")
+
+
+def _adam_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, decoupled=False,
+                  primitive="adam_step"):
+    _check_step_number(primitive, t)
     dt = dtype.type
     # The reference's expressions, evaluated on the host in double and then cast, as it does.
     step_size = dt(lr / (1.0 - beta1 ** t))
@@ -104,7 +111,157 @@ def adam_step(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0,
     else:
         wd, sc, use_wd, use_scale = _grad_args(dtype, weight_decay, scale)
         use_decay, decay_factor = numpy.int32(0), dt(1)
+    return (dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps),
+            step_size, inv_sqrt_bc2, wd, sc, decay_factor, use_wd, use_scale, use_decay)
+
+
+# ---------------------------------------------------------------------------- by-value launchers
+def sgd_step(p, g, lr, weight_decay=0.0, scale=1.0):
+    """SGD: ``g' = scale*g + wd*p; p -= lr*g'``, in place."""
+    dtype, g, n, grid = _prepare("sgd_step", p, g)
+    if n:
+        _fn("fastnn_sgd_step", dtype)(
+            (grid,), (L.BLOCK,), (p, g, numpy.int64(n), *_sgd_scalars(dtype, lr, weight_decay, scale)))
+
+
+def momentum_step(p, g, v, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False):
+    """Momentum ``v = m*v - lr*g'; p += v`` (Nesterov: ``v = m*v + g'; p -= lr*(g' + m*v)``), in place."""
+    dtype, g, n, grid = _prepare("momentum_step", p, g, v=v)
+    if n:
+        _fn("fastnn_momentum_step", dtype)(
+            (grid,), (L.BLOCK,),
+            (p, g, v, numpy.int64(n), *_momentum_scalars(dtype, lr, momentum, weight_decay, scale, nesterov)))
+
+
+def adagrad_step(p, g, h, lr, eps, weight_decay=0.0, scale=1.0):
+    """AdaGrad: ``h += g'^2; p -= lr*g' / (sqrt(h) + eps)``, in place."""
+    dtype, g, n, grid = _prepare("adagrad_step", p, g, h=h)
+    if n:
+        _fn("fastnn_adagrad_step", dtype)(
+            (grid,), (L.BLOCK,), (p, g, h, numpy.int64(n), *_adagrad_scalars(dtype, lr, eps, weight_decay, scale)))
+
+
+def rmsprop_step(p, g, h, lr, rho, eps, weight_decay=0.0, scale=1.0):
+    """RMSprop: ``h = rho*h + (1-rho)*g'^2; p -= lr*g' / (sqrt(h) + eps)``, in place."""
+    dtype, g, n, grid = _prepare("rmsprop_step", p, g, h=h)
+    if n:
+        _fn("fastnn_rmsprop_step", dtype)(
+            (grid,), (L.BLOCK,),
+            (p, g, h, numpy.int64(n), *_rmsprop_scalars(dtype, lr, rho, eps, weight_decay, scale)))
+
+
+def adam_step(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, decoupled=False):
+    """Adam (AdamW when ``decoupled``) with bias correction for step ``t >= 1``, in place."""
+    _check_step_number("adam_step", t)
+    dtype, g, n, grid = _prepare("adam_step", p, g, m=m, v=v)
+    if not n:
+        return
     _fn("fastnn_adam_step", dtype)(
         (grid,), (L.BLOCK,),
-        (p, g, m, v, numpy.int64(n), dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps),
-         step_size, inv_sqrt_bc2, wd, sc, decay_factor, use_wd, use_scale, use_decay))
+        (p, g, m, v, numpy.int64(n),
+         *_adam_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled)))
+
+
+# ---------------------------------------------------------------------------- graph-capture variants
+def _float_dtype(primitive, dtype):
+    dtype = numpy.dtype(dtype)
+    if dtype not in L.CTYPES:
+        raise TypeError(f"{primitive}: the CUDA kernels take float32 or float64 arrays, got {dtype}")
+    return dtype
+
+
+def _as_float64(scalars):
+    """The typed scalars as a host float64 array (exact: each is a float32/float64 value or a 0/1 flag)."""
+    return numpy.array([int(x) if isinstance(x, numpy.integer) else float(x) for x in scalars],
+                       dtype=numpy.float64)
+
+
+def sgd_scalars(dtype, lr, weight_decay=0.0, scale=1.0):
+    """``s`` for ``sgd_step_dev``: ``[lr, wd, scale, use_wd, use_scale]`` (host float64 array)."""
+    return _as_float64(_sgd_scalars(_float_dtype("sgd_scalars", dtype), lr, weight_decay, scale))
+
+
+def momentum_scalars(dtype, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False):
+    """``s`` for ``momentum_step_dev``: ``[lr, momentum, wd, scale, use_wd, use_scale, nesterov]``."""
+    return _as_float64(_momentum_scalars(_float_dtype("momentum_scalars", dtype), lr, momentum, weight_decay,
+                                         scale, nesterov))
+
+
+def adagrad_scalars(dtype, lr, eps, weight_decay=0.0, scale=1.0):
+    """``s`` for ``adagrad_step_dev``: ``[lr, eps, wd, scale, use_wd, use_scale]``."""
+    return _as_float64(_adagrad_scalars(_float_dtype("adagrad_scalars", dtype), lr, eps, weight_decay, scale))
+
+
+def rmsprop_scalars(dtype, lr, rho, eps, weight_decay=0.0, scale=1.0):
+    """``s`` for ``rmsprop_step_dev``: ``[lr, rho, 1-rho, eps, wd, scale, use_wd, use_scale]``."""
+    return _as_float64(_rmsprop_scalars(_float_dtype("rmsprop_scalars", dtype), lr, rho, eps, weight_decay, scale))
+
+
+def adam_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, decoupled=False):
+    """``s`` for ``adam_step_dev`` at step ``t >= 1``: ``[beta1, 1-beta1, beta2, 1-beta2, eps, step_size,
+    inv_sqrt_bc2, wd, scale, decay_factor, use_wd, use_scale, use_decay]``."""
+    dtype = _float_dtype("adam_scalars", dtype)
+    return _as_float64(_adam_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled,
+                                     primitive="adam_scalars"))
+
+
+def _check_scalars(primitive, s, rule):
+    """``s`` must be a 1-D C-contiguous float64 device array of the rule's scalar count."""
+    count = SCALAR_COUNTS[rule]
+    if s is None:
+        raise ValueError(f"{primitive}: s (the {count} scalars of {rule}_scalars, on the device) is required")
+    if not all(hasattr(s, a) for a in ("dtype", "ndim", "shape", "flags")):
+        raise TypeError(f"{primitive}: s must be a float64 device array, got {type(s).__name__}")
+    dt = numpy.dtype(s.dtype)
+    if dt != numpy.float64:
+        raise TypeError(f"{primitive}: s must have dtype float64 (what {rule}_scalars returns), got {dt}")
+    if s.ndim != 1:
+        raise ValueError(f"{primitive}: s must be 1-D, got shape {tuple(s.shape)}")
+    if not s.flags.c_contiguous:
+        raise ValueError(f"{primitive}: s must be C-contiguous (the kernel reads s[0..{count - 1}] from flat memory)")
+    if s.shape[0] != count:
+        raise ValueError(f"{primitive}: s must hold the {count} scalars of {rule}_scalars, got length {s.shape[0]}")
+    if isinstance(s, numpy.ndarray):
+        raise TypeError(f"{primitive}: s must be a device (CuPy) array; copy {rule}_scalars' host array "
+                        f"to the device first")
+    return s
+
+
+def sgd_step_dev(p, g, s):
+    """``sgd_step`` with its scalars read from the device array ``s = sgd_scalars(...)`` (graph capture)."""
+    _check_scalars("sgd_step_dev", s, "sgd")
+    dtype, g, n, grid = _prepare("sgd_step_dev", p, g)
+    if n:
+        _fn("fastnn_sgd_step_dev", dtype)((grid,), (L.BLOCK,), (p, g, numpy.int64(n), s))
+
+
+def momentum_step_dev(p, g, v, s):
+    """``momentum_step`` with its scalars read from the device array ``s = momentum_scalars(...)``."""
+    _check_scalars("momentum_step_dev", s, "momentum")
+    dtype, g, n, grid = _prepare("momentum_step_dev", p, g, v=v)
+    if n:
+        _fn("fastnn_momentum_step_dev", dtype)((grid,), (L.BLOCK,), (p, g, v, numpy.int64(n), s))
+
+
+def adagrad_step_dev(p, g, h, s):
+    """``adagrad_step`` with its scalars read from the device array ``s = adagrad_scalars(...)``."""
+    _check_scalars("adagrad_step_dev", s, "adagrad")
+    dtype, g, n, grid = _prepare("adagrad_step_dev", p, g, h=h)
+    if n:
+        _fn("fastnn_adagrad_step_dev", dtype)((grid,), (L.BLOCK,), (p, g, h, numpy.int64(n), s))
+
+
+def rmsprop_step_dev(p, g, h, s):
+    """``rmsprop_step`` with its scalars read from the device array ``s = rmsprop_scalars(...)``."""
+    _check_scalars("rmsprop_step_dev", s, "rmsprop")
+    dtype, g, n, grid = _prepare("rmsprop_step_dev", p, g, h=h)
+    if n:
+        _fn("fastnn_rmsprop_step_dev", dtype)((grid,), (L.BLOCK,), (p, g, h, numpy.int64(n), s))
+
+
+def adam_step_dev(p, g, m, v, s):
+    """``adam_step`` with its scalars read from the device array ``s = adam_scalars(...)``."""
+    _check_scalars("adam_step_dev", s, "adam")
+    dtype, g, n, grid = _prepare("adam_step_dev", p, g, m=m, v=v)
+    if n:
+        _fn("fastnn_adam_step_dev", dtype)((grid,), (L.BLOCK,), (p, g, m, v, numpy.int64(n), s))

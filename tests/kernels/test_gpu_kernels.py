@@ -418,3 +418,187 @@ def test_optimizer_state_below_smallest_normal_is_flushed(gpu, ref, dtype):
         for a in got[2:]:
             numpy.testing.assert_array_equal(host(a), numpy.zeros(n, dtype))
         _compare_all(got, want, dtype, ["p", "g", "state", "state2"])
+
+
+# ---------------------------------------------------------------------------- graph-capture (dev) variants
+# ``<rule>_step_dev`` reads the scalars that ``<rule>_step`` takes by value from a float64 device
+# array (``<rule>_scalars``), and ``dropout_mask_dev`` reads the stream start from a uint64 device
+# array: the results must be bitwise equal to the by-value kernels' for the same inputs.
+DEV_SIZES = [1, 7, 1003, 128 * 128 * 2 * 17 + 3]  # 1003 and big: several blocks, odd; big wraps the grid
+DEV_SIZE_IDS = ["1", "7", "1003", "big"]
+DEV_RULES = [  # (id, rule, state arrays (True: positive), hyperparameters)
+    ("sgd", "sgd", [], dict(lr=0.1)),
+    ("momentum", "momentum", [False], dict(lr=0.1, momentum=0.9, nesterov=False)),
+    ("nesterov", "momentum", [False], dict(lr=0.1, momentum=0.9, nesterov=True)),
+    ("adagrad", "adagrad", [True], dict(lr=0.01, eps=1e-7)),
+    ("rmsprop", "rmsprop", [True], dict(lr=0.01, rho=0.99, eps=1e-7)),
+    ("adam-t1", "adam", [False, True], dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, t=1)),
+    ("adam-t7", "adam", [False, True], dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, t=7)),
+    ("adamw-t1", "adam", [False, True], dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, t=1, decoupled=True)),
+    ("adamw-t7", "adam", [False, True], dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, t=7, decoupled=True)),
+]
+DEV_RULE_IDS = [r[0] for r in DEV_RULES]
+SCALAR_COUNTS = {"sgd": 5, "momentum": 7, "adagrad": 6, "rmsprop": 8, "adam": 13}
+
+
+def _bits(a):
+    """The raw bits of a float array (bitwise comparison: -0.0 != 0.0, NaN payloads count)."""
+    a = numpy.ascontiguousarray(host(a))
+    return a.view({4: numpy.uint32, 8: numpy.uint64}[a.dtype.itemsize])
+
+
+def _assert_bitwise(got, want, names):
+    for name, a, b in zip(names, got, want):
+        assert host(a).dtype == host(b).dtype, name
+        numpy.testing.assert_array_equal(_bits(a), _bits(b), err_msg=f"array {name} differs bitwise")
+
+
+def _dev_arrays(rng, n, dtype, state):
+    return [randn(rng, n, dtype), randn(rng, n, dtype)] + [_state(rng, n, dtype, positive=pos) for pos in state]
+
+
+def _offset_view(cupy, s, offset=3):
+    """``s`` copied into a bigger float64 buffer (NaN around it) and returned as a view at ``offset``."""
+    buf = cupy.full(len(s) + offset + 4, numpy.nan, dtype=numpy.float64)
+    buf[offset:offset + len(s)] = cupy.asarray(s)
+    view = buf[offset:offset + len(s)]
+    assert view.flags.c_contiguous and view.data.ptr != buf.data.ptr
+    return view
+
+
+@pytest.mark.parametrize("n", DEV_SIZES, ids=DEV_SIZE_IDS)
+@pytest.mark.parametrize("opts", OPTIONS, ids=OPTION_IDS)
+@pytest.mark.parametrize("case", DEV_RULES, ids=DEV_RULE_IDS)
+def test_optimizer_step_dev_bitwise_equal_to_by_value(gpu, dtype, n, opts, case):
+    _, rule, state, hyper = case
+    cupy = gpu.xp
+    arrays = _dev_arrays(numpy.random.default_rng(26), n, dtype, state)
+    names = ["p", "g"] + [f"state{i}" for i in range(len(state))]
+    want = [gpu.asarray(a.copy()) for a in arrays]
+    getattr(gpu, f"{rule}_step")(*want, **hyper, **opts)
+    s_host = getattr(gpu, f"{rule}_scalars")(dtype, **hyper, **opts)
+    assert isinstance(s_host, numpy.ndarray) and s_host.dtype == numpy.float64
+    assert s_host.shape == (SCALAR_COUNTS[rule],)
+    for s in (cupy.asarray(s_host), _offset_view(cupy, s_host)):
+        got = [gpu.asarray(a.copy()) for a in arrays]
+        assert getattr(gpu, f"{rule}_step_dev")(*got, s) is None
+        _assert_bitwise(got, want, names)
+        numpy.testing.assert_array_equal(host(s), s_host)  # s is only read
+
+
+@pytest.mark.parametrize("rule", ["momentum", "adam"])
+def test_optimizer_step_dev_rereads_rewritten_scalars(gpu, dtype, rule):
+    """As in a graph replay: one fixed device buffer, rewritten before each step (changing lr and t)."""
+    cupy = gpu.xp
+    n = 5003
+    state = [False] if rule == "momentum" else [False, True]
+    arrays = _dev_arrays(numpy.random.default_rng(27), n, dtype, state)
+    want = [gpu.asarray(a.copy()) for a in arrays]
+    got = [gpu.asarray(a.copy()) for a in arrays]
+    buf = cupy.zeros(2 + SCALAR_COUNTS[rule], dtype=numpy.float64)
+    s = buf[2:]
+    for t in range(1, 6):
+        lr = 0.05 / t
+        if rule == "momentum":
+            hyper = dict(lr=lr, momentum=0.9, weight_decay=0.001 * t, nesterov=t % 2 == 0)
+        else:
+            hyper = dict(lr=lr, beta1=0.9, beta2=0.999, eps=1e-8, t=t, weight_decay=0.01, decoupled=t > 2)
+        getattr(gpu, f"{rule}_step")(*want, **hyper)
+        s[...] = cupy.asarray(getattr(gpu, f"{rule}_scalars")(dtype, **hyper))
+        getattr(gpu, f"{rule}_step_dev")(*got, s)
+        _assert_bitwise(got, want, ["p", "g", "state0", "state1"])
+
+
+def test_optimizer_step_dev_matches_reference(gpu, ref, dtype):
+    """The dev kernels are also the reference's update (within the by-value kernels' tolerance)."""
+    rng = numpy.random.default_rng(28)
+    n = 1003
+    p, g, m, v = _dev_arrays(rng, n, dtype, [False, True])
+    hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, t=3, weight_decay=0.01, decoupled=True)
+    want = [a.copy() for a in (p, g, m, v)]
+    ref.adam_step(*want, **hyper)
+    got = [gpu.asarray(a.copy()) for a in (p, g, m, v)]
+    gpu.adam_step_dev(*got, gpu.asarray(gpu.adam_scalars(dtype, **hyper)))
+    _compare_all(got, want, dtype, ["p", "g", "m", "v"])
+
+
+def test_optimizer_step_dev_checks_scalars(gpu, dtype):
+    cupy = gpu.xp
+    p, g, h = (gpu.asarray(numpy.ones(8, dtype)) for _ in range(3))
+    s = cupy.asarray(gpu.adagrad_scalars(dtype, 0.01, 1e-7))
+    with pytest.raises(ValueError, match=r"adagrad_step_dev: s must hold the 6 scalars.*got length 5"):
+        gpu.adagrad_step_dev(p, g, h, s[:5])
+    with pytest.raises(ValueError, match=r"adagrad_step_dev: s must hold the 6 scalars.*got length 7"):
+        gpu.adagrad_step_dev(p, g, h, cupy.zeros(7, numpy.float64))
+    with pytest.raises(TypeError, match=r"adagrad_step_dev: s must have dtype float64.*float32"):
+        gpu.adagrad_step_dev(p, g, h, s.astype(numpy.float32))
+    with pytest.raises(ValueError, match=r"adagrad_step_dev: s must be C-contiguous"):
+        gpu.adagrad_step_dev(p, g, h, cupy.zeros(12, numpy.float64)[::2])
+    with pytest.raises(ValueError, match=r"adagrad_step_dev: s must be 1-D"):
+        gpu.adagrad_step_dev(p, g, h, cupy.zeros((2, 3), numpy.float64))
+    with pytest.raises(TypeError, match=r"adagrad_step_dev: s must be a device \(CuPy\) array"):
+        gpu.adagrad_step_dev(p, g, h, gpu.adagrad_scalars(dtype, 0.01, 1e-7))
+    with pytest.raises(ValueError, match=r"sgd_step_dev: s must hold the 5 scalars"):
+        gpu.sgd_step_dev(p, g, cupy.asarray(gpu.momentum_scalars(dtype, 0.1, 0.9)))
+    with pytest.raises(ValueError, match=r"adam_step_dev: m must have shape \(8,\)"):
+        gpu.adam_step_dev(p, g, gpu.asarray(numpy.ones(7, dtype)), h,
+                          cupy.asarray(gpu.adam_scalars(dtype, 1e-3, 0.9, 0.999, 1e-8, 1)))
+    with pytest.raises(ValueError, match=r"adam_scalars: the step number t counts from 1"):
+        gpu.adam_scalars(dtype, 1e-3, 0.9, 0.999, 1e-8, 0)
+
+
+DEV_MASK_SHAPES = [(1, 1), (7, 13), (257, 33), BIG]
+DEV_MASK_IDS = ["1x1", "7x13", "257x33", "big"]
+
+
+@pytest.mark.parametrize("shape", DEV_MASK_SHAPES, ids=DEV_MASK_IDS)
+@pytest.mark.parametrize("rate", [0.0, 0.3, 0.9])
+def test_dropout_mask_dev_bitwise_equal_to_by_value(gpu, dtype, shape, rate):
+    from fastnn.kernels import dropout_base
+
+    cupy = gpu.xp
+    for seed, step in [(0, 0), (12345, 7), (2**40 + 3, 123456), (2**63 + 5, 2**33 + 1)]:
+        for row0 in (0, 5):
+            want = gpu.dropout_mask(shape, rate, seed, step, row0, dtype=dtype)
+            base = cupy.asarray([dropout_base(seed, step)], dtype=cupy.uint64)
+            words = cupy.zeros(4, dtype=cupy.uint64)
+            words[2] = base[0]
+            for b in (base, words[2:3]):  # a one-element array, and a view at a non-zero offset
+                out = gpu.alloc(shape, dtype)
+                assert gpu.dropout_mask_dev(shape, rate, b, row0, dtype=dtype, out=out) is out
+                _assert_bitwise([out], [want], ["mask"])
+
+
+def test_dropout_mask_dev_rereads_rewritten_base(gpu, dtype):
+    """As in a graph replay: one fixed base word and mask buffer, the base rewritten for each step."""
+    from fastnn.kernels import dropout_base
+
+    cupy = gpu.xp
+    shape, words = (129, 31), cupy.zeros(3, dtype=cupy.uint64)
+    out = gpu.alloc(shape, dtype)
+    for step in range(4):
+        words[1:2] = cupy.asarray([dropout_base(99, step)], dtype=cupy.uint64)
+        gpu.dropout_mask_dev(shape, 0.4, words[1:2], 2, dtype=dtype, out=out)
+        _assert_bitwise([out], [gpu.dropout_mask(shape, 0.4, 99, step, 2, dtype=dtype)], [f"mask of step {step}"])
+
+
+def test_dropout_mask_dev_checks_its_arguments(gpu, dtype):
+    from fastnn.kernels import dropout_base
+
+    cupy = gpu.xp
+    base = cupy.asarray([dropout_base(1, 2)], dtype=cupy.uint64)
+    out = gpu.alloc((4, 3), dtype)
+    with pytest.raises(ValueError, match=r"dropout_mask_dev: out is required"):
+        gpu.dropout_mask_dev((4, 3), 0.5, base, dtype=dtype)
+    with pytest.raises(ValueError, match=r"dropout_mask_dev: out must have shape \(4, 3\)"):
+        gpu.dropout_mask_dev((4, 3), 0.5, base, dtype=dtype, out=gpu.alloc((3, 4), dtype))
+    with pytest.raises(ValueError, match=r"dropout_mask_dev: rate must be in \[0, 1\)"):
+        gpu.dropout_mask_dev((4, 3), 1.0, base, dtype=dtype, out=out)
+    with pytest.raises(ValueError, match=r"dropout_mask_dev: shape and row0 must be non-negative"):
+        gpu.dropout_mask_dev((4, 3), 0.5, base, -1, dtype=dtype, out=out)
+    with pytest.raises(TypeError, match=r"dropout_mask_dev: base must have dtype uint64"):
+        gpu.dropout_mask_dev((4, 3), 0.5, base.astype(cupy.int64), dtype=dtype, out=out)
+    with pytest.raises(ValueError, match=r"dropout_mask_dev: base must hold exactly one element"):
+        gpu.dropout_mask_dev((4, 3), 0.5, cupy.zeros(2, cupy.uint64), dtype=dtype, out=out)
+    with pytest.raises(TypeError, match=r"dropout_mask_dev: base must be a device \(CuPy\) array"):
+        gpu.dropout_mask_dev((4, 3), 0.5, numpy.zeros(1, numpy.uint64), dtype=dtype, out=out)
