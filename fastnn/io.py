@@ -411,7 +411,9 @@ def _restore_optimizer(reader, model):
     if arrays["iterations"].dtype != numpy.int64 or int(arrays["iterations"]) < 0:
         raise FormatError(f"{reader.path}: member 'optimizer.npz': iterations must be a non-negative int64")
     opt.iterations = int(arrays["iterations"])
-    opt.build(model.flat)
+    if not opt.flat_slots or len(opt.flat_slots) != len(opt.slots) or any(
+            s.shape != (model.flat.size,) or s.dtype != model.dtype for s in opt.flat_slots):
+        opt.build(model.flat)  # else written in place: a captured training step keeps their addresses
     for slot, name in zip(opt.flat_slots, opt.slots):
         if arrays[name].dtype.kind != "f":
             raise FormatError(f"{reader.path}: member 'optimizer.npz': slot {name!r} must be floats")

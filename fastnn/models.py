@@ -499,7 +499,8 @@ class Sequential:
         # A captured step stays valid across fit() calls while what it was captured from is the
         # same: the flat buffers, the loss and metrics objects, the shapes and the precision.
         opt = self.optimizer
-        owners = (self.flat, self.loss, self.optimizer, *self.metrics)
+        owners = (self.flat, self.flat.p, self.flat.g, self.loss, self.optimizer, *(opt.flat_slots or ()),
+                  *self.metrics)
         rates = tuple(layer.rate for layer in self.layers if isinstance(layer, Dropout))
         pieces = tuple((a, b) for a, b, _ in opt._pieces(self.flat))
         plain = (self._head, hi - lo, batch_size, x_spec, y_spec, get_matmul_precision(), rates, comm.size > 1,

@@ -236,7 +236,8 @@ class Optimizer:
         """This step's per-piece scalar rows (host float64, one row per piece), as ``step_flat``
         would compute them now; the caller advances ``iterations`` once the step has run."""
         lr, t = self.lr, self.iterations + 1
-        return numpy.stack([self._scalars(flat.ops, flat.dtype, lr, wd, 1.0, t) for _, _, wd in pieces])
+        rows = [self._scalars(flat.ops, flat.dtype, lr, wd, 1.0, t) for _, _, wd in pieces]
+        return numpy.stack(rows) if rows else numpy.zeros((0, 0))
 
     def step_flat_dev(self, flat, pieces, rows):
         """``step_flat``'s update with its scalars read from the device rows ``rows[i]`` (captured)."""

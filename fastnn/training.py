@@ -156,10 +156,15 @@ class LoopState:
                 "model_step": getattr(self.model, "_step", 0), "history": history}
 
 
-def _restore_sums(ops, saved, comm=None):
+def _restore_sums(ops, saved, comm=None, dtype=numpy.float64):
+    """The interrupted epoch's running sums. In one process they were sums in the model's dtype,
+    saved exactly as float64: restored in that dtype, the epoch's logs continue bit for bit. Under
+    data parallelism they are sums over the ranks, kept in float64."""
     sums = _Sums(ops, comm)
+    if comm is not None and comm.size > 1:
+        dtype = numpy.float64
     for k, v in (saved.get("sums") or {}).items():
-        sums.sums[k] = ops.xp.asarray(v, dtype=numpy.float64)
+        sums.sums[k] = ops.xp.asarray(v, dtype=dtype)
     sums.count = int(saved.get("count", 0))
     return sums
 
@@ -191,7 +196,7 @@ def run_loop(model, sampler, train_step, *, epochs, initial_epoch=0, callbacks=(
         cbs.on_epoch_begin(epoch, {})
         sums = state.sums = _Sums(model.ops, comm)
         if skip and (comm is None or comm.rank == 0):  # saved sums are global: one rank carries them
-            sums = state.sums = _restore_sums(model.ops, resume, comm)
+            sums = state.sums = _restore_sums(model.ops, resume, comm, getattr(model, "dtype", numpy.float64))
         for batch, idx in enumerate(sampler.epoch(epoch)):
             if batch < skip:
                 continue  # trained before the interruption; drawing it keeps the sampler in step

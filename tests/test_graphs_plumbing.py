@@ -152,10 +152,14 @@ def fake_gpu(monkeypatch):
     monkeypatch.setenv("FASTNN_DEVICE_DATA", "device")
     monkeypatch.setattr(feeding, "make_transfer", lambda ops: feeding.NumpyTransfer(ops))  # staging, host feeding
     original = StepGraphs._captured_step
+    rehearsals = []
 
     def captured_step(self, *args):
         stream = _Stream.current
-        assert stream is not None and stream.capturing, "the captured step runs only under capture"
+        assert stream is not None, "the captured step runs on the capture stream"
+        if not stream.capturing:      # the eager rehearsal before the capture
+            rehearsals.append(1)
+            return original(self, *args)
         model = self.model
         saved = [model.flat.p, *model.optimizer.flat_slots]
         before = [a.copy() for a in saved]
@@ -313,3 +317,84 @@ def test_host_fed_batches_through_the_graph(fake_gpu, monkeypatch):
     h = model.fit(x.astype(numpy.float64), y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True)
     _assert_same(model, h, ref, h_ref)
     assert _Graph.launches == 2 * 6 - 1
+
+
+def test_second_check_catches_a_value_frozen_at_capture(fake_gpu, monkeypatch):
+    """Staging that stops updating after the first replay (a per-step value frozen): the first
+    check passes, the second sees the stale dropout streams and learning rate and gives up; the
+    kept results are the eager ones, so training stays exact."""
+    x, y = _data()
+    ref = _model("numpy", OPTIMIZERS["rmsprop-schedule"])
+    h_ref = ref.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5)
+    model = _model(fake_gpu, OPTIMIZERS["rmsprop-schedule"])
+    original = StepGraphs._write_scalars
+    calls = []
+
+    def first_only(self, cap, step, words):
+        calls.append(step)
+        if len(calls) == 1:
+            original(self, cap, step, words)
+    monkeypatch.setattr(StepGraphs, "_write_scalars", first_only)
+    with pytest.warns(RuntimeWarning, match=r"replayed step's .* differ from the eager step's"):
+        h = model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True)
+    _assert_same(model, h, ref, h_ref)
+    assert len(calls) == 2 and model._graphs[2].disabled is not None
+
+
+def test_a_wrong_learning_rate_in_the_graph_is_caught(fake_gpu, monkeypatch):
+    from fastnn.optimizers import Optimizer
+
+    x, y = _data()
+    ref = _model("numpy", OPTIMIZERS["sgd"])
+    h_ref = ref.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=5)
+    model = _model(fake_gpu, OPTIMIZERS["sgd"])
+    original = Optimizer.graph_scalars
+
+    def off_by_5_percent(self, flat, pieces):
+        rows = original(self, flat, pieces)
+        rows[:, 0] *= 1.05   # the reference packs lr first
+        return rows
+    monkeypatch.setattr(Optimizer, "graph_scalars", off_by_5_percent)
+    with pytest.warns(RuntimeWarning,
+                      match=r"replayed step.s parameters differ .*relative difference [0-9.]+e-02 > 1e-02"):
+        h = model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=5, cuda_graph=True)
+    _assert_same(model, h, ref, h_ref)
+
+
+def test_weight_decay_changed_between_fits_reaches_the_cached_graph(fake_gpu):
+    x, y = _data()
+    ref, model = _model("numpy", OPTIMIZERS["adamw"]), _model(fake_gpu, OPTIMIZERS["adamw"])
+    ref.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=1)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=1, cuda_graph=True)
+    graphs = model._graphs[2]
+    for m in (ref, model):
+        m.optimizer.weight_decay = 0.2
+    h_ref = ref.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=2)
+    h = model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=2, cuda_graph=True)
+    assert model._graphs[2] is graphs and graphs.disabled is None
+    _assert_same(model, h, ref, h_ref)
+
+
+def test_interrupted_fit_resumed_in_the_same_process_replays_correctly(fake_gpu, tmp_path):
+    """A run stopped by an exception and resumed from its backup in the same process: the restore
+    writes the optimizer's slots in place, so the cached graph still updates the live ones."""
+    from fastnn.callbacks import Callback
+
+    class Stop(Callback):
+        def on_batch_end(self, batch, logs=None):
+            if self.model._step == 9:
+                raise KeyboardInterrupt
+
+    x, y = _data()
+    ref = _model("numpy", OPTIMIZERS["adamw"])
+    h_ref = ref.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=5, checkpoint_dir=tmp_path / "ref", save_freq=1)
+    model = _model(fake_gpu, OPTIMIZERS["adamw"])
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=5, checkpoint_dir=tmp_path / "run", save_freq=1,
+                  cuda_graph=True, callbacks=[Stop()])
+    graphs = model._graphs[2]
+    slots = model.optimizer.flat_slots
+    h = model.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=5, checkpoint_dir=tmp_path / "run", save_freq=1,
+                  cuda_graph=True)
+    assert model.optimizer.flat_slots is slots and model._graphs[2] is graphs and graphs.disabled is None
+    _assert_same(model, h, ref, h_ref)
