@@ -7,6 +7,19 @@ import numpy
 
 from fastnn.backend import select
 
+# Python source that makes every later ``import cupy`` (cupyx, cupy_backends) fail: prepended to a
+# subprocess's code, it shows which fastnn modules import without CuPy.
+BLOCK_CUPY_IMPORTS = """import importlib.abc, sys
+
+class BlockCupy(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "cupy" or fullname.startswith(("cupy.", "cupyx", "cupy_backends")):
+            raise ImportError(f"{fullname} is blocked for this test")
+        return None
+
+sys.meta_path.insert(0, BlockCupy())
+"""
+
 RTOL = {numpy.dtype(numpy.float32): 1e-5, numpy.dtype(numpy.float64): 1e-12}
 ATOL = {numpy.dtype(numpy.float32): 1e-6, numpy.dtype(numpy.float64): 1e-13}
 

@@ -15,6 +15,8 @@ import textwrap
 import numpy
 import pytest
 
+from fastnn.testing import BLOCK_CUPY_IMPORTS
+
 from fastnn.backend.ops import HOT_PRIMITIVES, Ops
 from fastnn.kernels import RELU
 
@@ -40,16 +42,7 @@ def test_cupy_primitive_calls_a_gpu_launcher(name):
     assert f".{name}(" in src and "self.xp" not in src, src
 
 
-BLOCK_CUPY = textwrap.dedent("""
-    import importlib.abc, sys
-
-    class BlockCupy(importlib.abc.MetaPathFinder):
-        def find_spec(self, fullname, path=None, target=None):
-            if fullname == "cupy" or fullname.startswith(("cupy.", "cupyx", "cupy_backends")):
-                raise ImportError(f"{fullname} is blocked for this test")
-            return None
-
-    sys.meta_path.insert(0, BlockCupy())
+BLOCK_CUPY = BLOCK_CUPY_IMPORTS + textwrap.dedent("""
     import importlib
     for mod in MODULES:
         importlib.import_module(mod)

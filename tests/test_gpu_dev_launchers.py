@@ -18,6 +18,8 @@ import textwrap
 import numpy
 import pytest
 
+from fastnn.testing import BLOCK_CUPY_IMPORTS
+
 from fastnn.kernels import dropout_base
 from fastnn.kernels.gpu import _loader as L
 from fastnn.kernels.gpu import dropout as drop
@@ -339,16 +341,7 @@ def test_cupy_ops_scalars_need_no_gpu():
     numpy.testing.assert_array_equal(s, opt.adam_scalars(F32, 1e-3, 0.9, 0.999, 1e-8, 2, 0.01, 1.0, True))
 
 
-NO_CUPY = textwrap.dedent("""
-    import importlib.abc, sys
-
-    class BlockCupy(importlib.abc.MetaPathFinder):
-        def find_spec(self, fullname, path=None, target=None):
-            if fullname == "cupy" or fullname.startswith(("cupy.", "cupyx", "cupy_backends")):
-                raise ImportError(f"{fullname} is blocked for this test")
-            return None
-
-    sys.meta_path.insert(0, BlockCupy())
+NO_CUPY = BLOCK_CUPY_IMPORTS + textwrap.dedent("""
     import numpy
     from fastnn.kernels.gpu import optimizers as opt, dropout as drop
     for dt in (numpy.float32, numpy.float64):
