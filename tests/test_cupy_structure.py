@@ -15,10 +15,9 @@ import textwrap
 import numpy
 import pytest
 
-from fastnn.testing import BLOCK_CUPY_IMPORTS
-
 from fastnn.backend.ops import HOT_PRIMITIVES, Ops
 from fastnn.kernels import RELU
+from fastnn.testing import BLOCK_CUPY_IMPORTS
 
 GPU_MODULES = ("_loader", "activations", "losses", "dropout", "normalization", "optimizers")
 
