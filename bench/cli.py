@@ -884,7 +884,7 @@ def run_train(settings, backends, ctx, models, with_torch=True, batch_override=N
             impls.append(_FastnnImpl("cupy-graph", spec, "cupy", weights, batches, cuda_graph=True))
         if cpu:
             impls.append(_ScratchImpl("numpy-scratch", spec, weights, batches))
-        if "numba" in backends:  # the book's network class on the same kernels (issue: within 1.2x)
+        if cpu and "numba" in backends:  # the book's network class on the same kernels (issue: within 1.2x)
             impls.append(_BookImpl("numba-book", spec, "numba", weights, batches))
         if torch is not None:
             if cpu:
@@ -960,7 +960,8 @@ def print_train(res):
             floor = [name, "gemm-floor", "", "", "", ""] + ([""] if gpu else [])
             rows.append(floor + [f"{1e3 * m['gemm_floor_s']:.1f} ms", f"{fmt(m['gemm_floor_gflops'])} GFLOP/s"])
         if m.get("gemm_floor_gpu_s"):
-            rows.append([name, "gemm-floor-gpu", "", "", "", "", ""] + [f"{1e3 * m['gemm_floor_gpu_s']:.2f} ms", ""])
+            floor = [name, "gemm-floor-gpu", "", "", "", ""] + ([""] if gpu else [])
+            rows.append(floor + [f"{1e3 * m['gemm_floor_gpu_s']:.2f} ms", ""])
     d = res["data"]
     head = (f"== train (synthetic MNIST-shaped float32, {d['samples']} samples, seed {d['seed']}; one epoch of "
             f"full batches per repeat, interleaved; samples/s median and min-max)")
@@ -1093,6 +1094,8 @@ def choose_backends(p, spec):
 
 
 def main(argv=None):
+    from fastnn.backend import get_matmul_precision
+
     p, args = parse_args(argv)
     sections = args.sections or list(DEFAULT_SECTIONS)
     backends = choose_backends(p, args.backends)
@@ -1132,7 +1135,7 @@ def main(argv=None):
                            "train_samples": settings.train_samples, "warmup_steps": settings.warmup_steps,
                            "max_other_load": args.max_other_load,
                            "models": args.models, "batch_size": args.batch_size, "torch": with_torch,
-                           "gpu_only": args.gpu_only},
+                           "gpu_only": args.gpu_only, "matmul_precision": get_matmul_precision()},
               "sections": {}}
     ctx = {}
     from fastnn.bench import distributed as bench_distributed

@@ -35,11 +35,12 @@ MATMUL_PRECISIONS = ("float32", "tf32")
 
 
 def check_precision(value, name="precision"):
-    """``value`` if it is one of ``MATMUL_PRECISIONS``, else ``ValueError`` naming ``name``."""
-    if value not in MATMUL_PRECISIONS:
+    """``value`` (any case) as one of ``MATMUL_PRECISIONS``, else ``ValueError`` naming ``name``."""
+    canonical = value.lower() if isinstance(value, str) else value
+    if canonical not in MATMUL_PRECISIONS:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, MATMUL_PRECISIONS))}, got {value!r}")
-    return value
+    return canonical
 
 
-MATMUL_PRECISION = check_precision(os.environ.get("FASTNN_MATMUL_PRECISION", "").strip().lower() or "float32",
+MATMUL_PRECISION = check_precision(os.environ.get("FASTNN_MATMUL_PRECISION", "").strip() or "float32",
                                    "FASTNN_MATMUL_PRECISION")

@@ -113,10 +113,17 @@ class Sequential:
         if input_shape is None:
             raise ValueError(f"{self.name}: the input shape is unknown; give the first layer input_shape=(...) "
                              f"or call fit/build with data first")
-        input_shape = tuple(input_shape)
+        if isinstance(input_shape, (int, numpy.integer)) and not isinstance(input_shape, bool):
+            input_shape = (input_shape,)
+        try:
+            input_shape = tuple(input_shape)
+        except TypeError:
+            raise ValueError(f"{self.name}: build() takes the shape of one sample, e.g. (784,) or (None, 784), "
+                             f"got {input_shape!r}") from None
         if input_shape and input_shape[0] is None:  # Keras's build((None, 784)): a batch axis first
             input_shape = input_shape[1:]
-        if any(isinstance(s, bool) or not isinstance(s, (int, numpy.integer)) or s < 1 for s in input_shape):
+        if not input_shape or any(isinstance(s, bool) or not isinstance(s, (int, numpy.integer)) or s < 1
+                                  for s in input_shape):
             raise ValueError(f"{self.name}: build() takes the shape of one sample, e.g. (784,) or (None, 784), "
                              f"got {input_shape!r}")
         self.ops = get_ops(self._backend) if self._backend is not None else current()
@@ -209,6 +216,7 @@ class Sequential:
         if loss is None:
             raise ValueError(f"{self.name}.compile: loss is required; valid names: {', '.join(_losses.LOSS_NAMES)}")
         opt, loss = _optimizers.get(optimizer), _losses.get(loss)
+        self._graphs = None  # a captured step of the old loss/optimizer: let its memory go
         if isinstance(metrics, str):
             metrics = [metrics]
         metrics = [_metrics.get(m, loss) for m in (metrics or [])]
@@ -245,7 +253,7 @@ class Sequential:
         if not move:
             return x, y
         if move == "auto" and self.ops.name == "cupy" and not self.ops.owns(x):
-            nbytes = x.size * self.dtype.itemsize + (0 if y is None else numpy.asarray(y).nbytes)
+            nbytes = x.size * self.dtype.itemsize + (0 if y is None or self.ops.owns(y) else y.size * y.dtype.itemsize)
             if feeding.feeds_from_host(self.ops, nbytes):
                 return x, y
         x = x if self.ops.owns(x) and x.dtype == self.dtype else self.ops.asarray(x, dtype=self.dtype)
@@ -386,6 +394,8 @@ class Sequential:
         """
         self._require_compiled("fit()")
         batch_size = _positive_int(self.name, "batch_size", batch_size)
+        if not isinstance(cuda_graph, (bool, numpy.bool_)):
+            raise TypeError(f"{self.name}: cuda_graph must be True or False, got {cuda_graph!r}")
         if isinstance(epochs, bool) or not isinstance(epochs, (int, numpy.integer)) or epochs < 0:
             raise ValueError(f"{self.name}: epochs must be a non-negative integer, got {epochs!r}")
         if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
@@ -469,7 +479,7 @@ class Sequential:
         ``FASTNN_DEVICE_DATA=host`` asks for the feeder on any backend (on a CPU backend it only
         copies batches, which is how its path through ``fit`` is tested without a GPU)."""
         gpu = self.ops.name == "cupy"
-        resident = gpu and self.ops.owns(x) and self.ops.owns(y)  # the caller's device arrays stay put
+        resident = gpu and self.ops.owns(x)  # the caller's device data stays put (its labels follow it)
         if not resident and (gpu or feeding.data_placement() == "host"):
             nbytes = x.size * self.dtype.itemsize + y.size * y.dtype.itemsize
             if feeding.feeds_from_host(self.ops, nbytes):
@@ -483,7 +493,8 @@ class Sequential:
     def _host_batches(self, x, y, batch_size):
         log.info("%s: the training set (%s) stays on the host; batches are copied from pinned memory",
                  self.name, shape_str(x.shape))
-        return feeding.HostBatches(x, y, self.dtype, batch_size, feeding.make_transfer(self.ops))
+        rows = max(1, min(batch_size, x.shape[0]))  # pinned buffers for no more rows than there are
+        return feeding.HostBatches(x, y, self.dtype, rows, feeding.make_transfer(self.ops))
 
     def _step_graphs(self, cuda_graph, batch_size, comm, x, y):
         """``fastnn.graphs.StepGraphs`` for ``fit(cuda_graph=True)`` on CuPy; None otherwise."""

@@ -111,3 +111,10 @@ def test_train_table_has_the_gpu_columns_when_gpu_rows_exist():
            "models": {"A": {"gemm_floor_s": 0.01, "gemm_floor_gflops": 100.0, "gemm_floor_gpu_s": None,
                             "impls": {"numba": impl(3e5, vs_numpy=1.2)}}}}
     assert "vs torch-cuda" not in cli.print_train(cpu)
+    no_torch = {"data": {"samples": 1000, "seed": 0},
+                "models": {"B64": {"gemm_floor_s": None, "gemm_floor_gflops": None, "gemm_floor_gpu_s": 0.0004,
+                                   "impls": {"cupy-graph": impl(2e6)}}}}
+    text = cli.print_train(no_torch)
+    header = next(line for line in text.splitlines() if line.startswith("model"))
+    floor = next(line for line in text.splitlines() if "gemm-floor-gpu" in line)
+    assert header.index("epoch/GEMM floor") <= floor.index("0.40 ms") < header.index("first loss")

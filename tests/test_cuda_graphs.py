@@ -122,7 +122,12 @@ def test_use_precision_sets_and_default_is_exact():
         assert fastnn.get_matmul_precision() == "tf32"
         x, y = _data()
         m = _model("numpy", dropout=False, bn=False)
-        m.fit(x, y, epochs=1, verbose=0)  # CPU: accepted, computes exactly (no TF32 on CPU BLAS)
+        h = m.fit(x, y, epochs=1, verbose=0, seed=1)  # CPU: accepted, computes exactly (no TF32 on CPU BLAS)
+        fastnn.set_matmul_precision("float32")
+        exact = _model("numpy", dropout=False, bn=False)
+        assert exact.fit(x, y, epochs=1, verbose=0, seed=1).history == h.history
+        for a, b in zip(m.get_weights(), exact.get_weights()):
+            numpy.testing.assert_array_equal(a, b)
     finally:
         fastnn.set_matmul_precision("float32")
         fbackend._default = None
@@ -492,3 +497,61 @@ def test_dropout_mask_dev_equals_dropout_mask(backend):
         numpy.testing.assert_array_equal(out, ops.dropout_mask(shape, 0.3, seed, step, row0, dtype=numpy.float32))
     with pytest.raises(ValueError, match="dropout_mask_dev: out is required"):
         ops.dropout_mask_dev((2, 2), 0.3, base, 0, dtype=numpy.float32)
+
+
+# ------------------------------------------------------------------------------------ review follow-ups (CPU)
+def test_cuda_graph_must_be_a_bool():
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"cuda_graph must be True or False, got 'no'"):
+        _model("numpy").fit(x, y, epochs=1, verbose=0, cuda_graph="no")
+
+
+@pytest.mark.parametrize("shape", [(), (None,), "abc", (12, 0), (12.0,)])
+def test_build_rejects_shapes_that_are_not_one_sample(shape):
+    model = Sequential([Dense(3)])
+    with pytest.raises(ValueError, match=r"build\(\) takes the shape of one sample"):
+        model.build(shape)
+
+
+def test_build_accepts_an_int_and_a_batch_axis():
+    for shape in (12, (None, 12), (12,)):
+        model = Sequential([Dense(3)])
+        model.build(shape)
+        assert model.input_shape == (12,)
+
+
+def test_host_feeding_with_a_batch_larger_than_the_data(monkeypatch):
+    """The feeder's pinned buffers hold at most the number of samples, not ``batch_size`` rows."""
+    monkeypatch.setenv("FASTNN_DEVICE_DATA", "host")
+    x, y = _data(n=50)
+    made = []
+    real = fastnn.feeding.HostBatches.__init__
+
+    def record(self, x, y, dtype, batch_size, transfer):
+        made.append(batch_size)
+        real(self, x, y, dtype, batch_size, transfer)
+    monkeypatch.setattr(fastnn.feeding.HostBatches, "__init__", record)
+    h = _model("numpy", dropout=False, bn=False).fit(x, y, batch_size=10**8, epochs=1, verbose=0)
+    assert made == [50] and len(h.history["loss"]) == 1
+
+
+def test_use_with_precision_changes_nothing_when_the_backend_is_unavailable():
+    from fastnn.errors import BackendUnavailableError
+
+    if has_gpu():
+        pytest.skip("a GPU answers here: cupy is available")
+    with pytest.raises(BackendUnavailableError):
+        fastnn.use("cupy", precision="tf32")
+    assert fastnn.get_matmul_precision() == "float32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        fastnn.use("numpy", precision="bf16")
+    assert fbackend._default is None
+
+
+def test_precision_names_are_case_insensitive():
+    try:
+        fastnn.set_matmul_precision("TF32")
+        assert fastnn.get_matmul_precision() == "tf32"
+    finally:
+        fastnn.set_matmul_precision("Float32")
+    assert fastnn.get_matmul_precision() == "float32"

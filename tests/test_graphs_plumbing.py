@@ -398,3 +398,42 @@ def test_interrupted_fit_resumed_in_the_same_process_replays_correctly(fake_gpu,
                   cuda_graph=True)
     assert model.optimizer.flat_slots is slots and model._graphs[2] is graphs and graphs.disabled is None
     _assert_same(model, h, ref, h_ref)
+
+
+def test_out_of_memory_in_a_replay_is_retried_through_the_guard(fake_gpu, monkeypatch):
+    """A MemoryError from a replay reaches ``Sequential._guard_memory``, which frees, resets the
+    captured step (re-captured later) and retries; training stays exact."""
+    x, y = _data()
+    ref = _model("numpy")
+    h_ref = ref.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5)
+    model = _model(fake_gpu)
+    real_launch, launches = _Graph.launch, []
+
+    def launch_fails_once(self, stream=None):
+        launches.append(1)
+        if len(launches) == 4:
+            raise MemoryError("simulated out of device memory")
+        return real_launch(self, stream)
+    monkeypatch.setattr(_Graph, "launch", launch_fails_once)
+    captures = []
+    real_capture = StepGraphs._capture
+    monkeypatch.setattr(StepGraphs, "_capture", lambda self, *a: captures.append(1) or real_capture(self, *a))
+    h = model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True)
+    _assert_same(model, h, ref, h_ref)
+    assert len(captures) == 2 and model._graphs[2].disabled is None
+
+
+def test_cache_key_sees_dropout_rates_and_rebuilt_optimizer_slots(fake_gpu):
+    x, y = _data()
+    model = _model(fake_gpu)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, cuda_graph=True)
+    first = model._graphs[2]
+    model.layers[2].rate = 0.1
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, cuda_graph=True)
+    second = model._graphs[2]
+    assert second is not first
+    model.optimizer.build(model.flat)          # new slot arrays: the old graph would update the old ones
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, cuda_graph=True)
+    assert model._graphs[2] is not second
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    assert model._graphs is None               # a new compile lets the captured step go

@@ -123,8 +123,10 @@ def use(name, precision=None) -> Ops:
     TF32 tensor cores. The default, ``"float32"``, keeps them exact."""
     global _default
     if precision is not None:
-        set_matmul_precision(precision)
+        config.check_precision(precision)  # checked before anything changes
     ops = get_ops(name)
+    if precision is not None:
+        set_matmul_precision(precision)
     _default = _canonical(name) if not isinstance(name, Ops) else name
     return ops
 
