@@ -55,3 +55,20 @@ def assert_close(actual, expected, dtype=None, rtol=None, atol=None, err_msg="")
     dtype = numpy.dtype(dtype or expected.dtype)
     numpy.testing.assert_allclose(actual, expected, rtol=RTOL.get(dtype, 1e-5) if rtol is None else rtol,
                                   atol=ATOL.get(dtype, 1e-6) if atol is None else atol, err_msg=err_msg)
+
+
+def steady_state_alloc_peak(model, x, t, warm=2, steps=5):
+    """Peak bytes that ``tracemalloc`` sees during ``steps`` training steps of ``model`` on ``(x, t)``,
+    after ``warm`` steps that make the workspaces of this batch shape (host backends only)."""
+    import tracemalloc
+
+    xd, td = model._prepare(x, t)
+    for _ in range(warm):
+        model._train_batch(xd, td)
+    tracemalloc.start()
+    try:
+        for _ in range(steps):
+            model._train_batch(xd, td)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

@@ -410,8 +410,6 @@ def test_cnn_beats_the_mlp_on_digits_over_seeds(backend_name):
 def test_conv_training_step_allocates_nothing_large_in_steady_state():
     """After the first step of a batch shape, a Conv2D/MaxPooling2D training step on numba keeps
     every large array in workspaces (col, z, dz, dcol, y, dx, pooled output and argmax)."""
-    import tracemalloc
-
     from fastnn.layers import Dense, Flatten
     from fastnn.models import Sequential
 
@@ -423,15 +421,6 @@ def test_conv_training_step_allocates_nothing_large_in_steady_state():
         model = Sequential([Conv2D(8, 3, padding="same", activation="relu", input_shape=(1, 12, 12)), MaxPooling2D(2),
                             Conv2D(16, 3, activation="relu"), Flatten(), Dense(10, activation="softmax")], seed=0)
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-        xd, td = model._prepare(x, t)
-        for _ in range(2):
-            model._train_batch(xd, td)
-        tracemalloc.start()
-        try:
-            for _ in range(5):
-                model._train_batch(xd, td)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        peak = fastnn.testing.steady_state_alloc_peak(model, x, t)
     one_activation = 64 * 8 * 12 * 12 * 4
     assert peak < one_activation // 4, f"{peak} bytes allocated during 5 steady-state steps"

@@ -261,8 +261,6 @@ def test_frozen_layer_is_not_updated():
 def test_no_allocation_per_step_in_steady_state():
     """After the first step of a batch shape, a training step allocates no array memory on the numba
     backend (workspaces are kept per shape); tracemalloc sees NumPy's allocations."""
-    import tracemalloc
-
     if not fastnn.testing.has_numba():
         pytest.skip("needs numba: the NumPy reference primitives allocate temporaries by design")
     rng = numpy.random.default_rng(0)
@@ -271,16 +269,7 @@ def test_no_allocation_per_step_in_steady_state():
         model = Sequential([Dense(512, activation="relu", input_shape=(784,)), Dropout(0.2),
                             Dense(512, activation="relu"), Dropout(0.2), Dense(10, activation="softmax")], seed=0)
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        xd, td = model._prepare(x, t)
-        for _ in range(2):
-            model._train_batch(xd, td)
-        tracemalloc.start()
-        try:
-            for _ in range(5):
-                model._train_batch(xd, td)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        peak = fastnn.testing.steady_state_alloc_peak(model, x, t)
     one_activation = 128 * 512 * 4
     assert peak < one_activation // 4, f"{peak} bytes allocated during 5 steady-state steps"
 
