@@ -45,3 +45,16 @@ def test_probe_skips_cleanly_without_gpu(name, tmp_path):
     assert len(record["skipped"]) > len("no GPU: ")
     written = json.loads((tmp_path / "out" / f"{name}.json").read_text())
     assert written == record
+
+
+def test_run_subprocess_reads_the_last_record_and_reports_crashes_and_timeouts(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(PROBES))
+    from _probe import run_subprocess
+
+    rec, rc = run_subprocess([sys.executable, "-c", "print('noise'); print('{\"ok\": 1}'); print('{\"ok\": 2}')"], 60)
+    assert (rec, rc) == ({"ok": 2}, 0)
+    rec, rc = run_subprocess([sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"], 60)
+    assert rc == 3 and rec["ok"] is False and "ended with 3 and printed no record" in rec["error"]
+    assert rec["stderr_tail"] == "boom" and "boom" in capsys.readouterr().err
+    rec, rc = run_subprocess([sys.executable, "-c", "import time; print('x', flush=True); time.sleep(30)"], 1)
+    assert rc == "timeout" and rec["ok"] is False and rec["stdout_tail"].startswith("x")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +24,26 @@ def _default(o):
     if isinstance(o, (set, tuple)):
         return list(o)
     return str(o)
+
+
+def run_subprocess(cmd, timeout, env=None):
+    """Run ``cmd`` (a probe part in its own process); ``(record, returncode)``. Its stderr is passed
+    on; the record is the last JSON line it printed, or an error record with the output's tails
+    when it printed none (a crash, a timeout: ``returncode == "timeout"``)."""
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        rc, out, err = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        rc = "timeout"
+        out, err = (s if isinstance(s, str) else (s or b"").decode(errors="replace") for s in (exc.stdout, exc.stderr))
+    sys.stderr.write(err)
+    for line in reversed(out.strip().splitlines()):
+        try:
+            return json.loads(line), rc
+        except ValueError:
+            continue
+    return {"ok": False, "error": f"the child process ended with {rc} and printed no record",
+            "stdout_tail": out[-1500:], "stderr_tail": err[-3000:]}, rc
 
 
 class Probe:

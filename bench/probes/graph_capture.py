@@ -40,7 +40,6 @@ import os
 import re
 import site
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -48,7 +47,7 @@ from pathlib import Path
 
 import numpy
 
-from _probe import Probe, _default  # noqa: E402  (this folder is on sys.path when run as a script)
+from _probe import Probe, _default, run_subprocess  # noqa: E402  (this folder is on sys.path when run as a script)
 
 NAME = "graph_capture"
 PARTS = ("cupy_matmul_in_capture", "ctypes_cublas_in_capture", "fastnn_kernels_in_capture", "replay_cost")
@@ -731,24 +730,7 @@ def main(argv=None):
         cmd = [sys.executable, os.path.abspath(__file__), "--part", part]
         if args.replays:
             cmd += ["--replays", str(args.replays)]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PART_TIMEOUT_S[part])
-            rc, out, err = proc.returncode, proc.stdout, proc.stderr
-        except subprocess.TimeoutExpired as exc:
-            rc, out = "timeout", exc.stdout or ""
-            err = (exc.stderr or "") if isinstance(exc.stderr, str) else (exc.stderr or b"").decode(errors="replace")
-            out = out if isinstance(out, str) else out.decode(errors="replace")
-        sys.stderr.write(err)
-        rec = None
-        for line in reversed(out.strip().splitlines()):
-            try:
-                rec = json.loads(line)
-                break
-            except ValueError:
-                continue
-        if rec is None:
-            rec = {"ok": False, "error": f"the part's process ended with {rc} and printed no record",
-                   "stdout_tail": out[-1500:], "stderr_tail": err[-3000:]}
+        rec, rc = run_subprocess(cmd, PART_TIMEOUT_S[part])
         rec["returncode"] = rc
         rec["wall_s"] = round(time.perf_counter() - t0, 2)
         RECORD[part] = rec

@@ -21,14 +21,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
 
-from _probe import Probe, _default  # noqa: E402  (this folder is on sys.path when run as a script)
+from _probe import Probe, _default, run_subprocess  # noqa: E402  (this folder is on sys.path when run as a script)
 
 NAME = "kernel_cache"
 FAMILIES = ("activations", "conv", "dropout", "losses", "normalization", "optimizers")
@@ -105,26 +104,8 @@ def run_phase(label, cache_dir, timeout):
     env["PYTHONUNBUFFERED"] = "1"
     before = cache_listing(cache_dir)
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child"], env=env,
-                              capture_output=True, text=True, timeout=timeout)
-        rc, out, err = proc.returncode, proc.stdout, proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        rc = "timeout"
-        out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode(errors="replace")
-        err = exc.stderr if isinstance(exc.stderr, str) else (exc.stderr or b"").decode(errors="replace")
+    rec, rc = run_subprocess([sys.executable, os.path.abspath(__file__), "--child"], timeout, env)
     wall = time.perf_counter() - t0
-    sys.stderr.write(err)
-    rec = None
-    for line in reversed(out.strip().splitlines()):
-        try:
-            rec = json.loads(line)
-            break
-        except ValueError:
-            continue
-    if rec is None:
-        rec = {"ok": False, "error": f"child ended with {rc} and printed no record", "stdout_tail": out[-1500:],
-               "stderr_tail": err[-3000:]}
     rec.update({"returncode": rc, "process_wall_s": wall, "cache_before": before, "cache_after": cache_listing(cache_dir)})
     RECORD[label] = rec
     log(f"{label}: rc={rc} wall={wall:.2f}s families={rec.get('all_families_s')}")
