@@ -76,12 +76,8 @@ __global__ void fastnn_softmax(const T* __restrict__ x, T* __restrict__ y, long 
     const long long warps = ((long long)blockDim.x * gridDim.x) >> 5;
     for (long long r = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; r < n; r += warps) {
         const T* xr = x + r * c;
-        T m = xr[0];
-        for (long long j = lane; j < c; j += 32) m = xr[j] > m ? xr[j] : m;
-        m = fastnn_warp_max(m);
-        T s = T(0);
-        for (long long j = lane; j < c; j += 32) s += FMath<T>::exp(xr[j] - m);
-        s = fastnn_warp_sum(s);
+        T m, s;
+        fastnn_row_max_sumexp(xr, c, lane, m, s);
         for (long long j = lane; j < c; j += 32) y[r * c + j] = FMath<T>::exp(xr[j] - m) / s;
     }
 }

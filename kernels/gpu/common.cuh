@@ -100,6 +100,18 @@ __device__ __forceinline__ T fastnn_warp_sum(T v) {
     return v;
 }
 
+// One warp's pass over a row xr[0..c) (lane = this thread's lane): its maximum m and
+// s = sum(exp(xr - m)), both in every lane, as the softmax and softmax-cross-entropy kernels need.
+template <typename T>
+__device__ __forceinline__ void fastnn_row_max_sumexp(const T* __restrict__ xr, long long c, int lane, T& m, T& s) {
+    m = xr[0];
+    for (long long j = lane; j < c; j += 32) m = xr[j] > m ? xr[j] : m;
+    m = fastnn_warp_max(m);
+    s = T(0);
+    for (long long j = lane; j < c; j += 32) s += FMath<T>::exp(xr[j] - m);
+    s = fastnn_warp_sum(s);
+}
+
 // Sum of v over the block (blockDim.x == FASTNN_BLOCK); the result is valid in thread 0.
 template <typename T>
 __device__ __forceinline__ T fastnn_block_sum(T v) {

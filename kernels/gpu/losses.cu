@@ -35,12 +35,8 @@ __global__ void fastnn_softmax_xent(const T* __restrict__ x, const T* __restrict
     T block_acc = T(0);  // meaningful in lane 0 of each warp
     for (long long r = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; r < n; r += warps) {
         const T* xr = x + r * c;
-        T m = xr[0];
-        for (long long j = lane; j < c; j += 32) m = xr[j] > m ? xr[j] : m;
-        m = fastnn_warp_max(m);
-        T s = T(0);
-        for (long long j = lane; j < c; j += 32) s += FMath<T>::exp(xr[j] - m);
-        s = fastnn_warp_sum(s);
+        T m, s;
+        fastnn_row_max_sumexp(xr, c, lane, m, s);
         const T lse = m + FMath<T>::log(s);
         long long k = -1;
         T row_loss;
