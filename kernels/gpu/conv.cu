@@ -11,7 +11,43 @@
 
 #include "common.cuh"
 
-// One thread per col element: col[r, j] = x[n, c, oy*sh + ky - pt, ox*sw + kx - pl], 0 outside x.
+// x[b, ch, oy*sh + ky - pt, ox*sw + kx - pl], 0 outside x, for window row r = (b, oy, ox) and
+// column j = (ch, ky, kx): one element of the im2col matrix, in either layout.
+template <typename T>
+__device__ __forceinline__ T fastnn_window_value(const T* __restrict__ x, long long r, long long j, long long c,
+                                                 long long h, long long w, long long fh, long long fw, long long sh,
+                                                 long long sw, long long pt, long long pl, long long oh, long long ow) {
+    const long long ox = r % ow, oy = (r / ow) % oh, b = r / (ow * oh);
+    const long long kx = j % fw, ky = (j / fw) % fh, ch = j / (fw * fh);
+    const long long iy = oy * sh + ky - pt, ix = ox * sw + kx - pl;
+    return (iy >= 0 && iy < h && ix >= 0 && ix < w) ? x[((b * c + ch) * h + iy) * w + ix] : T(0);
+}
+
+// dx element i = (b, ch, iy, ix): the sum, in (ky, kx) order, over the windows (b, oy, ox) that hold
+// it (oy = (iy + pt - ky) / sh exact and in range, the same for x) of the matrix element at window
+// row r = (b, oy, ox), column j = (ch, ky, kx): col[r * ld + j], or colT[j * ld + r] when TRANSPOSED.
+template <typename T, bool TRANSPOSED>
+__device__ __forceinline__ T fastnn_window_sum(const T* __restrict__ col, long long i, long long ld, long long c,
+                                               long long h, long long w, long long fh, long long fw, long long sh,
+                                               long long sw, long long pt, long long pl, long long oh, long long ow) {
+    const long long ix = i % w, iy = (i / w) % h, ch = (i / (w * h)) % c, b = i / (w * h * c);
+    T sum = T(0);
+    for (long long ky = 0; ky < fh; ++ky) {
+        const long long ty = iy + pt - ky;
+        if (ty < 0 || ty % sh != 0 || ty / sh >= oh) continue;
+        const long long oy = ty / sh;
+        for (long long kx = 0; kx < fw; ++kx) {
+            const long long tx = ix + pl - kx;
+            if (tx < 0 || tx % sw != 0 || tx / sw >= ow) continue;
+            const long long ox = tx / sw;
+            const long long r = (b * oh + oy) * ow + ox, j = (ch * fh + ky) * fw + kx;
+            sum += TRANSPOSED ? col[j * ld + r] : col[r * ld + j];
+        }
+    }
+    return sum;
+}
+
+// One thread per col element: col[r, j], col is (N*OH*OW, C*FH*FW).
 template <typename T>
 __global__ void fastnn_im2col(const T* __restrict__ x, T* __restrict__ col, long long n, long long c,
                               long long h, long long w, long long fh, long long fw, long long sh,
@@ -19,17 +55,11 @@ __global__ void fastnn_im2col(const T* __restrict__ x, T* __restrict__ col, long
     const long long k = c * fh * fw;
     const long long total = n * oh * ow * k;
     const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        const long long r = i / k, j = i % k;
-        const long long ox = r % ow, oy = (r / ow) % oh, b = r / (ow * oh);
-        const long long kx = j % fw, ky = (j / fw) % fh, ch = j / (fw * fh);
-        const long long iy = oy * sh + ky - pt, ix = ox * sw + kx - pl;
-        col[i] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? x[((b * c + ch) * h + iy) * w + ix] : T(0);
-    }
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride)
+        col[i] = fastnn_window_value(x, i / k, i % k, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow);
 }
 
-// One thread per dx element (b, ch, iy, ix): the sum, over the (ky, kx) that put it in a window,
-// of col[(b, oy, ox), (ch, ky, kx)] with oy = (iy + pt - ky) / sh exact and in range (same for x).
+// The adjoint of im2col, one thread per dx element (a gather: no atomics, a fixed sum order).
 template <typename T>
 __global__ void fastnn_col2im(const T* __restrict__ col, T* __restrict__ dx, long long n, long long c,
                               long long h, long long w, long long fh, long long fw, long long sh,
@@ -37,26 +67,11 @@ __global__ void fastnn_col2im(const T* __restrict__ col, T* __restrict__ dx, lon
     const long long k = c * fh * fw;
     const long long total = n * c * h * w;
     const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        const long long ix = i % w, iy = (i / w) % h, ch = (i / (w * h)) % c, b = i / (w * h * c);
-        T sum = T(0);
-        for (long long ky = 0; ky < fh; ++ky) {
-            const long long ty = iy + pt - ky;
-            if (ty < 0 || ty % sh != 0 || ty / sh >= oh) continue;
-            const long long oy = ty / sh;
-            for (long long kx = 0; kx < fw; ++kx) {
-                const long long tx = ix + pl - kx;
-                if (tx < 0 || tx % sw != 0 || tx / sw >= ow) continue;
-                const long long ox = tx / sw;
-                sum += col[((b * oh + oy) * ow + ox) * k + (ch * fh + ky) * fw + kx];
-            }
-        }
-        dx[i] = sum;
-    }
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride)
+        dx[i] = fastnn_window_sum<T, false>(col, i, k, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow);
 }
 
-// im2col transposed, one thread per colT element: colT[j, r] = x[n, c, oy*sh + ky - pt, ox*sw + kx - pl],
-// 0 outside x; colT is (C*FH*FW, N*OH*OW), row j = (c, ky, kx), column r = (n, oy, ox). Neighbouring
+// im2col transposed, one thread per colT element: colT[j, r], colT is (C*FH*FW, N*OH*OW). Neighbouring
 // threads write neighbouring r and read along a row of x.
 template <typename T>
 __global__ void fastnn_im2col_t(const T* __restrict__ x, T* __restrict__ colT, long long n, long long c,
@@ -65,17 +80,11 @@ __global__ void fastnn_im2col_t(const T* __restrict__ x, T* __restrict__ colT, l
     const long long m = n * oh * ow;
     const long long total = c * fh * fw * m;
     const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        const long long j = i / m, r = i % m;
-        const long long ox = r % ow, oy = (r / ow) % oh, b = r / (ow * oh);
-        const long long kx = j % fw, ky = (j / fw) % fh, ch = j / (fw * fh);
-        const long long iy = oy * sh + ky - pt, ix = ox * sw + kx - pl;
-        colT[i] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? x[((b * c + ch) * h + iy) * w + ix] : T(0);
-    }
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride)
+        colT[i] = fastnn_window_value(x, i % m, i / m, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow);
 }
 
-// The adjoint of im2col_t, gathering like col2im: one thread per dx element sums, in (ky, kx)
-// order, colT[(ch, ky, kx), (b, oy, ox)] over the windows that hold it.
+// The adjoint of im2col_t, gathering like col2im.
 template <typename T>
 __global__ void fastnn_col2im_t(const T* __restrict__ colT, T* __restrict__ dx, long long n, long long c,
                                 long long h, long long w, long long fh, long long fw, long long sh,
@@ -83,22 +92,8 @@ __global__ void fastnn_col2im_t(const T* __restrict__ colT, T* __restrict__ dx, 
     const long long m = n * oh * ow;
     const long long total = n * c * h * w;
     const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        const long long ix = i % w, iy = (i / w) % h, ch = (i / (w * h)) % c, b = i / (w * h * c);
-        T sum = T(0);
-        for (long long ky = 0; ky < fh; ++ky) {
-            const long long ty = iy + pt - ky;
-            if (ty < 0 || ty % sh != 0 || ty / sh >= oh) continue;
-            const long long oy = ty / sh;
-            for (long long kx = 0; kx < fw; ++kx) {
-                const long long tx = ix + pl - kx;
-                if (tx < 0 || tx % sw != 0 || tx / sw >= ow) continue;
-                const long long ox = tx / sw;
-                sum += colT[((ch * fh + ky) * fw + kx) * m + (b * oh + oy) * ow + ox];
-            }
-        }
-        dx[i] = sum;
-    }
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride)
+        dx[i] = fastnn_window_sum<T, true>(colT, i, m, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow);
 }
 
 // One thread per output element: the window's maximum (padding counts as -inf) and its index
