@@ -36,84 +36,68 @@ def _x_shape(primitive, x_shape):
     return tuple(int(s) for s in x_shape)
 
 
-def im2col(x, fh, fw, stride=1, pad=0, *, out=None):
-    """Patches of ``x: (N, C, H, W)`` as rows: ``out: (N*OH*OW, C*FH*FW)``, row ``(n, oy, ox)``,
-    column ``(c, ky, kx)``; zeros where a window covers the padding."""
-    dtype = L.check_dtype("im2col", x)
-    oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x.shape, fh, fw, stride, pad, "im2col")
+def _im2col(primitive, x, fh, fw, stride, pad, out, transposed):
+    """``im2col`` (rows ``(n, oy, ox)``) or, when ``transposed``, ``im2col_t`` (rows ``(c, ky, kx)``)."""
+    dtype = L.check_dtype(primitive, x)
+    oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x.shape, fh, fw, stride, pad, primitive)
     n, c, h, w = (int(s) for s in x.shape)
     fh, fw = int(fh), int(fw)
     x = L.contiguous(x)
     shape = (n * oh * ow, c * fh * fw)
-    col = L.check_out("im2col", "out", out, shape, dtype)
+    shape = shape[::-1] if transposed else shape
+    col = L.check_out(primitive, "out", out, shape, dtype)
     if col is None:
         col = L.empty(shape, dtype)
     total = shape[0] * shape[1]
     if total:
-        _fn("fastnn_im2col", dtype)((L.grid_1d(total),), (L.BLOCK,),
-                                    (x, col, *_i64(n, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow)))
+        _fn(f"fastnn_{primitive}", dtype)((L.grid_1d(total),), (L.BLOCK,),
+                                          (x, col, *_i64(n, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow)))
     return col
 
 
-def col2im(col, x_shape, fh, fw, stride=1, pad=0, *, out=None):
-    """The adjoint of ``im2col``: ``out: x_shape`` sums the ``col`` entries copied from each element."""
-    dtype = L.check_dtype("col2im", col)
-    x_shape = _x_shape("col2im", x_shape)
-    oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x_shape, fh, fw, stride, pad, "col2im")
+def _col2im(primitive, col, x_shape, fh, fw, stride, pad, out, transposed):
+    """The adjoint of ``_im2col`` with the same ``transposed``: ``out: x_shape``."""
+    name = "colT" if transposed else "col"
+    dtype = L.check_dtype(primitive, col)
+    x_shape = _x_shape(primitive, x_shape)
+    oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x_shape, fh, fw, stride, pad, primitive)
     n, c, h, w = x_shape
     fh, fw = int(fh), int(fw)
-    if tuple(col.shape) != (n * oh * ow, c * fh * fw):
-        raise ValueError(f"col2im: expected col of shape {(n * oh * ow, c * fh * fw)} for x of shape "
+    expected = (c * fh * fw, n * oh * ow) if transposed else (n * oh * ow, c * fh * fw)
+    if tuple(col.shape) != expected:
+        raise ValueError(f"{primitive}: expected {name} of shape {expected} for x of shape "
                          f"{x_shape}, got {tuple(col.shape)}")
     col = L.contiguous(col)
-    dx = L.check_out("col2im", "out", out, x_shape, dtype)
+    dx = L.check_out(primitive, "out", out, x_shape, dtype)
     if dx is None:
         dx = L.empty(x_shape, dtype)
     total = n * c * h * w
     if total:
-        _fn("fastnn_col2im", dtype)((L.grid_1d(total),), (L.BLOCK,),
-                                    (col, dx, *_i64(n, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow)))
+        _fn(f"fastnn_{primitive}", dtype)((L.grid_1d(total),), (L.BLOCK,),
+                                          (col, dx, *_i64(n, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow)))
     return dx
+
+
+def im2col(x, fh, fw, stride=1, pad=0, *, out=None):
+    """Patches of ``x: (N, C, H, W)`` as rows: ``out: (N*OH*OW, C*FH*FW)``, row ``(n, oy, ox)``,
+    column ``(c, ky, kx)``; zeros where a window covers the padding."""
+    return _im2col("im2col", x, fh, fw, stride, pad, out, transposed=False)
+
+
+def col2im(col, x_shape, fh, fw, stride=1, pad=0, *, out=None):
+    """The adjoint of ``im2col``: ``out: x_shape`` sums the ``col`` entries copied from each element."""
+    return _col2im("col2im", col, x_shape, fh, fw, stride, pad, out, transposed=False)
 
 
 def im2col_t(x, fh, fw, stride=1, pad=0, *, out=None):
     """``im2col`` transposed: ``out: (C*FH*FW, N*OH*OW)``, row ``(c, ky, kx)``, column ``(n, oy, ox)``;
     zeros where a window covers the padding."""
-    dtype = L.check_dtype("im2col_t", x)
-    oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x.shape, fh, fw, stride, pad, "im2col_t")
-    n, c, h, w = (int(s) for s in x.shape)
-    fh, fw = int(fh), int(fw)
-    x = L.contiguous(x)
-    shape = (c * fh * fw, n * oh * ow)
-    colT = L.check_out("im2col_t", "out", out, shape, dtype)
-    if colT is None:
-        colT = L.empty(shape, dtype)
-    total = shape[0] * shape[1]
-    if total:
-        _fn("fastnn_im2col_t", dtype)((L.grid_1d(total),), (L.BLOCK,),
-                                      (x, colT, *_i64(n, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow)))
-    return colT
+    return _im2col("im2col_t", x, fh, fw, stride, pad, out, transposed=True)
 
 
 def col2im_t(colT, x_shape, fh, fw, stride=1, pad=0, *, out=None):
     """The adjoint of ``im2col_t``: ``out: x_shape`` sums the ``colT`` entries copied from each element."""
-    dtype = L.check_dtype("col2im_t", colT)
-    x_shape = _x_shape("col2im_t", x_shape)
-    oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x_shape, fh, fw, stride, pad, "col2im_t")
-    n, c, h, w = x_shape
-    fh, fw = int(fh), int(fw)
-    if tuple(colT.shape) != (c * fh * fw, n * oh * ow):
-        raise ValueError(f"col2im_t: expected colT of shape {(c * fh * fw, n * oh * ow)} for x of shape "
-                         f"{x_shape}, got {tuple(colT.shape)}")
-    colT = L.contiguous(colT)
-    dx = L.check_out("col2im_t", "out", out, x_shape, dtype)
-    if dx is None:
-        dx = L.empty(x_shape, dtype)
-    total = n * c * h * w
-    if total:
-        _fn("fastnn_col2im_t", dtype)((L.grid_1d(total),), (L.BLOCK,),
-                                      (colT, dx, *_i64(n, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow)))
-    return dx
+    return _col2im("col2im_t", colT, x_shape, fh, fw, stride, pad, out, transposed=True)
 
 
 def maxpool_forward(x, ph, pw, stride=1, pad=0, *, out=None, argmax=None):
