@@ -192,6 +192,12 @@ def check_out(primitive: str, name: str, buf, shape, dtype):
     return buf
 
 
+def output(primitive: str, name: str, buf, shape, dtype):
+    """The output array: ``buf`` checked as ``check_out`` does, or a new one when ``buf`` is None."""
+    buf = check_out(primitive, name, buf, shape, dtype)
+    return empty(shape, dtype) if buf is None else buf
+
+
 def check_inplace(primitive: str, name: str, buf, shape, dtype):
     """Check an array the primitive updates in place (optimizer state, running statistics)."""
     if buf is None:

@@ -48,9 +48,7 @@ def bias_act(x, b, act, alpha=0.0, *, out=None):
         raise ValueError(f"bias_act: expected b of shape ({x.shape[-1] if x.ndim else '?'},) for x of shape "
                          f"{tuple(x.shape)}, got {tuple(b.shape)}")
     x, b = L.contiguous(x), L.contiguous(b)
-    y = L.check_out("bias_act", "out", out, x.shape, dtype)
-    if y is None:
-        y = L.empty(x.shape, dtype)
+    y = L.output("bias_act", "out", out, x.shape, dtype)
     n = x.size
     if n:
         d = b.shape[0] if b is not None else 1
@@ -67,9 +65,7 @@ def act_backward(dout, y, act, alpha=0.0, *, out=None):
     code = _act_code("act_backward", act)
     _same_shape("act_backward", ("dout", "y"), dout, y)
     dout, y = L.contiguous(dout), L.contiguous(y)
-    dz = L.check_out("act_backward", "out", out, y.shape, dtype)
-    if dz is None:
-        dz = L.empty(y.shape, dtype)
+    dz = L.output("act_backward", "out", out, y.shape, dtype)
     n = y.size
     if n:
         _fn("fastnn_act_backward", dtype)(
@@ -83,9 +79,7 @@ def bias_grad(dz, *, out=None):
     dtype = L.check_dtype("bias_grad", dz)
     n, d = _rows_cols("bias_grad", "dz", dz)
     dz = L.contiguous(dz)
-    db = L.check_out("bias_grad", "out", out, (d,), dtype)
-    if db is None:
-        db = L.empty((d,), dtype)
+    db = L.output("bias_grad", "out", out, (d,), dtype)
     if d:
         _fn("fastnn_bias_grad", dtype)(
             (L.grid_cols(d),), L.COL_BLOCK, (dz, db, numpy.int64(n), numpy.int64(d)))
@@ -120,9 +114,7 @@ def softmax(x, *, out=None):
     dtype = L.check_dtype("softmax", x)
     n, c = _rows_cols("softmax", "x", x)
     x = L.contiguous(x)
-    y = L.check_out("softmax", "out", out, (n, c), dtype)
-    if y is None:
-        y = L.empty((n, c), dtype)
+    y = L.output("softmax", "out", out, (n, c), dtype)
     if n and c:
         _fn("fastnn_softmax", dtype)(
             (L.grid_rows(n),), (L.BLOCK,), (x, y, numpy.int64(n), numpy.int64(c)))
@@ -134,9 +126,7 @@ def mul(x, y, *, out=None):
     dtype = L.check_dtype("mul", x, y)
     _same_shape("mul", ("x", "y"), x, y)
     x, y = L.contiguous(x), L.contiguous(y)
-    z = L.check_out("mul", "out", out, x.shape, dtype)
-    if z is None:
-        z = L.empty(x.shape, dtype)
+    z = L.output("mul", "out", out, x.shape, dtype)
     n = x.size
     if n:
         _fn("fastnn_mul", dtype)((L.grid_1d(n),), (L.BLOCK,), (x, y, z, numpy.int64(n)))

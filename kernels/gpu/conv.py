@@ -45,9 +45,7 @@ def _im2col(primitive, x, fh, fw, stride, pad, out, transposed):
     x = L.contiguous(x)
     shape = (n * oh * ow, c * fh * fw)
     shape = shape[::-1] if transposed else shape
-    col = L.check_out(primitive, "out", out, shape, dtype)
-    if col is None:
-        col = L.empty(shape, dtype)
+    col = L.output(primitive, "out", out, shape, dtype)
     total = shape[0] * shape[1]
     if total:
         _fn(f"fastnn_{primitive}", dtype)((L.grid_1d(total),), (L.BLOCK,),
@@ -68,9 +66,7 @@ def _col2im(primitive, col, x_shape, fh, fw, stride, pad, out, transposed):
         raise ValueError(f"{primitive}: expected {name} of shape {expected} for x of shape "
                          f"{x_shape}, got {tuple(col.shape)}")
     col = L.contiguous(col)
-    dx = L.check_out(primitive, "out", out, x_shape, dtype)
-    if dx is None:
-        dx = L.empty(x_shape, dtype)
+    dx = L.output(primitive, "out", out, x_shape, dtype)
     total = n * c * h * w
     if total:
         _fn(f"fastnn_{primitive}", dtype)((L.grid_1d(total),), (L.BLOCK,),
@@ -136,9 +132,7 @@ def maxpool_backward(dout, argmax, x_shape, *, out=None):
     if numpy.dtype(argmax.dtype) != _I64:
         raise TypeError(f"maxpool_backward: argmax must be int64 (as maxpool_forward returns it), got {argmax.dtype}")
     dout, argmax = L.contiguous(dout), L.contiguous(argmax)
-    dx = L.check_out("maxpool_backward", "out", out, x_shape, dtype)
-    if dx is None:
-        dx = L.empty(x_shape, dtype)
+    dx = L.output("maxpool_backward", "out", out, x_shape, dtype)
     dx.fill(0)
     total = int(dout.size)
     if total and h * w:
@@ -167,9 +161,7 @@ def conv_bias_act(z, b, act, alpha=0.0, *, out=None):
         raise ValueError(f"conv_bias_act: expected b of shape ({c},) for z of shape {tuple(z.shape)}, got "
                          f"{tuple(b.shape)}")
     z, b = L.contiguous(z), L.contiguous(b)
-    y = L.check_out("conv_bias_act", "out", out, (n, c, h, w), dtype)
-    if y is None:
-        y = L.empty((n, c, h, w), dtype)
+    y = L.output("conv_bias_act", "out", out, (n, c, h, w), dtype)
     total = n * c * h * w
     if total:
         _fn("fastnn_conv_bias_act", dtype)(
@@ -189,9 +181,7 @@ def conv_act_backward(dout, y, act, alpha=0.0, *, out=None, db=None):
                          f"(N, C, H, W)")
     n, c, h, w = (int(s) for s in y.shape)
     dout, y = L.contiguous(dout), L.contiguous(y)
-    dz = L.check_out("conv_act_backward", "out", out, (c, n, h, w), dtype)
-    if dz is None:
-        dz = L.empty((c, n, h, w), dtype)
+    dz = L.output("conv_act_backward", "out", out, (c, n, h, w), dtype)
     dbuf = L.check_out("conv_act_backward", "db", db, (c,), dtype)
     total = n * c * h * w
     if total:

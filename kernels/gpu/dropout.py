@@ -43,9 +43,7 @@ def dropout_mask(shape, rate, seed, step, row0=0, *, dtype=numpy.float32, out=No
     ``dropout_base(seed, step)``, so a batch split across workers gets the same mask.
     """
     n, d, dtype = _check_mask_args("dropout_mask", shape, rate, row0, dtype)
-    mask = L.check_out("dropout_mask", "out", out, (n, d), dtype)
-    if mask is None:
-        mask = L.empty((n, d), dtype)
+    mask = L.output("dropout_mask", "out", out, (n, d), dtype)
     total = n * d
     if total:
         L.function(FAMILY, KERNELS, "fastnn_dropout_mask", dtype)(

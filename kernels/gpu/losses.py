@@ -80,9 +80,7 @@ def softmax_xent_backward(y, t, dout=1.0, *, out=None):
     n, c = y.shape
     y = L.contiguous(y)
     dense, t_dense, idx = _targets("softmax_xent_backward", t, (n, c), dtype)
-    dx = L.check_out("softmax_xent_backward", "out", out, (n, c), dtype)
-    if dx is None:
-        dx = L.empty((n, c), dtype)
+    dx = L.output("softmax_xent_backward", "out", out, (n, c), dtype)
     dt = numpy.dtype(dtype).type
     scale = dt(dout) / dt(n) if n else dt(0)  # the reference's y.dtype.type(dout) / y.dtype.type(N)
     if n * c:

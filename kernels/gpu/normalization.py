@@ -39,9 +39,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, 
     L.check_inplace("batchnorm_forward", "running_mean", running_mean, (d,), dtype)
     L.check_inplace("batchnorm_forward", "running_var", running_var, (d,), dtype)
     x, gamma, beta = L.contiguous(x), L.contiguous(gamma), L.contiguous(beta)
-    y = L.check_out("batchnorm_forward", "out", out, (n, d), dtype)
-    if y is None:
-        y = L.empty((n, d), dtype)
+    y = L.output("batchnorm_forward", "out", out, (n, d), dtype)
     xhat = L.empty((n, d), dtype)
     inv_std = L.empty((d,), dtype)
     dt = dtype.type
@@ -66,9 +64,7 @@ def batchnorm_backward(dout, xhat, inv_std, gamma, *, dx=None, dgamma=None, dbet
     inv_std, gamma = L.contiguous(inv_std), L.contiguous(gamma)
     L.check_out("batchnorm_backward", "dgamma", dgamma, (d,), dtype)
     L.check_out("batchnorm_backward", "dbeta", dbeta, (d,), dtype)
-    dx_ = L.check_out("batchnorm_backward", "dx", dx, (n, d), dtype)
-    if dx_ is None:
-        dx_ = L.empty((n, d), dtype)
+    dx_ = L.output("batchnorm_backward", "dx", dx, (n, d), dtype)
     if d:
         _fn("fastnn_batchnorm_backward", dtype)(
             (L.grid_cols(d),), L.COL_BLOCK,
