@@ -269,47 +269,42 @@ class NumbaOps(Ops):
 
     # ------------------------------------------------------------------ convolution and pooling (NCHW)
     def im2col(self, x, fh, fw, stride=1, pad=0, *, out=None):
-        if not (_fast(x) and x.ndim == 4):
-            return super().im2col(x, fh, fw, stride, pad, out=out)
-        oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x.shape, fh, fw, stride, pad, "im2col")
-        n, c = x.shape[:2]
-        buf, back = _target(out, (n * oh * ow, c * int(fh) * int(fw)), x.dtype)
-        _kc.im2col(_c(x), int(fh), int(fw), sh, sw, pt, pl, oh, ow, buf)
-        return _finish(buf, back)
+        return self._im2col("im2col", x, fh, fw, stride, pad, out, transposed=False)
 
     def col2im(self, col, x_shape, fh, fw, stride=1, pad=0, *, out=None):
-        if not (_fast(col) and col.ndim == 2 and len(x_shape) == 4):
-            return super().col2im(col, x_shape, fh, fw, stride, pad, out=out)
-        x_shape = tuple(int(s) for s in x_shape)
-        oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x_shape, fh, fw, stride, pad, "col2im")
-        n, c = x_shape[:2]
-        if col.shape != (n * oh * ow, c * int(fh) * int(fw)):
-            raise ValueError(f"col2im: expected col of shape {(n * oh * ow, c * int(fh) * int(fw))} for x of "
-                             f"shape {x_shape}, got {tuple(col.shape)}")
-        buf, back = _target(out, x_shape, col.dtype)
-        _kc.col2im(_c(col), int(fh), int(fw), sh, sw, pt, pl, oh, ow, buf)
-        return _finish(buf, back)
+        return self._col2im("col2im", col, x_shape, fh, fw, stride, pad, out, transposed=False)
 
     def im2col_t(self, x, fh, fw, stride=1, pad=0, *, out=None):
-        if not (_fast(x) and x.ndim == 4):
-            return super().im2col_t(x, fh, fw, stride, pad, out=out)
-        oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x.shape, fh, fw, stride, pad, "im2col_t")
-        n, c = x.shape[:2]
-        buf, back = _target(out, (c * int(fh) * int(fw), n * oh * ow), x.dtype)
-        _kc.im2col_t(_c(x), int(fh), int(fw), sh, sw, pt, pl, oh, ow, buf)
-        return _finish(buf, back)
+        return self._im2col("im2col_t", x, fh, fw, stride, pad, out, transposed=True)
 
     def col2im_t(self, colT, x_shape, fh, fw, stride=1, pad=0, *, out=None):
-        if not (_fast(colT) and colT.ndim == 2 and len(x_shape) == 4):
-            return super().col2im_t(colT, x_shape, fh, fw, stride, pad, out=out)
+        return self._col2im("col2im_t", colT, x_shape, fh, fw, stride, pad, out, transposed=True)
+
+    def _im2col(self, name, x, fh, fw, stride, pad, out, transposed):
+        """``im2col`` (rows ``(n, oy, ox)``) or, when ``transposed``, ``im2col_t`` (rows ``(c, ky, kx)``)."""
+        if not (_fast(x) and x.ndim == 4):
+            return getattr(super(), name)(x, fh, fw, stride, pad, out=out)
+        oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x.shape, fh, fw, stride, pad, name)
+        n, c = x.shape[:2]
+        shape = (n * oh * ow, c * int(fh) * int(fw))
+        buf, back = _target(out, shape[::-1] if transposed else shape, x.dtype)
+        getattr(_kc, name)(_c(x), int(fh), int(fw), sh, sw, pt, pl, oh, ow, buf)
+        return _finish(buf, back)
+
+    def _col2im(self, name, col, x_shape, fh, fw, stride, pad, out, transposed):
+        """The adjoint of ``_im2col`` with the same ``transposed``."""
+        if not (_fast(col) and col.ndim == 2 and len(x_shape) == 4):
+            return getattr(super(), name)(col, x_shape, fh, fw, stride, pad, out=out)
         x_shape = tuple(int(s) for s in x_shape)
-        oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x_shape, fh, fw, stride, pad, "col2im_t")
+        oh, ow, sh, sw, pt, _, pl, _ = conv_geometry(x_shape, fh, fw, stride, pad, name)
         n, c = x_shape[:2]
-        if colT.shape != (c * int(fh) * int(fw), n * oh * ow):
-            raise ValueError(f"col2im_t: expected colT of shape {(c * int(fh) * int(fw), n * oh * ow)} for x of "
-                             f"shape {x_shape}, got {tuple(colT.shape)}")
-        buf, back = _target(out, x_shape, colT.dtype)
-        _kc.col2im_t(_c(colT), int(fh), int(fw), sh, sw, pt, pl, oh, ow, buf)
+        expected = (n * oh * ow, c * int(fh) * int(fw))
+        expected = expected[::-1] if transposed else expected
+        if col.shape != expected:
+            raise ValueError(f"{name}: expected {'colT' if transposed else 'col'} of shape {expected} for x of "
+                             f"shape {x_shape}, got {tuple(col.shape)}")
+        buf, back = _target(out, x_shape, col.dtype)
+        getattr(_kc, name)(_c(col), int(fh), int(fw), sh, sw, pt, pl, oh, ow, buf)
         return _finish(buf, back)
 
     def maxpool_forward(self, x, ph, pw, stride=1, pad=0, *, out=None, argmax=None):
