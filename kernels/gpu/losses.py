@@ -91,17 +91,23 @@ def softmax_xent_backward(y, t, dout=1.0, *, out=None):
     return dx
 
 
+def _x_and_targets(primitive, name, x, t, dtype):
+    """``x`` and targets ``t`` of its shape, ``t`` cast to ``dtype`` as the reference's ``t.astype``,
+    both C-contiguous."""
+    if tuple(t.shape) != tuple(x.shape):
+        raise ValueError(f"{primitive}: targets t must have the shape of {name} {tuple(x.shape)}, got {tuple(t.shape)}")
+    if numpy.dtype(t.dtype) != numpy.dtype(dtype):
+        t = t.astype(dtype)
+    return L.contiguous(x), L.contiguous(t)
+
+
 def sigmoid_bce(x, t, *, y=None, dx=None):
     """Mean binary cross-entropy of logits ``x`` against targets ``t`` (same shape), stable for any ``x``.
 
     Returns a 0-d device array; writes ``sigmoid(x)`` into ``y`` and ``(sigmoid(x) - t) / x.size`` into ``dx``.
     """
     dtype = L.check_dtype("sigmoid_bce", x)
-    if tuple(t.shape) != tuple(x.shape):
-        raise ValueError(f"sigmoid_bce: targets t must have the shape of x {tuple(x.shape)}, got {tuple(t.shape)}")
-    if numpy.dtype(t.dtype) != numpy.dtype(dtype):
-        t = t.astype(dtype)  # as the reference's t.astype(x.dtype)
-    x, t = L.contiguous(x), L.contiguous(t)
+    x, t = _x_and_targets("sigmoid_bce", "x", x, t, dtype)
     L.check_out("sigmoid_bce", "y", y, x.shape, dtype)
     L.check_out("sigmoid_bce", "dx", dx, x.shape, dtype)
     n = x.size
@@ -118,11 +124,7 @@ def sigmoid_bce(x, t, *, y=None, dx=None):
 def mse(y, t, scale, *, dx=None):
     """``loss = scale * sum((y - t)^2)`` as a 0-d device array; writes ``dx = 2 * scale * (y - t)`` when given."""
     dtype = L.check_dtype("mse", y)
-    if tuple(t.shape) != tuple(y.shape):
-        raise ValueError(f"mse: targets t must have the shape of y {tuple(y.shape)}, got {tuple(t.shape)}")
-    if numpy.dtype(t.dtype) != numpy.dtype(dtype):
-        t = t.astype(dtype)  # as the reference's t.astype(y.dtype)
-    y, t = L.contiguous(y), L.contiguous(t)
+    y, t = _x_and_targets("mse", "y", y, t, dtype)
     L.check_out("mse", "dx", dx, y.shape, dtype)
     n = y.size
     grid = L.grid_1d(n)
