@@ -31,6 +31,16 @@ def train_flag(train_flg, training):
     return bool(train_flg if training is None else training)
 
 
+def check_book_bias(layer, W, b, units):
+    """A book layer's given arrays: ``b`` of shape ``(units,)`` to match ``W``, and ``W`` floats."""
+    b_shape = getattr(b, "shape", None)
+    if b_shape is None or tuple(b_shape) != (units,):
+        raise ValueError(f"{layer.name}: b must have shape ({units},) to match W of shape {tuple(W.shape)}, "
+                         f"got {b_shape}")
+    if W.dtype.kind != "f":
+        raise TypeError(f"{layer.name}: W must be a float array, got dtype {W.dtype}")
+
+
 def shape_str(shape):
     return "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
 

@@ -22,7 +22,7 @@ import numpy
 
 from fastnn import regularizers
 from fastnn.backend.ops import conv_geometry, pool_geometry
-from fastnn.layers.base import Layer, _auto_name, shape_str, train_flag
+from fastnn.layers.base import Layer, _auto_name, check_book_bias, shape_str, train_flag
 from fastnn.layers.core import SOFTMAX, activation_code
 
 __all__ = ["Conv2D", "Convolution", "MaxPooling2D", "Pooling", "AveragePooling2D", "GlobalAveragePooling2D"]
@@ -279,12 +279,7 @@ class Convolution(Conv2D):
             raise ValueError(f"Convolution: W must be a 4-D array (FN, C, FH, FW), got {type(W).__name__} of "
                              f"shape {W_shape}")
         super().__init__(int(W_shape[0]), tuple(W_shape[2:]), strides=stride, name=name, dtype=W.dtype)
-        b_shape = getattr(b, "shape", None)
-        if b_shape is None or tuple(b_shape) != (W_shape[0],):
-            raise ValueError(f"{self.name}: b must have shape ({W_shape[0]},) to match W of shape {tuple(W_shape)}, "
-                             f"got {b_shape}")
-        if W.dtype.kind != "f":
-            raise TypeError(f"{self.name}: W must be a float array, got dtype {W.dtype}")
+        check_book_bias(self, W, b, W_shape[0])
         self.stride = stride
         self.pad = pad
         ph, pw = (pad, pad) if isinstance(pad, (int, numpy.integer)) else tuple(pad)

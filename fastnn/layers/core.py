@@ -5,7 +5,7 @@ import numpy
 
 from fastnn import regularizers
 from fastnn.kernels import ACTIVATIONS, ELU, LEAKY_RELU, LINEAR
-from fastnn.layers.base import Layer, shape_str, train_flag
+from fastnn.layers.base import Layer, check_book_bias, shape_str, train_flag
 from fastnn.random import draw_seed, make_rng
 
 SOFTMAX = "softmax"
@@ -181,12 +181,7 @@ class Affine(Dense):
         if W_shape is None or len(W_shape) != 2:
             raise ValueError(f"Affine: W must be a 2-D array (D, H), got {type(W).__name__} of shape {W_shape}")
         super().__init__(int(W_shape[1]), name=name, dtype=W.dtype)
-        b_shape = getattr(b, "shape", None)
-        if b_shape is None or tuple(b_shape) != (W_shape[1],):
-            raise ValueError(f"{self.name}: b must have shape ({W_shape[1]},) to match W of shape {tuple(W_shape)}, "
-                             f"got {b_shape}")
-        if W.dtype.kind != "f":
-            raise TypeError(f"{self.name}: W must be a float array, got dtype {W.dtype}")
+        check_book_bias(self, W, b, W_shape[1])
         self.W, self.b = W, b
         self._weights = {"W": {"trainable": True, "regularizer": None, "decay": True},
                          "b": {"trainable": True, "regularizer": None, "decay": True}}
