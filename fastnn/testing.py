@@ -72,3 +72,17 @@ def steady_state_alloc_peak(model, x, t, warm=2, steps=5):
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def assert_plot_png(path, min_side, min_colours=0):
+    """``path`` (an existing file) is a PNG of at least ``min_side`` pixels a side with something drawn on it (not
+    blank, and with ``min_colours`` distinct colours on a 7-pixel grid: plotted data, not just axes)."""
+    from matplotlib import image as matplotlib_image
+
+    image = matplotlib_image.imread(str(path))
+    assert image.ndim == 3 and image.shape[0] >= min_side and image.shape[1] >= min_side, \
+        f"{path} decodes to shape {image.shape}"
+    assert image.std() > 0.01, f"{path} is blank"
+    if min_colours:
+        colours = {tuple(px) for px in (image[::7, ::7, :3] * 255).astype(int).reshape(-1, 3).tolist()}
+        assert len(colours) > min_colours, f"{path} has only {len(colours)} colours: no plotted data?"

@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-matplotlib_image = pytest.importorskip("matplotlib.image", reason="the examples need matplotlib (the plot extra)")
+from fastnn.testing import assert_plot_png
+
+pytest.importorskip("matplotlib.image", reason="the examples need matplotlib (the plot extra)")
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
 
@@ -50,12 +52,7 @@ def test_book_example_runs_and_writes_png(script, ran):
     for name in BOOK_EXAMPLES[script]:
         path = out / name
         assert path.is_file(), f"{script} did not write {name}; wrote {sorted(os.listdir(out))}"
-        image = matplotlib_image.imread(str(path))
-        assert image.ndim == 3 and image.shape[0] >= 300 and image.shape[1] >= 300, \
-            f"{name} decodes to shape {image.shape}"
-        assert image.std() > 0.01, f"{name} is blank"
-        colours = {tuple(px) for px in (image[::7, ::7, :3] * 255).astype(int).reshape(-1, 3).tolist()}
-        assert len(colours) > 20, f"{name} has only {len(colours)} colours: no plotted data?"
+        assert_plot_png(path, min_side=300, min_colours=20)
 
 
 def test_hyperparameter_search_reports_the_test_set_once_after_the_search(ran):

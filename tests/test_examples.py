@@ -5,7 +5,9 @@ import sys
 
 import pytest
 
-matplotlib_image = pytest.importorskip("matplotlib.image", reason="the examples need matplotlib (the plot extra)")
+from fastnn.testing import assert_plot_png
+
+pytest.importorskip("matplotlib.image", reason="the examples need matplotlib (the plot extra)")
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
 
@@ -41,7 +43,4 @@ def test_example_runs_and_writes_png(script, tmp_path):
     for name in EXPECTED[script]:
         path = tmp_path / name
         assert path.is_file(), f"{script} did not write {name}; wrote {sorted(os.listdir(tmp_path))}"
-        image = matplotlib_image.imread(str(path))
-        assert image.ndim == 3 and image.shape[0] >= 200 and image.shape[1] >= 200, \
-            f"{name} decodes to shape {image.shape}"
-        assert image.std() > 0.01, f"{name} is blank"
+        assert_plot_png(path, min_side=200)
