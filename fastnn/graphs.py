@@ -252,7 +252,7 @@ class StepGraphs:
                 cap.staging.push(functools.partial(self._write_scalars, cap, step))
             applied = cap.pieces is not None
             if cap.checks_left:
-                stats = self._checked_replay(cap, n_global, comm)  # restores the state if it raises
+                stats = self._checked_replay(cap, n_global)  # restores the state if it raises
             else:
                 cap.launch(self.stream)
                 if applied:
@@ -429,7 +429,7 @@ class StepGraphs:
         return _Captured(program, x_slot, y_slot, stats, keep, pool, staging, [layer for layer, _ in masks],
                          pieces, hyper_shape)
 
-    def _checked_replay(self, cap, n_global, comm):
+    def _checked_replay(self, cap, n_global):
         """Replay, then run the same step eagerly from the same state, and compare.
 
         The eager result is the one kept (it is what training without graphs computes); a

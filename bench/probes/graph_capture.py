@@ -43,11 +43,11 @@ import statistics
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import numpy
 
 from _probe import Probe, _default, run_subprocess  # noqa: E402  (this folder is on sys.path when run as a script)
+from fastnn.kernels.gpu.cublas import loaded_libcublas  # noqa: E402
 
 NAME = "graph_capture"
 PARTS = ("cupy_matmul_in_capture", "ctypes_cublas_in_capture", "fastnn_kernels_in_capture", "replay_cost")
@@ -193,16 +193,6 @@ def find_libcublas():
                 return hits[-1], f"glob {root}/{pat}", notes
     notes.append("no libcublas.so* under site-packages/nvidia")
     return None, None, notes
-
-
-def loaded_libcublas():
-    """Paths of libcublas (not Lt) mapped into this process."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return []
-    paths = {line.split()[-1] for line in maps.splitlines() if re.search(r"/libcublas\.so[.\d]*$", line)}
-    return sorted(paths)
 
 
 class Cublas:
