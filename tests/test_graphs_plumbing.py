@@ -1,181 +1,64 @@
-"""``fit(cuda_graph=True)`` end to end on the CPU, against a stand-in for CuPy's streams and graphs.
+"""``fit(cuda_graph=True)`` end to end on the CPU, against a strict stand-in for CuPy's streams and
+CUDA graphs and for fastnn's cuBLAS handle (``tests/helpers/fake_cuda.py``).
 
-No GPU here, so this cannot show what a real capture freezes; the ``gpu`` tests in
-``test_cuda_graphs.py`` do. What it does show is everything around the capture in
-``fastnn.graphs`` and ``Sequential.fit``: the warm-up step, the capture (in "split" mode: no
-cuBLAS handle without a GPU), the input slots filled by ``take(out=)``, each step's dropout masks
-drawn into the captured buffers, the first replay checked against eager, the batch statistics
-copied out of the graph's buffers, the step counter, the ragged last batch run eagerly, reuse
-across ``fit`` calls, re-capture after an out-of-memory retry, and the fallback when capture or
-replay raises. The stand-in "graph" re-runs the captured ``Sequential._grad_step`` with the same
-arguments and writes its results into the arrays returned at capture, which is what a correct
-capture does; a run on it must equal eager training on the NumPy backend bit for bit.
+The stand-in records what a real capture records: every kernel launched while the stream captures
+(each backend primitive, each array operation, each array fill, each GEMM of the stand-in
+``libcublas``) with its array arguments as pointers, read live at each replay, and its other
+arguments copied, frozen at capture. Nothing it ran at capture survives the capture: arrays that
+existed before are put back, arrays made during it hold NaN until a replay writes them. A host read
+of a device value during capture raises, as does CuPy's own cuBLAS path. So a per-step value passed
+by value (a dropout stream start, a scheduled learning rate, Adam's step count) repeats at every
+replay here as it would on a GPU, and the planted-bug tests below show that this fails the "trains
+exactly as eager" check.
+
+The training tests run in both capture modes of ``fastnn.graphs``: "full" (the GEMMs captured through
+fastnn's own ``Cublas`` code on the stand-in ``libcublas``) and "split" (no handle: eager GEMMs
+between graphs). What is shown: the warm-up step, the capture, the input slots filled by
+``take(out=)``, each step's dropout masks and optimizer scalars through the staging buffer, the
+replay checks against eager, the batch statistics copied out of the graph's buffers, the step
+counter, the ragged last batch run eagerly, reuse across ``fit`` calls, re-capture after an
+out-of-memory retry, and the fallbacks when capture or replay fails. A run on the stand-in must
+equal eager training on the NumPy backend bit for bit. What it cannot show (what CuPy and the
+driver really accept, cuBLAS's own results, timing) is for the ``gpu`` tests in
+``test_cuda_graphs.py`` and ``bench/probes/graph_capture.py``.
 """
-import types
 import warnings
 
 import numpy
 import pytest
 
-from fastnn import feeding, optimizers, regularizers
-from fastnn.backend.ops import Ops
+from fastnn import feeding, graphs, optimizers, regularizers
+from fastnn.backend import cupy_ops
 from fastnn.graphs import StepGraphs
+from fastnn.kernels.gpu import cublas
 from fastnn.layers import BatchNormalization, Dense, Dropout
 from fastnn.models import Sequential
+from helpers import fake_cuda  # tests/helpers/fake_cuda.py
 
 
-class _Event:
-    pass
+@pytest.fixture(params=["full", "split"])
+def fake_gpu(request, monkeypatch):
+    """A ``FakeGpuOps`` backend, with ``fastnn.graphs`` in the mode of the parameter; its
+    ``replays`` list grows by one per replayed step.
 
-
-class _Stream:
-    current = None
-
-    def __init__(self, non_blocking=False):
-        self.capturing, self.step, self.captures = False, None, 0
-
-    def __enter__(self):
-        self._previous, _Stream.current = _Stream.current, self
-        return self
-
-    def __exit__(self, *exc):
-        _Stream.current = self._previous
-
-    def begin_capture(self):
-        assert not self.capturing, "begin_capture while capturing"
-        self.capturing, self.step = True, None
-        self.captures += 1
-
-    def end_capture(self):
-        assert self.capturing, "end_capture without begin_capture"
-        self.capturing = False
-        graph, self.step = _Graph(self.step), None
-        return graph
-
-    def is_capturing(self):
-        return self.capturing
-
-    def record(self, event=None):
-        return _Event()
-
-    def wait_event(self, event):
-        assert isinstance(event, _Event)
-
-    def synchronize(self):
-        pass
-
-
-_Stream.null = _Stream()
-
-
-class _Graph:
-    launches = 0
-
-    def __init__(self, step):
-        self.step = step
-
-    def launch(self, stream=None):
-        _Graph.launches += 1
-        if self.step is not None:
-            self.step()
-
-    def debug_dot_str(self):
-        return "digraph { graph_0_node_0 }" if self.step is not None else "digraph { }"
-
-
-class _Pool:
-    def malloc(self, nbytes):
-        raise AssertionError("the stand-in never allocates through the pool")
-
-
-class _Device:
-    def __init__(self, device_id=0):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-
-class _using_allocator:
-    def __init__(self, malloc):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-
-class _FakeCupy(types.ModuleType):
-    """NumPy under CuPy's name, with the ``cuda`` pieces ``fastnn.graphs`` uses."""
-
-    def __init__(self):
-        super().__init__("fakecupy")
-        self.cuda = types.SimpleNamespace(Stream=_Stream, MemoryPool=_Pool, using_allocator=_using_allocator,
-                                          Device=_Device)
-        self.ndarray = numpy.ndarray
-
-    def __getattr__(self, name):
-        return getattr(numpy, name)
-
-    @staticmethod
-    def asnumpy(a):
-        return numpy.asarray(a)
-
-
-class FakeGpuOps(Ops):
-    """The NumPy reference kernels behind a CuPy-shaped backend (``name == "cupy"``)."""
-
-    name = "cupy"
-    device = "cuda:0"
-    device_id = 0
-
-    def __init__(self):
-        self.xp = _FakeCupy()
-        self.capture = None
-
-    def gemm(self, a, b, *, trans_a=False, trans_b=False, out=None):
-        if self.capture is not None:
-            return self.capture.gemm(a, b, trans_a, trans_b, out)
-        return super().gemm(a, b, trans_a=trans_a, trans_b=trans_b, out=out)
-
-
-@pytest.fixture
-def fake_gpu(monkeypatch):
-    """Patch ``StepGraphs._captured_step`` (called only under capture) so that the stand-in graph
-    records it; like a real capture it leaves no trace: the parameters (with BatchNormalization's
-    statistics) and the optimizer's slots are restored, and its (unused) values may be garbage."""
+    Nothing here needs CuPy: split mode's eager GEMMs (``fastnn.graphs._eager_gemm``) go through
+    ``cupy_ops.cupy_matmul``, which sets the real CuPy's compute type, so the stand-in's replaces it;
+    the cuBLAS handle ``fastnn.graphs`` makes is the stand-in's (full) or one that cannot be made
+    (split), whatever the machine has."""
     monkeypatch.setenv("FASTNN_DEVICE_DATA", "device")
-    monkeypatch.setattr(feeding, "make_transfer", lambda ops: feeding.NumpyTransfer(ops))  # staging, host feeding
-    original = StepGraphs._captured_step
-    rehearsals = []
+    monkeypatch.setattr(feeding, "make_transfer", fake_cuda.Transfer)   # the staging copies
+    monkeypatch.setattr(cupy_ops, "cupy_matmul", fake_cuda.cupy_matmul)
+    monkeypatch.setattr(cublas, "Cublas", fake_cuda.FakeCublas if request.param == "full" else fake_cuda.NoCublas)
+    monkeypatch.setattr(fake_cuda.Graph, "launches", 0)
+    replays, launch = [], graphs._Captured.launch
 
-    def captured_step(self, *args):
-        stream = _Stream.current
-        assert stream is not None, "the captured step runs on the capture stream"
-        if not stream.capturing:      # the eager rehearsal before the capture
-            rehearsals.append(1)
-            return original(self, *args)
-        model = self.model
-        saved = [model.flat.p, *model.optimizer.flat_slots]
-        before = [a.copy() for a in saved]
-        with numpy.errstate(all="ignore"):   # split mode: the recorder's GEMM outputs are not computed
-            stats = {k: numpy.array(v) for k, v in original(self, *args).items()}  # 0-d arrays, as CuPy gives
-        for a, b in zip(saved, before):
-            a[...] = b
-
-        def replay():
-            for k, v in original(self, *args).items():
-                stats[k][...] = v
-        stream.step = replay
-        return stats
-    monkeypatch.setattr(StepGraphs, "_captured_step", captured_step)
-    _Graph.launches = 0
-    return FakeGpuOps()
+    def counted(self, stream):
+        replays.append(1)
+        return launch(self, stream)
+    monkeypatch.setattr(graphs._Captured, "launch", counted)
+    ops = fake_cuda.FakeGpuOps()
+    ops.mode, ops.replays = request.param, replays
+    return ops
 
 
 def _data(n=203, seed=0):
@@ -199,6 +82,7 @@ OPTIMIZERS = {
     "nesterov-wd": lambda: optimizers.SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
     "adagrad": lambda: optimizers.AdaGrad(0.05),
     "rmsprop-schedule": lambda: optimizers.RMSprop(optimizers.ExponentialDecay(0.01, 3, 0.5)),
+    "adam": lambda: optimizers.Adam(0.01),
     "adamw": lambda: optimizers.AdamW(0.01, weight_decay=0.05),
     "adam-clipnorm": lambda: optimizers.Adam(0.01, clipnorm=0.5),
 }
@@ -210,29 +94,153 @@ def _assert_same(model, history, ref, ref_history):
         numpy.testing.assert_array_equal(a, b)
 
 
+def _trains_exactly_as_eager(fake_gpu, optimizer, epochs=3):
+    """Train on the stand-in with graphs and on NumPy eagerly; any RuntimeWarning (a graph given
+    up) raises, and the histories and weights must be equal. Returns the model."""
+    x, y = _data()          # 6 full batches of 32 and a ragged 11 per epoch, 5 and 14 after the split
+    reg = regularizers.l2(1e-3)
+    ref = _model("numpy", OPTIMIZERS[optimizer], reg)
+    h_ref = ref.fit(x, y, batch_size=32, epochs=epochs, verbose=0, seed=5, validation_split=0.1)
+    model = _model(fake_gpu, OPTIMIZERS[optimizer], reg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        h = model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, seed=5, validation_split=0.1,
+                      cuda_graph=True)
+    _assert_same(model, h, ref, h_ref)
+    return model
+
+
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 def test_graph_plumbing_trains_exactly_as_eager(fake_gpu, optimizer):
     """Every optimizer (its update captured with scalars from the staging buffer; with clipnorm,
     eager after the replay), an L2 regularizer, BatchNormalization, two Dropout layers."""
-    x, y = _data()          # 6 full batches of 32 and a ragged 11 per epoch
-    reg = regularizers.l2(1e-3)
-    ref = _model("numpy", OPTIMIZERS[optimizer], reg)
-    h_ref = ref.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=5, validation_split=0.1)
-    model = _model(fake_gpu, OPTIMIZERS[optimizer], reg)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        h = model.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=5, validation_split=0.1, cuda_graph=True)
-    _assert_same(model, h, ref, h_ref)
-    graphs = model._graphs[2]
-    assert graphs.mode == "split" and graphs.disabled is None and graphs.captured.checks_left == 0
-    assert (graphs.captured.pieces is None) == optimizer.endswith("clipnorm")   # update in the graph or eager
-    assert len(graphs.captured.masks) == 2
-    assert graphs.stream.captures >= 1
+    model = _trains_exactly_as_eager(fake_gpu, optimizer)
+    graphs_ = model._graphs[2]
+    assert graphs_.mode == fake_gpu.mode and graphs_.disabled is None and graphs_.captured.checks_left == 0
+    assert (graphs_.captured.pieces is None) == optimizer.endswith("clipnorm")   # update in the graph or eager
+    assert len(graphs_.captured.masks) == 2
+    program = graphs_.captured.program
+    if fake_gpu.mode == "full":     # one graph holding every GEMM, none run eagerly
+        assert len(program) == 1 and graphs_.stream.captures == 1
+        # 3 forward, 5 backward (dW of each Dense, dx of all but the first)
+        assert sum(node.name.startswith("cublas") for node in program[0].nodes) == 8
+        assert sum(captured for _, captured in graphs_._cublas.lib.calls) == 8
+    else:                           # graphs with eager GEMMs between them
+        assert sum(callable(item) for item in program) == 8 and graphs_.stream.captures == 9
     full_batches = 3 * (int(203 * 0.9) // 32)
-    assert _Graph.launches == full_batches - 1      # all but the warm-up step replayed the graph
-    assert model._step == 3 * 6                     # one dropout step per batch, graph or not
+    assert len(fake_gpu.replays) == full_batches - 1      # all but the warm-up step replayed the graph
+    assert model._step == 3 * 6                          # one dropout step per batch, graph or not
 
 
+# ------------------------------------------------------------------ planted bugs: by-value per-step values
+def _dropout_step_by_value(monkeypatch):
+    """The captured masks take their stream start ``dropout_base(seed, step)`` by value (the eager
+    ``dropout_mask``, step read on the host at capture) instead of from the staging buffer."""
+    real = StepGraphs._captured_step
+
+    def captured_step(self, x_slot, y_slot, n_global, row0, masks, bases, pieces, hyper):
+        ops, layer_of = self.ops, {id(mask): layer for layer, mask in masks}
+
+        def by_value(shape, rate, base, row0=0, *, dtype, out):
+            return ops.dropout_mask(shape, rate, layer_of[id(out)].seed, self.model._step, row0, dtype=dtype,
+                                    out=out)
+        ops.dropout_mask_dev = by_value
+        try:
+            return real(self, x_slot, y_slot, n_global, row0, masks, bases, pieces, hyper)
+        finally:
+            del ops.dropout_mask_dev
+    monkeypatch.setattr(StepGraphs, "_captured_step", captured_step)
+
+
+def _update_scalars_by_value(monkeypatch):
+    """The captured update takes the learning rate and the step count ``t`` by value (the eager
+    ``<rule>_step``, as ``step_flat`` calls it) instead of from the staging rows."""
+    def step_flat_dev(self, flat, pieces, rows):
+        lr, t = self.lr, self.iterations + 1      # host values at capture
+        for a, b, wd in pieces:
+            self._apply(flat.ops, flat.p[a:b], flat.g[a:b], tuple(s[a:b] for s in self.flat_slots), lr, wd, 1.0, t)
+    monkeypatch.setattr(optimizers.Optimizer, "step_flat_dev", step_flat_dev)
+
+
+PLANTED = {   # name: (plant, optimizer, whether a per-step value is then frozen)
+    "dropout step": (_dropout_step_by_value, "sgd", True),
+    "Adam's t": (_update_scalars_by_value, "adam", True),
+    "scheduled lr": (_update_scalars_by_value, "rmsprop-schedule", True),
+    "constant lr (control)": (_update_scalars_by_value, "sgd", False),
+}
+
+
+@pytest.mark.parametrize("planted", sorted(PLANTED))
+def test_a_per_step_value_passed_by_value_fails_trains_exactly_as_eager(fake_gpu, monkeypatch, planted):
+    """The replay check: the first replay runs in the capture's own step (frozen values still right),
+    the second sees them repeat and gives the graph up, so the "trains exactly" check fails on its
+    RuntimeWarning. A by-value constant (SGD's fixed lr) is right at every replay and passes."""
+    plant, optimizer, frozen = PLANTED[planted]
+    plant(monkeypatch)
+    if not frozen:
+        _trains_exactly_as_eager(fake_gpu, optimizer)
+        return
+    with pytest.raises(RuntimeWarning, match=r"replayed step's (gradients|parameters|optimizer state \d) differ "
+                                             r"from the eager step's \(relative difference"):
+        _trains_exactly_as_eager(fake_gpu, optimizer)
+
+
+@pytest.mark.parametrize("planted", sorted(PLANTED))
+def test_a_per_step_value_passed_by_value_diverges_without_the_replay_checks(fake_gpu, monkeypatch, planted):
+    """The same plants with the replay checks off: every replay is the graph's own result, and the
+    training differs from eager (histories or weights), which the checks are there to prevent."""
+    plant, optimizer, frozen = PLANTED[planted]
+    plant(monkeypatch)
+    init = graphs._Captured.__init__
+
+    def unchecked(self, *args):
+        init(self, *args)
+        self.checks_left = 0
+    monkeypatch.setattr(graphs._Captured, "__init__", unchecked)
+    if not frozen:
+        _trains_exactly_as_eager(fake_gpu, optimizer)
+        return
+    with pytest.raises(AssertionError):
+        _trains_exactly_as_eager(fake_gpu, optimizer)
+
+
+def test_without_a_plant_the_unchecked_graph_trains_exactly_as_eager(fake_gpu, monkeypatch):
+    """The control for the test above: with the checks off and no plant, replays alone are exact."""
+    init = graphs._Captured.__init__
+
+    def unchecked(self, *args):
+        init(self, *args)
+        self.checks_left = 0
+    monkeypatch.setattr(graphs._Captured, "__init__", unchecked)
+    for optimizer in ("adam", "rmsprop-schedule"):
+        _trains_exactly_as_eager(fake_gpu, optimizer, epochs=2)
+
+
+def test_a_host_read_in_the_step_fails_the_capture_and_trains_eagerly(fake_gpu):
+    """A book loss layer (``SoftmaxWithLoss``, wrapped in ``CustomLoss``) reads its labels' range on
+    the host every call: the capture fails with the stand-in's error, training goes on eagerly. (The
+    layer follows its inputs' backend, here the current one: pinned to NumPy, whatever CuPy the
+    machine has.)"""
+    from fastnn.backend import using
+    from fastnn.losses import SoftmaxWithLoss
+
+    x, y = _data()
+    models = []
+    for backend in ("numpy", fake_gpu):
+        model = Sequential([Dense(16, activation="relu", input_shape=(12,)), Dropout(0.2), Dense(4)], seed=3,
+                           backend=backend)
+        model.compile(optimizer="adam", loss=SoftmaxWithLoss())
+        models.append(model)
+    with using("numpy"):
+        h_ref = models[0].fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5)
+        with pytest.warns(RuntimeWarning, match=r"capturing the step failed \(CaptureError: cudaErrorStreamCapture"
+                                                r"Unsupported: float\(\) reads device memory"):
+            h = models[1].fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True)
+    _assert_same(models[1], h, models[0], h_ref)
+    assert not fake_gpu.replays
+
+
+# ------------------------------------------------------------------ reuse, re-capture, fallbacks
 def test_graph_is_reused_across_fit_calls_and_recaptured_after_oom(fake_gpu, monkeypatch):
     x, y = _data()
     ref, model = _model("numpy"), _model(fake_gpu)
@@ -244,7 +252,7 @@ def test_graph_is_reused_across_fit_calls_and_recaptured_after_oom(fake_gpu, mon
     for a, b in zip(h, h_ref):
         assert a.history == b.history
     assert model._graphs[2] is graphs and graphs.captured is captured   # replayed, not captured again
-    assert _Graph.launches == 2 * 6 - 1
+    assert len(fake_gpu.replays) == 2 * 6 - 1
 
     # one simulated device OOM in the third fit's first batch: freed, retried, re-captured later
     def flaky(layer):
@@ -284,12 +292,12 @@ def test_capture_failure_warns_and_trains_eagerly(fake_gpu, monkeypatch):
 
     def no_capture(self):
         raise RuntimeError("cudaErrorStreamCaptureUnsupported (simulated)")
-    monkeypatch.setattr(_Stream, "begin_capture", no_capture)
+    monkeypatch.setattr(fake_cuda.Stream, "begin_capture", no_capture)
     with pytest.warns(RuntimeWarning, match=r"capturing the step failed \(RuntimeError: cudaErrorStreamCapture"
                                             r"Unsupported \(simulated\)\); training continues eagerly on cuda:0"):
         h = model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True)
     _assert_same(model, h, ref, h_ref)
-    assert _Graph.launches == 0
+    assert fake_cuda.Graph.launches == 0 and not fake_gpu.replays
 
 
 def test_replay_mismatch_gives_up_the_graph(fake_gpu, monkeypatch):
@@ -299,9 +307,9 @@ def test_replay_mismatch_gives_up_the_graph(fake_gpu, monkeypatch):
     ref = _model("numpy")
     h_ref = ref.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5)
     model = _model(fake_gpu)
-    monkeypatch.setattr(_Graph, "launch", lambda self, stream=None: None)
+    monkeypatch.setattr(fake_cuda.Graph, "launch", lambda self, stream=None: None)
     with pytest.warns(RuntimeWarning, match=r"replayed step's \w+ differ from the eager step's \(relative "
-                                            r"difference .* > 1e-04\)"):
+                                            r"difference .* > 1e-0[24]\)"):
         h = model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True)
     _assert_same(model, h, ref, h_ref)
     assert model._graphs is None or model._graphs[2].disabled is not None
@@ -316,7 +324,7 @@ def test_host_fed_batches_through_the_graph(fake_gpu, monkeypatch):
     model = _model(fake_gpu)
     h = model.fit(x.astype(numpy.float64), y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True)
     _assert_same(model, h, ref, h_ref)
-    assert _Graph.launches == 2 * 6 - 1
+    assert len(fake_gpu.replays) == 2 * 6 - 1
 
 
 def test_second_check_catches_a_value_frozen_at_capture(fake_gpu, monkeypatch):
@@ -407,14 +415,14 @@ def test_out_of_memory_in_a_replay_is_retried_through_the_guard(fake_gpu, monkey
     ref = _model("numpy")
     h_ref = ref.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5)
     model = _model(fake_gpu)
-    real_launch, launches = _Graph.launch, []
+    real_launch, launches = graphs._Captured.launch, []
 
-    def launch_fails_once(self, stream=None):
+    def launch_fails_once(self, stream):   # before any of the step's graphs runs
         launches.append(1)
         if len(launches) == 4:
             raise MemoryError("simulated out of device memory")
         return real_launch(self, stream)
-    monkeypatch.setattr(_Graph, "launch", launch_fails_once)
+    monkeypatch.setattr(graphs._Captured, "launch", launch_fails_once)
     captures = []
     real_capture = StepGraphs._capture
     monkeypatch.setattr(StepGraphs, "_capture", lambda self, *a: captures.append(1) or real_capture(self, *a))
@@ -437,3 +445,138 @@ def test_cache_key_sees_dropout_rates_and_rebuilt_optimizer_slots(fake_gpu):
     assert model._graphs[2] is not second
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     assert model._graphs is None               # a new compile lets the captured step go
+
+
+@pytest.mark.parametrize("fake_gpu", ["full"], indirect=True)
+def test_a_cublas_handle_that_fails_its_check_means_split_mode(fake_gpu, monkeypatch, caplog):
+    """fastnn's handle is checked eagerly before its first capture; a wrong GEMM sends the step to
+    "split" mode (CuPy's GEMMs between graphs), said once in the log, and training stays exact."""
+    class OffCublas(fake_cuda.FakeCublas):
+        def gemm(self, a, b, out, trans_a=False, trans_b=False, precision="float32"):
+            super().gemm(a, b, out, trans_a, trans_b, precision)
+            out *= out.dtype.type(1.01)
+            return out
+    monkeypatch.setattr(cublas, "Cublas", OffCublas)
+    with caplog.at_level("INFO", logger="fastnn"):
+        model = _trains_exactly_as_eager(fake_gpu, "adam", epochs=1)
+    assert model._graphs[2].mode == "split" and len(fake_gpu.replays) == 4
+    assert "direct cuBLAS unavailable (RuntimeError: its float32 GEMM (trans_a=False, trans_b=False) is off by " \
+           "1.00e-02 (relative)); GEMMs run eagerly between graphs" in caplog.text
+
+
+# ------------------------------------------------------------------ the stand-in itself
+def _stand_in():
+    ops = fake_cuda.FakeGpuOps()
+    return ops, ops.xp, ops.xp.cuda.Stream(non_blocking=True)
+
+
+def test_stand_in_replays_by_value_arguments_frozen_and_arrays_live():
+    ops, xp, stream = _stand_in()
+    p, g = xp.asarray([1.0, 2.0]), xp.asarray([0.5, 0.25])
+    hyper = {"lr": 0.5}
+    with stream:
+        stream.begin_capture()
+        ops.sgd_step(p, g, hyper["lr"])     # one kernel: p and g by pointer, lr by value
+        q = p * 2                           # made during the capture: each replay writes it again
+        graph = stream.end_capture()
+    assert ops.asnumpy(p).tolist() == [1.0, 2.0]     # nothing the capture ran is left
+    assert numpy.isnan(ops.asnumpy(q)).all()         # q is garbage until a replay
+    hyper["lr"] = 100.0
+    g[...] = xp.asarray([1.0, 1.0])
+    graph.launch(stream)
+    assert ops.asnumpy(p).tolist() == [0.5, 1.5]     # g as it is now, lr as it was at capture
+    assert ops.asnumpy(q).tolist() == [1.0, 3.0]
+    graph.launch(stream)
+    assert ops.asnumpy(p).tolist() == [0.0, 1.0] and ops.asnumpy(q).tolist() == [0.0, 2.0]
+    assert [node.name for node in graph.nodes] == ["ops.sgd_step", "multiply.__call__"]
+
+
+@pytest.mark.parametrize("read", ["float", "item", "bool", "asnumpy", "get", "synchronize", "mask index",
+                                  "host array", "host to device", "cupy's cuBLAS"])
+def test_stand_in_refuses_host_reads_and_cublas_during_capture(read):
+    ops, xp, stream = _stand_in()
+    a = xp.asarray([1.0, -2.0])
+    reads = {"float": lambda: float(a.sum()), "item": lambda: a.max().item(), "bool": lambda: bool(a.min() < 0),
+             "asnumpy": lambda: ops.asnumpy(a), "get": a.get, "synchronize": ops.synchronize,
+             "mask index": lambda: a[a > 0], "host array": lambda: a + numpy.ones(2),
+             "host to device": lambda: xp.asarray([3.0, 4.0]), "cupy's cuBLAS": lambda: ops.gemm(a[None], a[:, None])}
+    reads[read]()                           # all fine outside a capture
+    with stream:
+        stream.begin_capture()
+        if read == "cupy's cuBLAS":
+            with pytest.raises(NotImplementedError, match="calling cuBLAS API during stream capture is currently "
+                                                          "unsupported"):
+                reads[read]()
+            stream.end_capture()
+            return
+        with pytest.raises(fake_cuda.CaptureError):
+            reads[read]()
+        with pytest.raises(fake_cuda.CaptureError, match="cudaErrorStreamCaptureInvalidated"):
+            stream.end_capture()
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_stand_in_cublas_runs_fastnn_gemm_code_and_captures_it(dtype):
+    """``FakeCublas`` is ``fastnn.kernels.gpu.cublas.Cublas`` (its operand swap and leading
+    dimensions) on a column-major GEMM over raw pointers: equal to ``Ops.gemm`` bit for bit in every
+    layout; captured, it reads and writes its operands' memory live at each replay."""
+    ops, xp, stream = _stand_in()
+    handle, rng = fake_cuda.FakeCublas(stream), numpy.random.default_rng(0)
+    for trans_a, trans_b in ((False, False), (True, False), (False, True), (True, True)):
+        a = xp.asarray(rng.standard_normal((3, 5) if trans_a else (5, 3)), dtype=dtype)
+        b = xp.asarray(rng.standard_normal((4, 3) if trans_b else (3, 4)), dtype=dtype)
+        out = xp.empty((5, 4), dtype=dtype)
+        assert handle.gemm(a, b, out, trans_a, trans_b) is out
+        numpy.testing.assert_array_equal(ops.asnumpy(out), ops.asnumpy(ops.gemm(a, b, trans_a=trans_a,
+                                                                                 trans_b=trans_b)))
+    before = ops.asnumpy(out)
+    with stream:
+        stream.begin_capture()
+        handle.gemm(a, b, out, True, True)
+        graph = stream.end_capture()
+    numpy.testing.assert_array_equal(ops.asnumpy(out), before)
+    a *= dtype(3)
+    graph.launch(stream)
+    numpy.testing.assert_array_equal(ops.asnumpy(out), ops.asnumpy(ops.gemm(a, b, trans_a=True, trans_b=True)))
+    name = "cublasDgemm_v2" if dtype == numpy.float64 else "cublasSgemm_v2"
+    assert [node.name for node in graph.nodes] == [name] and handle.lib.calls[-1] == (name, True)
+
+
+def test_stand_in_replay_needs_its_buffers_alive():
+    """A graph holds addresses: a buffer freed after the capture fails the replay (on a GPU it would
+    read reused memory); buffers made during the capture live as long as the private pool."""
+    ops, xp, stream = _stand_in()
+    a, out = xp.ones(3), xp.zeros(3)
+    pool = xp.cuda.MemoryPool()
+    with stream, xp.cuda.using_allocator(pool.malloc):
+        stream.begin_capture()
+        ops.mul(a * 2, a, out=out)          # ``a * 2``: a temporary from the pool
+        graph = stream.end_capture()
+    graph.launch(stream)
+    assert ops.asnumpy(out).tolist() == [2.0, 2.0, 2.0]
+    del a
+    with pytest.raises(fake_cuda.CaptureError, match="cudaErrorIllegalAddress"):
+        graph.launch(stream)
+
+
+# ------------------------------------------------------------------ a gap in fastnn.graphs' replay check
+@pytest.mark.xfail(strict=True, reason="fastnn.graphs._checked_replay keeps the worst difference with "
+                   "`if not err / rtol <= worst`: a NaN difference is taken, then overtaken by the next finite "
+                   "one, so a graph whose loss comes out NaN passes both checks (fix it there, then drop this mark)")
+def test_a_graph_whose_loss_comes_out_nan_is_caught_by_the_replay_check(fake_gpu, monkeypatch):
+    """The graph computes the update right but never writes the loss it returns (garbage: NaN on
+    the stand-in); the check compares it with the eager loss and must give the graph up."""
+    real = StepGraphs._captured_step
+
+    def captured_step(self, *args):
+        stats = real(self, *args)
+        if fake_cuda.capturing():   # the returned loss is a fresh buffer no captured kernel writes
+            stats["loss"] = self.ops.xp.empty((), dtype=stats["loss"].dtype)
+        return stats
+    monkeypatch.setattr(StepGraphs, "_captured_step", captured_step)
+    x, y = _data()
+    model = _model(fake_gpu)
+    with pytest.warns(RuntimeWarning, match=r"replayed step's loss differ from the eager step's"):
+        h = model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=5, cuda_graph=True)
+    assert numpy.isfinite(h.history["loss"]).all()
+
