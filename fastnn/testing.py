@@ -28,25 +28,107 @@ def has_numba():
     return select.probe_numba().ok
 
 
+# FASTNN_EXPECT_GPU=1 (bench/probes/gpu_check.sh sets it on a lent GPU): a GPU test must run there, so
+# asking for the GPU when none answers is an error naming the reason, never a quiet skip.
+EXPECT_GPU_ENV = "FASTNN_EXPECT_GPU"
+
+
+class GPUExpectedError(RuntimeError):
+    """``FASTNN_EXPECT_GPU=1`` is set, but CuPy cannot compute on a CUDA GPU here."""
+
+
+def expect_gpu():
+    """True when ``FASTNN_EXPECT_GPU`` is set to anything but empty, ``0``, ``false``, ``no`` or ``off``."""
+    import os
+
+    return os.environ.get(EXPECT_GPU_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def has_gpu():
-    return select.probe_cupy(0).ok
+    """Whether CuPy computes on CUDA device 0. Under ``FASTNN_EXPECT_GPU=1`` a missing GPU raises
+    ``GPUExpectedError`` with the probe's reason instead of returning False, so every test that
+    would skip for want of a GPU (``skipif(not has_gpu())``, ``backend_params()``) errors instead."""
+    probe = select.probe_cupy(0)
+    if not probe.ok and expect_gpu():
+        raise GPUExpectedError(f"{EXPECT_GPU_ENV}=1, but CuPy cannot compute on a CUDA GPU here: {probe.reason}")
+    return probe.ok
 
 
 def backend_params():
-    """``pytest.param`` entries for every backend, with skip marks and reasons."""
+    """``pytest.param`` entries for every backend, with skip marks and reasons (under
+    ``FASTNN_EXPECT_GPU=1`` the cupy entry is never skipped: a missing GPU raises ``GPUExpectedError``)."""
     import pytest
 
+    gpu = has_gpu()
+    cupy_marks = [pytest.mark.gpu]
+    if not gpu:
+        cupy_marks.append(pytest.mark.skip(reason="needs CuPy and a CUDA GPU: " + select.probe_cupy(0).reason))
     return [
         "numpy",
         pytest.param("numba", marks=pytest.mark.skipif(not has_numba(), reason="needs numba: " + select.probe_numba().reason)),
-        pytest.param("cupy", marks=[pytest.mark.gpu, pytest.mark.skipif(
-            not has_gpu(), reason="needs CuPy and a CUDA GPU: " + select.probe_cupy(0).reason)]),
+        pytest.param("cupy", marks=cupy_marks),
     ]
+
+
+_GPU_SKIP_REASON = ("GPU", "CUDA", "CuPy", "cupy", "NCCL", "cuBLAS")
+
+
+def _hookwrapper(fn):
+    try:
+        import pytest
+    except ImportError:  # fastnn.testing imports without pytest; the hook is only for ``-p fastnn.testing``
+        return fn
+    return pytest.hookimpl(hookwrapper=True)(fn)
+
+
+@_hookwrapper
+def pytest_runtest_makereport(item, call):
+    """A pytest hook, active when this module is loaded as a plugin (``pytest -p fastnn.testing``):
+    under ``FASTNN_EXPECT_GPU=1`` a test marked ``gpu`` that skips for a GPU reason (its reason names
+    a GPU, CUDA, CuPy, NCCL or cuBLAS; e.g. ``pytest.skip(...)`` in the test body) fails instead.
+    Skips for other reasons (a parameter combination that does not apply) stay skips."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and expect_gpu() and item.get_closest_marker("gpu") is not None):
+        return
+    if hasattr(report, "wasxfail"):
+        return
+    longrepr = report.longrepr
+    reason = str(longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else longrepr)
+    reason = reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+    if any(word in reason for word in _GPU_SKIP_REASON):
+        report.outcome = "failed"
+        report.longrepr = f"{EXPECT_GPU_ENV}=1: this GPU test would have been skipped: {reason}"
 
 
 def host(a):
     """A host NumPy copy of any backend's array (or scalar)."""
     return a.get() if hasattr(a, "get") and not isinstance(a, numpy.ndarray) else numpy.asarray(a)
+
+
+def assert_sum_close(actual, terms, reference, axis=0, c=2.0, err_msg=""):
+    """A reduction ``actual = terms.sum(axis)`` checked against the exact (float64) sum with a bound
+    that scales with ``sum|terms|``: ``|actual - exact| <= |reference - exact| + c * eps * sum|terms|``.
+
+    ``reference`` is the NumPy reference's result (in the terms' dtype): a fast backend may sum in
+    another order, but may not be less accurate than the reference by more than ``c`` units of
+    ``eps * sum|terms|`` (the size of one rounding of the largest possible partial sum).
+    """
+    actual, terms, reference = host(actual), host(terms), host(reference)
+    exact = terms.astype(numpy.float64).sum(axis=axis)
+    scale = numpy.abs(terms.astype(numpy.float64)).sum(axis=axis)
+    eps = numpy.finfo(terms.dtype).eps
+    assert actual.dtype == terms.dtype, f"got dtype {actual.dtype}, expected {terms.dtype}"
+    err = numpy.abs(actual.astype(numpy.float64) - exact)
+    bound = numpy.abs(reference.astype(numpy.float64) - exact) + c * eps * scale
+    bad = ~(err <= bound)
+    if bad.any():
+        i = numpy.flatnonzero(bad.ravel())[0]
+        raise AssertionError(f"{err_msg}{int(bad.sum())} of {bad.size} sums off by more than the bound; first at "
+                             f"flat index {i}: got {actual.ravel()[i]!r}, exact {exact.ravel()[i]!r}, error "
+                             f"{err.ravel()[i]:.3g} > bound {bound.ravel()[i]:.3g} (reference error "
+                             f"{abs(reference.astype(numpy.float64).ravel()[i] - exact.ravel()[i]):.3g}, "
+                             f"sum|terms| {scale.ravel()[i]:.3g})")
 
 
 def assert_close(actual, expected, dtype=None, rtol=None, atol=None, err_msg=""):
@@ -86,3 +168,30 @@ def assert_plot_png(path, min_side, min_colours=0):
     if min_colours:
         colours = {tuple(px) for px in (image[::7, ::7, :3] * 255).astype(int).reshape(-1, 3).tolist()}
         assert len(colours) > min_colours, f"{path} has only {len(colours)} colours: no plotted data?"
+
+
+# ---------------------------------------------------------------------------- strict kernels
+# FASTNN_STRICT_KERNELS=1 (tests/conftest.py and bench/conftest.py set it before fastnn is imported):
+# a fast backend (numba, cupy) that would run the NumPy reference of a hot primitive raises
+# KernelFallbackError instead, so a kernel that is never reached fails its test. A test of a case
+# the kernels leave to the reference on purpose (other dtypes, mixed dtypes, broadcasting, empty
+# arrays) declares it: ``with allow_fallback(): ...`` or ``@pytest.mark.allow_fallback``.
+from fastnn.backend.ops import KernelFallbackError, allow_fallback, set_strict_kernels  # noqa: E402,F401
+from fastnn.backend.ops import strict_kernels_enabled  # noqa: E402,F401
+
+STRICT_KERNELS_ENV = "FASTNN_STRICT_KERNELS"
+
+
+class strict_kernels:
+    """``with strict_kernels(on=True): ...`` switches strict kernels on (or off) for the block."""
+
+    def __init__(self, on=True):
+        self.on = bool(on)
+
+    def __enter__(self):
+        self._previous = set_strict_kernels(self.on)
+        return self
+
+    def __exit__(self, *exc):
+        set_strict_kernels(self._previous)
+        return False

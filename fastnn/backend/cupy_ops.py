@@ -4,10 +4,14 @@ The reference bodies of ``Ops`` already run on CuPy arrays because they use only
 Each hot primitive (``HOT_PRIMITIVES``) is one line calling its launcher in ``fastnn.kernels.gpu``,
 with the base signature exactly; the launchers import CuPy only when they run.
 """
+import functools
+
 import numpy
 
 from fastnn import backend as _backend
-from fastnn.backend.ops import Ops
+from fastnn.backend import ops as _ops
+from fastnn.backend.ops import HOT_PRIMITIVES, Ops
+from fastnn.kernels.gpu import _loader as _L
 from fastnn.kernels.gpu import activations as _act
 from fastnn.kernels.gpu import conv as _conv
 from fastnn.kernels.gpu import dropout as _drop
@@ -18,6 +22,10 @@ from fastnn.kernels.gpu import optimizers as _opt
 
 class CupyOps(Ops):
     name = "cupy"
+    # FASTNN_STRICT_KERNELS=1 (the test suite): a hot primitive that this class does not define (or
+    # that calls super()) raises KernelFallbackError instead of running the reference on CuPy arrays,
+    # and so does one whose launcher returns without launching a fastnn kernel (see the end of this file).
+    reference_is_fallback = True
 
     def __init__(self, device_id=0):
         import cupy
@@ -196,6 +204,76 @@ class CupyOps(Ops):
 
     def adam_step_dev(self, p, g, m, v, s):
         return _opt.adam_step_dev(p, g, m, v, s)
+
+
+# ---------------------------------------------------------------------------- strict kernels
+# The launchers have no fallback branch, but nothing stops one from computing a result another way
+# (a generic CuPy operation, an early return) and never reaching its CUDA kernel. So with strict
+# kernels on (FASTNN_STRICT_KERNELS=1, as in the test suite) every launch through
+# ``fastnn.kernels.gpu._loader.function`` is counted, and a hot primitive of CupyOps whose array
+# arguments are all non-empty (or, with none, whose result is) must launch at least one fastnn
+# kernel, else it raises KernelFallbackError, unless the test allows it
+# (fastnn.testing.allow_fallback). Off (the default), the methods above and ``_loader.function``
+# are the plain ones: nothing is wrapped or counted.
+_PLAIN = {name: vars(CupyOps)[name] for name in HOT_PRIMITIVES}
+_PLAIN_FUNCTION = _L.function
+_launches = 0
+
+
+class _CountedKernel:
+    """A ``RawKernel`` whose launches are counted (attributes pass through)."""
+
+    __slots__ = ("kernel",)
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __call__(self, *args, **kwargs):
+        global _launches
+        _launches += 1
+        return self.kernel(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.kernel, name)
+
+
+@functools.wraps(_PLAIN_FUNCTION)
+def _counting_function(*args, **kwargs):
+    return _CountedKernel(_PLAIN_FUNCTION(*args, **kwargs))
+
+
+def _needs_launch(arrays, result):
+    if arrays:
+        return all(a.size for _, a in arrays)
+    results = result if isinstance(result, tuple) else (result,)
+    return any(_ops._is_array(r) and r.size for r in results)
+
+
+def _launch_checked(name, fn):
+    @functools.wraps(fn)
+    def primitive(self, *args, **kwargs):
+        before = _launches
+        result = fn(self, *args, **kwargs)
+        if _launches == before and not _ops.fallback_allowed():
+            arrays = _ops.call_arrays(fn, args, kwargs)
+            if _needs_launch(arrays, result):
+                raise _ops.KernelFallbackError(
+                    f"CupyOps.{name} (backend 'cupy') returned without launching a fastnn CUDA kernel, and "
+                    f"strict kernels are on (FASTNN_STRICT_KERNELS=1): its launcher computed the result another "
+                    f"way (a generic CuPy operation, an early return). Arguments: "
+                    f"{_ops.describe_arrays(self, arrays)}. {_ops.STRICT_HINT}")
+        return result
+
+    return primitive
+
+
+def _strict_kernels(on):
+    for name, fn in _PLAIN.items():
+        setattr(CupyOps, name, _launch_checked(name, fn) if on else fn)
+    _L.function = _counting_function if on else _PLAIN_FUNCTION
+
+
+_ops.on_strict_kernels(_strict_kernels)
 
 
 def cupy_matmul(cupy, a, b, out=None, precision=None):

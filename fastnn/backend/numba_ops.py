@@ -5,7 +5,10 @@ optimizer kernels are serial ``@njit(cache=True, error_model="numpy")`` function
 here is a thin wrapper: it casts scalars to the arrays' dtype, hands the kernel C-contiguous views
 (copying only inputs that are not contiguous), and writes straight into the caller's buffers.
 Cases the kernels do not cover (other dtypes, mixed dtypes, broadcasting, empty arrays) go to
-the ``Ops`` reference, so every call still meets the contract.
+the ``Ops`` reference, so every call still meets the contract. Under ``FASTNN_STRICT_KERNELS=1``
+(set by the test suite) such a fallback raises ``KernelFallbackError`` unless the test declares it
+(``fastnn.testing.allow_fallback()`` or ``@pytest.mark.allow_fallback``), so a kernel that is never
+reached fails its test.
 """
 from __future__ import annotations
 
@@ -96,6 +99,9 @@ def _check_act(act):
 
 class NumbaOps(Ops):
     name = "numba"
+    # FASTNN_STRICT_KERNELS=1 (the test suite): a fallback below (super().<name>) raises instead
+    # of running, unless the test allows it (fastnn.testing.allow_fallback); see fastnn.backend.ops.
+    reference_is_fallback = True
 
     # ------------------------------------------------------------------ activations
     def bias_act(self, x, b, act, alpha=0.0, *, out=None):

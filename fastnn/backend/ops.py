@@ -16,8 +16,13 @@ Conventions
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
+
 import numpy
 
+from fastnn import config
 from fastnn.kernels import (
     ELU, HASH_GOLDEN, LEAKY_RELU, LINEAR, MIX_M1, MIX_M2, RELU, SIGMOID, SOFTPLUS, TANH,
     dropout_base,
@@ -84,6 +89,10 @@ class Ops:
     name = "numpy"
     xp = numpy
     device = "cpu"
+    # True on a backend with its own kernels (NumbaOps, CupyOps): with strict kernels on
+    # (FASTNN_STRICT_KERNELS=1, as in the test suite) a hot primitive's body here then raises
+    # KernelFallbackError instead of standing in for a kernel that was not reached.
+    reference_is_fallback = False
 
     # ------------------------------------------------------------------ arrays and devices
     def asarray(self, x, dtype=None):
@@ -658,3 +667,135 @@ HOT_PRIMITIVES = (
     "im2col", "col2im", "im2col_t", "col2im_t", "maxpool_forward", "maxpool_backward",
     "conv_bias_act", "conv_act_backward",
 )
+
+
+# ---------------------------------------------------------------------------- strict kernels
+# With strict kernels on (FASTNN_STRICT_KERNELS=1, which tests/conftest.py sets) each hot primitive
+# of ``Ops`` is wrapped so that it refuses to run for a backend whose ``reference_is_fallback`` is
+# True: a NumbaOps method that falls back (``super().<name>(...)``) or a hot primitive CupyOps
+# does not define raises ``KernelFallbackError`` naming the primitive, the backend and the
+# arguments, so a kernel that is never reached fails its test instead of passing on the reference.
+# Tests that exercise a fallback on purpose (other dtypes, mixed dtypes, broadcasting, empty
+# arrays) say so with ``allow_fallback()`` (``fastnn.testing.allow_fallback``) or the
+# ``allow_fallback`` pytest marker. Off (the default), ``Ops``'s methods are the plain functions
+# above: nothing is wrapped, nothing is checked, nothing costs.
+
+class KernelFallbackError(RuntimeError):
+    """A fast backend ran the NumPy reference of a hot primitive while strict kernels are on."""
+
+
+_REFERENCE = {name: vars(Ops)[name] for name in HOT_PRIMITIVES}
+_strict = False
+_allowed = 0  # depth of allow_fallback() blocks (process-wide: threads a test starts are covered)
+
+
+def _is_array(v):
+    return (not isinstance(v, (type, numpy.generic)) and hasattr(v, "dtype") and hasattr(v, "shape")
+            and hasattr(v, "ndim"))
+
+
+def call_arrays(fn, args, kwargs):
+    """``[(name, array)]`` of a call ``fn(self, *args, **kwargs)``'s array arguments, by parameter name."""
+    try:
+        items = list(inspect.signature(fn).bind(None, *args, **kwargs).arguments.items())[1:]
+    except TypeError:
+        items = [(f"arg{i}", a) for i, a in enumerate(args)] + list(kwargs.items())
+    return [(k, v) for k, v in items if _is_array(v)]
+
+
+def describe_arrays(ops, arrays):
+    """``"x: float32 (3, 4), t: int64 (3,)"``; arrays that are not ``ops``'s own are named by type."""
+    return ", ".join(
+        f"{k}: {'' if ops.owns(v) else type(v).__module__ + '.' + type(v).__name__ + ' '}{v.dtype} "
+        f"{tuple(v.shape)}{'' if getattr(getattr(v, 'flags', None), 'c_contiguous', True) else ' strided'}"
+        for k, v in arrays) or "no arrays"
+
+
+STRICT_HINT = ("A test that exercises this fallback on purpose wraps the call in fastnn.testing.allow_fallback() "
+               "or is marked @pytest.mark.allow_fallback.")
+
+
+def _fallback_message(ops, name, fn, args, kwargs):
+    cls = type(ops).__name__
+    head = (f"{cls}.{name} (backend {ops.name!r}) ran the NumPy reference Ops.{name} instead of its "
+            f"kernel, and strict kernels are on (FASTNN_STRICT_KERNELS=1)")
+    if getattr(type(ops), name) is getattr(Ops, name):
+        return f"{head}: {cls} does not define {name}, so it inherits the reference. {STRICT_HINT}"
+    arrays = call_arrays(fn, args, kwargs)
+    floats = {numpy.dtype(v.dtype) for _, v in arrays if numpy.dtype(v.dtype).kind in "fc"}
+    why = []
+    foreign = [k for k, v in arrays if not ops.owns(v)]
+    if foreign:
+        why.append(f"{', '.join(foreign)} not {ops.name}'s arrays")
+    other = sorted({str(v.dtype) for k, v in arrays if k not in ("t", "argmax") and numpy.dtype(v.dtype)
+                    not in (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))})
+    if other:
+        why.append(f"dtype {', '.join(other)} (the kernels take float32 and float64)")
+    if len(floats) > 1:
+        why.append(f"mixed dtypes {', '.join(sorted(map(str, floats)))}")
+    empty = [k for k, v in arrays if v.size == 0]
+    if empty:
+        why.append(f"{', '.join(empty)} empty")
+    if why:
+        why = "the kernel does not cover " + "; ".join(why)
+    else:
+        why = ("these look like arguments its kernel covers (one float dtype, non-empty): either their "
+               "shapes are outside what the kernel handles, or the override reaches the reference on a "
+               "path its kernel should take (an unconditional super() call, a check that is too strict)")
+    return f"{head}. Arguments: {describe_arrays(ops, arrays)}; {why}. {STRICT_HINT}"
+
+
+def _guarded(name, fn):
+    @functools.wraps(fn)
+    def reference(self, *args, **kwargs):
+        if self.reference_is_fallback and not _allowed:
+            raise KernelFallbackError(_fallback_message(self, name, fn, args, kwargs))
+        return fn(self, *args, **kwargs)
+
+    return reference
+
+
+_strict_hooks = []
+
+
+def on_strict_kernels(hook):
+    """Call ``hook(on)`` now and at every switch (``fastnn.backend.cupy_ops`` checks its launches so)."""
+    _strict_hooks.append(hook)
+    hook(_strict)
+
+
+def set_strict_kernels(on=True):
+    """Switch strict kernels on or off in this process (``FASTNN_STRICT_KERNELS`` sets it at import);
+    returns the previous setting."""
+    global _strict
+    previous, _strict = _strict, bool(on)
+    for name, fn in _REFERENCE.items():
+        setattr(Ops, name, _guarded(name, fn) if _strict else fn)
+    for hook in _strict_hooks:
+        hook(_strict)
+    return previous
+
+
+def strict_kernels_enabled():
+    return _strict
+
+
+def fallback_allowed():
+    """True inside ``allow_fallback()``."""
+    return _allowed > 0
+
+
+@contextlib.contextmanager
+def allow_fallback():
+    """Within this block a fast backend may run the reference of a hot primitive even when
+    strict kernels are on: for tests of the cases the kernels leave to the reference on purpose."""
+    global _allowed
+    _allowed += 1
+    try:
+        yield
+    finally:
+        _allowed -= 1
+
+
+if config.STRICT_KERNELS:
+    set_strict_kernels(True)

@@ -23,6 +23,8 @@ Launch sizes come from the device's properties: grid-stride kernels get at most
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 import threading
 from pathlib import Path
@@ -198,11 +200,70 @@ def output(primitive: str, name: str, buf, shape, dtype):
     return empty(shape, dtype) if buf is None else buf
 
 
+def _strided(a) -> bool:
+    """True for an array (NumPy or CuPy) that is not C-contiguous."""
+    return getattr(getattr(a, "flags", None), "c_contiguous", True) is False
+
+
+def writes(*names):
+    """Launcher decorator: the named arguments (outputs and in-place state) may be non-contiguous views.
+
+    The kernels index flat memory, so such a view is replaced by a contiguous copy of itself (its
+    values copied in, for state updated in place), the launcher runs on the copy, and the result is
+    copied back into the caller's view, which is what the launcher then returns in the copy's place:
+    the contract NumbaOps and the reference keep (``out=arr.T``, optimizer state ``[::2]``). When
+    every array argument is contiguous (the hot path) the launcher is called directly.
+    """
+    def decorate(launcher):
+        signature = inspect.signature(launcher)
+
+        @functools.wraps(launcher)
+        def call(*args, **kwargs):
+            if not any(_strided(a) for a in args) and not any(_strided(a) for a in kwargs.values()):
+                return launcher(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            swaps = []
+            for name in names:
+                a = bound.arguments.get(name)
+                if _strided(a):
+                    tmp = _cupy().ascontiguousarray(a)
+                    bound.arguments[name] = tmp
+                    swaps.append((a, tmp))
+            result = launcher(*bound.args, **bound.kwargs)
+            for view, tmp in swaps:
+                view[...] = tmp
+            back = {id(tmp): view for view, tmp in swaps}
+            if isinstance(result, tuple):
+                return tuple(back.get(id(r), r) for r in result)
+            return back.get(id(result), result)
+        return call
+    return decorate
+
+
 def check_inplace(primitive: str, name: str, buf, shape, dtype):
     """Check an array the primitive updates in place (optimizer state, running statistics)."""
     if buf is None:
         raise ValueError(f"{primitive}: {name} is required")
     return check_out(primitive, name, buf, shape, dtype)
+
+
+def is_host_array(a) -> bool:
+    """True for a host NumPy array (not for a CuPy array, whatever its class derives from); never
+    imports CuPy."""
+    return isinstance(a, numpy.ndarray) and type(a).__module__.split(".")[0] != "cupy"
+
+
+_no_index: dict = {}  # device id -> a one-element int64 array standing in for an absent index buffer
+
+
+def no_index():
+    """A device ``int64[1]`` passed where a kernel takes ``const long long*`` it will not read (dense
+    targets): the argument keeps the parameter's C type."""
+    dev = _device_id()
+    a = _no_index.get(dev)
+    if a is None:
+        a = _no_index[dev] = _cupy().zeros(1, dtype=numpy.int64)
+    return a
 
 
 def empty(shape, dtype):

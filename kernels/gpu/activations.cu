@@ -30,19 +30,19 @@ __global__ void fastnn_act_backward(const T* __restrict__ dout, const T* __restr
     }
 }
 
-// db[j] = sum_i dz[i, j]. Block (FASTNN_COLS, FASTNN_ROWS): threadIdx.x walks a column group
+// db[j] = sum_i dz[i, j], accumulated in double (fastnn_acc). Block (FASTNN_COLS, FASTNN_ROWS): threadIdx.x walks a column group
 // (coalesced), threadIdx.y strides over rows; grid-stride over column groups.
 template <typename T>
 __global__ void fastnn_bias_grad(const T* __restrict__ dz, T* __restrict__ db, long long n, long long d) {
-    __shared__ T part[FASTNN_ROWS][FASTNN_COLS + 1];
+    __shared__ fastnn_acc part[FASTNN_ROWS][FASTNN_COLS + 1];
     for (long long c0 = (long long)blockIdx.x * FASTNN_COLS; c0 < d; c0 += (long long)gridDim.x * FASTNN_COLS) {
         const long long j = c0 + threadIdx.x;
-        T acc = T(0);
+        fastnn_acc acc = 0;
         if (j < d) {
             for (long long i = threadIdx.y; i < n; i += FASTNN_ROWS) acc += dz[i * d + j];
         }
-        T total = fastnn_column_total<T>(part, acc);
-        if (threadIdx.y == 0 && j < d) db[j] = total;
+        const fastnn_acc total = fastnn_column_total(part, acc);
+        if (threadIdx.y == 0 && j < d) db[j] = T(total);
     }
 }
 
@@ -51,10 +51,10 @@ template <typename T>
 __global__ void fastnn_act_backward_bias_grad(const T* __restrict__ dout, const T* __restrict__ y,
                                               T* __restrict__ dz, T* __restrict__ db,
                                               long long n, long long d, int act, T alpha) {
-    __shared__ T part[FASTNN_ROWS][FASTNN_COLS + 1];
+    __shared__ fastnn_acc part[FASTNN_ROWS][FASTNN_COLS + 1];
     for (long long c0 = (long long)blockIdx.x * FASTNN_COLS; c0 < d; c0 += (long long)gridDim.x * FASTNN_COLS) {
         const long long j = c0 + threadIdx.x;
-        T acc = T(0);
+        fastnn_acc acc = 0;
         if (j < d) {
             for (long long i = threadIdx.y; i < n; i += FASTNN_ROWS) {
                 const long long k = i * d + j;
@@ -63,8 +63,8 @@ __global__ void fastnn_act_backward_bias_grad(const T* __restrict__ dout, const 
                 acc += g;
             }
         }
-        T total = fastnn_column_total<T>(part, acc);
-        if (threadIdx.y == 0 && j < d) db[j] = total;
+        const fastnn_acc total = fastnn_column_total(part, acc);
+        if (threadIdx.y == 0 && j < d) db[j] = T(total);
     }
 }
 

@@ -40,6 +40,7 @@ def _same_shape(primitive, names, *arrays):
             raise ValueError(f"{primitive}: {name} must have the shape of {names[0]} {shape}, got {tuple(a.shape)}")
 
 
+@L.writes('out')
 def bias_act(x, b, act, alpha=0.0, *, out=None):
     """``out = act(x + b)``, ``b: (D,)`` broadcast over the rows of ``x: (..., D)``; ``b=None``: no bias."""
     dtype = L.check_dtype("bias_act", x, b)
@@ -59,6 +60,7 @@ def bias_act(x, b, act, alpha=0.0, *, out=None):
     return y
 
 
+@L.writes('out')
 def act_backward(dout, y, act, alpha=0.0, *, out=None):
     """``out = dout * act'(z)``, with ``act'`` computed from the forward output ``y``; ``dout`` is not written."""
     dtype = L.check_dtype("act_backward", dout, y)
@@ -74,6 +76,7 @@ def act_backward(dout, y, act, alpha=0.0, *, out=None):
     return dz
 
 
+@L.writes('out')
 def bias_grad(dz, *, out=None):
     """``out = dz.sum(axis=0)``: the bias gradient of ``dz: (N, D)``."""
     dtype = L.check_dtype("bias_grad", dz)
@@ -86,6 +89,7 @@ def bias_grad(dz, *, out=None):
     return db
 
 
+@L.writes('out', 'db')
 def act_backward_bias_grad(dout, y, act, alpha=0.0, *, out=None, db=None):
     """``act_backward`` then ``bias_grad`` in one pass: returns ``dz: (N, D)`` and writes ``db = dz.sum(0)``.
 
@@ -109,6 +113,7 @@ def act_backward_bias_grad(dout, y, act, alpha=0.0, *, out=None, db=None):
     return dz
 
 
+@L.writes('out')
 def softmax(x, *, out=None):
     """Row-wise softmax of ``x: (N, C)``, max-subtracted; one warp per row."""
     dtype = L.check_dtype("softmax", x)
@@ -121,10 +126,18 @@ def softmax(x, *, out=None):
     return y
 
 
+@L.writes('out')
 def mul(x, y, *, out=None):
-    """``out = x * y`` elementwise (same shape and dtype; no broadcasting)."""
+    """``out = x * y`` elementwise, ``x`` and ``y`` broadcast against each other as NumPy does."""
     dtype = L.check_dtype("mul", x, y)
-    _same_shape("mul", ("x", "y"), x, y)
+    if tuple(x.shape) != tuple(y.shape):
+        try:
+            shape = numpy.broadcast_shapes(tuple(x.shape), tuple(y.shape))
+        except ValueError:
+            raise ValueError(f"mul: x of shape {tuple(x.shape)} and y of shape {tuple(y.shape)} do not "
+                             f"broadcast together") from None
+        cupy = L._cupy()
+        x, y = cupy.broadcast_to(x, shape), cupy.broadcast_to(y, shape)  # made contiguous below
     x, y = L.contiguous(x), L.contiguous(y)
     z = L.output("mul", "out", out, x.shape, dtype)
     n = x.size

@@ -126,17 +126,22 @@ __device__ __forceinline__ T fastnn_block_sum(T v) {
     return v;
 }
 
+// Column sums accumulate in double for float and double alike: each thread's strided partial sum
+// and the FASTNN_ROWS partials are doubles, so a float32 column sum is off by one final rounding
+// plus about 2^-53 * n * sum|x|, never the float32 error of 8 long sequential sums (which grew
+// like 2^-24 * sum|x| and failed the tests' bound on cancelling columns).
+typedef double fastnn_acc;
+
 // Block (FASTNN_COLS, FASTNN_ROWS): sum the FASTNN_ROWS partial sums of each column in shared
 // memory; every thread of the column gets the total. Every thread of the block must call it.
-template <typename T>
-__device__ __forceinline__ T fastnn_column_total(T (*part)[FASTNN_COLS + 1], T acc) {
+__device__ __forceinline__ fastnn_acc fastnn_column_total(fastnn_acc (*part)[FASTNN_COLS + 1], fastnn_acc acc) {
     part[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
     for (int s = FASTNN_ROWS / 2; s > 0; s >>= 1) {
         if (threadIdx.y < s) part[threadIdx.y][threadIdx.x] += part[threadIdx.y + s][threadIdx.x];
         __syncthreads();
     }
-    T total = part[0][threadIdx.x];
+    fastnn_acc total = part[0][threadIdx.x];
     __syncthreads();  // part may be reused by the caller's next reduction or column group
     return total;
 }

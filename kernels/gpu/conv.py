@@ -74,28 +74,33 @@ def _col2im(primitive, col, x_shape, fh, fw, stride, pad, out, transposed):
     return dx
 
 
+@L.writes('out')
 def im2col(x, fh, fw, stride=1, pad=0, *, out=None):
     """Patches of ``x: (N, C, H, W)`` as rows: ``out: (N*OH*OW, C*FH*FW)``, row ``(n, oy, ox)``,
     column ``(c, ky, kx)``; zeros where a window covers the padding."""
     return _im2col("im2col", x, fh, fw, stride, pad, out, transposed=False)
 
 
+@L.writes('out')
 def col2im(col, x_shape, fh, fw, stride=1, pad=0, *, out=None):
     """The adjoint of ``im2col``: ``out: x_shape`` sums the ``col`` entries copied from each element."""
     return _col2im("col2im", col, x_shape, fh, fw, stride, pad, out, transposed=False)
 
 
+@L.writes('out')
 def im2col_t(x, fh, fw, stride=1, pad=0, *, out=None):
     """``im2col`` transposed: ``out: (C*FH*FW, N*OH*OW)``, row ``(c, ky, kx)``, column ``(n, oy, ox)``;
     zeros where a window covers the padding."""
     return _im2col("im2col_t", x, fh, fw, stride, pad, out, transposed=True)
 
 
+@L.writes('out')
 def col2im_t(colT, x_shape, fh, fw, stride=1, pad=0, *, out=None):
     """The adjoint of ``im2col_t``: ``out: x_shape`` sums the ``colT`` entries copied from each element."""
     return _col2im("col2im_t", colT, x_shape, fh, fw, stride, pad, out, transposed=True)
 
 
+@L.writes('out', 'argmax')
 def maxpool_forward(x, ph, pw, stride=1, pad=0, *, out=None, argmax=None):
     """Max pooling of ``x: (N, C, H, W)``; returns ``(out, argmax)``, both ``(N, C, OH, OW)``, argmax
     int64 holding ``iy * W + ix`` of each window's maximum in its input plane."""
@@ -118,6 +123,7 @@ def maxpool_forward(x, ph, pw, stride=1, pad=0, *, out=None, argmax=None):
     return y, idx
 
 
+@L.writes('out')
 def maxpool_backward(dout, argmax, x_shape, *, out=None):
     """``out: x_shape``, zero except ``dout`` added at each window's ``argmax``; ``dout`` and
     ``argmax`` are ``(N, C, OH, OW)``. Overlapping windows add with ``atomicAdd`` (their order, and
@@ -149,6 +155,7 @@ def _act_code(primitive, act):
     return numpy.int32(act)
 
 
+@L.writes('out')
 def conv_bias_act(z, b, act, alpha=0.0, *, out=None):
     """``out = act(z.transpose(1, 0, 2, 3) + b)``: ``z: (C, N, H, W)`` to NCHW ``out: (N, C, H, W)``,
     ``b: (C,)`` per channel (``None``: no bias)."""
@@ -171,6 +178,7 @@ def conv_bias_act(z, b, act, alpha=0.0, *, out=None):
     return y
 
 
+@L.writes('out', 'db')
 def conv_act_backward(dout, y, act, alpha=0.0, *, out=None, db=None):
     """``out = (dout * act'(y)).transpose(1, 0, 2, 3)``: NCHW ``dout, y`` to ``(C, N, H, W)``;
     ``db = out.sum((1, 2, 3))`` when given."""

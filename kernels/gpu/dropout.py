@@ -36,6 +36,7 @@ def _stream_args(d, row0, rate, dtype):
     return numpy.uint64(first), numpy.float64(rate), scale
 
 
+@L.writes('out')
 def dropout_mask(shape, rate, seed, step, row0=0, *, dtype=numpy.float32, out=None):
     """The mask of ``shape = (N, D)``: ``1 / (1 - rate)`` where kept, else 0 (see ``Ops.dropout_mask``).
 
@@ -68,7 +69,7 @@ def dropout_mask_dev(shape, rate, base, row0=0, *, dtype=numpy.float32, out=None
     if base.size != 1:
         raise ValueError(f"dropout_mask_dev: base must hold exactly one element (dropout_base(seed, step)), "
                          f"got {base.size}")
-    if isinstance(base, numpy.ndarray):
+    if L.is_host_array(base):
         raise TypeError("dropout_mask_dev: base must be a device (CuPy) array, got a host numpy.ndarray")
     total = n * d
     if total:

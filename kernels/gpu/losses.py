@@ -45,6 +45,7 @@ def _targets(primitive, t, shape, dtype):
     raise ValueError(f"{primitive}: t must be one-hot (N, C) or class indices (N,), got shape {tuple(t.shape)}")
 
 
+@L.writes('y', 'dx')
 def softmax_xent(x, t, *, y=None, dx=None):
     """Mean softmax cross-entropy of logits ``x: (N, C)`` against one-hot ``t: (N, C)`` or indices ``t: (N,)``.
 
@@ -66,12 +67,13 @@ def softmax_xent(x, t, *, y=None, dx=None):
     dt = numpy.dtype(dtype).type
     _fn("fastnn_softmax_xent", dtype)(
         (grid,), (L.BLOCK,),
-        (x, x if t_dense is None else t_dense, idx if idx is not None else partials, numpy.int32(dense),
+        (x, x if t_dense is None else t_dense, idx if idx is not None else L.no_index(), numpy.int32(dense),
          x if y is None else y, numpy.int32(y is not None), x if dx is None else dx, numpy.int32(dx is not None),
          partials, numpy.int64(n), numpy.int64(c), dt(n)))
     return _finish(partials, grid, dt(n), True, dtype)
 
 
+@L.writes('out')
 def softmax_xent_backward(y, t, dout=1.0, *, out=None):
     """``out = dout * (y - t) / N`` from the probabilities ``y: (N, C)`` and one-hot or index ``t``."""
     dtype = L.check_dtype("softmax_xent_backward", y)
@@ -86,7 +88,7 @@ def softmax_xent_backward(y, t, dout=1.0, *, out=None):
     if n * c:
         _fn("fastnn_softmax_xent_backward", dtype)(
             (L.grid_1d(n * c),), (L.BLOCK,),
-            (y, y if t_dense is None else t_dense, idx if idx is not None else dx, numpy.int32(dense),
+            (y, y if t_dense is None else t_dense, idx if idx is not None else L.no_index(), numpy.int32(dense),
              dx, numpy.int64(n), numpy.int64(c), scale))
     return dx
 
@@ -101,6 +103,7 @@ def _x_and_targets(primitive, name, x, t, dtype):
     return L.contiguous(x), L.contiguous(t)
 
 
+@L.writes('y', 'dx')
 def sigmoid_bce(x, t, *, y=None, dx=None):
     """Mean binary cross-entropy of logits ``x`` against targets ``t`` (same shape), stable for any ``x``.
 
@@ -121,6 +124,7 @@ def sigmoid_bce(x, t, *, y=None, dx=None):
     return _finish(partials, grid, dt(n), True, dtype)
 
 
+@L.writes('dx')
 def mse(y, t, scale, *, dx=None):
     """``loss = scale * sum((y - t)^2)`` as a 0-d device array; writes ``dx = 2 * scale * (y - t)`` when given."""
     dtype = L.check_dtype("mse", y)

@@ -17,24 +17,23 @@ __global__ void fastnn_batchnorm_forward(const T* __restrict__ x, const T* __res
                                          T* __restrict__ xhat, T* __restrict__ inv_std,
                                          long long n, long long d, T mom, T one_minus_mom, T eps,
                                          int train) {
-    __shared__ T part[FASTNN_ROWS][FASTNN_COLS + 1];
-    const T n_t = T(n);
+    __shared__ fastnn_acc part[FASTNN_ROWS][FASTNN_COLS + 1];
     for (long long c0 = (long long)blockIdx.x * FASTNN_COLS; c0 < d; c0 += (long long)gridDim.x * FASTNN_COLS) {
         const long long j = c0 + threadIdx.x;
         const bool col = j < d;
         T mu, var;
         if (train) {
-            T acc = T(0);
+            fastnn_acc acc = 0;
             if (col) for (long long i = threadIdx.y; i < n; i += FASTNN_ROWS) acc += x[i * d + j];
-            mu = fastnn_column_total<T>(part, acc) / n_t;
-            acc = T(0);
+            mu = T(fastnn_column_total(part, acc) / fastnn_acc(n));
+            acc = 0;
             if (col) {
                 for (long long i = threadIdx.y; i < n; i += FASTNN_ROWS) {
-                    const T xc = x[i * d + j] - mu;
+                    const fastnn_acc xc = fastnn_acc(x[i * d + j]) - fastnn_acc(mu);
                     acc += xc * xc;
                 }
             }
-            var = fastnn_column_total<T>(part, acc) / n_t;
+            var = T(fastnn_column_total(part, acc) / fastnn_acc(n));
             if (col && threadIdx.y == 0) {
                 running_mean[j] = mom * running_mean[j] + one_minus_mom * mu;
                 running_var[j] = mom * running_var[j] + one_minus_mom * var;
@@ -63,28 +62,28 @@ __global__ void fastnn_batchnorm_backward(const T* __restrict__ dout, const T* _
                                           const T* __restrict__ inv_std, const T* __restrict__ gamma,
                                           T* __restrict__ dx, T* __restrict__ dgamma, T* __restrict__ dbeta,
                                           long long n, long long d, int write_dgamma, int write_dbeta) {
-    __shared__ T part[FASTNN_ROWS][FASTNN_COLS + 1];
+    __shared__ fastnn_acc part[FASTNN_ROWS][FASTNN_COLS + 1];
     const T n_t = T(n);
     for (long long c0 = (long long)blockIdx.x * FASTNN_COLS; c0 < d; c0 += (long long)gridDim.x * FASTNN_COLS) {
         const long long j = c0 + threadIdx.x;
         const bool col = j < d;
         const T g = col ? gamma[j] : T(0);
-        T s_dout = T(0), s_dout_xhat = T(0), s_dxhat = T(0), s_dxhat_xhat = T(0);
+        fastnn_acc a_dout = 0, a_dout_xhat = 0, a_dxhat = 0, a_dxhat_xhat = 0;
         if (col) {
             for (long long i = threadIdx.y; i < n; i += FASTNN_ROWS) {
                 const long long k = i * d + j;
                 const T dy = dout[k], xh = xhat[k];
                 const T dxh = dy * g;
-                s_dout += dy;
-                s_dout_xhat += dy * xh;
-                s_dxhat += dxh;
-                s_dxhat_xhat += dxh * xh;
+                a_dout += dy;
+                a_dout_xhat += fastnn_acc(dy) * fastnn_acc(xh);
+                a_dxhat += dxh;
+                a_dxhat_xhat += fastnn_acc(dxh) * fastnn_acc(xh);
             }
         }
-        s_dout = fastnn_column_total<T>(part, s_dout);
-        s_dout_xhat = fastnn_column_total<T>(part, s_dout_xhat);
-        s_dxhat = fastnn_column_total<T>(part, s_dxhat);
-        s_dxhat_xhat = fastnn_column_total<T>(part, s_dxhat_xhat);
+        const T s_dout = T(fastnn_column_total(part, a_dout));
+        const T s_dout_xhat = T(fastnn_column_total(part, a_dout_xhat));
+        const T s_dxhat = T(fastnn_column_total(part, a_dxhat));
+        const T s_dxhat_xhat = T(fastnn_column_total(part, a_dxhat_xhat));
         if (!col) continue;  // no __syncthreads below this point
         if (threadIdx.y == 0) {
             if (write_dbeta) dbeta[j] = s_dout;

@@ -22,6 +22,7 @@ def _check_vectors(primitive, d, dtype, **vectors):
             raise TypeError(f"{primitive}: {name} must have the dtype of x, {dtype}; got {v.dtype}")
 
 
+@L.writes('running_mean', 'running_var', 'out')
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, train, *, out=None):
     """Batch normalization of ``x: (N, D)`` per column; returns ``(y, xhat, inv_std)``.
 
@@ -51,6 +52,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, 
     return y, xhat, inv_std
 
 
+@L.writes('dx', 'dgamma', 'dbeta')
 def batchnorm_backward(dout, xhat, inv_std, gamma, *, dx=None, dgamma=None, dbeta=None):
     """Training-mode gradients: returns ``dx: (N, D)`` and writes ``dgamma``, ``dbeta`` (``(D,)``) when given."""
     dtype = L.check_dtype("batchnorm_backward", dout, xhat)

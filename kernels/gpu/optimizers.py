@@ -116,6 +116,7 @@ def _adam_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, 
 
 
 # ---------------------------------------------------------------------------- by-value launchers
+@L.writes('p')
 def sgd_step(p, g, lr, weight_decay=0.0, scale=1.0):
     """SGD: ``g' = scale*g + wd*p; p -= lr*g'``, in place."""
     dtype, g, n, grid = _prepare("sgd_step", p, g)
@@ -124,6 +125,7 @@ def sgd_step(p, g, lr, weight_decay=0.0, scale=1.0):
             (grid,), (L.BLOCK,), (p, g, numpy.int64(n), *_sgd_scalars(dtype, lr, weight_decay, scale)))
 
 
+@L.writes('p', 'v')
 def momentum_step(p, g, v, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False):
     """Momentum ``v = m*v - lr*g'; p += v`` (Nesterov: ``v = m*v + g'; p -= lr*(g' + m*v)``), in place."""
     dtype, g, n, grid = _prepare("momentum_step", p, g, v=v)
@@ -133,6 +135,7 @@ def momentum_step(p, g, v, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=F
             (p, g, v, numpy.int64(n), *_momentum_scalars(dtype, lr, momentum, weight_decay, scale, nesterov)))
 
 
+@L.writes('p', 'h')
 def adagrad_step(p, g, h, lr, eps, weight_decay=0.0, scale=1.0):
     """AdaGrad: ``h += g'^2; p -= lr*g' / (sqrt(h) + eps)``, in place."""
     dtype, g, n, grid = _prepare("adagrad_step", p, g, h=h)
@@ -141,6 +144,7 @@ def adagrad_step(p, g, h, lr, eps, weight_decay=0.0, scale=1.0):
             (grid,), (L.BLOCK,), (p, g, h, numpy.int64(n), *_adagrad_scalars(dtype, lr, eps, weight_decay, scale)))
 
 
+@L.writes('p', 'h')
 def rmsprop_step(p, g, h, lr, rho, eps, weight_decay=0.0, scale=1.0):
     """RMSprop: ``h = rho*h + (1-rho)*g'^2; p -= lr*g' / (sqrt(h) + eps)``, in place."""
     dtype, g, n, grid = _prepare("rmsprop_step", p, g, h=h)
@@ -150,6 +154,7 @@ def rmsprop_step(p, g, h, lr, rho, eps, weight_decay=0.0, scale=1.0):
             (p, g, h, numpy.int64(n), *_rmsprop_scalars(dtype, lr, rho, eps, weight_decay, scale)))
 
 
+@L.writes('p', 'm', 'v')
 def adam_step(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, decoupled=False):
     """Adam (AdamW when ``decoupled``) with bias correction for step ``t >= 1``, in place."""
     _check_step_number("adam_step", t)
@@ -221,7 +226,7 @@ def _check_scalars(primitive, s, rule):
         raise ValueError(f"{primitive}: s must be C-contiguous (the kernel reads s[0..{count - 1}] from flat memory)")
     if s.shape[0] != count:
         raise ValueError(f"{primitive}: s must hold the {count} scalars of {rule}_scalars, got length {s.shape[0]}")
-    if isinstance(s, numpy.ndarray):
+    if L.is_host_array(s):
         raise TypeError(f"{primitive}: s must be a device (CuPy) array; copy {rule}_scalars' host array "
                         f"to the device first")
     return s

@@ -4,7 +4,7 @@ import pytest
 
 from fastnn.backend import get_ops
 from fastnn.kernels import ACTIVATIONS
-from fastnn.testing import assert_close, host
+from fastnn.testing import allow_fallback, assert_close, assert_sum_close, host
 
 SHAPES = [(1, 1), (3, 7), (129, 65), (257, 33)]
 ACTS = sorted(ACTIVATIONS.items(), key=lambda kv: kv[1])
@@ -50,7 +50,7 @@ def test_act_backward_bias_grad_matches_reference(fast_backend, ref, dtype, shap
     dz = ops.act_backward_bias_grad(ops.asarray(dout), ops.asarray(y), act, ALPHA, out=out, db=db)
     assert dz is out
     assert_close(dz, dz_ref, dtype)
-    assert_close(db, db_ref, dtype)
+    assert_sum_close(db, dz_ref, db_ref)   # a column sum: bounded by eps * sum|dz|, against float64
     assert_close(ops.act_backward_bias_grad(ops.asarray(dout), ops.asarray(y), act, ALPHA), dz_ref, dtype)
 
 
@@ -58,7 +58,7 @@ def test_act_backward_bias_grad_matches_reference(fast_backend, ref, dtype, shap
 def test_bias_grad_matches_reference(fast_backend, ref, dtype, shape):
     ops = get_ops(fast_backend)
     dz = _rand(shape, dtype, 7)
-    assert_close(ops.bias_grad(ops.asarray(dz)), ref.bias_grad(dz), dtype)
+    assert_sum_close(ops.bias_grad(ops.asarray(dz)), dz, ref.bias_grad(dz))
 
 
 @pytest.mark.parametrize("shape", SHAPES + [(4, 1000)], ids=str)
@@ -76,8 +76,9 @@ def test_mul_matches_reference(fast_backend, ref, dtype, shape):
     ops = get_ops(fast_backend)
     x, y = _rand(shape, dtype, 9), _rand(shape, dtype, 10)
     assert_close(ops.mul(ops.asarray(x), ops.asarray(y)), ref.mul(x, y), dtype)
-    # broadcasting is part of the contract too
-    assert_close(ops.mul(ops.asarray(x), ops.asarray(y[0])), ref.mul(x, y[0]), dtype)
+    # broadcasting is part of the contract too (numba leaves it to the reference on purpose)
+    with allow_fallback():
+        assert_close(ops.mul(ops.asarray(x), ops.asarray(y[0])), ref.mul(x, y[0]), dtype)
 
 
 def _calls(ops, x, b, y, dout):

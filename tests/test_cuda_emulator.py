@@ -1,0 +1,221 @@
+"""The CUDA-on-CPU harness (``tests/cudaemu``): its own checks, planted bugs it must catch, and the
+``cupy`` backend's kernel, layer, optimizer and fit tests run on it.
+
+The real ``kernels/gpu/*.cu`` are compiled with the host C++ compiler and launched through the
+real launchers. What this cannot prove (streams, graphs, cuBLAS, the memory pool, the GPU math
+library's ulps, speed) is left to ``bench/probes/gpu_check.sh`` on a lent GPU.
+
+The planted bugs are each a one-line change to the real sources or launch, made here in memory:
+a missing ``__syncthreads`` in the column reduction, a kernel argument of the wrong C type, a
+full-mask shuffle in a partial warp, a ``__syncthreads`` that some threads skip.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy
+import pytest
+
+from fastnn.kernels.gpu import _loader
+from fastnn.kernels.gpu import activations as act_launchers
+
+HERE = Path(__file__).resolve().parent
+CXX = shutil.which(os.environ.get("CXX", "g++"))
+pytestmark = pytest.mark.skipif(CXX is None, reason="the CUDA emulator needs a C++17 compiler (g++; set CXX)")
+
+if CXX is not None:
+    sys.path.insert(0, str(HERE))
+    from cudaemu import build, fakecupy   # noqa: E402  (the emulated cupy, not installed as "cupy" here)
+
+# The tests that run on the emulator in a subprocess: every cupy-parametrised kernel test, the
+# GPU kernel files, layers, optimizers, models (fit end to end) and conv layers. The "big" and
+# "wide" shapes (sized for a real GPU's grid) are left to the device check.
+EMULATED = ["tests/kernels", "tests/test_gpu_dev_launchers.py", "tests/test_layers.py", "tests/test_optimizers.py",
+            "tests/test_models.py", "tests/test_conv_layers.py", "tests/test_cupy_structure.py"]
+SELECT = "(cupy or gpu) and not big and not wide"
+
+
+def _module(family, code=None):
+    kernels = __import__(f"fastnn.kernels.gpu.{family}", fromlist=["KERNELS"]).KERNELS
+    return fakecupy.RawModule(code=code if code is not None else _loader.source(family),
+                              options=_loader.COMPILE_OPTIONS,
+                              name_expressions=_loader.name_expressions(kernels))
+
+
+def _dev(a):
+    return fakecupy.asarray(a)
+
+
+def _bias_grad(module, dz, block=_loader.COL_BLOCK, grid=None):
+    n, d = dz.shape
+    db = fakecupy.zeros(d, dtype=dz.dtype)
+    module.get_function(f"fastnn_bias_grad<{_loader.CTYPES[dz.dtype]}>")(
+        (grid or -(-d // 32),), block, (_dev(dz), db, numpy.int64(n), numpy.int64(d)))
+    return db.get()
+
+
+@pytest.fixture(params=["index", "reverse", "random:1", "random:2"])
+def order(request):
+    from cudaemu import set_order
+
+    set_order(request.param)
+    yield request.param
+    set_order("index")
+
+
+def test_real_kernel_runs_and_matches_numpy(order):
+    dz = numpy.random.default_rng(0).standard_normal((37, 70)).astype(numpy.float32)
+    got = _bias_grad(_module("activations"), dz, grid=2)      # 3 column groups on 2 blocks: the loop wraps
+    numpy.testing.assert_allclose(got, dz.astype(numpy.float64).sum(0), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("thread_order", ["index", "random:1", "random:2"])
+def test_planted_missing_barrier_is_caught(thread_order):
+    """Drop the barrier between writing the partial sums and reading them in the column
+    reduction (common.cuh): a reading thread that runs before its writer sees the poisoned (NaN)
+    shared memory. Index order and random orders catch it (reverse order happens to run every
+    writer first, which is why CI runs random orders too)."""
+    from cudaemu import set_order
+
+    set_order(thread_order)
+    source = _loader.source("activations")
+    bug = "    part[threadIdx.y][threadIdx.x] = acc;\n    __syncthreads();\n"
+    assert bug in source
+    planted = source.replace(bug, "    part[threadIdx.y][threadIdx.x] = acc;\n")
+    dz = numpy.random.default_rng(1).standard_normal((37, 70)).astype(numpy.float32)
+    good = _bias_grad(_module("activations"), dz)
+    try:
+        bad = _bias_grad(_module("activations", planted), dz)
+    finally:
+        set_order("index")
+    assert not numpy.array_equal(bad, good, equal_nan=True)
+
+
+def test_planted_wrong_argument_type_is_refused():
+    """n passed as int32 (and as a Python float) where the kernel takes long long: CuPy would pass
+    the bytes along; the emulator names the argument and the kernel's signature."""
+    k = _module("activations").get_function("fastnn_bias_grad<float>")
+    dz, db = fakecupy.zeros((4, 3), dtype=numpy.float32), fakecupy.zeros(3, dtype=numpy.float32)
+    with pytest.raises(build.EmulatorError, match=r"argument 2 is int32 .* parameter 2 is int64 "
+                                                  r"\(signature: float\*, float\*, int64, int64\)"):
+        k((1,), (32, 8), (dz, db, numpy.int32(4), numpy.int64(3)))
+    with pytest.raises(build.EmulatorError, match=r"argument 3 is double"):
+        k((1,), (32, 8), (dz, db, numpy.int64(4), 3.0))
+    with pytest.raises(build.EmulatorError, match=r"argument 1 is an array of float64 \(double\*\)"):
+        k((1,), (32, 8), (dz, fakecupy.zeros(3, dtype=numpy.float64), numpy.int64(4), numpy.int64(3)))
+    with pytest.raises(build.EmulatorError, match=r"2 arguments given, the kernel takes 4"):
+        k((1,), (32, 8), (dz, db))
+    with pytest.raises(build.EmulatorError, match=r"non-contiguous"):
+        k((1,), (32, 8), (fakecupy.zeros((3, 4), dtype=numpy.float32).T, db, numpy.int64(4), numpy.int64(3)))
+    with pytest.raises(build.EmulatorError, match=r"host NumPy array"):
+        k((1,), (32, 8), (numpy.zeros((4, 3), numpy.float32), db, numpy.int64(4), numpy.int64(3)))
+
+
+def test_planted_full_mask_shuffle_in_a_partial_warp_is_caught():
+    """softmax runs one warp per row with 0xffffffff shuffles: launched with 48 threads, its second
+    warp has 16 lanes, and the emulator stops the kernel with a message."""
+    k = _module("activations").get_function("fastnn_softmax<float>")
+    x = _dev(numpy.random.default_rng(2).standard_normal((3, 5)).astype(numpy.float32))
+    y = fakecupy.zeros((3, 5), dtype=numpy.float32)
+    with pytest.raises(build.EmulatorError, match=r"__shfl_xor_sync with mask 0xffffffff in a partial warp: "
+                                                  r"warp 1 .* has only 16 lanes"):
+        k((1,), (48,), (x, y, numpy.int64(3), numpy.int64(5)))
+    k((1,), (64,), (x, y, numpy.int64(3), numpy.int64(5)))      # whole warps: fine
+    e = numpy.exp(x.get() - x.get().max(1, keepdims=True))
+    numpy.testing.assert_allclose(y.get(), e / e.sum(1, keepdims=True), rtol=1e-6)
+
+
+PLANTED_DIVERGENCE = r"""
+template <typename T>
+__global__ void fastnn_early_exit(T* __restrict__ out, long long n) {
+    __shared__ T s[256];
+    if (threadIdx.x >= n) return;            // planted: these threads skip the barrier below
+    s[threadIdx.x] = T(threadIdx.x);
+    __syncthreads();
+    out[threadIdx.x] = s[(threadIdx.x + 1) % n];
+}
+
+template <typename T>
+__global__ void fastnn_two_barriers(T* __restrict__ out, long long n) {
+    if (threadIdx.x & 1) {   // planted: odd and even threads wait at different barriers
+        __syncthreads();
+    } else {
+        __syncthreads();
+    }
+    out[threadIdx.x] = T(1);
+}
+"""
+
+
+def test_planted_barrier_divergence_is_caught():
+    mod = fakecupy.RawModule(code=PLANTED_DIVERGENCE, name_expressions=["fastnn_early_exit<float>",
+                                                                         "fastnn_two_barriers<float>"])
+    out = fakecupy.zeros(64, dtype=numpy.float32)
+    with pytest.raises(build.EmulatorError, match=r"barrier divergence .* 54 have exited"):
+        mod.get_function("fastnn_early_exit<float>")((1,), (64,), (out, numpy.int64(10)))
+    mod.get_function("fastnn_early_exit<float>")((1,), (64,), (out, numpy.int64(64)))   # all reach it: fine
+    assert out.get().tolist() == [float((i + 1) % 64) for i in range(64)]
+    with pytest.raises(build.EmulatorError, match=r"barrier divergence .* waits at __syncthreads"):
+        mod.get_function("fastnn_two_barriers<float>")((1,), (64,), (out, numpy.int64(64)))
+
+
+def test_float_kernels_flush_subnormals_double_kernels_keep_them():
+    """CuPy compiles with -ftz=true: float arithmetic flushes subnormals, double does not."""
+    mod = _module("activations")
+    for dtype, flushed in ((numpy.float32, True), (numpy.float64, False)):
+        tiny = numpy.finfo(dtype).tiny
+        x = _dev(numpy.full(4, tiny, dtype))
+        half = _dev(numpy.full(4, 0.5, dtype))
+        out = fakecupy.zeros(4, dtype=dtype)
+        mod.get_function(f"fastnn_mul<{_loader.CTYPES[numpy.dtype(dtype)]}>")(
+            (1,), (256,), (x, half, out, numpy.int64(4)))
+        assert (out.get() == 0).all() == flushed
+
+
+def test_name_expressions_are_enforced():
+    mod = _module("activations")
+    with pytest.raises(build.EmulatorError, match="not among the module's name_expressions"):
+        mod.get_function("fastnn_bias_grad<int>")
+
+
+def test_launchers_through_the_emulated_module_match_the_reference():
+    """The real launcher (kernels/gpu/activations.py) with the emulated CuPy swapped in for it."""
+    saved = _loader._cupy
+    _loader._cupy = lambda: fakecupy
+    _loader._modules.clear(), _loader._functions.clear(), _loader._sm_counts.clear()
+    try:
+        dz = numpy.random.default_rng(3).standard_normal((300, 45))
+        got = act_launchers.bias_grad(_dev(dz)).get()
+        numpy.testing.assert_allclose(got, dz.sum(0), rtol=1e-12, atol=1e-12)
+        out = fakecupy.zeros((45, 300)).T          # a strided out= view: written through a temporary
+        y = act_launchers.bias_act(_dev(dz), _dev(numpy.ones(45)), 1, out=out)
+        assert y is out
+        numpy.testing.assert_array_equal(out.get(), numpy.maximum(dz + 1, 0))
+    finally:
+        _loader._cupy = saved
+        _loader._modules.clear(), _loader._functions.clear(), _loader._sm_counts.clear()
+
+
+@pytest.mark.parametrize("thread_order", ["index", "random:11", "random:12"])
+def test_cupy_backend_suite_on_the_emulator(thread_order):
+    """The cupy-parametrised kernel, layer, optimizer, model (fit) and conv tests, with the cupy
+    backend running the real kernels on the emulator: in thread-index order and two random orders."""
+    env = dict(os.environ, FASTNN_CUDA_EMULATOR="1", FASTNN_CUDAEMU_ORDER=thread_order,
+               FASTNN_CUDAEMU_SMS="2")
+    args = [sys.executable, "-m", "pytest", *EMULATED, "-q", "-p", "no:cacheprovider", "-k", SELECT,
+            "-p", "no:warnings", "-x" if thread_order != "index" else "--maxfail=20"]
+    # The README's command runs the venv's pytest script from the repository root (the installed
+    # layout); do the same so fastnn.kernels resolves as installed.
+    pytest_script = Path(sys.executable).with_name("pytest")
+    if pytest_script.exists():
+        args = [str(pytest_script), *args[3:]]
+    proc = subprocess.run(args, cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=1500)
+    tail = proc.stdout[-6000:] + proc.stderr[-3000:]
+    summary = re.findall(r"(\d+) (passed|failed|error)", proc.stdout.splitlines()[-1] if proc.stdout else "")
+    counts = {k: int(v) for v, k in summary}
+    print(f"emulated cupy suite ({thread_order}): {counts}")
+    assert proc.returncode == 0, tail
+    assert counts.get("passed", 0) > 1000, tail      # the selection really ran on the emulator
