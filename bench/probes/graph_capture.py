@@ -25,10 +25,19 @@ illegal address poisons the CUDA context: neither may hide the other answers):
    parameters) at B512's, B64's and the wide model's first-layer shapes: 100 steps eager with
    ``cupy.matmul``, eager with the ctypes handle, and as 100 graph replays; CUDA events (GPU time)
    and the host's loop time, median of 5 interleaved rounds; plus a correctness check of the three.
+5. ``fit_modes``: ``Sequential.fit(cuda_graph=True)`` in both capture modes, "full" (GEMMs captured
+   through fastnn's own cuBLAS handle: one graph per step) and "split" (forced, as when that handle
+   is unusable: eager GEMMs between graphs), against eager ``fit``, for models B512 and B64
+   (784-512-512-10 and 784-64-64-10, Dropout 0.2, Adam, batch 128): the mode each run ended in,
+   whether it gave up (``disabled``, with the warning), the graphs and eager GEMMs per replay, the
+   weights' relative difference from eager after the same fits, and µs per step (CUDA events around
+   whole ``fit`` epochs over data already on the device, median of 3 after a warm-up epoch that
+   captures).
 
 Prints one JSON record on stdout and writes ``$OUT/graph_capture.json`` when ``OUT`` is set.
 Without a GPU it exits 0 with ``"skipped": "no GPU: <reason>"``.
-Usage: ``python3 bench/probes/graph_capture.py [--part NAME] [--replays N]``
+Usage: ``python3 bench/probes/graph_capture.py [--parts NAME,NAME] [--replays N]`` (``--part NAME``
+runs one part in this process: what the driver's children do).
 """
 from __future__ import annotations
 
@@ -50,9 +59,10 @@ from _probe import Probe, _default, run_subprocess  # noqa: E402  (this folder i
 from fastnn.kernels.gpu.cublas import loaded_libcublas  # noqa: E402
 
 NAME = "graph_capture"
-PARTS = ("cupy_matmul_in_capture", "ctypes_cublas_in_capture", "fastnn_kernels_in_capture", "replay_cost")
+PARTS = ("cupy_matmul_in_capture", "ctypes_cublas_in_capture", "fastnn_kernels_in_capture", "replay_cost",
+         "fit_modes")
 PART_TIMEOUT_S = {"cupy_matmul_in_capture": 60, "ctypes_cublas_in_capture": 90,
-                  "fastnn_kernels_in_capture": 60, "replay_cost": 150}
+                  "fastnn_kernels_in_capture": 60, "replay_cost": 150, "fit_modes": 120}
 PROBE = Probe(NAME)
 RECORD: dict = PROBE.record
 save, log, gpu_or_skip = PROBE.save, PROBE.log, PROBE.gpu_or_skip
@@ -658,8 +668,106 @@ def part_replay_cost(rec, replays):
         rec["destroy_error"] = f"{type(exc).__name__}: {exc}"
 
 
+def part_fit_modes(rec, replays):
+    """``fit(cuda_graph=True)`` in "full" and forced "split" mode against eager ``fit`` (module docstring, 5)."""
+    import warnings
+
+    import cupy
+
+    from fastnn import optimizers
+    from fastnn.graphs import StepGraphs
+    from fastnn.layers import Dense, Dropout
+    from fastnn.models import Sequential
+
+    batch, n_batches, timed = 128, 40, 3
+    rng = numpy.random.default_rng(5)
+    # on the device already, as fastnn-bench's rows have them: no host-to-device copy inside the timings
+    x = cupy.asarray(rng.random((batch * n_batches, 784), dtype=F32))
+    y = cupy.asarray(rng.integers(0, 10, batch * n_batches))
+    models = {"B512": (512, 512), "B64": (64, 64)}
+
+    def build(hidden):
+        layers = [Dense(hidden[0], "relu", input_shape=(784,)), Dropout(0.2)]
+        for h in hidden[1:]:
+            layers += [Dense(h, "relu"), Dropout(0.2)]
+        model = Sequential(layers + [Dense(10, "softmax")], seed=0, backend="cupy")
+        model.compile(optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+        return model
+
+    def no_handle(self, *args, **kwargs):   # what StepGraphs._handle does when fastnn's cuBLAS handle is unusable
+        self.mode, self._cublas = "split", None
+        return None
+
+    original_handle = StepGraphs._handle
+    e0, e1 = cupy.cuda.Event(), cupy.cuda.Event()
+    out = {}
+    for name, hidden in models.items():
+        res = out[name] = {}
+        weights = {}
+        for variant in ("eager", "full", "split"):
+            r = res[variant] = {}
+            try:
+                if variant == "split":
+                    StepGraphs._handle = no_handle
+                model = build(hidden)
+                graph = variant != "eager"
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    t0 = time.perf_counter()
+                    model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, seed=7, cuda_graph=graph)
+                    cupy.cuda.Device(0).synchronize()
+                    r["first_epoch_s"] = time.perf_counter() - t0   # kernels load; with graphs: warm step, capture, checks
+                    gpu_us, host_us = [], []
+                    for i in range(timed):
+                        e0.record()
+                        h0 = time.perf_counter()
+                        model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, seed=8 + i,
+                                  cuda_graph=graph)
+                        e1.record()
+                        e1.synchronize()
+                        gpu_us.append(cupy.cuda.get_elapsed_time(e0, e1) * 1e3 / n_batches)
+                        host_us.append((time.perf_counter() - h0) * 1e6 / n_batches)
+                r["warnings"] = [str(w.message)[:400] for w in caught]
+                r["us_per_step_median"] = statistics.median(gpu_us)
+                r["us_per_step"] = gpu_us
+                r["host_us_per_step_median"] = statistics.median(host_us)
+                weights[variant] = [numpy.asarray(w, dtype=numpy.float64) for w in model.get_weights()]
+                if graph:
+                    graphs = model._graphs[2] if getattr(model, "_graphs", None) else None
+                    r["mode"] = getattr(graphs, "mode", None)
+                    r["disabled"] = getattr(graphs, "disabled", "no StepGraphs on the model")
+                    cap = getattr(graphs, "captured", None)
+                    if cap is not None:
+                        r["graphs_per_step"] = sum(1 for item in cap.program if not callable(item))
+                        r["eager_calls_per_step"] = sum(1 for item in cap.program if callable(item))
+                        r["optimizer_captured"] = cap.pieces is not None
+                        r["checks_left"] = cap.checks_left
+                r["ok"] = True
+            except Exception as exc:
+                r["ok"] = False
+                r["error"] = f"{type(exc).__name__}: {exc}"
+                r["traceback"] = traceback.format_exc()[-1500:]
+            finally:
+                StepGraphs._handle = original_handle
+        for variant in ("full", "split"):
+            r = res[variant]
+            if variant in weights and "eager" in weights:
+                num = sum(float(numpy.sum((a - b) ** 2)) for a, b in zip(weights[variant], weights["eager"]))
+                den = sum(float(numpy.sum(b ** 2)) for b in weights["eager"])
+                r["weights_rel_err_vs_eager"] = (num / den) ** 0.5 if den else None
+                if res["eager"].get("us_per_step_median") and r.get("us_per_step_median"):
+                    r["speedup_vs_eager"] = res["eager"]["us_per_step_median"] / r["us_per_step_median"]
+            r["correct"] = bool(r.get("ok") and r.get("mode") == variant and r.get("disabled") is None
+                                and (r.get("weights_rel_err_vs_eager") or 1.0) < 1e-3)
+    rec["models"] = out
+    rec["setup"] = {"batch": batch, "steps_per_epoch": n_batches, "timed_epochs": timed, "optimizer": "adam 1e-3",
+                    "dropout": 0.2, "dtype": "float32"}
+    rec["all_correct"] = all(out[m][v].get("correct") for m in out for v in ("full", "split"))
+
+
 PART_FUNCS = {"cupy_matmul_in_capture": part_cupy_matmul, "ctypes_cublas_in_capture": part_ctypes_cublas,
-              "fastnn_kernels_in_capture": part_fastnn_kernels, "replay_cost": part_replay_cost}
+              "fastnn_kernels_in_capture": part_fastnn_kernels, "replay_cost": part_replay_cost,
+              "fit_modes": part_fit_modes}
 
 
 # ------------------------------------------------------------------------------ driver
@@ -694,15 +802,28 @@ def summarize():
     for label, r in (get("replay_cost", "configs") or {}).items():
         t = r.get("timing", {})
         summary["q4_us_per_step"][label] = {k: round(v["gpu_us_per_step_median"], 2) for k, v in t.items()}
-    summary["parts_ok"] = {p: bool(get(p, "ok")) for p in PARTS}
+    summary["q5_fit_modes_all_correct"] = get("fit_modes", "all_correct")
+    summary["q5_fit_us_per_step"] = {}
+    for model, variants in (get("fit_modes", "models") or {}).items():
+        summary["q5_fit_us_per_step"][model] = {
+            v: {k: (round(r[k], 6) if isinstance(r.get(k), float) else r.get(k))
+                for k in ("us_per_step_median", "mode", "disabled", "weights_rel_err_vs_eager", "correct") if k in r}
+            for v, r in variants.items()}
+    summary["parts_ok"] = {p: bool(get(p, "ok")) for p in PARTS if p in RECORD}
     RECORD["summary"] = summary
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--part", choices=PARTS, help="run one part in this process (the driver's children)")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help=f"comma-separated parts to run, each in its own process (default: all: {','.join(PARTS)})")
     ap.add_argument("--replays", type=int, default=None, help="graph replays (default 10; replay_cost: 100)")
     args = ap.parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        ap.error(f"unknown part(s) {', '.join(unknown)}; valid: {', '.join(PARTS)}")
     if args.part:
         default = 100 if args.part == "replay_cost" else 10
         run_child(args.part, args.replays or default)
@@ -714,7 +835,8 @@ def main(argv=None):
     except Exception as exc:
         RECORD["env"] = {"error": f"{type(exc).__name__}: {exc}"}
     save()
-    for part in PARTS:
+    RECORD["parts_run"] = parts
+    for part in parts:
         log(f"part {part} ...")
         t0 = time.perf_counter()
         cmd = [sys.executable, os.path.abspath(__file__), "--part", part]
