@@ -2,7 +2,7 @@
 
 CPU part (runs everywhere): on a CPU backend ``cuda_graph=True`` warns once, naming the backend,
 and trains exactly as without it; precision values are checked; the model step split that the
-graph captures (``_grad_step`` + ``_apply_step``) still trains bit for bit as before.
+graph captures: ``_grad_step`` gives the numerical gradient, ``_apply_step`` the SGD update.
 GPU part (marker ``gpu``): graph replay equals eager training (MLP with Dropout and
 BatchNormalization, Adam, ragged last batch), in both capture modes; a capture that cannot work
 falls back to eager with a warning; the cuBLAS handle's GEMMs equal ``cupy.matmul`` in every
@@ -75,24 +75,37 @@ def test_without_cuda_graph_no_warning():
         _model("numpy").fit(x, y, batch_size=32, epochs=1, verbose=0)
 
 
-def test_grad_step_then_apply_step_is_one_training_step():
-    """The split the graph relies on: gradients from ``_grad_step`` alone, then the update."""
+def test_grad_step_gives_the_numerical_gradient_and_apply_step_the_sgd_update():
+    """The split the graph captures, checked against what it must compute (not against the eager
+    step, which runs the same two functions): ``_grad_step`` leaves the flat gradient buffer equal
+    to the central-difference gradient of the batch loss (float64, h = 1e-4), and ``_apply_step``
+    with SGD(lr) then moves every parameter by exactly ``-lr * g``."""
     x, y = _data()
-    a, b = _model("numpy", dtype="float64"), _model("numpy", dtype="float64")
-    for m in (a, b):
-        m.build((None, 12))
-    xb, yb = a.ops.asarray(x[:32], dtype=a.dtype), a.ops.asarray(y[:32])
-    stats_a = a._train_batch(xb, yb)
-    for layer in b.layers:
+    model = _model("numpy", dtype="float64", dropout=False, optimizer=lambda: _opt.SGD(0.1))
+    model.build((None, 12))
+    for layer in model.layers:
         layer.reuse_buffers = True
-        if isinstance(layer, Dropout):
-            layer.step, layer.row0 = b._step, 0
-    b._step += 1
-    stats_b = b._apply_step(b._grad_step(xb, yb, 32, 32), 32, None)
-    assert set(stats_a) == set(stats_b) == {"loss", "accuracy"}
-    for k in stats_a:
-        assert float(stats_a[k]) == float(stats_b[k])
-    numpy.testing.assert_array_equal(a.flat.p, b.flat.p)
+    xb, yb = model.ops.asarray(x[:32], dtype=model.dtype), model.ops.asarray(y[:32])
+    p = model.flat.p
+    p0 = p.copy()
+    stats = model._grad_step(xb, yb, 32, 32)
+    g = model.flat.g.copy()
+    assert set(stats) == {"loss", "accuracy"}
+
+    def loss_at(i, delta):
+        p[...] = p0
+        p[i] += delta
+        return float(model._grad_step(xb, yb, 32, 32)["loss"])
+
+    h = 1e-4   # the step's "loss" statistic is the batch's sum; the gradient is of the batch mean
+    numeric = numpy.array([(loss_at(i, h) - loss_at(i, -h)) / (2 * h) for i in range(p.size)]) / 32
+    p[...] = p0
+    numpy.testing.assert_allclose(g, numeric, rtol=1e-5, atol=1e-8)
+    model._grad_step(xb, yb, 32, 32)        # the gradient at p0 again (BatchNormalization's running
+    p1 = p.copy()                           # statistics, in the buffer but not trained, move), then
+    model._apply_step(stats, 32, None)      # one update
+    numpy.testing.assert_allclose(p, p1 - 0.1 * g, rtol=0, atol=1e-15)
+    assert (p != p1).sum() == (g != 0).sum() > 1000
 
 
 def test_dropout_premade_mask_uses_the_filled_buffer():

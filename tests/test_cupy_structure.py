@@ -34,11 +34,9 @@ def test_cupy_defines_hot_primitive_with_base_signature(name):
     assert inspect.signature(vars(cls)[name]) == inspect.signature(getattr(Ops, name))
 
 
-@pytest.mark.parametrize("name", HOT_PRIMITIVES)
-def test_cupy_primitive_calls_a_gpu_launcher(name):
-    """Each override is a thin call into ``fastnn.kernels.gpu`` (not a copy of the reference body)."""
-    src = inspect.getsource(vars(_cupy_ops_class())[name])
-    assert f".{name}(" in src and "self.xp" not in src, src
+# That each override really launches a fastnn kernel is tested by behaviour, not by reading its
+# source: under FASTNN_STRICT_KERNELS=1 a CupyOps hot primitive that returns without launching one
+# raises, and the cupy kernel tests run that way on the CPU emulator (tests/test_cuda_emulator.py).
 
 
 BLOCK_CUPY = BLOCK_CUPY_IMPORTS + textwrap.dedent("""

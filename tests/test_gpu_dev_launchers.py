@@ -4,13 +4,12 @@
 that ``<rule>_step`` passes by value (the private ``_<rule>_scalars`` both share), in the order
 ``fastnn_<rule>_step_dev`` reads them from ``s``; the launchers hand the kernels the same
 arguments apart from ``s`` (recorded through a stand-in for the kernel); the argument checks raise
-before any CuPy call. ``kernels/gpu/optimizers.cu``: each dev kernel loads, from ``s[i]``, the
-by-value kernel's scalar parameters in their order and with their types. ``kernels/gpu/dropout.py``:
+before any CuPy call. ``kernels/gpu/dropout.py``:
 ``dropout_mask_dev`` shares ``dropout_mask``'s checks and arguments, ``base`` aside. The bitwise
-equality of the kernels themselves is tested on a GPU (``tests/kernels/test_gpu_kernels.py``).
+equality of the kernels themselves is tested by running them (``tests/kernels/test_gpu_kernels.py``, on a
+GPU and on the CPU emulator).
 """
 import inspect
-import re
 import subprocess
 import sys
 import textwrap
@@ -274,41 +273,10 @@ def test_dropout_mask_dev_checks():
         drop.dropout_mask((2, 3), 1.0, 0, 0)
 
 
-# ---------------------------------------------------------------------------- the .cu agrees
-CU = L.source_path("optimizers").read_text()
-
-
-def _kernel(name):
-    m = re.search(rf"__global__\s+void\s+{name}\s*\(([^)]*)\)\s*\{{(.*?)\n\}}", CU, re.S)
-    assert m, f"{name} not found in optimizers.cu"
-    return m.group(1), m.group(2)
-
-
-@pytest.mark.parametrize("rule", RULES)
-def test_dev_kernel_reads_the_by_value_parameters_in_order(rule):
-    params, _ = _kernel(f"fastnn_{rule}_step")
-    params = [p.strip() for p in params.split(",")]
-    after_n = params[[p.replace(" ", "") for p in params].index("longlongn") + 1:]
-    by_value = [tuple(p.split()) for p in after_n]  # (type, name)
-    assert len(by_value) == COUNTS[rule]
-    dparams, body = _kernel(f"fastnn_{rule}_step_dev")
-    assert re.sub(r"\s+", " ", dparams).strip().endswith("long long n, const double* __restrict__ s")
-    loads = re.findall(r"(\w+)\s*=\s*\((T|int)\)s\[(\d+)\]", body)
-    assert sorted(int(i) for _, _, i in loads) == list(range(COUNTS[rule]))
-    read = [(cast, name) for name, cast, _ in sorted(loads, key=lambda x: int(x[2]))]
-    assert read == by_value
-    # both kernels run the one shared per-element function, with the same arguments
-    _, vbody = _kernel(f"fastnn_{rule}_step")
-    call = re.compile(rf"fastnn_{rule}_elem\(([^;]*)\);")
-    assert [re.sub(r"\s+", "", c) for c in call.findall(vbody)] == [re.sub(r"\s+", "", c) for c in call.findall(body)]
-    assert len(call.findall(body)) == 1
-
-
-def test_dropout_kernels_share_the_hash():
-    text = L.source_path("dropout").read_text()
-    assert text.count("0xBF58476D1CE4E5B9ULL") == 1 and text.count("0x9E3779B97F4A7C15ULL") == 1
-    assert len(re.findall(r"fastnn_dropout_u\(", text)) == 3  # defined once, called by both kernels
-    assert "fastnn_dropout_mask_dev" in drop.KERNELS
+# What the .cu files do with these arguments (each dev kernel reading the by-value kernel's
+# scalars from s in order, both dropout kernels drawing the same hash) is tested by running them:
+# tests/kernels/test_gpu_kernels.py's *_dev_bitwise_equal_to_by_value tests, on a GPU and on the CPU
+# emulator in every CI run (tests/test_cuda_emulator.py).
 
 
 # ---------------------------------------------------------------------------- CupyOps and no CuPy
@@ -323,13 +291,10 @@ def test_cupy_ops_graph_capture_methods():
             params = list(inspect.signature(method).parameters.values())
             assert params[0].name == "self"
             assert inspect.signature(method).replace(parameters=params[1:]) == inspect.signature(fn), suffix
-            assert f"_opt.{suffix}(" in inspect.getsource(method)
             assert suffix not in HOT_PRIMITIVES
     method = vars(CupyOps)["dropout_mask_dev"]
     params = list(inspect.signature(method).parameters.values())
     assert inspect.signature(method).replace(parameters=params[1:]) == inspect.signature(drop.dropout_mask_dev)
-    src = inspect.getsource(method)
-    assert "cuda.Device(self.device_id)" in src and "_drop.dropout_mask_dev(" in src
     assert "dropout_mask_dev" not in HOT_PRIMITIVES
 
 
@@ -369,6 +334,3 @@ def test_scalars_and_checks_run_without_cupy():
     proc = subprocess.run([sys.executable, "-c", NO_CUPY], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "scalars without cupy" in proc.stdout, proc.stdout + proc.stderr
 
-
-def test_fake_device_array_is_not_a_numpy_array():
-    assert not isinstance(FakeDeviceArray(numpy.zeros(1)), numpy.ndarray)

@@ -231,9 +231,27 @@ def test_flatten_round_trip(on):
     assert layer.backward(randn(on, (2, 12))).shape == (2, 3, 4)
 
 
-def test_activation_by_name_equals_its_class(on):
-    x = randn(on, (3, 4), seed=2)
-    assert_close(Activation("tanh").forward(x), Tanh().forward(x))
+# Each activation by name against its textbook formula (alpha: Keras's defaults 0.3 and 1.0).
+FORMULAS = {
+    "linear": lambda z: z,
+    "relu": lambda z: numpy.maximum(z, 0),
+    "sigmoid": lambda z: 1 / (1 + numpy.exp(-z)),
+    "tanh": numpy.tanh,
+    "leaky_relu": lambda z: numpy.where(z > 0, z, 0.3 * z),
+    "elu": lambda z: numpy.where(z > 0, z, 1.0 * (numpy.exp(z) - 1)),
+    "softplus": lambda z: numpy.log1p(numpy.exp(z)),
+    "softmax": lambda z: numpy.exp(z) / numpy.exp(z).sum(1, keepdims=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORMULAS))
+def test_activation_by_name_follows_its_formula(on, name):
+    x = randn(on, (3, 4), seed=2, scale=2.0)
+    layer = Activation(name, **({"alpha": {"leaky_relu": 0.3, "elu": 1.0}[name]} if name in ("leaky_relu", "elu")
+                                else {}))
+    assert_close(layer.forward(x), FORMULAS[name](host(x)))
+    if name == "tanh":
+        assert_close(Tanh().forward(x), numpy.tanh(host(x)))
 
 
 # ---------------------------------------------------------------- errors
