@@ -23,6 +23,7 @@ setup(
         "fastnn",
         "fastnn.backend",
         "fastnn.layers",
+        "fastnn.book",
         "fastnn.kernels",
         "fastnn.kernels.cpu",
         "fastnn.kernels.gpu",
