@@ -368,10 +368,12 @@ class MaxPooling2D(Layer):
 
 
 class Pooling(MaxPooling2D):
-    """The book's ``Pooling(pool_h, pool_w, stride=1, pad=0)``: max pooling, NCHW layout.
+    """Book-style ``Pooling(pool_h, pool_w, stride=1, pad=0)``: max pooling, NCHW layout.
 
     ``x: (N, C, H, W)`` gives ``(N, C, OH, OW)`` with ``OH = (H + 2*pad - pool_h) // stride + 1``.
-    Note the book's default ``stride=1`` (Keras's ``MaxPooling2D`` defaults to the pool size).
+    The default here is ``stride=1``; the book's current ``common/layers.py`` defaults to
+    ``stride=2``, and so does ``fastnn.book.layers.Pooling``, which follows the book exactly
+    (Keras's ``MaxPooling2D`` defaults to the pool size).
     Padding follows ``torch.nn.functional.max_pool2d``: padded cells never win (the book's
     ``im2col`` pads with zeros, which win over negative inputs), and ``pad`` is at most half the
     window. ``arg_max`` holds, per window, the index of its maximum in the input plane.
