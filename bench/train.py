@@ -1,0 +1,156 @@
+"""The ``train`` section: models A, B512, B64 (or those asked for) trained one epoch per repeat by every
+implementation, interleaved with its peers (``fastnn.bench.peers``) and the GEMM floor."""
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy
+
+from fastnn.bench import timing
+from fastnn.bench.machine import torch_module
+from fastnn.bench.models import (CLASSES, DATA_SEED, IN_FEATURES, MODELS, build_model, layer_dims, model_gemms,
+                                 param_count, synthetic_mnist)
+from fastnn.bench.peers import BookImpl, GemmFloor, ScratchImpl, TorchGraphImpl, TorchImpl
+from fastnn.bench.timing import Clock, clock_for, stats
+
+
+class FastnnImpl:
+    """fastnn's ``Sequential`` on one backend, one ``fit`` call per epoch (``cuda_graph``: the ``cupy-graph`` row)."""
+
+    def __init__(self, name, spec, backend, weights, batches, cuda_graph=False):
+        from fastnn import get_ops
+
+        self.name = name
+        self.cuda_graph = cuda_graph
+        self.ops = get_ops(backend)
+        self.clock = clock_for(self.ops)
+        self.model = build_model(spec, backend)
+        self.model.set_weights(weights)
+        self.batches = [(self.ops.asarray(x), self.ops.asarray(y)) for x, y in batches]
+        self.batch = len(batches[0][0])
+        self.x_epoch = self.ops.xp.concatenate([x for x, _ in self.batches])
+        self.y_epoch = self.ops.xp.concatenate([y for _, y in self.batches])
+        self.first_loss = None
+
+    def step(self, x, y):
+        return self.model.train_on_batch(x, y)
+
+    def epoch(self):
+        # what users run: one fit() call per epoch (inputs validated once, then the fused loop)
+        # (with cuda_graph, the step captured in the first call is replayed by the later ones)
+        self.model.fit(self.x_epoch, self.y_epoch, batch_size=self.batch, epochs=1, shuffle=False, verbose=0,
+                       cuda_graph=self.cuda_graph)
+
+
+GPU_IMPLS = ("cupy", "cupy-graph", "torch-cuda", "torch-cuda-graph")
+
+
+def run_train(settings, backends, ctx, models, with_torch=True, batch_override=None, gpu_only=False):
+    torch = torch_module() if with_torch else None
+    out = {"data": None, "models": {}, "torch": torch.__version__ if torch is not None else None}
+    x_all, y_all = synthetic_mnist(settings.train_samples)
+    out["data"] = {"samples": settings.train_samples, "features": IN_FEATURES, "classes": CLASSES,
+                   "seed": DATA_SEED, "dtype": "float32",
+                   "how": "pixels uniform in [0, 1), labels uniform in 0..9 (numpy default_rng)"}
+    for name in models:
+        spec = dict(MODELS[name])
+        if batch_override:
+            spec["batch"] = batch_override
+        batches = epoch_batches(x_all, y_all, spec["batch"], settings.train_samples)
+        weights = build_model(spec, "numpy").get_weights()
+        cpu = not gpu_only  # --gpu-only: no CPU rows (they would take minutes at GPU sizes)
+        impls = implementations(name, spec, backends, weights, batches, torch, cpu, out)
+        floors = gemm_floors(spec, backends, len(batches), cpu)
+        warm_up(impls, floors, settings.warmup_steps)
+        samples, loads = timing.POLICY.run(settings.repeats, lambda: {
+            impl.name: impl.clock.time(impl.epoch, 1) for impl in impls + floors})
+        out["models"][name] = model_record(spec, len(batches), impls, samples, loads)
+    return out
+
+
+def epoch_batches(x_all, y_all, bs, train_samples):
+    """One epoch of full batches of ``bs``; a single batch of repeated data when there are fewer samples."""
+    n_batches = max(1, train_samples // bs)
+    batches = [(x_all[i * bs:(i + 1) * bs], y_all[i * bs:(i + 1) * bs]) for i in range(n_batches)]
+    if n_batches * bs > train_samples:  # tiny runs: reuse the data
+        reps = math.ceil(bs / train_samples)
+        xx, yy = numpy.tile(x_all, (reps, 1))[:bs], numpy.tile(y_all, reps)[:bs]
+        batches = [(xx, yy)]
+    return batches
+
+
+def implementations(name, spec, backends, weights, batches, torch, cpu, out):
+    """fastnn on each backend (and ``cupy-graph``) and its peers, from the same weights and batches; a
+    PyTorch CUDA graph that cannot capture lands in ``out["skipped"]``."""
+    impls = [FastnnImpl(be, spec, be, weights, batches) for be in backends if cpu or be == "cupy"]
+    if "cupy" in backends:
+        impls.append(FastnnImpl("cupy-graph", spec, "cupy", weights, batches, cuda_graph=True))
+    if cpu:
+        impls.append(ScratchImpl("numpy-scratch", spec, weights, batches))
+    if cpu and "numba" in backends:  # the book's network class on the same kernels (issue: within 1.2x)
+        impls.append(BookImpl("numba-book", spec, "numba", weights, batches))
+    if torch is not None:
+        if cpu:
+            impls.append(TorchImpl("torch", spec, weights, batches))
+        if "cupy" in backends and torch.cuda.is_available():
+            impls.append(TorchImpl("torch-cuda", spec, weights, batches, device="cuda"))
+            try:
+                impls.append(TorchGraphImpl("torch-cuda-graph", spec, weights, batches))
+            except Exception as exc:  # noqa: BLE001 - a peer that cannot capture is reported, not fatal
+                out.setdefault("skipped", {})[f"{name}/torch-cuda-graph"] = f"{type(exc).__name__}: {exc}"
+    return impls
+
+
+def gemm_floors(spec, backends, n_batches, cpu):
+    floors = [GemmFloor("gemm-floor", spec, spec["batch"], n_batches)] if cpu else []
+    if "cupy" in backends:
+        import cupy
+
+        floors.append(GemmFloor("gemm-floor-gpu", spec, spec["batch"], n_batches, cupy, Clock("cupy")))
+    return floors
+
+
+def warm_up(impls, floors, steps):
+    """Compile, allocate workspaces and record each implementation's first loss; capture CUDA graphs."""
+    for impl in impls:
+        for i in range(steps):
+            xb, yb = impl.batches[i % len(impl.batches)]
+            loss = impl.step(xb, yb)
+            if i == 0:
+                impl.first_loss = float(loss)
+    for impl in impls:
+        if getattr(impl, "cuda_graph", False):
+            impl.epoch()  # captures the step (and checks it against eager) outside the timed rounds
+    for f in floors:
+        f.epoch()
+
+
+def model_record(spec, n_batches, impls, samples, loads):
+    """One model's entry of the record: samples/s per implementation, the ratios, the GEMM floors."""
+    bs = spec["batch"]
+    n_samples = n_batches * bs
+    floor_cpu = statistics.median(samples["gemm-floor"]) if "gemm-floor" in samples else None
+    floor_gpu = statistics.median(samples["gemm-floor-gpu"]) if "gemm-floor-gpu" in samples else None
+    gflop = sum(2 * m * k * n for _, m, k, n, _ in model_gemms(spec, bs)) * n_batches / 1e9
+    rows = {}
+    for impl in impls:
+        ts = samples[impl.name]
+        sps = [n_samples / t for t in ts]
+        floor = floor_gpu if impl.name in GPU_IMPLS else floor_cpu
+        rows[impl.name] = {"samples_per_s": stats(sps), "epoch_s": stats(ts), "first_loss": impl.first_loss,
+                           "epoch_over_gemm_floor": statistics.median(ts) / floor if floor else None}
+    for key, cmp in (("vs_numpy", "numpy"), ("vs_torch", "torch"), ("vs_torch_cuda", "torch-cuda")):
+        if cmp in rows:
+            for r in rows.values():
+                r[key] = r["samples_per_s"]["median"] / rows[cmp]["samples_per_s"]["median"]
+    losses = [r["first_loss"] for r in rows.values() if r["first_loss"] is not None]
+    return {
+        "layers": layer_dims(spec), "dropout": spec["dropout"], "optimizer": list(spec["optimizer"]),
+        "batch": bs, "batches_per_epoch": n_batches, "samples_per_epoch": n_samples,
+        "params": param_count(spec), "gemm_gflop_per_epoch": gflop,
+        "gemm_floor_s": floor_cpu, "gemm_floor_gflops": gflop / floor_cpu if floor_cpu else None,
+        "gemm_floor_gpu_s": floor_gpu,
+        "first_loss_spread": (max(losses) - min(losses)) if losses else None,
+        "other_cpu_load_per_round": loads,
+        "impls": rows, "raw_epoch_s": samples}
