@@ -1,10 +1,21 @@
 """``fastnn.np``: the book's own NumPy code, with one import changed, on every backend."""
+import contextlib
+import contextvars
+import inspect
+import json
+import os
+import subprocess
+import sys
 import threading
+import types
+from unittest import mock
 
 import numpy
 import pytest
 
 import fastnn
+from fastnn import backend as fbackend
+from fastnn.backend import Ops
 from fastnn import np  # the one changed import
 from fastnn.testing import has_gpu
 
@@ -140,3 +151,207 @@ def test_add_at_scatter_adds_on_every_backend(backend):
         a = np.zeros(4)
         np.add.at(a, np.asarray(numpy.array([0, 1, 1, 3])), 1.0)
         assert np.asnumpy(a).tolist() == [1.0, 2.0, 0.0, 1.0]
+
+
+# ---- the cached lookup: each np.<name> resolves the backend once per change, never stale ----
+def _tagged_backend(tag):
+    """A backend whose array module is NumPy with its own ``zeros``, ``exp`` and ``add``: which one
+    ``np.zeros`` returns tells which backend the proxy resolved."""
+    xp = types.ModuleType(f"tagged_{tag}")
+    xp.__dict__.update({k: v for k, v in vars(numpy).items() if not k.startswith("__")})
+    xp.__version__ = f"tagged-{tag}"
+
+    def zeros(*args, **kwargs):
+        return numpy.zeros(*args, **kwargs)
+
+    def exp(x):
+        return numpy.exp(x)
+
+    class Add:  # a ufunc without NumPy's ``.at``, as CuPy's
+        def __call__(self, a, b):
+            return numpy.add(a, b)
+
+    xp.zeros, xp.exp, xp.add = zeros, exp, Add()
+    ops_class = type(f"Tagged{tag}Ops", (Ops,), {"name": f"tagged-{tag}", "xp": xp})
+    return ops_class()
+
+
+@pytest.fixture
+def restore_default():
+    before = fbackend._default
+    yield
+    fbackend._default = before
+
+
+def _warm(n=50):
+    for _ in range(n):  # fill the fast path for the current backend
+        np.zeros, np.exp, np.sum, np.random  # noqa: B018
+
+
+def test_using_switch_is_visible_at_once_and_nests(restore_default):
+    a, b = _tagged_backend("a"), _tagged_backend("b")
+    fastnn.use("numpy")
+    _warm()
+    assert np.zeros is numpy.zeros
+    with fastnn.using(a):
+        assert np.zeros is a.xp.zeros and np.exp is a.xp.exp and np.sum is numpy.sum
+        _warm()
+        with fastnn.using(b):
+            assert np.zeros is b.xp.zeros and np.__version__ == "tagged-b"
+        assert np.zeros is a.xp.zeros and "backend tagged-a" in repr(np)
+        with fastnn.using("numpy"):
+            assert np.zeros is numpy.zeros
+        assert np.zeros is a.xp.zeros
+    assert np.zeros is numpy.zeros and np.exp is numpy.exp
+
+
+def test_use_invalidates_the_cache(restore_default):
+    a, b = _tagged_backend("a"), _tagged_backend("b")
+    fastnn.use("numpy")
+    _warm()
+    fastnn.use(a)
+    assert np.zeros is a.xp.zeros and np.exp is a.xp.exp
+    _warm()
+    fastnn.use(b)
+    assert np.zeros is b.xp.zeros and "backend tagged-b" in repr(np)
+    fastnn.use("numpy")
+    assert np.zeros is numpy.zeros
+    fastnn.use(a)
+    fbackend._default = None  # back to FASTNN_BACKEND / auto, as a test harness may do
+    assert np.zeros is fastnn.current().xp.zeros
+    with pytest.raises(ValueError):
+        fastnn.use("tpu")  # a failed use() changes nothing
+    assert np.zeros is fastnn.current().xp.zeros
+
+
+def test_no_stale_backend_after_an_exception_inside_using(restore_default):
+    a = _tagged_backend("a")
+    fastnn.use("numpy")
+    _warm()
+    with pytest.raises(KeyError):
+        with fastnn.using(a):
+            _warm()
+            assert np.zeros is a.xp.zeros
+            raise KeyError("boom")
+    assert np.zeros is numpy.zeros and np.exp is numpy.exp
+    assert "backend numpy" in repr(np)
+
+
+def test_each_thread_sees_its_own_scope(restore_default):
+    a, b = _tagged_backend("a"), _tagged_backend("b")
+    fastnn.use("numpy")
+    barrier = threading.Barrier(3, timeout=10)
+    seen = {}
+
+    def worker(key, ops):
+        _warm()
+        with fastnn.using(ops) if ops is not None else contextlib.nullcontext():
+            barrier.wait()  # every thread is inside its scope (or none) at once
+            seen[key] = [np.zeros for _ in range(200)]
+            barrier.wait()
+        seen[key + " after"] = np.zeros
+
+    threads = [threading.Thread(target=worker, args=(key, ops)) for key, ops in (("a", a), ("plain", None))]
+    for thread in threads:
+        thread.start()
+    with fastnn.using(b):
+        barrier.wait()
+        main = [np.zeros for _ in range(200)]
+        barrier.wait()
+    for thread in threads:
+        thread.join()
+    assert all(z is a.xp.zeros for z in seen["a"])
+    assert all(z is numpy.zeros for z in seen["plain"])
+    assert all(z is b.xp.zeros for z in main)
+    assert seen["a after"] is seen["plain after"] is np.zeros is numpy.zeros
+
+
+def test_a_thread_follows_use_made_in_another(restore_default):
+    a = _tagged_backend("a")
+    fastnn.use("numpy")
+    _warm()
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(np.zeros))
+    fastnn.use(a)
+    thread.start()
+    thread.join()
+    assert seen == [a.xp.zeros]
+
+
+def test_a_copied_context_keeps_its_scope():
+    a = _tagged_backend("a")
+    with fastnn.using(a):
+        ctx = contextvars.copy_context()
+    assert ctx.run(lambda: np.zeros) is a.xp.zeros
+    assert np.zeros is fastnn.current().xp.zeros
+
+
+def test_add_without_at_gets_scatter_add(restore_default):
+    a = _tagged_backend("a")
+    fastnn.use(a)
+    add = np.add
+    assert hasattr(add, "at") and add(1, 2) == 3 and np.add is add  # one wrapper, not one per access
+    fastnn.use("numpy")
+    assert np.add is numpy.add
+
+
+def test_module_protocol_names_and_errors():
+    assert np.__name__ == "fastnn.np"
+    assert not hasattr(np, "__path__")  # never looks like a package
+    assert np.__version__ == fastnn.current().xp.__version__
+    assert {"exp", "asnumpy", "asarray"} <= set(dir(np))
+    with pytest.raises(AttributeError, match="no_such_function"):
+        np.no_such_function  # noqa: B018
+    from fastnn.np import exp, float64  # from-imports resolve once, as from numpy
+
+    assert exp is fastnn.current().xp.exp and float64 is numpy.float64
+
+
+def test_monkeypatching_np_shadows_then_follows_the_backend_again(monkeypatch, restore_default):
+    a = _tagged_backend("a")
+    fastnn.use("numpy")
+
+    def fake(x):
+        return "patched"
+
+    monkeypatch.setattr(np, "exp", fake)
+    assert np.exp is fake
+    with fastnn.using(a):
+        assert np.exp is fake  # a name set on the module wins, as on a plain module
+    monkeypatch.undo()
+    assert np.exp is numpy.exp
+    with fastnn.using(a):
+        assert np.exp is a.xp.exp  # follows the backend again
+    with mock.patch.object(np, "zeros", fake):
+        assert np.zeros is fake
+    with fastnn.using(a):
+        assert np.zeros is a.xp.zeros
+
+
+def test_proxy_agrees_with_current_in_every_state(restore_default):
+    """The fast path reads the backend's state itself: check it agrees with ``current()``."""
+    a = _tagged_backend("a")
+    for setup in (lambda: fastnn.use("numpy"), lambda: fastnn.use("cpu"), lambda: fastnn.use(a)):
+        setup()
+        for scope in (None, "numpy", a):
+            with fastnn.using(scope) if scope is not None else contextlib.nullcontext():
+                assert np.zeros is fastnn.current().xp.zeros
+                assert np.asarray([1.0]).__class__ is fastnn.current().xp.ndarray
+
+
+def test_no_backend_name_tests_in_np():
+    source = inspect.getsource(sys.modules["fastnn.np"])
+    assert ".name ==" not in source and ".name !=" not in source
+
+
+def test_the_numpy_backend_imports_no_accelerator_or_extra():
+    """A drop-in script on the numpy backend pays for NumPy and fastnn only: no Numba, CuPy, SciPy,
+    scikit-learn, tqdm or threadpoolctl import (their cost starts when something needs them)."""
+    code = ("import json, sys\nfrom fastnn import np\nimport fastnn\nfastnn.use('numpy')\n"
+            "np.exp(np.zeros(3)); np.random.rand(2); np.linalg.norm(np.ones(2)); repr(np)\n"
+            "heavy = ('numba', 'llvmlite', 'cupy', 'cupyx', 'scipy', 'sklearn', 'tqdm', 'threadpoolctl')\n"
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(heavy))))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTNN_")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []

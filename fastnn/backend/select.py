@@ -7,7 +7,6 @@ driver are missing counts as "no device", not as a crash.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 
 CUPY_DISTS = ("cupy-cuda12x", "cupy-cuda13x", "cupy-cuda11x", "cupy")
 CUPY_HINT = 'pip install "fastnn-engine[cuda12]" (CUDA 12) or "fastnn-engine[cuda13]" (CUDA 13); only one CuPy may be installed'
@@ -46,6 +45,8 @@ def probe_numba():
 
 def cupy_distribution():
     """The installed CuPy distribution's name and version, or ``None`` (without importing CuPy)."""
+    import importlib.metadata  # here, not at module level: it is most of fastnn's own import time
+
     for dist in CUPY_DISTS:
         try:
             return dist, importlib.metadata.version(dist)

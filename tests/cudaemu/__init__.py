@@ -32,7 +32,8 @@ def install() -> None:
     real = sys.modules.get("cupy")
     from . import fakecupy
 
-    if real is not None and real is not fakecupy:
+    if (real is not None and real is not fakecupy) or "cupyx" in sys.modules and \
+            sys.modules["cupyx"] is not fakecupy.cupyx:
         raise RuntimeError("cudaemu.install(): a real CuPy is already imported in this process")
     sys.modules["cupy"] = fakecupy
     sys.modules.update(fakecupy.SUBMODULES)

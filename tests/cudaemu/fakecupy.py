@@ -394,7 +394,21 @@ def fuse(*args, **kwargs):
     return deco(args[0]) if args and callable(args[0]) else deco
 
 
-SUBMODULES = {"cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cuda.memory": memory,
+def _scatter_add(a, slices, value):
+    if not isinstance(a, ndarray):
+        raise TypeError("cupyx.scatter_add: a must be a device array")
+    host = lambda v: v.view(numpy.ndarray) if isinstance(v, ndarray) else v   # noqa: E731
+    slices = tuple(map(host, slices)) if isinstance(slices, tuple) else host(slices)
+    numpy.add.at(a.view(numpy.ndarray), slices, host(value))
+
+
+def _empty_pinned(shape, dtype=numpy.float64, order="C"):
+    return numpy.empty(shape, dtype=dtype, order=order)   # host memory (pinned on a GPU)
+
+
+cupyx = _module("cupyx", scatter_add=_scatter_add, empty_pinned=_empty_pinned)
+
+SUBMODULES = {"cupyx": cupyx, "cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cuda.memory": memory,
               "cupy.cuda.nccl": nccl, "cupy._core": _core, "cupy._core._routines_linalg": _routines_linalg,
               "cupy.linalg": linalg, "cupy.random": random}
 
