@@ -36,7 +36,7 @@ def optimizers():
     return {
         "SGD": SGD(lr=0.95),
         "Momentum": Momentum(lr=0.1),
-        "AdaGrad": AdaGrad(lr=1.5),
+        "AdaGrad": AdaGrad(lr=1.5, initial_accumulator_value=0.0),  # the book's h starts at 0 (Keras's at 0.1)
         "RMSprop": RMSprop(lr=0.3),
         "Adam": Adam(lr=0.3),
     }

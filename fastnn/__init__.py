@@ -9,7 +9,8 @@ import logging as _logging
 from fastnn._version import __version__
 from fastnn.backend import (available, current, describe, get_matmul_precision, get_ops, set_matmul_precision, use,
                             using)
-from fastnn.errors import BackendUnavailableError, FormatError, OutOfMemoryError
+from fastnn.errors import (BackendUnavailableError, CheckpointMismatchError, FolderInUseError, FormatError,
+                           OutOfMemoryError)
 from fastnn.functions import get_array_module
 from fastnn.random import set_seed
 from fastnn.registry import register
@@ -43,5 +44,6 @@ def asarray(x, dtype=None):
 __all__ = [
     "__version__", "use", "using", "current", "get_ops", "available", "describe", "set_seed",
     "get_array_module", "asnumpy", "asarray", "np", "xp", "register", "warmup", "BackendUnavailableError", "FormatError",
+    "FolderInUseError", "CheckpointMismatchError",
     "OutOfMemoryError", "set_matmul_precision", "get_matmul_precision",
 ]

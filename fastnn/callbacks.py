@@ -1,10 +1,16 @@
-"""Callbacks: one protocol, Keras's hooks and signatures.
+"""Callbacks: one protocol, Keras 3's hooks and signatures.
 
 ``on_train_begin(logs)``, ``on_train_end(logs)``, ``on_epoch_begin(epoch, logs)``,
-``on_epoch_end(epoch, logs)``, ``on_batch_begin(batch, logs)``, ``on_batch_end(batch, logs)``.
-``self.model`` is the model being trained; setting ``model.stop_training = True`` ends training
-after the current batch. Batch logs are computed lazily: reading ``logs["loss"]`` in
-``on_batch_end`` costs one device sync, and callbacks that do not read them cost none.
+``on_epoch_end(epoch, logs)``, ``on_train_batch_begin(batch, logs)``, ``on_train_batch_end(batch, logs)``
+(whose defaults call the older names ``on_batch_begin``/``on_batch_end``, as in Keras), and for
+``evaluate`` (also the validation at each epoch's end) and ``predict``: ``on_test_begin(logs)``,
+``on_test_batch_begin(batch, logs)``, ``on_test_batch_end(batch, logs)``, ``on_test_end(logs)``,
+``on_predict_begin``, ``on_predict_batch_begin``, ``on_predict_batch_end(batch, {"outputs": ...})``,
+``on_predict_end``. ``self.model`` is the model being trained; setting ``model.stop_training = True``
+(in any hook) ends training after the current batch; ``model.stop_evaluating`` and
+``model.stop_predicting`` do the same for ``evaluate`` and ``predict``. Batch logs are computed
+lazily: reading ``logs["loss"]`` in ``on_train_batch_end`` costs one device sync, and callbacks
+that do not read them cost none. A batch hook that no callback overrides costs nothing per batch.
 """
 from __future__ import annotations
 
@@ -12,10 +18,14 @@ import csv
 import io
 import math
 import os
+import shutil
 import sys
 import time
+import warnings
 
 import numpy
+
+from fastnn.errors import CheckpointMismatchError, FolderInUseError, FormatError
 
 __all__ = [
     "Callback", "CallbackList", "History", "ProgressBar", "EarlyStopping", "LearningRateScheduler",
@@ -39,8 +49,34 @@ class Callback:
     def on_epoch_end(self, epoch, logs=None): pass
     def on_batch_begin(self, batch, logs=None): pass
     def on_batch_end(self, batch, logs=None): pass
-    on_train_batch_begin = on_batch_begin
-    on_train_batch_end = on_batch_end
+
+    # Keras 3: the train batch hooks' defaults call the older names, so either may be overridden.
+    def on_train_batch_begin(self, batch, logs=None):
+        self.on_batch_begin(batch, logs=logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.on_batch_end(batch, logs=logs)
+
+    def on_test_begin(self, logs=None): pass
+    def on_test_end(self, logs=None): pass
+    def on_test_batch_begin(self, batch, logs=None): pass
+    def on_test_batch_end(self, batch, logs=None): pass
+    def on_predict_begin(self, logs=None): pass
+    def on_predict_end(self, logs=None): pass
+    def on_predict_batch_begin(self, batch, logs=None): pass
+    def on_predict_batch_end(self, batch, logs=None): pass
+
+
+HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_batch_begin", "on_batch_end",
+         "on_train_batch_begin", "on_train_batch_end", "on_test_begin", "on_test_end", "on_test_batch_begin",
+         "on_test_batch_end", "on_predict_begin", "on_predict_end", "on_predict_batch_begin",
+         "on_predict_batch_end")
+_OLD_NAMES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
+
+
+def _inherited(fn, name):
+    """Whether the bound hook ``fn`` is ``Callback``'s own (does nothing, or only forwards)."""
+    return getattr(fn, "__func__", None) is getattr(Callback, name, None)
 
 
 class CallbackList:
@@ -52,6 +88,21 @@ class CallbackList:
             if not hasattr(cb, "on_epoch_end"):
                 raise TypeError(f"callbacks must be Callback objects, got {type(cb).__name__}")
             cb.set_model(model) if hasattr(cb, "set_model") else setattr(cb, "model", model)
+
+    def hooks(self, name):
+        """The functions to call for the batch hook ``name``, looked up once per loop: only callbacks
+        that override it (for the train batch hooks, it or its older name ``on_batch_*``), so the
+        loop does no per-batch work for a hook nobody overrides."""
+        old = _OLD_NAMES.get(name)
+        found = []
+        for cb in self.callbacks:
+            fn = getattr(cb, name, None)
+            fallback = getattr(cb, old, None) if old else None
+            if fn is None or _inherited(fn, name):
+                fn = fallback  # Callback's default only forwards to the older name
+            if fn is not None and not _inherited(fn, old or name):
+                found.append(fn)
+        return found
 
     def __getattr__(self, hook):
         if not hook.startswith("on_"):
@@ -136,20 +187,28 @@ def _fmt_logs(logs):
 
 
 class ProgressBar(Callback):
-    """Progress on stderr. ``verbose=1``: a live tqdm bar (ETA, samples/s, loss) when stderr is a
-    terminal, one line per epoch otherwise (no ``\\r`` noise in log files); ``verbose=2``: one line
-    per epoch; ``0``: silent."""
+    """Progress on stdout, as Keras's: ``python train.py > train.log`` keeps every epoch line.
+
+    ``verbose=1``: when the stream is a terminal, a live line per epoch (a bar, samples done,
+    elapsed time and the running loss and metrics) ending in the epoch's full line with the
+    validation metrics; otherwise one line per epoch (no ``\r`` noise in log files).
+    ``verbose=2``: one line per epoch; ``0``: silent. The bar, not the metrics, gives way to the
+    terminal's width: it shrinks, then goes; the epoch's last line always holds every metric.
+    """
+
+    bar_width = 30
 
     def __init__(self, verbose=1, stream=None, refresh_seconds=0.5):
         super().__init__()
         self.verbose = verbose
         self.stream = stream
         self.refresh_seconds = refresh_seconds
-        self._bar = None
+        self._live_line = False
+        self._shown = 0
 
     @property
     def _out(self):
-        return self.stream if self.stream is not None else sys.stderr
+        return self.stream if self.stream is not None else sys.stdout  # looked up now: capture-friendly
 
     def _live(self):
         out = self._out
@@ -163,34 +222,57 @@ class ProgressBar(Callback):
         self._start = time.perf_counter()
         self._seen = 0
         self._last_refresh = 0.0
-        if self._live():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=self.samples, file=self._out, unit="sample", unit_scale=True, leave=True,
-                             desc=f"epoch {epoch + 1}/{self.epochs}", dynamic_ncols=True)
+        self._epoch = epoch
+        self._live_line = self._live()
+        self._shown = 0
 
     def on_batch_end(self, batch, logs=None):
         size = (logs or {}).get("size", 0)
         self._seen += size
-        if self._bar is not None:
-            self._bar.update(size)
+        if self._live_line:
             now = time.perf_counter()
             if now - self._last_refresh >= self.refresh_seconds:
                 self._last_refresh = now
-                self._bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k not in ("size", "batch")},
-                                      refresh=False)
+                shown = {k: v for k, v in logs.items() if k not in ("size", "batch", "batch_loss")}
+                self._write_live(self.line(shown, now - self._start, final=False))
 
     def on_epoch_end(self, epoch, logs=None):
         elapsed = time.perf_counter() - self._start
-        if self._bar is not None:
-            self._bar.set_postfix({k: f"{v:.4f}" for k, v in (logs or {}).items()}, refresh=True)
-            self._bar.close()
-            self._bar = None
-            return
-        if self.verbose in (1, 2):
+        if self._live_line:
+            self._write_live(self.line(logs or {}, elapsed, final=True), end="\n")
+            self._live_line = False
+        elif self.verbose in (1, 2):
             rate = f"{self._seen / elapsed:,.0f} samples/s" if elapsed > 0 and self._seen else ""
-            print(f"epoch {epoch + 1}/{self.epochs} - {elapsed:.2f}s {rate} - {_fmt_logs(logs or {})}",
+            print(f"epoch {self._epoch + 1}/{self.epochs} - {elapsed:.2f}s {rate} - {_fmt_logs(logs or {})}",
                   file=self._out, flush=True)
+
+    def _write_live(self, text, end=""):
+        out = self._out
+        out.write("\r" + text.ljust(self._shown) + end)  # spaces blank what a longer refresh left
+        out.flush()
+        self._shown = 0 if end else len(text)
+
+    def line(self, logs, elapsed, final, columns=None):
+        """The live line: ``epoch 2/5 [=====>....] 960/1500 - 1.2s - loss: ... - accuracy: ...``.
+
+        The bar takes what the terminal's width (``columns``, default: the current one) leaves
+        after the counts and every metric, at most ``bar_width``; with too little room it is left
+        out. A refresh during the epoch that still does not fit is cut at the width (a longer
+        line would wrap, and ``\r`` could not overwrite it); the ``final`` line never is."""
+        if columns is None:
+            columns = shutil.get_terminal_size((80, 24)).columns
+        total = self.samples or self._seen or 1
+        head = f"epoch {self._epoch + 1}/{self.epochs}"
+        rate = f" {self._seen / elapsed:,.0f} samples/s" if final and elapsed > 0 and self._seen else ""
+        tail = f"{self._seen}/{total} - {elapsed:.1f}s{rate}" + (f" - {_fmt_logs(logs)}" if logs else "")
+        room = columns - 1 - len(head) - len(tail) - 4  # "\r" never counts; keep the last column free
+        width = min(self.bar_width, room)
+        if width < 5:
+            text = f"{head} {tail}"
+            return text if final or len(text) < columns else text[:columns - 1]
+        done = min(width, int(width * self._seen / total))
+        bar = "=" * done + (">" if done < width else "") + "." * max(0, width - done - 1)
+        return f"{head} [{bar}] {tail}"
 
 
 # ---------------------------------------------------------------- early stopping and learning rate
@@ -255,9 +337,9 @@ class EarlyStopping(Callback):
         if self.restore_best_weights and self.best_weights is not None:
             self.model.set_weights(self.best_weights)
             if self.verbose:
-                print(f"EarlyStopping: restored the weights of epoch {self.best_epoch + 1}", file=sys.stderr)
+                print(f"EarlyStopping: restored the weights of epoch {self.best_epoch + 1}", file=sys.stdout)
         if self.stopped_epoch and self.verbose:
-            print(f"EarlyStopping: stopped at epoch {self.stopped_epoch + 1}", file=sys.stderr)
+            print(f"EarlyStopping: stopped at epoch {self.stopped_epoch + 1}", file=sys.stdout)
 
 
 class LearningRateScheduler(Callback):
@@ -284,7 +366,7 @@ class LearningRateScheduler(Callback):
         lr = self.schedule(epoch, opt.lr) if self._takes_lr() else self.schedule(epoch)
         opt.lr = float(lr)
         if self.verbose:
-            print(f"LearningRateScheduler: epoch {epoch + 1}: lr = {opt.lr:.6g}", file=sys.stderr)
+            print(f"LearningRateScheduler: epoch {epoch + 1}: lr = {opt.lr:.6g}", file=sys.stdout)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -328,7 +410,7 @@ class ReduceLROnPlateau(Callback):
             opt.lr = max(opt.lr * self.factor, self.min_lr)
             self.cooldown_counter, self.wait = self.cooldown, 0
             if self.verbose:
-                print(f"ReduceLROnPlateau: epoch {epoch + 1}: lr reduced to {opt.lr:.6g}", file=sys.stderr)
+                print(f"ReduceLROnPlateau: epoch {epoch + 1}: lr reduced to {opt.lr:.6g}", file=sys.stdout)
 
 
 class TerminateOnNaN(Callback):
@@ -350,7 +432,7 @@ class TerminateOnNaN(Callback):
         message = f"TerminateOnNaN: loss became {loss} at epoch {self.epoch + 1}, batch {batch + 1}"
         if self.raise_error:
             raise FloatingPointError(message)
-        print(message + "; training stopped", file=sys.stderr)
+        print(message + "; training stopped", file=sys.stdout)
         self.model.stop_training = True
 
 
@@ -387,13 +469,19 @@ class CSVLogger(Callback):
 
 
 class LambdaCallback(Callback):
-    """A callback from functions: ``LambdaCallback(on_epoch_end=lambda epoch, logs: ...)``."""
+    """A callback from functions: ``LambdaCallback(on_epoch_end=lambda epoch, logs: ...)``; any hook
+    name of ``Callback`` is accepted (``on_train_batch_end``, ``on_test_batch_end``, ...)."""
 
     def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_batch_begin=None, on_batch_end=None,
-                 on_train_begin=None, on_train_end=None):
+                 on_train_begin=None, on_train_end=None, **hooks):
         super().__init__()
-        for name, fn in locals().items():
-            if name.startswith("on_") and fn is not None:
+        unknown = sorted(set(hooks) - set(HOOKS))
+        if unknown:
+            raise TypeError(f"LambdaCallback: unknown hook(s) {unknown}; valid names: {', '.join(HOOKS)}")
+        given = dict(on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end, on_batch_begin=on_batch_begin,
+                     on_batch_end=on_batch_end, on_train_begin=on_train_begin, on_train_end=on_train_end, **hooks)
+        for name, fn in given.items():
+            if fn is not None:
                 setattr(self, name, fn)
 
 
@@ -432,6 +520,16 @@ class BackupAndRestore(Callback):
     ``delete_checkpoint=True``, every backup is removed); a later ``fit`` does not resume from a
     completed run but removes its backups and starts anew. (Other callbacks' own state, such as
     ``EarlyStopping``'s patience, is not backed up.)
+
+    One folder, one run: from the restore (or the start of training) to the end of ``fit`` the
+    folder is locked (``fastnn.io.FolderLock``: ``flock`` on ``backup_dir/.fastnn-lock``, dropped
+    by the kernel if the process dies; no lock where ``fcntl`` is missing, with a warning), and a
+    second run gets ``FolderInUseError`` naming the holder's PID. Only temporaries that provably
+    belong to no live writer are deleted. Each backup stores the run's fingerprint (architecture,
+    optimizer and its settings, loss, training-set length, batch size, shuffle, seed); resuming
+    one whose fingerprint differs raises ``CheckpointMismatchError`` saying how to start fresh. A
+    newest backup that cannot be read is skipped with a warning for the next older good one; every
+    backup is read and checked in full before any weight of the model is overwritten.
     """
 
     def __init__(self, backup_dir, save_freq="epoch", keep=3, delete_checkpoint=False):
@@ -442,6 +540,9 @@ class BackupAndRestore(Callback):
             raise ValueError(f"BackupAndRestore: keep must be a positive integer, got {keep!r}")
         self.backup_dir = os.fspath(backup_dir)
         self.save_freq, self.keep, self.delete_checkpoint = save_freq, keep, delete_checkpoint
+        self._lock = None
+        self._fingerprint = None
+        self._restored = False
 
     def set_model(self, model):
         _require_sequential(self, model)
@@ -451,25 +552,78 @@ class BackupAndRestore(Callback):
         files = _checkpoint_files(self.backup_dir)
         return files[-1] if files else None
 
+    def _begin(self, model):
+        """On the writing rank: take the folder's lock, remove provably stale temporaries, and fix
+        this run's fingerprint (before a restore changes anything it covers, such as the lr)."""
+        from fastnn import io
+
+        if self._lock is None or not self._lock.held:
+            self._lock = io.FolderLock(self.backup_dir).acquire()
+            self._fingerprint = None
+            io.clean_stale_temporaries(self.backup_dir, locked_since=self._lock.since)
+        if self._fingerprint is None:
+            self._fingerprint = io.run_fingerprint(model, getattr(model, "_run_info", None))
+
+    def release(self):
+        """Give the folder's lock back (the end of ``fit`` does; safe to call twice)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def _choose(self, model):
+        """On the writing rank: ``(path, checkpoint)`` to resume (None, None when there is nothing to
+        resume), falling back from unreadable backups to the newest good one."""
+        from fastnn import io
+
+        files = _checkpoint_files(self.backup_dir)
+        bad = []
+        for path in reversed(files):
+            try:
+                ckpt = io.read_checkpoint(model, path)
+            except FormatError as exc:
+                bad.append(f"{os.path.basename(path)} ({exc})")
+                continue
+            if bad:
+                warnings.warn(f"BackupAndRestore: skipped unreadable newer backup(s) {'; '.join(bad)}; resuming "
+                              f"from {path}", RuntimeWarning, stacklevel=4)
+            if ckpt.training.get("completed"):  # a finished run: its backups go, a new run starts
+                for old in files:
+                    os.unlink(old)
+                return None, None
+            io.check_fingerprint(path, ckpt.training.get("run"), self._fingerprint, self.backup_dir)
+            return path, ckpt
+        if bad:
+            raise FormatError(f"{self.backup_dir}: no backup can be read: {'; '.join(bad)}. Delete the folder "
+                              f"(or give fit another checkpoint_dir) to start fresh")
+        return None, None
+
     def restore(self, model):
-        """Load the newest backup into ``model`` and return its loop state; None when there is none,
-        or when the newest marks a finished run (its backups are then removed: a new run starts)."""
+        """Load the newest good backup into ``model`` and return its loop state; None when there is
+        none, or when the newest marks a finished run (its backups are then removed: a new run
+        starts). Under data parallelism rank 0 decides and every rank learns the outcome, errors
+        included."""
         from fastnn import distributed, io
 
         comm = distributed.get()
-        path = completed = None
-        if comm.rank == 0:  # one rank cleans and decides; every rank then reads the same file
-            io.clean_stale_temporaries(self.backup_dir)
-            path = self.latest()
-            completed = path is not None and bool(io.read_training_state(path).get("completed"))
-            if completed:
-                for old in _checkpoint_files(self.backup_dir):
-                    os.unlink(old)
+        path = ckpt = error = None
+        if comm.rank == 0:  # one rank locks, cleans and decides; every rank then reads the same file
+            try:
+                self._begin(model)
+                path, ckpt = self._choose(model)
+            except (FormatError, FolderInUseError, CheckpointMismatchError) as exc:
+                error = exc
         if comm.size > 1:
-            path, completed = comm.bcast_obj((path, completed))
-        if path is None or completed:
+            path, message = comm.bcast_obj((path, None if error is None else (type(error).__name__, str(error))))
+            if message is not None and error is None:
+                error = {"FormatError": FormatError, "FolderInUseError": FolderInUseError}.get(
+                    message[0], CheckpointMismatchError)(message[1])
+        self._restored = True
+        if error is not None:
+            raise error
+        if path is None:
             return None
-        return io.restore_checkpoint(model, path)
+        if ckpt is None:
+            ckpt = io.read_checkpoint(model, path)
+        return ckpt.apply(model)
 
     def _save(self, completed=False):
         from fastnn import io
@@ -478,6 +632,7 @@ class BackupAndRestore(Callback):
         if not _is_chief(self.model):
             return
         state["completed"] = completed
+        state["run"] = self._fingerprint
         name = f"ckpt-e{state['epoch']:05d}-b{state['batch']:07d}.fastnn"
         if io.write_checkpoint(self.model, os.path.join(self.backup_dir, name), state):
             for old in _checkpoint_files(self.backup_dir)[:-self.keep]:
@@ -489,6 +644,12 @@ class BackupAndRestore(Callback):
     def on_train_begin(self, logs=None):
         if _is_chief(self.model):
             os.makedirs(self.backup_dir, exist_ok=True)
+            fresh = not self._restored
+            self._begin(self.model)
+            if fresh:  # fit(resume=False): this run starts anew, so older backups here are not its own
+                for old in _checkpoint_files(self.backup_dir):
+                    os.unlink(old)
+        self._restored = False
 
     def on_batch_end(self, batch, logs=None):
         if self.save_freq != "epoch" and self.model.optimizer.iterations % self.save_freq == 0:
@@ -499,11 +660,14 @@ class BackupAndRestore(Callback):
             self._save()
 
     def on_train_end(self, logs=None):
-        if not self.delete_checkpoint:
-            self._save(completed=True)
-        elif _is_chief(self.model):
-            for path in _checkpoint_files(self.backup_dir):
-                os.unlink(path)
+        try:
+            if not self.delete_checkpoint:
+                self._save(completed=True)
+            elif _is_chief(self.model):
+                for path in _checkpoint_files(self.backup_dir):
+                    os.unlink(path)
+        finally:
+            self.release()
 
 
 class ModelCheckpoint(Callback):
@@ -545,7 +709,7 @@ class ModelCheckpoint(Callback):
         else:
             self.model.save(path)
         if self.verbose:
-            print(f"ModelCheckpoint: saved {path}", file=sys.stderr)
+            print(f"ModelCheckpoint: saved {path}", file=sys.stdout)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch

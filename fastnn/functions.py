@@ -149,11 +149,13 @@ def numerical_gradient(f, x, h=1e-4):
     flat_shape = x.shape
     for idx in numpy.ndindex(*flat_shape):
         saved = x[idx].copy() if hasattr(x[idx], "copy") else x[idx]
-        x[idx] = saved + h
-        f_plus = _value(f(x))
-        x[idx] = saved - h
-        f_minus = _value(f(x))
-        x[idx] = saved
+        try:
+            x[idx] = saved + h
+            f_plus = _value(f(x))
+            x[idx] = saved - h
+            f_minus = _value(f(x))
+        finally:  # f may raise (a bad label): x, often a network's weights, is left as it was
+            x[idx] = saved
         if f_plus.ndim == 0:
             diff = f_plus - f_minus
         elif x.ndim == 2 and f_plus.shape == (x.shape[0],):

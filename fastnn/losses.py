@@ -153,6 +153,7 @@ class Loss:
 
     name = "loss"
     labels = "dense"  # "index" (sparse), "one_hot" or "dense"
+    target_range = None  # (low, high): the targets fit/evaluate accept, checked once per call
 
     def __init__(self, from_logits=False):
         self.from_logits = bool(from_logits)
@@ -200,9 +201,12 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
 
 
 class BinaryCrossentropy(Loss):
-    """Binary cross-entropy against targets in [0, 1] of the output's shape; mean over all elements."""
+    """Binary cross-entropy against targets in [0, 1] of the output's shape; mean over all elements.
+    ``fit``/``evaluate`` refuse targets outside [0, 1] (class indices 0..9, say), which would train
+    to a meaningless, even negative, loss."""
 
     name = "binary_crossentropy"
+    target_range = (0.0, 1.0)
 
     def fuse(self, last_activation):
         self.fused = last_activation == "sigmoid"

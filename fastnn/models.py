@@ -21,7 +21,7 @@ from fastnn import losses as _losses
 from fastnn import metrics as _metrics
 from fastnn import optimizers as _optimizers
 from fastnn.backend import current, get_matmul_precision, get_ops
-from fastnn.callbacks import BackupAndRestore
+from fastnn.callbacks import BackupAndRestore, CallbackList
 from fastnn.errors import OutOfMemoryError
 from fastnn.graphs import StepGraphs
 from fastnn.layers.base import Layer, shape_str
@@ -29,7 +29,7 @@ from fastnn.layers.core import SOFTMAX, Activation, Dense, Dropout
 from fastnn.kernels import SIGMOID
 from fastnn.params import FlatParams
 from fastnn.random import make_rng
-from fastnn.training import ShuffleSampler, progress_callbacks, run_loop
+from fastnn.training import EvalLogs, ShuffleSampler, progress_callbacks, run_loop
 
 __all__ = ["Sequential", "load_model"]
 
@@ -50,6 +50,18 @@ def _positive_int(owner, name, value):
     if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value <= 0:
         raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _seed_record(seed):
+    """What a run fingerprint records of a model's ``seed=``: the integer, or ``fastnn.set_seed``'s."""
+    if isinstance(seed, (int, numpy.integer)) and not isinstance(seed, bool):
+        return int(seed)
+    if seed is None:
+        from fastnn.random import global_seed
+
+        g = global_seed()
+        return None if g is None else ["set_seed", g]
+    return type(seed).__name__
 
 
 class Sequential:
@@ -73,6 +85,7 @@ class Sequential:
             raise ValueError(f"Sequential: dtype must be float32 or float64, got {dtype!r}")
         self.name = name or "sequential"
         self.rng = make_rng(seed)
+        self._seed = _seed_record(seed)  # for checkpoints' run fingerprints
         self._backend = backend
         self.layers = []
         self.ops = None
@@ -84,6 +97,8 @@ class Sequential:
         self.input_shape = None
         self.output_shape = None
         self.stop_training = False
+        self.stop_evaluating = False
+        self.stop_predicting = False
         self._step = 0
         self._head = None
         self._fit_params = {}
@@ -243,7 +258,7 @@ class Sequential:
         ``move=False`` leaves the arrays where they are; ``move="auto"`` (evaluation, prediction)
         leaves host arrays on the host when they would not fit on the GPU (``fastnn.feeding``): the
         batch loops then move one batch at a time."""
-        x = validation.check_x(self.name, x, what[0], self.ops)
+        x = validation.check_x(self.name, x, what[0], self.ops, self.dtype)
         if not self.built:
             first = self.layers[0].input_shape if self.layers else None
             self.build(first if first is not None else tuple(x.shape[1:]))
@@ -373,6 +388,7 @@ class Sequential:
         return a[self.ops.asarray(idx) if self.ops.name == "cupy" else idx]
 
     # ------------------------------------------------------------------ public training API
+    @distributed.collective("fit")  # under MPI: ranks that disagree or fail never leave the others hanging
     def fit(self, x, y, batch_size=32, epochs=1, verbose="auto", validation_data=None, validation_split=0.0,
             shuffle=True, callbacks=None, initial_epoch=0, seed=None, checkpoint_dir=None, resume=True, keep=3,
             save_freq="epoch", cuda_graph=False):
@@ -418,7 +434,18 @@ class Sequential:
         sampler = ShuffleSampler(n, batch_size, shuffle, rng)
         comm = distributed.get()
         if comm.size > 1:
-            self._sync_replicas(comm, rng)
+            settings = {"training samples": n, "batch_size": batch_size, "epochs": epochs,
+                        "initial_epoch": initial_epoch, "shuffle": shuffle, "cuda_graph": cuda_graph,
+                        "validation samples": None if val is None else val[0].shape[0],
+                        "checkpoint_dir": "given" if checkpoint_dir is not None else None,
+                        "resume": resume if checkpoint_dir is not None else None,
+                        "BackupAndRestore callbacks": sum(isinstance(cb, BackupAndRestore) for cb in callbacks or ()),
+                        "training data (digest of sampled rows)": (distributed.sample_digest(self.ops, x),
+                                                                   distributed.sample_digest(self.ops, y)),
+                        "validation data (digest of sampled rows)": None if val is None else (
+                            distributed.sample_digest(self.ops, val[0]), distributed.sample_digest(self.ops, val[1]))}
+            self._sync_replicas(comm, rng, {k: repr(v.item() if isinstance(v, numpy.generic) else v)
+                                            for k, v in settings.items()})
             if comm.rank != 0:
                 verbose = 0
         callbacks = list(callbacks or [])
@@ -428,9 +455,20 @@ class Sequential:
             if resume:
                 restorers.append(callbacks[-1])
         history, cbs = progress_callbacks(callbacks, verbose, epochs, n, self)
+        cbs = CallbackList(cbs, self)  # one list: the loop's hooks and the validation's on_test_* hooks
+        # what a checkpoint's run fingerprint records of this fit (fastnn.io.run_fingerprint)
+        self._run_info = {"samples": int(n), "batch_size": int(batch_size), "shuffle": shuffle if isinstance(
+            shuffle, (bool, str)) else bool(shuffle), "seed": self._seed if seed is None else (
+            int(seed) if isinstance(seed, (int, numpy.integer)) else type(seed).__name__)}
+        backups = [cb for cb in callbacks if isinstance(cb, BackupAndRestore)]
         restored = None
-        for cb in restorers:
-            restored = cb.restore(self) or restored
+        try:
+            for cb in restorers:
+                restored = cb.restore(self) or restored
+        except BaseException:
+            for cb in backups:
+                cb.release()  # the folder's lock: a failed restore must not keep it
+            raise
         if restored is not None and restored.get("history"):
             history.history = {k: list(v) for k, v in restored["history"]["history"].items()}
             history.epoch = list(restored["history"]["epoch"])
@@ -461,10 +499,12 @@ class Sequential:
 
         def epoch_end(epoch, logs):
             if val is not None:
-                for k, v in self._evaluate_arrays(val[0], val[1], batch_size, comm).items():
+                for k, v in self._evaluate_arrays(val[0], val[1], batch_size, comm, cbs).items():
                     logs["val_" + k] = v
 
         with contextlib.ExitStack() as stack:
+            for cb in backups:
+                stack.callback(cb.release)  # the checkpoint folder's lock, even when training raises
             if graphs is not None:
                 stack.enter_context(graphs.ordered())  # the whole fit on the capture stream
             if feeder is not None:
@@ -573,19 +613,23 @@ class Sequential:
                 f"{activations:,} bytes per batch{pool}. Use a smaller batch_size (e.g. {max(1, batch_size // 2)}) "
                 f"or train on the CPU with backend='cpu'; fastnn never switches device by itself.")
 
-    def _sync_replicas(self, comm, rng):
+    def _sync_replicas(self, comm, rng, settings=None):
         """Make every rank start from rank 0's parameters, optimizer state and seeds, and check it.
 
-        The architecture is compared first (so a rank with another model fails clearly instead of
-        hanging in a broadcast of the wrong size), then everything is broadcast and checksummed.
+        The architecture, compile settings and ``fit``'s ``settings`` are compared first, in one
+        gather (``distributed.agree``: a rank with another model or other settings fails clearly on
+        every rank instead of hanging in a collective of the wrong size), then everything is
+        broadcast and checksummed.
         """
-        signature = (str(self.dtype), [type(layer).__name__ for layer in self.layers],
-                     [(e.key.split("/")[1], e.shape) for e in self.flat.entries], type(self.optimizer).__name__)
-        signatures = comm.allgather_obj(repr(signature))
-        if len(set(signatures)) > 1:
-            differ = [r for r, sig in enumerate(signatures) if sig != signatures[0]]
-            raise RuntimeError(f"{self.name}: ranks {differ} define a different model or optimizer than rank 0:\n"
-                               f"  rank 0: {signatures[0]}\n  rank {differ[0]}: {signatures[differ[0]]}")
+        opt = self.optimizer
+        model = {"dtype": str(self.dtype), "layers": repr([type(layer).__name__ for layer in self.layers]),
+                 "weights": repr([(e.key.split("/")[1], e.shape) for e in self.flat.entries]),
+                 "optimizer": f"{type(opt).__name__}({opt.get_config() if hasattr(opt, 'get_config') else ''})",
+                 "loss": repr(getattr(self.loss, "name", type(self.loss).__name__)),
+                 "metrics": repr([m.name for m in self.metrics])}
+        distributed.agree(comm, self.name, model, settings or {},
+                          hint="Run the same fit() call on every rank, with the whole data set on each: fit shards "
+                               "every global batch (batch_size) across the ranks itself.")
         if self.optimizer.flat_slots is None:
             self.optimizer.build(self.flat)
         comm.bcast_(self.flat.p)
@@ -605,12 +649,23 @@ class Sequential:
         if len(set(digests)) > 1:
             raise RuntimeError(f"{self.name}: replicas disagree after the broadcast from rank 0 (checksums {digests})")
 
-    def _evaluate_arrays(self, x, y, batch_size, comm=None):
+    def _evaluate_arrays(self, x, y, batch_size, comm=None, cbs=None):
+        """``{loss, *metrics}`` means over ``(x, y)``; with a ``CallbackList`` ``cbs``, its ``on_test_*``
+        hooks are called as Keras's ``evaluate`` calls them (batch hooks only where overridden)."""
         if comm is not None and comm.size > 1:  # each rank evaluates its contiguous share
             lo, hi = distributed.shard(x.shape[0], comm.rank, comm.size)
             x, y = x[lo:hi], y[lo:hi]
+        begin_hooks = end_hooks = ()
+        if cbs is not None:
+            begin_hooks, end_hooks = cbs.hooks("on_test_batch_begin"), cbs.hooks("on_test_batch_end")
+            self.stop_evaluating = False
+            cbs.on_test_begin({})
         sums, count = {}, 0
-        for start in range(0, x.shape[0], batch_size):
+        for batch, start in enumerate(range(0, x.shape[0], batch_size)):
+            if begin_hooks:
+                begin_logs = {"size": min(batch_size, x.shape[0] - start)}
+                for hook in begin_hooks:
+                    hook(batch, begin_logs)
             xb, tb = self._on_device(x[start:start + batch_size]), self._on_device(y[start:start + batch_size], None)
             out = self._forward(xb, False)
             loss = self.loss.compute(self.ops, out, tb, None)
@@ -620,13 +675,22 @@ class Sequential:
             for k, v in self._batch_stats(out, tb, loss, xb.shape[0]).items():
                 sums[k] = v if k not in sums else sums[k] + v
             count += xb.shape[0]
+            if end_hooks:
+                end_logs = EvalLogs(self.ops, sums, count)
+                for hook in end_hooks:
+                    hook(batch, end_logs)
+            if cbs is not None and self.stop_evaluating:
+                break
         keys = ["loss"] + [m.name for m in self.metrics]
         host = self.ops.asnumpy(self.ops.xp.stack([sums[k] for k in keys])).astype(numpy.float64) if count else \
             numpy.zeros(len(keys))
         if comm is not None and comm.size > 1:
             reduced = comm.allreduce_host(numpy.append(host, count))
             host, count = reduced[:-1], reduced[-1]
-        return {k: float(v) / count for k, v in zip(keys, host)}
+        logs = {k: float(v) / count for k, v in zip(keys, host)}
+        if cbs is not None:
+            cbs.on_test_end(logs)
+        return logs
 
     def _penalty(self):
         total = None
@@ -635,27 +699,54 @@ class Sequential:
             total = p if total is None else total + p
         return total
 
-    def evaluate(self, x, y, batch_size=32, verbose="auto", return_dict=False):
-        """``[loss, *metrics]`` on ``(x, y)`` (just the loss when there are no metrics), as host floats."""
+    def evaluate(self, x, y, batch_size=32, verbose="auto", return_dict=False, callbacks=None):
+        """``[loss, *metrics]`` on ``(x, y)`` (just the loss when there are no metrics), as host floats.
+
+        ``callbacks``: their ``on_test_begin``, ``on_test_batch_begin/end`` and ``on_test_end`` hooks
+        are called, as in Keras."""
         self._require_compiled("evaluate()")
         batch_size = _positive_int(self.name, "batch_size", batch_size)
         x, y = self._prepare(x, y, move="auto")
-        logs = self._evaluate_arrays(x, y, batch_size)
+        cbs = CallbackList(callbacks, self) if callbacks else None
+        logs = self._evaluate_arrays(x, y, batch_size, cbs=cbs)
         if verbose not in (0, "auto", False) and verbose:
-            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), file=sys.stderr)
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), file=sys.stdout, flush=True)
         if return_dict:
             return logs
         values = list(logs.values())
         return values[0] if len(values) == 1 else values
 
-    def predict(self, x, batch_size=32, verbose=0):
-        """Outputs for ``x`` as a host NumPy array (probabilities when the model ends in softmax/sigmoid)."""
+    def predict(self, x, batch_size=32, verbose=0, callbacks=None):
+        """Outputs for ``x`` as a host NumPy array (probabilities when the model ends in softmax/sigmoid).
+
+        ``callbacks``: their ``on_predict_begin``, ``on_predict_batch_begin``,
+        ``on_predict_batch_end(batch, {"outputs": host array})`` and ``on_predict_end`` hooks are
+        called, as in Keras; ``model.stop_predicting = True`` stops after the current batch."""
         batch_size = _positive_int(self.name, "batch_size", batch_size)
         x, _ = self._prepare(x, move="auto")
+        cbs = CallbackList(callbacks, self) if callbacks else None
+        begin_hooks = end_hooks = ()
+        if cbs is not None:
+            begin_hooks, end_hooks = cbs.hooks("on_predict_batch_begin"), cbs.hooks("on_predict_batch_end")
+            self.stop_predicting = False
+            cbs.on_predict_begin({})
         outs = []
-        for start in range(0, x.shape[0], batch_size):
+        for batch, start in enumerate(range(0, x.shape[0], batch_size)):
+            if begin_hooks:
+                begin_logs = {"size": min(batch_size, x.shape[0] - start)}
+                for hook in begin_hooks:
+                    hook(batch, begin_logs)
             outs.append(self._apply_head(self._forward(self._on_device(x[start:start + batch_size]), False)))
-        return self.ops.asnumpy(self.ops.xp.concatenate(outs))
+            if end_hooks:
+                end_logs = {"outputs": self.ops.asnumpy(outs[-1])}
+                for hook in end_hooks:
+                    hook(batch, end_logs)
+            if cbs is not None and self.stop_predicting:
+                break
+        result = self.ops.asnumpy(self.ops.xp.concatenate(outs))
+        if cbs is not None:
+            cbs.on_predict_end({})
+        return result
 
     def _on_device(self, a, dtype="model"):
         """One batch on the model's device (a no-op for arrays already there): the inference loops'

@@ -7,9 +7,12 @@ Two entry points share one arithmetic (the backend's ``*_step`` primitive):
 2. ``opt.step_flat(flat)``, used by models: one fused primitive call over the model's flat
    parameter and gradient buffers (``fastnn.params.FlatParams``) per run of equal flags.
 
-Every optimizer takes every audience's spelling: ``lr``/``learning_rate``, ``beta1``/``beta_1``,
-``beta2``/``beta_2``, ``eps``/``epsilon``, ``rho``/``decay_rate``. Common options:
-``weight_decay`` (L2 added to the gradient, ``g += wd * p``; AdamW decouples it) and ``clipnorm``
+Each optimizer follows the library its docstring names, formula and defaults: SGD, Momentum,
+Nesterov, Adam and AdamW follow ``torch.optim``; AdaGrad and RMSprop follow Keras 3. Every optimizer
+takes every audience's spelling: ``lr``/``learning_rate``, ``beta1``/``beta_1``, ``beta2``/``beta_2``,
+``eps``/``epsilon``, ``rho``/``decay_rate``. Common options: ``weight_decay``, on every trainable
+parameter, as its library applies it (``torch.optim``: L2 added to the gradient, ``g += wd * p``,
+AdamW decoupled, ``p *= 1 - lr*wd``; Keras: decoupled, ``p -= lr*wd*p`` before the update) and ``clipnorm``
 (the global gradient norm is clipped to it, as ``torch.nn.utils.clip_grad_norm_``: the gradient is
 scaled by ``min(1, clipnorm / (norm + 1e-6))``). ``lr`` may be a number or a schedule from this
 module (evaluated at the optimizer's step count).
@@ -39,6 +42,23 @@ def _alias(owner, value, default, **synonyms):
     return default if value is None else value
 
 
+def _check_fraction(owner, name, value, *, allow_zero=True, allow_one=True):
+    """A real number in [0, 1] (ends as the flags say): a schedule's decay rate or floor."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or \
+            value < 0 or value > 1 or (value == 0 and not allow_zero) or (value == 1 and not allow_one):
+        lo, hi = "[" if allow_zero else "(", "]" if allow_one else ")"
+        raise ValueError(f"{owner}: {name} must be a number in {lo}0, 1{hi}, got {value!r}")
+    return float(value)
+
+
+def _check_count(owner, name, value):
+    """A non-negative whole number of steps."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or \
+            value < 0 or value != int(value):
+        raise ValueError(f"{owner}: {name} must be a non-negative whole number, got {value!r}")
+    return int(value)
+
+
 def _check_positive(owner, name, value, allow_zero=False):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or \
             value < 0 or (value == 0 and not allow_zero):
@@ -64,7 +84,7 @@ class StepDecay(Schedule):
     def __init__(self, initial_learning_rate, decay_steps, decay_rate=0.1):
         self.initial_learning_rate = _check_positive("StepDecay", "initial_learning_rate", initial_learning_rate)
         self.decay_steps = int(_check_positive("StepDecay", "decay_steps", decay_steps))
-        self.decay_rate = float(decay_rate)
+        self.decay_rate = _check_fraction("StepDecay", "decay_rate", decay_rate, allow_zero=False)
 
     def __call__(self, step):
         return self.initial_learning_rate * self.decay_rate ** (step // self.decay_steps)
@@ -76,7 +96,8 @@ class ExponentialDecay(Schedule):
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False):
         self.initial_learning_rate = _check_positive("ExponentialDecay", "initial_learning_rate", initial_learning_rate)
         self.decay_steps = _check_positive("ExponentialDecay", "decay_steps", decay_steps)
-        self.decay_rate = float(decay_rate)
+        # Keras allows a rate above 1 (a growing learning rate); it must be a positive finite number.
+        self.decay_rate = _check_positive("ExponentialDecay", "decay_rate", decay_rate)
         self.staircase = bool(staircase)
 
     def __call__(self, step):
@@ -96,9 +117,10 @@ class CosineDecay(Schedule):
     def __init__(self, initial_learning_rate, decay_steps, alpha=0.0, warmup_steps=0, warmup_target=None):
         self.initial_learning_rate = _check_positive("CosineDecay", "initial_learning_rate", initial_learning_rate, True)
         self.decay_steps = int(_check_positive("CosineDecay", "decay_steps", decay_steps))
-        self.alpha = float(alpha)
-        self.warmup_steps = int(warmup_steps)
-        self.warmup_target = warmup_target
+        self.alpha = _check_fraction("CosineDecay", "alpha", alpha)
+        self.warmup_steps = _check_count("CosineDecay", "warmup_steps", warmup_steps)
+        self.warmup_target = None if warmup_target is None else \
+            _check_positive("CosineDecay", "warmup_target", warmup_target, True)
 
     def __call__(self, step):
         target = self.initial_learning_rate if self.warmup_target is None else float(self.warmup_target)
@@ -161,8 +183,21 @@ class Optimizer:
         missing = [k for k in params if k not in grads]
         if missing:
             raise KeyError(f"{self.name}.update: grads has no entry for {missing} (params keys: {list(params)})")
-        for key in params:
+        for key in params:  # every key is checked before any parameter changes
             p, g = params[key], grads[key]
+            if not hasattr(p, "dtype") or not hasattr(p, "shape"):
+                raise TypeError(f"{self.name}.update: params[{key!r}] must be an array updated in place, got "
+                                f"{type(p).__name__}")
+            if p.dtype.kind != "f":
+                raise TypeError(f"{self.name}.update: params[{key!r}] has dtype {p.dtype}; only float arrays can "
+                                f"be trained (cast it with .astype(float) first)")
+            if not getattr(p.flags, "writeable", True):
+                raise ValueError(f"{self.name}.update: params[{key!r}] is read-only; pass a writeable array")
+            g_kind = getattr(getattr(g, "dtype", None), "kind", None)
+            if g_kind not in ("f", "i", "u", "b"):
+                raise TypeError(f"{self.name}.update: grads[{key!r}] must be a real numeric array, got "
+                                f"{type(g).__name__} of dtype {getattr(g, 'dtype', None)} (complex gradients "
+                                f"would lose their imaginary part)")
             if tuple(p.shape) != tuple(g.shape):
                 raise ValueError(f"{self.name}.update: params[{key!r}] has shape {tuple(p.shape)} but "
                                  f"grads[{key!r}] has {tuple(g.shape)}")
@@ -184,16 +219,20 @@ class Optimizer:
                 flat_p = flat_p.copy()
             state = self.state.get(key)
             if state is None or (state and state[0].shape != flat_p.shape):
-                state = self.state[key] = tuple(ops.alloc(flat_p.shape, p.dtype) for _ in self.slots)
+                state = self.state[key] = self._new_slots(ops, flat_p.shape, p.dtype)
             wd = 0.0 if key in self._decay_excluded else self.weight_decay
             self._apply(ops, flat_p, g.reshape(-1), state, lr, wd, scale, self.iterations)
             if writes_back:
                 p[...] = flat_p.reshape(p.shape)
 
+    def _new_slots(self, ops, shape, dtype):
+        """Fresh state arrays, one per slot (zeros; AdaGrad starts its accumulator elsewhere)."""
+        return tuple(ops.alloc(shape, dtype) for _ in self.slots)
+
     # -- fast path
     def build(self, flat):
         """Make the flat state slots for a model's ``FlatParams`` (called at ``compile``)."""
-        self.flat_slots = tuple(flat.ops.alloc((flat.size,), flat.dtype) for _ in self.slots)
+        self.flat_slots = self._new_slots(flat.ops, (flat.size,), flat.dtype)
 
     def step_flat(self, flat):
         """One update of the model's flat buffers: one primitive call per run of equal flags."""
@@ -332,15 +371,28 @@ class Nesterov(SGD):
 
 
 class AdaGrad(Optimizer):
-    """AdaGrad (Duchi et al. 2011), as ``torch.optim.Adagrad`` and the book:
-    ``h += g^2; p -= lr * g / (sqrt(h) + eps)``."""
+    """AdaGrad (Duchi et al. 2011), as Keras 3's ``keras.optimizers.Adagrad``, formula and defaults::
+
+        h starts at initial_accumulator_value (0.1);  h += g^2;  p -= lr * g / sqrt(h + eps)
+
+    ``lr=0.001``, ``eps=1e-7`` (``epsilon=``), inside the root. ``weight_decay`` is Keras's,
+    decoupled: ``p -= lr * weight_decay * p`` before the update. The book's AdaGrad (``lr=0.01``,
+    ``h`` from 0, ``1e-7`` added to ``sqrt(h)``) is ``fastnn.book``'s.
+    """
 
     slots = ("h",)
-    default_lr = 0.01
+    default_lr = 0.001
 
-    def __init__(self, lr=None, eps=None, *, epsilon=None, **kwargs):
+    def __init__(self, lr=None, eps=None, *, epsilon=None, initial_accumulator_value=0.1, **kwargs):
         super().__init__(lr, **kwargs)
         self.eps = _check_positive("AdaGrad", "eps", _alias("AdaGrad", None, 1e-7, eps=eps, epsilon=epsilon))
+        self.initial_accumulator_value = _check_positive("AdaGrad", "initial_accumulator_value",
+                                                         initial_accumulator_value, allow_zero=True)
+
+    def _new_slots(self, ops, shape, dtype):
+        (h,) = super()._new_slots(ops, shape, dtype)
+        h[...] = self.initial_accumulator_value
+        return (h,)
 
     def _apply(self, ops, p, g, state, lr, weight_decay, scale, t):
         ops.adagrad_step(p, g, state[0], lr, self.eps, weight_decay, scale)
@@ -352,12 +404,19 @@ class AdaGrad(Optimizer):
         ops.adagrad_step_dev(p, g, state[0], s)
 
     def _hyper(self):
-        return {"eps": self.eps}
+        return {"eps": self.eps, "initial_accumulator_value": self.initial_accumulator_value}
 
 
 class RMSprop(Optimizer):
-    """RMSprop (Tieleman & Hinton 2012), as ``torch.optim.RMSprop``, Keras and the book:
-    ``h = rho*h + (1 - rho)*g^2; p -= lr * g / (sqrt(h) + eps)``."""
+    """RMSprop (Tieleman & Hinton 2012), as Keras 3's ``keras.optimizers.RMSprop``, formula and defaults::
+
+        h = rho*h + (1 - rho)*g^2;  p -= lr * g / sqrt(h + eps)
+
+    ``lr=0.001``, ``rho=0.9`` (``decay_rate=``), ``eps=1e-7`` (``epsilon=``), inside the root.
+    ``weight_decay`` is Keras's, decoupled: ``p -= lr * weight_decay * p`` before the update.
+    (``torch.optim.RMSprop`` adds ``eps`` outside the root; so does the book's, with ``lr=0.01``,
+    ``rho=0.99``: that one is ``fastnn.book``'s.)
+    """
 
     slots = ("h",)
     default_lr = 0.001

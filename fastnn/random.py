@@ -11,15 +11,22 @@ import numpy
 
 _lock = threading.Lock()
 _global_seq: numpy.random.SeedSequence | None = None
+_global_seed: int | None = None
 
 
 def set_seed(seed: int) -> None:
     """Make every generator fastnn creates from now on (models, trainers, layers) derive from ``seed``."""
-    global _global_seq
+    global _global_seq, _global_seed
     if not isinstance(seed, (int, numpy.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"set_seed: seed must be a non-negative integer, got {seed!r}")
     with _lock:
         _global_seq = numpy.random.SeedSequence(int(seed))
+        _global_seed = int(seed)
+
+
+def global_seed():
+    """The seed last given to ``set_seed``, or None."""
+    return _global_seed
 
 
 def make_rng(seed=None) -> numpy.random.Generator:

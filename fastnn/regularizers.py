@@ -5,14 +5,18 @@
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 __all__ = ["Regularizer", "l1", "l2", "l1_l2", "get"]
 
 
 class Regularizer:
     def __init__(self, l1=0.0, l2=0.0):
         for name, value in (("l1", l1), ("l2", l2)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} regularization factor must be a non-negative number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                    or value < 0:
+                raise ValueError(f"Regularizer: {name} factor must be a finite non-negative number, got {value!r}")
         self.l1, self.l2 = float(l1), float(l2)
 
     def penalty(self, ops, w):

@@ -122,6 +122,30 @@ class BatchLogs(collections.abc.Mapping):
         return len(self._compute())
 
 
+class EvalLogs(collections.abc.Mapping):
+    """Logs for ``on_test_batch_end``: the running means of ``evaluate`` so far (``loss`` and metrics,
+    as Keras), computed only when read (one device sync on first access)."""
+
+    def __init__(self, ops, sums, count):
+        self._ops, self._sums, self._count, self._values = ops, dict(sums), count, None
+
+    def _compute(self):
+        if self._values is None:
+            names = list(self._sums)
+            host = self._ops.asnumpy(self._ops.xp.stack([self._sums[k] for k in names])).astype(numpy.float64)
+            self._values = {k: float(v) / self._count for k, v in zip(names, host)}
+        return self._values
+
+    def __getitem__(self, key):
+        return self._compute()[key]
+
+    def __iter__(self):
+        return iter(self._compute())
+
+    def __len__(self):
+        return len(self._compute())
+
+
 class LoopState:
     """Where the loop is: the epoch, the next batch, the sampler's state at the epoch's start and the
     epoch's partial sums; everything a checkpoint needs to continue as if nothing had happened."""
@@ -190,6 +214,7 @@ def run_loop(model, sampler, train_step, *, epochs, initial_epoch=0, callbacks=(
         if resume.get("sampler_state") is not None:
             sampler.rng.bit_generator.state = resume["sampler_state"]
     cbs.on_train_begin({})
+    begin_hooks, end_hooks = cbs.hooks("on_train_batch_begin"), cbs.hooks("on_train_batch_end")
     for epoch in range(start_epoch, epochs):
         state.epoch, state.batch = epoch, 0
         state.epoch_start_state = sampler.rng.bit_generator.state
@@ -200,11 +225,17 @@ def run_loop(model, sampler, train_step, *, epochs, initial_epoch=0, callbacks=(
         for batch, idx in enumerate(sampler.epoch(epoch)):
             if batch < skip:
                 continue  # trained before the interruption; drawing it keeps the sampler in step
-            cbs.on_batch_begin(batch, {"size": len(idx)})
+            if begin_hooks:
+                begin_logs = {"size": len(idx)}
+                for hook in begin_hooks:
+                    hook(batch, begin_logs)
             sums.add(train_step(idx), len(idx))
             state.batch = batch + 1
-            cbs.on_batch_end(batch, BatchLogs(sums, batch))
-            if model.stop_training:
+            if end_hooks:
+                end_logs = BatchLogs(sums, batch)
+                for hook in end_hooks:
+                    hook(batch, end_logs)
+            if model.stop_training:  # set by any hook: stop after this batch, as Keras
                 break
         skip = 0
         logs = sums.result()

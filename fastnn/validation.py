@@ -33,8 +33,23 @@ def as_array(owner, a, what, ops=None):
         raise TypeError(f"{owner}: {what} must be an array, got {type(a).__name__} ({exc})") from None
 
 
-def check_x(owner, x, what="x", ops=None):
-    """Numbers, a batch axis, at least one sample, no NaN or inf (the first bad index is named)."""
+def check_in_range(owner, a, what, dtype):
+    """Every value of the float array ``a`` fits ``dtype`` (float64 data of 1e39 would become inf in a
+    float32 model and silently turn the weights into NaN); the first value beyond it is named."""
+    dtype = numpy.dtype(dtype)
+    if a.dtype.kind != "f" or dtype.kind != "f" or numpy.finfo(a.dtype).max <= numpy.finfo(dtype).max:
+        return
+    limit = float(numpy.finfo(dtype).max)
+    if bool((get_array_module(a).abs(a) > limit).any()):
+        host = a.get() if is_device_array(a) else a
+        bad = tuple(int(i) for i in numpy.argwhere(numpy.abs(host) > limit)[0])
+        raise ValueError(f"{owner}: {what} has values beyond {dtype}'s range (first at index {bad}: "
+                         f"{float(host[bad])!r}); they would become inf in the model's dtype {dtype}")
+
+
+def check_x(owner, x, what="x", ops=None, dtype=None):
+    """Numbers, a batch axis, at least one sample, no NaN or inf (the first bad index is named), and,
+    given the model's ``dtype``, no value that becomes inf when cast to it."""
     x = as_array(owner, x, what, ops)
     if x.dtype == object or x.dtype.kind not in "biuf":
         raise TypeError(f"{owner}: {what} must hold numbers, got dtype {x.dtype}")
@@ -46,6 +61,8 @@ def check_x(owner, x, what="x", ops=None):
         host = x.get() if is_device_array(x) else x
         bad = numpy.argwhere(~numpy.isfinite(host))[0]
         raise ValueError(f"{owner}: {what} contains NaN or infinite values (first at index {tuple(int(i) for i in bad)})")
+    if dtype is not None:
+        check_in_range(owner, x, what, dtype)
     return x
 
 
@@ -95,4 +112,27 @@ def check_targets(model, y, n, what="y"):
                              f"output layer, got {tuple(y.shape)}")
     if not bool(get_array_module(y).isfinite(y).all()):
         raise ValueError(f"{owner}: {what} contains NaN or infinite values")
+    check_in_range(owner, y, what, model.dtype)
+    bounds = getattr(model.loss, "target_range", None)
+    if bounds is not None:
+        check_target_range(owner, model.loss.name, y, what, *bounds)
     return y.astype(model.dtype, copy=False)
+
+
+def check_target_range(owner, loss_name, y, what, lo, hi):
+    """Every target in ``[lo, hi]`` (one reduction, one transfer for device arrays); the error names
+    the loss and the offending values."""
+    extremes = get_array_module(y).stack([y.min(), y.max()])
+    low, high = (float(v) for v in (extremes.get() if is_device_array(extremes) else extremes))
+    if low >= lo and high <= hi:
+        return
+    host = y.get() if is_device_array(y) else numpy.asarray(y)
+    bad = numpy.unique(host[(host < lo) | (host > hi)])
+    shown = ", ".join(f"{v:g}" for v in bad[:6]) + (f", ... ({bad.size} distinct values)" if bad.size > 6 else "")
+    hint = ""
+    if high > hi and numpy.all(host == numpy.floor(host)):
+        classes = int(high) + 1
+        hint = (f"; for class indices 0..{classes - 1} use loss='sparse_categorical_crossentropy' with a "
+                f"softmax output of {classes} units")
+    raise ValueError(f"{owner}: loss {loss_name} needs targets {what} in [{lo:g}, {hi:g}] (0/1 labels or "
+                     f"probabilities), got {what} outside that range: {shown}{hint}")

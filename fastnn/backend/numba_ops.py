@@ -376,6 +376,12 @@ class NumbaOps(Ops):
         return dt(weight_decay), dt(scale), bool(weight_decay), scale != 1.0
 
     @staticmethod
+    def _decay_args(p, lr, weight_decay, scale):
+        """``(decay, scale, use_decay, use_scale)`` for the Keras-style decoupled decay ``p *= 1 - lr*wd``."""
+        dt = p.dtype.type
+        return dt(1.0 - lr * weight_decay), dt(scale), bool(weight_decay), scale != 1.0
+
+    @staticmethod
     def _flush_args(p):
         return p.dtype.type(numpy.finfo(p.dtype).tiny), p.dtype.type(0)
 
@@ -403,7 +409,7 @@ class NumbaOps(Ops):
         dt = p.dtype.type
         (pf, pb), (hf, hb) = _inplace(p), _inplace(h)
         _ko.adagrad_step(pf, _c(g).reshape(-1), hf, dt(lr), dt(eps),
-                         *self._step_args(p, weight_decay, scale), *self._flush_args(p))
+                         *self._decay_args(p, lr, weight_decay, scale), *self._flush_args(p))
         _write_back(pf, pb)
         _write_back(hf, hb)
 
@@ -413,7 +419,7 @@ class NumbaOps(Ops):
         dt = p.dtype.type
         (pf, pb), (hf, hb) = _inplace(p), _inplace(h)
         _ko.rmsprop_step(pf, _c(g).reshape(-1), hf, dt(lr), dt(rho), dt(1 - rho), dt(eps),
-                         *self._step_args(p, weight_decay, scale), *self._flush_args(p))
+                         *self._decay_args(p, lr, weight_decay, scale), *self._flush_args(p))
         _write_back(pf, pb)
         _write_back(hf, hb)
 

@@ -552,22 +552,37 @@ class Ops:
             p += v
         self._flush(v)
 
+    def _decay(self, p, lr, weight_decay):
+        """Keras's decoupled weight decay, ``p -= lr*wd*p``, as ``p *= 1 - lr*wd`` (AdamW's form), in place."""
+        if weight_decay:
+            p *= p.dtype.type(1.0 - lr * weight_decay)
+
     def adagrad_step(self, p, g, h, lr, eps, weight_decay=0.0, scale=1.0):
-        """AdaGrad (Duchi et al. 2011), as ``torch.optim.Adagrad``: ``h += g'^2; p -= lr*g' / (sqrt(h) + eps)``."""
+        """AdaGrad (Duchi et al. 2011) as Keras 3's ``Adagrad`` (``eps`` inside the root; the caller
+        starts ``h`` at ``initial_accumulator_value``)::
+
+            p *= 1 - lr*wd;  g' = scale*g;  h += g'^2;  p -= lr*g' / sqrt(h + eps)
+
+        Updates ``p`` and ``h`` in place."""
         dt = p.dtype.type
-        g = self._grad(p, g, weight_decay, scale)
+        g = self._grad(p, g, 0.0, scale)
+        self._decay(p, lr, weight_decay)
         h += g * g
-        p -= dt(lr) * g / (self.xp.sqrt(h) + dt(eps))
+        p -= dt(lr) * g / self.xp.sqrt(h + dt(eps))
         self._flush(h)
 
     def rmsprop_step(self, p, g, h, lr, rho, eps, weight_decay=0.0, scale=1.0):
-        """RMSprop (Tieleman & Hinton 2012), as ``torch.optim.RMSprop``:
-        ``h = rho*h + (1-rho)*g'^2; p -= lr*g' / (sqrt(h) + eps)``."""
+        """RMSprop (Tieleman & Hinton 2012) as Keras 3's ``RMSprop`` (``eps`` inside the root)::
+
+            p *= 1 - lr*wd;  g' = scale*g;  h = rho*h + (1-rho)*g'^2;  p -= lr*g' / sqrt(h + eps)
+
+        Updates ``p`` and ``h`` in place."""
         dt = p.dtype.type
-        g = self._grad(p, g, weight_decay, scale)
+        g = self._grad(p, g, 0.0, scale)
+        self._decay(p, lr, weight_decay)
         h *= dt(rho)
         h += dt(1 - rho) * g * g
-        p -= dt(lr) * g / (self.xp.sqrt(h) + dt(eps))
+        p -= dt(lr) * g / self.xp.sqrt(h + dt(eps))
         self._flush(h)
 
     def adam_step(self, p, g, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0,

@@ -69,17 +69,14 @@ class _BookOptimizer:
         if missing:
             raise KeyError(f"{type(self).__name__}.update: grads has no entry for {missing} "
                            f"(params keys: {list(params)})")
+        owner = type(self).__name__
+        prepared = {key: _check(owner, key, params[key], grads[key]) for key in list(params)}  # all keys first
         self._begin()
-        for key in list(params):
-            p, g = params[key], grads[key]
-            if _is_number(p):
+        for key, (ops, g) in prepared.items():
+            p = params[key]
+            if ops is None:
                 params[key] = self._update_number(key, p, g)
                 continue
-            ops = follow(p)
-            if not ops.owns(p):
-                raise TypeError(f"{type(self).__name__}.update: params[{key!r}] must be an array or a number, "
-                                f"got {type(p).__name__}")
-            g = _like(ops, p, g, key, type(self).__name__)
             flat = p.reshape(-1)
             copied = not p.flags.c_contiguous
             if copied:
@@ -106,6 +103,30 @@ class _BookOptimizer:
 
 def _dtype(p):
     return p.dtype if hasattr(p, "dtype") and not _is_number(p) else numpy.dtype(numpy.float64)
+
+
+def _check(owner, key, p, g):
+    """``(ops, g as p's array)`` for an array parameter, ``(None, g)`` for a number; refuses, by name,
+    what ``update`` cannot train (checked for every key before any parameter changes)."""
+    if _is_number(p):
+        if isinstance(p, (bool, complex)) or isinstance(g, complex) or not _is_number(g) and \
+                getattr(getattr(g, "dtype", None), "kind", "f") == "c":
+            raise TypeError(f"{owner}.update: params[{key!r}] and grads[{key!r}] must be real numbers, got "
+                            f"{p!r} and {g!r}")
+        return None, g
+    if not hasattr(p, "dtype") or not hasattr(p, "shape"):
+        raise TypeError(f"{owner}.update: params[{key!r}] must be an array or a number, got {type(p).__name__}")
+    ops = follow(p)
+    if not ops.owns(p):
+        raise TypeError(f"{owner}.update: params[{key!r}] must be an array or a number, got {type(p).__name__}")
+    if p.dtype.kind != "f":
+        raise TypeError(f"{owner}.update: params[{key!r}] has dtype {p.dtype}; only float arrays can be "
+                        f"trained (cast it with .astype(float) first)")
+    if not p.flags.writeable:
+        raise ValueError(f"{owner}.update: params[{key!r}] is read-only; pass a writeable array")
+    if getattr(getattr(g, "dtype", None), "kind", None) == "c" or isinstance(g, complex):
+        raise TypeError(f"{owner}.update: grads[{key!r}] is complex; its imaginary part would be dropped")
+    return ops, _like(ops, p, g, key, owner)
 
 
 def _like(ops, p, g, key, owner):

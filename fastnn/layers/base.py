@@ -8,6 +8,8 @@ protocol; ``backward`` never writes into ``dout``.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 import re
 
@@ -18,6 +20,23 @@ from fastnn.backend import current, follow, is_device_array
 from fastnn.random import make_rng
 
 _counters: dict = {}
+
+# How ``add_weight`` makes a weight: None, from its initializer; "empty", without running the
+# initializer (the loader overwrites every weight: an 8000x8000 layer costs no random draws);
+# "shapes", as a zero-memory placeholder of the right shape (the loader's dry pass, which learns
+# from a file's config how many bytes its arrays must hold before anything is allocated).
+_WEIGHT_MODE = contextvars.ContextVar("fastnn_weight_mode", default=None)
+
+
+@contextlib.contextmanager
+def weights_without_initializers(mode="empty"):
+    """Within this block ``add_weight`` skips initializers (``mode="empty"``) or only records shapes
+    (``mode="shapes"``). Used by ``fastnn.io`` when loading."""
+    token = _WEIGHT_MODE.set(mode)
+    try:
+        yield
+    finally:
+        _WEIGHT_MODE.reset(token)
 
 
 def _auto_name(cls_name):
@@ -141,14 +160,27 @@ class Layer:
         """
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise ValueError(f"{self.name}: weight name must be an identifier, got {name!r}")
-        if self.rng is None:
-            self.rng = make_rng()
         dtype = self.dtype or numpy.dtype(numpy.float32)
-        host = numpy.asarray(initializers.get(initializer)(tuple(shape), self.rng, dtype), dtype=dtype)
+        mode = _WEIGHT_MODE.get()
+        if mode is not None:  # loading: the file's values replace it; no initializer, no random draw
+            # a writable zero-stride placeholder: no memory whatever the shape, and a build that
+            # writes into its weights still runs (the values are replaced)
+            host = numpy.lib.stride_tricks.as_strided(numpy.zeros(1, dtype), tuple(int(s) for s in shape),
+                                                      (0,) * len(shape), writeable=True)
+            if mode == "shapes":
+                setattr(self, name, host)
+                setattr(self, "d" + name, host)
+                self._weights[name] = {"trainable": trainable, "regularizer": regularizer, "decay": decay}
+                return host
+        else:
+            if self.rng is None:
+                self.rng = make_rng()
+            host = numpy.asarray(initializers.get(initializer)(tuple(shape), self.rng, dtype), dtype=dtype)
         ops = self.ops
         value = ops.asarray(host)
         setattr(self, name, value)
-        setattr(self, "d" + name, ops.alloc(value.shape, value.dtype))
+        # while loading, the model's flat buffer gives the gradient its memory: nothing to allocate here
+        setattr(self, "d" + name, value if mode is not None else ops.alloc(value.shape, value.dtype))
         self._weights[name] = {"trainable": trainable, "regularizer": regularizer, "decay": decay}
         return value
 

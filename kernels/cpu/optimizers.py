@@ -62,23 +62,30 @@ def momentum_step(p, g, v, lr, momentum, wd, scale, use_wd, use_scale, nesterov,
 
 
 @njit(cache=True, error_model="numpy")
-def adagrad_step(p, g, h, lr, eps, wd, scale, use_wd, use_scale, tiny, zero):
-    """``h += g'^2; p -= lr*g' / (sqrt(h) + eps)``."""
+def adagrad_step(p, g, h, lr, eps, decay, scale, use_decay, use_scale, tiny, zero):
+    """Keras's AdaGrad: ``p *= decay`` (when ``use_decay``); ``h += g'^2; p -= lr*g' / sqrt(h + eps)``."""
     for i in range(p.shape[0]):
-        gi = _grad(g[i], p[i], wd, scale, use_wd, use_scale)
+        pi = p[i]
+        gi = _grad(g[i], pi, zero, scale, False, use_scale)
+        if use_decay:
+            pi = pi * decay
         hi = h[i] + gi * gi
-        p[i] = p[i] - lr * gi / (np.sqrt(hi) + eps)
+        p[i] = pi - lr * gi / np.sqrt(hi + eps)
         h[i] = _flushed(hi, tiny, zero)
 
 
 @njit(cache=True, error_model="numpy")
-def rmsprop_step(p, g, h, lr, rho, one_m_rho, eps, wd, scale, use_wd, use_scale, tiny, zero):
-    """``h = rho*h + (1-rho)*g'^2; p -= lr*g' / (sqrt(h) + eps)``."""
+def rmsprop_step(p, g, h, lr, rho, one_m_rho, eps, decay, scale, use_decay, use_scale, tiny, zero):
+    """Keras's RMSprop: ``p *= decay`` (when ``use_decay``); ``h = rho*h + (1-rho)*g'^2;
+    p -= lr*g' / sqrt(h + eps)``."""
     for i in range(p.shape[0]):
-        gi = _grad(g[i], p[i], wd, scale, use_wd, use_scale)
+        pi = p[i]
+        gi = _grad(g[i], pi, zero, scale, False, use_scale)
+        if use_decay:
+            pi = pi * decay
         hi = h[i] * rho
         hi = hi + one_m_rho * gi * gi
-        p[i] = p[i] - lr * gi / (np.sqrt(hi) + eps)
+        p[i] = pi - lr * gi / np.sqrt(hi + eps)
         h[i] = _flushed(hi, tiny, zero)
 
 

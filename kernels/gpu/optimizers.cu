@@ -7,7 +7,8 @@
 // as the reference does (CuPy's -ftz=true only covers float32 arithmetic, not the stored state
 // of float64 buffers).
 //
-// The gradient used by every rule: g' = g * scale (when use_scale) + wd * p (when use_wd).
+// The gradient used by every rule: g' = g * scale (when use_scale) + wd * p (when use_wd; AdaGrad and
+// RMSprop follow Keras and decay p itself instead: p *= 1 - lr*wd).
 //
 // Each update rule's per-element arithmetic lives once, in a __device__ __forceinline__
 // fastnn_<rule>_elem shared by two kernels: fastnn_<rule>_step takes its scalars by value (the
@@ -117,66 +118,70 @@ __global__ void fastnn_momentum_step_dev(T* __restrict__ p, const T* __restrict_
         fastnn_momentum_elem(p, g, v, i, lr, momentum, wd, scale, use_wd, use_scale, nesterov);
 }
 
-// AdaGrad: h += g'^2; p -= lr*g' / (sqrt(h) + eps).
+// AdaGrad, as Keras 3: p *= decay (when use_decay; decay = 1 - lr*wd, Keras's decoupled weight decay),
+// h += g'^2; p -= lr*g' / sqrt(h + eps).
 template <typename T>
 __device__ __forceinline__ void fastnn_adagrad_elem(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ h,
-                                                    long long i, T lr, T eps, T wd, T scale, int use_wd,
+                                                    long long i, T lr, T eps, T decay, T scale, int use_decay,
                                                     int use_scale) {
-    const T pi = p[i];
-    const T gi = fastnn_grad(pi, g[i], wd, scale, use_wd, use_scale);
+    T pi = p[i];
+    const T gi = fastnn_grad(pi, g[i], T(0), scale, 0, use_scale);
+    if (use_decay) pi = pi * decay;
     const T hi = h[i] + gi * gi;
-    p[i] = pi - (lr * gi) / (FMath<T>::sqrt(hi) + eps);
+    p[i] = pi - (lr * gi) / FMath<T>::sqrt(hi + eps);
     h[i] = fastnn_flush(hi);
 }
 
 template <typename T>
 __global__ void fastnn_adagrad_step(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ h, long long n,
-                                    T lr, T eps, T wd, T scale, int use_wd, int use_scale) {
+                                    T lr, T eps, T decay, T scale, int use_decay, int use_scale) {
     const long long stride = (long long)blockDim.x * gridDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-        fastnn_adagrad_elem(p, g, h, i, lr, eps, wd, scale, use_wd, use_scale);
+        fastnn_adagrad_elem(p, g, h, i, lr, eps, decay, scale, use_decay, use_scale);
 }
 
-// s = [lr, eps, wd, scale, use_wd, use_scale]
+// s = [lr, eps, decay, scale, use_decay, use_scale]
 template <typename T>
 __global__ void fastnn_adagrad_step_dev(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ h, long long n,
                                         const double* __restrict__ s) {
-    const T lr = (T)s[0], eps = (T)s[1], wd = (T)s[2], scale = (T)s[3];
-    const int use_wd = (int)s[4], use_scale = (int)s[5];
+    const T lr = (T)s[0], eps = (T)s[1], decay = (T)s[2], scale = (T)s[3];
+    const int use_decay = (int)s[4], use_scale = (int)s[5];
     const long long stride = (long long)blockDim.x * gridDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-        fastnn_adagrad_elem(p, g, h, i, lr, eps, wd, scale, use_wd, use_scale);
+        fastnn_adagrad_elem(p, g, h, i, lr, eps, decay, scale, use_decay, use_scale);
 }
 
-// RMSprop: h = rho*h + (1-rho)*g'^2; p -= lr*g' / (sqrt(h) + eps).
+// RMSprop, as Keras 3: p *= decay (when use_decay), h = rho*h + (1-rho)*g'^2; p -= lr*g' / sqrt(h + eps).
 template <typename T>
 __device__ __forceinline__ void fastnn_rmsprop_elem(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ h,
-                                                    long long i, T lr, T rho, T one_minus_rho, T eps, T wd, T scale,
-                                                    int use_wd, int use_scale) {
-    const T pi = p[i];
-    const T gi = fastnn_grad(pi, g[i], wd, scale, use_wd, use_scale);
+                                                    long long i, T lr, T rho, T one_minus_rho, T eps, T decay,
+                                                    T scale, int use_decay, int use_scale) {
+    T pi = p[i];
+    const T gi = fastnn_grad(pi, g[i], T(0), scale, 0, use_scale);
+    if (use_decay) pi = pi * decay;
     const T hi = h[i] * rho + (one_minus_rho * gi) * gi;
-    p[i] = pi - (lr * gi) / (FMath<T>::sqrt(hi) + eps);
+    p[i] = pi - (lr * gi) / FMath<T>::sqrt(hi + eps);
     h[i] = fastnn_flush(hi);
 }
 
 template <typename T>
 __global__ void fastnn_rmsprop_step(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ h, long long n,
-                                    T lr, T rho, T one_minus_rho, T eps, T wd, T scale, int use_wd, int use_scale) {
+                                    T lr, T rho, T one_minus_rho, T eps, T decay, T scale, int use_decay,
+                                    int use_scale) {
     const long long stride = (long long)blockDim.x * gridDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-        fastnn_rmsprop_elem(p, g, h, i, lr, rho, one_minus_rho, eps, wd, scale, use_wd, use_scale);
+        fastnn_rmsprop_elem(p, g, h, i, lr, rho, one_minus_rho, eps, decay, scale, use_decay, use_scale);
 }
 
-// s = [lr, rho, one_minus_rho, eps, wd, scale, use_wd, use_scale]
+// s = [lr, rho, one_minus_rho, eps, decay, scale, use_decay, use_scale]
 template <typename T>
 __global__ void fastnn_rmsprop_step_dev(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ h, long long n,
                                         const double* __restrict__ s) {
-    const T lr = (T)s[0], rho = (T)s[1], one_minus_rho = (T)s[2], eps = (T)s[3], wd = (T)s[4], scale = (T)s[5];
-    const int use_wd = (int)s[6], use_scale = (int)s[7];
+    const T lr = (T)s[0], rho = (T)s[1], one_minus_rho = (T)s[2], eps = (T)s[3], decay = (T)s[4], scale = (T)s[5];
+    const int use_decay = (int)s[6], use_scale = (int)s[7];
     const long long stride = (long long)blockDim.x * gridDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-        fastnn_rmsprop_elem(p, g, h, i, lr, rho, one_minus_rho, eps, wd, scale, use_wd, use_scale);
+        fastnn_rmsprop_elem(p, g, h, i, lr, rho, one_minus_rho, eps, decay, scale, use_decay, use_scale);
 }
 
 // Adam / AdamW: decay (AdamW, when use_decay) p *= decay_factor first, then

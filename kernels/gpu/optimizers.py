@@ -14,8 +14,8 @@ equal. Layouts (``s[i]``, in the by-value kernel's parameter order after ``n``):
 
 - sgd:      lr, wd, scale, use_wd, use_scale
 - momentum: lr, momentum, wd, scale, use_wd, use_scale, nesterov
-- adagrad:  lr, eps, wd, scale, use_wd, use_scale
-- rmsprop:  lr, rho, 1-rho, eps, wd, scale, use_wd, use_scale
+- adagrad:  lr, eps, decay, scale, use_decay, use_scale  (decay = 1 - lr*wd: Keras's decoupled decay)
+- rmsprop:  lr, rho, 1-rho, eps, decay, scale, use_decay, use_scale
 - adam:     beta1, 1-beta1, beta2, 1-beta2, eps, step_size, inv_sqrt_bc2, wd, scale, decay_factor,
             use_wd, use_scale, use_decay
 
@@ -82,14 +82,21 @@ def _momentum_scalars(dtype, lr, momentum, weight_decay=0.0, scale=1.0, nesterov
     return (dt(lr), dt(momentum), *_grad_args(dtype, weight_decay, scale), numpy.int32(bool(nesterov)))
 
 
+def _decay_args(dtype, lr, weight_decay, scale):
+    """``(decay, scale, use_decay, use_scale)``: Keras's decoupled decay ``p *= 1 - lr*wd`` as the
+    reference's ``_decay`` computes it (in double, then cast), and the gradient's scale."""
+    dt = dtype.type
+    return dt(1.0 - lr * weight_decay), dt(scale), numpy.int32(bool(weight_decay)), numpy.int32(scale != 1.0)
+
+
 def _adagrad_scalars(dtype, lr, eps, weight_decay=0.0, scale=1.0):
     dt = dtype.type
-    return (dt(lr), dt(eps), *_grad_args(dtype, weight_decay, scale))
+    return (dt(lr), dt(eps), *_decay_args(dtype, lr, weight_decay, scale))
 
 
 def _rmsprop_scalars(dtype, lr, rho, eps, weight_decay=0.0, scale=1.0):
     dt = dtype.type
-    return (dt(lr), dt(rho), dt(1 - rho), dt(eps), *_grad_args(dtype, weight_decay, scale))
+    return (dt(lr), dt(rho), dt(1 - rho), dt(eps), *_decay_args(dtype, lr, weight_decay, scale))
 
 
 def _check_step_number(primitive, t):
@@ -137,7 +144,7 @@ def momentum_step(p, g, v, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=F
 
 @L.writes('p', 'h')
 def adagrad_step(p, g, h, lr, eps, weight_decay=0.0, scale=1.0):
-    """AdaGrad: ``h += g'^2; p -= lr*g' / (sqrt(h) + eps)``, in place."""
+    """AdaGrad (Keras): ``p *= 1 - lr*wd; h += g'^2; p -= lr*g' / sqrt(h + eps)``, in place."""
     dtype, g, n, grid = _prepare("adagrad_step", p, g, h=h)
     if n:
         _fn("fastnn_adagrad_step", dtype)(
@@ -146,7 +153,7 @@ def adagrad_step(p, g, h, lr, eps, weight_decay=0.0, scale=1.0):
 
 @L.writes('p', 'h')
 def rmsprop_step(p, g, h, lr, rho, eps, weight_decay=0.0, scale=1.0):
-    """RMSprop: ``h = rho*h + (1-rho)*g'^2; p -= lr*g' / (sqrt(h) + eps)``, in place."""
+    """RMSprop (Keras): ``p *= 1 - lr*wd; h = rho*h + (1-rho)*g'^2; p -= lr*g' / sqrt(h + eps)``, in place."""
     dtype, g, n, grid = _prepare("rmsprop_step", p, g, h=h)
     if n:
         _fn("fastnn_rmsprop_step", dtype)(
@@ -193,12 +200,12 @@ def momentum_scalars(dtype, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=
 
 
 def adagrad_scalars(dtype, lr, eps, weight_decay=0.0, scale=1.0):
-    """``s`` for ``adagrad_step_dev``: ``[lr, eps, wd, scale, use_wd, use_scale]``."""
+    """``s`` for ``adagrad_step_dev``: ``[lr, eps, decay, scale, use_decay, use_scale]``."""
     return _as_float64(_adagrad_scalars(_float_dtype("adagrad_scalars", dtype), lr, eps, weight_decay, scale))
 
 
 def rmsprop_scalars(dtype, lr, rho, eps, weight_decay=0.0, scale=1.0):
-    """``s`` for ``rmsprop_step_dev``: ``[lr, rho, 1-rho, eps, wd, scale, use_wd, use_scale]``."""
+    """``s`` for ``rmsprop_step_dev``: ``[lr, rho, 1-rho, eps, decay, scale, use_decay, use_scale]``."""
     return _as_float64(_rmsprop_scalars(_float_dtype("rmsprop_scalars", dtype), lr, rho, eps, weight_decay, scale))
 
 
