@@ -18,6 +18,7 @@ import csv
 import io
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -499,9 +500,14 @@ def _require_sequential(callback, model):
                         f"{type(model).__name__} (the book's Trainer: save net.params yourself, e.g. with numpy.savez)")
 
 
+# Exactly the names BackupAndRestore writes (ckpt-e<epoch>-b<batch>.fastnn): anything else in the
+# folder (a model saved as ckpt-best.fastnn, notes) is never read, pruned or deleted.
+_BACKUP_NAME = re.compile(r"ckpt-e\d{5,}-b\d{7,}\.fastnn")
+
+
 def _checkpoint_files(folder):
     try:
-        names = sorted(n for n in os.listdir(folder) if n.startswith("ckpt-") and n.endswith(".fastnn"))
+        names = sorted(n for n in os.listdir(folder) if _BACKUP_NAME.fullmatch(n))
     except FileNotFoundError:
         return []
     return [os.path.join(folder, n) for n in names]
@@ -609,13 +615,13 @@ class BackupAndRestore(Callback):
             try:
                 self._begin(model)
                 path, ckpt = self._choose(model)
-            except (FormatError, FolderInUseError, CheckpointMismatchError) as exc:
-                error = exc
+            except (FormatError, FolderInUseError, CheckpointMismatchError, OSError) as exc:
+                error = exc  # every rank raises it (an OSError on rank 0 alone must not abort the job)
         if comm.size > 1:
             path, message = comm.bcast_obj((path, None if error is None else (type(error).__name__, str(error))))
             if message is not None and error is None:
-                error = {"FormatError": FormatError, "FolderInUseError": FolderInUseError}.get(
-                    message[0], CheckpointMismatchError)(message[1])
+                error = {"FormatError": FormatError, "FolderInUseError": FolderInUseError,
+                         "CheckpointMismatchError": CheckpointMismatchError}.get(message[0], OSError)(message[1])
         self._restored = True
         if error is not None:
             raise error

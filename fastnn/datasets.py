@@ -10,16 +10,42 @@ import struct
 
 import numpy
 
-__all__ = ["load_digits", "load_mnist", "make_spiral", "train_test_split", "one_hot", "read_idx", "DataLoader"]
+__all__ = ["load_digits", "load_mnist", "make_spiral", "train_test_split", "one_hot", "to_categorical", "read_idx",
+           "DataLoader"]
 
 
 def one_hot(t, classes=None, dtype=numpy.float32):
-    """``(N,)`` class indices -> ``(N, classes)`` one-hot rows."""
-    t = numpy.asarray(t).astype(numpy.int64).ravel()
-    classes = int(t.max()) + 1 if classes is None else int(classes)
+    """``(N,)`` class indices -> ``(N, classes)`` one-hot rows. Indices must be whole numbers in
+    ``[0, classes)``; anything else is refused, naming the first bad value."""
+    t = numpy.asarray(t)
+    if t.dtype == object or t.dtype.kind not in "biuf":
+        raise TypeError(f"one_hot: class indices must be numbers, got dtype {t.dtype}")
+    t = t.ravel()
+    if t.dtype.kind == "f":
+        bad = ~numpy.isfinite(t) | (t != numpy.floor(t))
+        if bad.any():
+            raise ValueError(f"one_hot: class indices must be whole numbers, got {float(t[bad][0])!r}")
+    t = t.astype(numpy.int64)
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, (int, numpy.integer))
+                                or classes < 1):
+        raise ValueError(f"one_hot: classes must be a positive integer, got {classes!r}")
+    if t.size and t.min() < 0:
+        raise ValueError(f"one_hot: class indices must be >= 0, got {int(t.min())}")
+    classes = (int(t.max()) + 1 if t.size else 0) if classes is None else int(classes)
+    if t.size and t.max() >= classes:
+        raise ValueError(f"one_hot: class index {int(t.max())} is out of range for {classes} classes")
     out = numpy.zeros((t.size, classes), dtype=dtype)
     out[numpy.arange(t.size), t] = 1
     return out
+
+
+def to_categorical(y, num_classes=None, dtype="float32"):
+    """Keras's ``to_categorical``: class indices of any shape (a trailing axis of 1 is dropped) to
+    one-hot rows, ``y.shape + (num_classes,)``."""
+    y = numpy.asarray(y)
+    shape = y.shape[:-1] if y.ndim > 1 and y.shape[-1] == 1 else y.shape
+    rows = one_hot(y, num_classes, dtype=numpy.dtype(dtype))
+    return rows.reshape(shape + (rows.shape[-1],))
 
 
 def train_test_split(x, t, test_size=0.2, seed=0, stratify=True):

@@ -480,7 +480,7 @@ class NCCLComm(Communicator):
     def _adopt_device(self):
         from fastnn import backend
 
-        if backend.current().name == "cupy" and backend.current().device != self.device:
+        if backend.current().device_arrays and backend.current().device != self.device:
             log.info("fastnn.distributed: rank %d uses %s", self.rank, self.device)
             backend.use(self.device)
 

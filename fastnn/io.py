@@ -72,13 +72,23 @@ def fsync_dir(path):
 
 
 def _host_token():
-    """Who may judge a writer's PID: this host and PID namespace (a container sharing the folder
-    with another PID namespace has another token, so its temporaries are never judged by PID)."""
+    """Who may judge a writer's PID: this boot of this machine and PID namespace (a container with
+    another PID namespace, or another machine with the same host name sharing the folder, has
+    another token, so its temporaries are never judged by PID). The namespace inode alone is the
+    same on every Linux host's initial namespace: the boot id tells machines apart."""
     try:
         ns = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         ns = 0
-    return hashlib.sha1(f"{socket.gethostname()}:{ns}".encode()).hexdigest()[:8]
+    boot = ""
+    for path in ("/proc/sys/kernel/random/boot_id", "/etc/machine-id"):
+        try:
+            with open(path, encoding="ascii") as f:
+                boot = f.read().strip()
+            break
+        except OSError:
+            continue
+    return hashlib.sha1(f"{socket.gethostname()}:{boot}:{ns}".encode()).hexdigest()[:8]
 
 
 _HOST = _host_token()
@@ -985,11 +995,14 @@ def run_fingerprint(model, run=None):
     for layer in model.layers:
         cfg = layer.get_config()
         layers.append({"class_name": type(layer).__name__,
-                       "config": {k: v for k, v in cfg.items() if k not in ("name", "seed")}})
+                       "config": {k: v for k, v in cfg.items() if k not in ("name", "seed", "seed_drawn")}})
     opt = model.optimizer
+    # The optimizer as compiled: callbacks (LearningRateScheduler, ReduceLROnPlateau) change its
+    # learning rate during the run, and an interrupted run fitted again must still match its backups.
+    opt_config = None if opt is None else (getattr(opt, "initial_config", None) or opt.get_config())
     fp = {"layers": layers, "dtype": str(model.dtype),
           "input_shape": list(model.input_shape) if model.input_shape else None,
-          "optimizer": None if opt is None else {"class_name": type(opt).__name__, "config": opt.get_config()},
+          "optimizer": None if opt is None else {"class_name": type(opt).__name__, "config": opt_config},
           "loss": None if model.loss is None else getattr(model.loss, "name", type(model.loss).__name__)}
     for key in ("samples", "batch_size", "shuffle", "seed"):
         if run is not None and key in run:

@@ -28,7 +28,7 @@ from fastnn.layers.base import Layer, shape_str
 from fastnn.layers.core import SOFTMAX, Activation, Dense, Dropout
 from fastnn.kernels import SIGMOID
 from fastnn.params import FlatParams
-from fastnn.random import make_rng
+from fastnn.random import draw_seed, make_rng
 from fastnn.training import EvalLogs, ShuffleSampler, progress_callbacks, run_loop
 
 __all__ = ["Sequential", "load_model"]
@@ -267,7 +267,7 @@ class Sequential:
             y = validation.check_targets(self, y, x.shape[0], what[1])
         if not move:
             return x, y
-        if move == "auto" and self.ops.name == "cupy" and not self.ops.owns(x):
+        if move == "auto" and self.ops.device_arrays and not self.ops.owns(x):
             nbytes = x.size * self.dtype.itemsize + (0 if y is None or self.ops.owns(y) else y.size * y.dtype.itemsize)
             if feeding.feeds_from_host(self.ops, nbytes):
                 return x, y
@@ -385,7 +385,7 @@ class Sequential:
         return stats
 
     def _gather(self, a, idx):
-        return a[self.ops.asarray(idx) if self.ops.name == "cupy" else idx]
+        return a[self.ops.asarray(idx) if self.ops.device_arrays else idx]
 
     # ------------------------------------------------------------------ public training API
     @distributed.collective("fit")  # under MPI: ranks that disagree or fail never leave the others hanging
@@ -431,6 +431,13 @@ class Sequential:
         x, y, feeder = self._place_training_data(x, y, batch_size)
         n = x.shape[0]
         rng = make_rng(seed) if seed is not None else self.rng
+        if seed is not None:  # fit(seed=n) fixes every stream fit draws: the batch order and dropout's
+            streams = numpy.random.default_rng(  # its own stream ("drop"): the batch order is as without
+                seed.bit_generator.seed_seq.spawn(1)[0] if isinstance(seed, numpy.random.Generator)  # dropout
+                else [int(seed), 0x64726F70])
+            for layer in self.layers:
+                if isinstance(layer, Dropout) and layer.seed_drawn:
+                    layer.seed = draw_seed(streams)
         sampler = ShuffleSampler(n, batch_size, shuffle, rng)
         comm = distributed.get()
         if comm.size > 1:
@@ -518,7 +525,7 @@ class Sequential:
         the host with a ``HostBatches`` feeder of pinned, double-buffered, asynchronous copies.
         ``FASTNN_DEVICE_DATA=host`` asks for the feeder on any backend (on a CPU backend it only
         copies batches, which is how its path through ``fit`` is tested without a GPU)."""
-        gpu = self.ops.name == "cupy"
+        gpu = self.ops.device_arrays
         resident = gpu and self.ops.owns(x)  # the caller's device data stays put (its labels follow it)
         if not resident and (gpu or feeding.data_placement() == "host"):
             nbytes = x.size * self.dtype.itemsize + y.size * y.dtype.itemsize
@@ -540,7 +547,7 @@ class Sequential:
         """``fastnn.graphs.StepGraphs`` for ``fit(cuda_graph=True)`` on CuPy; None otherwise."""
         if not cuda_graph:
             return None
-        if self.ops.name != "cupy":
+        if not self.ops.captures_graphs:
             warnings.warn(f"{self.name}: fit(cuda_graph=True) needs the CuPy backend, and this model runs on "
                           f"{self.ops.name} ({self.ops.device}); its steps run eagerly", RuntimeWarning, stacklevel=3)
             return None

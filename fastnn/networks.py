@@ -51,6 +51,7 @@ class _BookNet:
         self.dtype = numpy.dtype(dtype)
         if self.dtype not in (numpy.float32, numpy.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        self.seed = seed if isinstance(seed, (int, numpy.integer)) and not isinstance(seed, bool) else None
         self.rng = make_rng(seed)
         self.weight_decay_lambda = float(weight_decay_lambda)
         self.layers = OrderedDict()

@@ -231,8 +231,12 @@ class Optimizer:
 
     # -- fast path
     def build(self, flat):
-        """Make the flat state slots for a model's ``FlatParams`` (called at ``compile``)."""
+        """Make the flat state slots for a model's ``FlatParams`` (called at ``compile``); the
+        configuration at that point is kept as ``initial_config`` (a run's checkpoints identify the
+        optimizer by it, whatever a learning-rate callback does later)."""
         self.flat_slots = self._new_slots(flat.ops, (flat.size,), flat.dtype)
+        if getattr(self, "initial_config", None) is None:
+            self.initial_config = self.get_config()
 
     def step_flat(self, flat):
         """One update of the model's flat buffers: one primitive call per run of equal flags."""

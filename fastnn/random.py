@@ -1,7 +1,9 @@
 """Seeding: one host ``numpy.random.Generator`` per model or trainer.
 
 ``seed=`` wins; else ``fastnn.set_seed(n)`` makes every later generator a child of one
-``SeedSequence(n)`` (drawn in order, so a script's run is reproducible); else fresh OS entropy.
+``SeedSequence(n)`` (drawn in order, so a script's run is reproducible); else the seed is drawn from
+NumPy's global generator, so a script that starts with ``np.random.seed(n)``, as the book's do, is
+reproducible too (and one that does not gets NumPy's fresh entropy).
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ def global_seed():
 
 
 def make_rng(seed=None) -> numpy.random.Generator:
-    """A new host generator: from ``seed`` when given (an int or a Generator), else from ``set_seed``, else fresh."""
+    """A new host generator: from ``seed`` when given (an int or a Generator), else from ``set_seed``, else
+    from NumPy's global generator (``np.random.seed``)."""
     if isinstance(seed, numpy.random.Generator):
         return seed
     if seed is not None:
@@ -40,7 +43,7 @@ def make_rng(seed=None) -> numpy.random.Generator:
     with _lock:
         if _global_seq is not None:
             return numpy.random.default_rng(_global_seq.spawn(1)[0])
-    return numpy.random.default_rng()
+    return numpy.random.default_rng(int(numpy.random.randint(0, 2**63 - 1, dtype=numpy.int64)))
 
 
 def draw_seed(rng: numpy.random.Generator) -> int:

@@ -305,6 +305,9 @@ class Trainer:
         self.train_size = len(x_train)
         self.iter_per_epoch = max(self.train_size // self.batch_size, 1)
         self.max_iter = self.epochs * self.iter_per_epoch
+        if seed is None and getattr(network, "seed", None) is not None:
+            # no seed of its own: follow the network's, so a seeded network trains the same twice
+            seed = numpy.random.default_rng([int(network.seed), 0x7472616E]).integers(2**63 - 1)
         self.rng = make_rng(seed)
         self.callbacks = list(callbacks or [])
         self.current_iter = 0
@@ -320,7 +323,7 @@ class Trainer:
         return float(self.network.accuracy(x_tr, t_tr)), float(self.network.accuracy(x_te, t_te))
 
     def train_step(self, idx):
-        idx = self.ops.asarray(idx) if self.ops.name == "cupy" else idx
+        idx = self.ops.asarray(idx) if self.ops.device_arrays else idx
         x_batch, t_batch = self.x_train[idx], self.t_train[idx]
         grads = self.network.gradient(x_batch, t_batch)
         self.optimizer.update(self.network.params, grads)

@@ -424,3 +424,36 @@ def test_a_sigkill_mid_save_leaves_no_temporary_behind_for_long(tmp_path):
     m.build()
     m.save(tmp_path / "other.fastnn")  # the next write into the folder removes the dead writer's temporary
     assert not [n for n in os.listdir(tmp_path) if n.startswith(fio.TMP_PREFIX)]
+
+
+# ---------------------------------------------------------------- review follow-ups
+def test_an_interrupted_run_with_a_learning_rate_callback_fits_again_from_its_backups(tmp_path):
+    """The fingerprint names the optimizer as compiled: a LearningRateScheduler that changed the
+    learning rate before an interrupt must not make the run refuse its own backups."""
+    x, y = small_data()
+
+    class Interrupt(C.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    model = small_model()
+    sched = C.LearningRateScheduler(lambda epoch: 1e-3 * 0.5 ** epoch)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, batch_size=16, epochs=4, verbose=0, seed=2, checkpoint_dir=tmp_path, callbacks=[sched,
+                                                                                                        Interrupt()])
+    assert model.optimizer.lr != 1e-3
+    history = model.fit(x, y, batch_size=16, epochs=4, verbose=0, seed=2, checkpoint_dir=tmp_path, callbacks=[sched])
+    assert history.epoch == [0, 1, 2, 3]   # the restored epochs and the two it trained
+
+
+def test_files_that_are_not_backups_are_never_read_pruned_or_deleted(tmp_path):
+    x, y = small_data()
+    other = small_model()
+    other.save(tmp_path / "ckpt-best.fastnn")
+    (tmp_path / "ckpt-notes.fastnn").write_text("my notes")
+    for resume in (True, False):
+        model = small_model()
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0, seed=2, checkpoint_dir=tmp_path, resume=resume, keep=1)
+    assert (tmp_path / "ckpt-notes.fastnn").read_text() == "my notes"
+    assert load_model(tmp_path / "ckpt-best.fastnn").get_weights()[0].shape == other.get_weights()[0].shape

@@ -159,3 +159,98 @@ def test_book_update_checks_every_key_before_changing_anything(bad, message):
     with pytest.raises((TypeError, ValueError), match=message):
         Adam().update({"b": b, "W": W}, grads)
     numpy.testing.assert_array_equal(b, numpy.ones(3))
+
+
+# ---------------------------------------------------------------- reproducibility, as users expect it
+def _dropout_model(seed=None):
+    from fastnn.layers import Dropout
+
+    m = Sequential([Dense(16, activation="relu", input_shape=(6,)), Dropout(0.4), Dense(3, activation="softmax")],
+                   seed=seed, backend="numpy")
+    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return m
+
+
+def _xy():
+    rng = numpy.random.default_rng(0)
+    return rng.standard_normal((64, 6)).astype(numpy.float32), rng.integers(0, 3, 64)
+
+
+def test_fit_seed_fixes_batch_order_and_dropout_streams_of_an_unseeded_model():
+    x, y = _xy()
+    weights = _dropout_model(seed=1).get_weights()
+    runs = []
+    for _ in range(2):
+        m = _dropout_model()          # unseeded: its own dropout seed differs run to run
+        m.build((None, 6))
+        m.set_weights(weights)
+        m.fit(x, y, batch_size=16, epochs=2, verbose=0, seed=5)
+        runs.append(m.get_weights())
+    for a, b in zip(*runs):
+        numpy.testing.assert_array_equal(a, b)
+
+
+def test_fit_seed_keeps_a_dropout_seed_the_user_gave():
+    from fastnn.layers import Dropout
+
+    m = Sequential([Dense(4, input_shape=(6,)), Dropout(0.4, seed=123), Dense(3, activation="softmax")])
+    m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    m.fit(*_xy(), epochs=1, verbose=0, seed=5)
+    assert m.layers[1].seed == 123
+
+
+def test_numpy_global_seed_makes_unseeded_models_reproducible():
+    runs = []
+    for _ in range(2):
+        numpy.random.seed(7)
+        runs.append(_dropout_model().get_weights())
+    for a, b in zip(*runs):
+        numpy.testing.assert_array_equal(a, b)
+    numpy.random.seed(8)
+    assert not numpy.array_equal(_dropout_model().get_weights()[0], runs[0][0])
+
+
+def test_trainer_without_a_seed_follows_a_seeded_network():
+    from fastnn.networks import TwoLayerNet
+    from fastnn.training import Trainer
+
+    x, y = _xy()
+    x = x.astype(numpy.float64)
+    onehot = numpy.eye(3)[y]
+    runs = []
+    for _ in range(2):
+        numpy.random.seed(None)       # whatever the global generator holds, the network's seed rules
+        net = TwoLayerNet(6, 8, 3, seed=3)
+        Trainer(net, x, onehot, x, onehot, epochs=2, mini_batch_size=8, verbose=False).train()
+        runs.append({k: v.copy() for k, v in net.params.items()})
+    for k in runs[0]:
+        numpy.testing.assert_array_equal(runs[0][k], runs[1][k])
+
+
+# ---------------------------------------------------------------- one_hot / to_categorical / input_dim
+@pytest.mark.parametrize("t,message", [([0, -1, 2], r"must be >= 0, got -1"), ([0, 1.7], r"whole numbers, got 1\.7"),
+                                       ([0, 3], r"class index 3 is out of range for 3 classes"),
+                                       (["a"], r"must be numbers")])
+def test_one_hot_refuses_bad_indices(t, message):
+    from fastnn.datasets import one_hot
+
+    with pytest.raises((ValueError, TypeError), match=message):
+        one_hot(t, 3 if t != [0, 1.7] else None)
+
+
+def test_to_categorical_as_keras():
+    from fastnn.utils import to_categorical
+
+    got = to_categorical(numpy.array([[2], [0], [1]]), 4)
+    assert got.dtype == numpy.float32 and got.shape == (3, 4)
+    numpy.testing.assert_array_equal(got, [[0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0]])
+    assert to_categorical([1.0, 2.0]).shape == (2, 3)
+
+
+def test_input_dim_is_input_shape():
+    assert Dense(4, input_dim=7).input_shape == (7,)
+    m = Sequential([Dense(4, input_dim=7)], backend="numpy")
+    m.build()
+    assert m.output_shape == (None, 4)
+    with pytest.raises(ValueError, match=r"input_dim=7 and input_shape=\(8,\) disagree"):
+        Dense(4, input_dim=7, input_shape=(8,))

@@ -22,6 +22,8 @@ from fastnn.kernels.gpu import optimizers as _opt
 
 class CupyOps(Ops):
     name = "cupy"
+    device_arrays = True
+    captures_graphs = True
     # FASTNN_STRICT_KERNELS=1 (the test suite): a hot primitive that this class does not define (or
     # that calls super()) raises KernelFallbackError instead of running the reference on CuPy arrays,
     # and so does one whose launcher returns without launching a fastnn kernel (see the end of this file).

@@ -89,6 +89,9 @@ class Ops:
     name = "numpy"
     xp = numpy
     device = "cpu"
+    # What the model and layers ask of a backend instead of testing its name:
+    device_arrays = False    # arrays live on an accelerator: host data and index arrays move to it
+    captures_graphs = False  # fit(cuda_graph=True) can capture a training step as a CUDA graph
     # True on a backend with its own kernels (NumbaOps, CupyOps): with strict kernels on
     # (FASTNN_STRICT_KERNELS=1, as in the test suite) a hot primitive's body here then raises
     # KernelFallbackError instead of standing in for a kernel that was not reached.

@@ -77,10 +77,19 @@ class Layer:
         The dtype of the weights this layer makes; a model sets it to its own.
     input_shape : tuple, optional
         Per-sample input shape (no batch axis) of the first layer of a model.
+    input_dim : int, optional
+        Keras's short form of ``input_shape=(input_dim,)``.
     """
 
-    def __init__(self, name=None, trainable=True, dtype=None, input_shape=None):
+    def __init__(self, name=None, trainable=True, dtype=None, input_shape=None, input_dim=None):
         self.name = name or _auto_name(type(self).__name__)
+        if input_dim is not None:
+            if isinstance(input_dim, bool) or not isinstance(input_dim, (int, numpy.integer)) or input_dim < 1:
+                raise ValueError(f"{self.name}: input_dim must be a positive integer, got {input_dim!r}")
+            if input_shape is not None and tuple(input_shape) != (int(input_dim),):
+                raise ValueError(f"{self.name}: input_dim={input_dim} and input_shape={tuple(input_shape)} disagree; "
+                                 f"give one of them")
+            input_shape = (int(input_dim),)
         self.trainable = trainable
         self.dtype = numpy.dtype(dtype) if dtype is not None else None
         self.input_shape = tuple(input_shape) if input_shape is not None else None
@@ -132,7 +141,7 @@ class Layer:
         """``x`` on ``ops``'s device as a float array of ``dtype`` (the weights' dtype by default)."""
         dtype = dtype or self.dtype
         if not ops.owns(x):
-            if is_device_array(x) and ops.name != "cupy":
+            if is_device_array(x) and not ops.device_arrays:
                 raise ValueError(
                     f"{self.name}: x lives on the GPU ({x.device}) but this layer runs on the "
                     f"{ops.name} backend; move it with fastnn.asnumpy(x)")

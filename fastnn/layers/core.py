@@ -62,8 +62,8 @@ class Dense(Layer):
 
     def __init__(self, units, activation=None, input_shape=None, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, use_bias=True,
-                 name=None, dtype=None, trainable=True):
-        super().__init__(name=name, trainable=trainable, dtype=dtype, input_shape=input_shape)
+                 name=None, dtype=None, trainable=True, input_dim=None):
+        super().__init__(name=name, trainable=trainable, dtype=dtype, input_shape=input_shape, input_dim=input_dim)
         if isinstance(units, bool) or not isinstance(units, (int, numpy.integer)) or units <= 0:
             raise ValueError(f"{self.name}: units must be a positive integer, got {units!r}")
         self.units = int(units)
@@ -354,7 +354,7 @@ class Dropout(Layer):
     at each training-mode ``forward``.
     """
 
-    def __init__(self, rate=None, *, dropout_ratio=None, seed=None, name=None, **kwargs):
+    def __init__(self, rate=None, *, dropout_ratio=None, seed=None, seed_drawn=False, name=None, **kwargs):
         super().__init__(name=name, **kwargs)
         if rate is not None and dropout_ratio is not None and rate != dropout_ratio:
             raise ValueError(f"{self.name}: give either rate or dropout_ratio, got {rate} and {dropout_ratio}")
@@ -363,6 +363,7 @@ class Dropout(Layer):
             raise ValueError(f"{self.name}: rate must be a number in [0, 1), got {rate!r}")
         self.rate = float(rate)
         self.seed = seed
+        self.seed_drawn = bool(seed_drawn) and seed is not None  # drawn at build, not given: fit(seed=) redraws it
         self.step = None  # set by a training loop; None: count this layer's own forward calls
         self.row0 = 0  # global index of the batch's first sample (data-parallel shards)
         self._calls = 0
@@ -380,6 +381,7 @@ class Dropout(Layer):
             self.rng = rng
         if self.seed is None:
             self.seed = draw_seed(self.rng if self.rng is not None else make_rng())
+            self.seed_drawn = True   # not given by the user: fit(seed=...) may redraw it
         self.built = True
 
     def forward(self, x, train_flg=True, training=None):
@@ -420,6 +422,8 @@ class Dropout(Layer):
     def get_config(self):
         cfg = super().get_config()
         cfg.update(rate=self.rate, seed=self.seed)
+        if self.seed_drawn:
+            cfg["seed_drawn"] = True
         return cfg
 
 

@@ -650,6 +650,8 @@ class FakeGpuOps(Ops):
     as ``CupyOps.gemm`` does, and CuPy's own cuBLAS path is refused during a capture."""
 
     name = "cupy"
+    device_arrays = True
+    captures_graphs = True
     device = "cuda:0"
     device_id = 0
 
