@@ -472,6 +472,8 @@ class StepGraphs:
             rtol = (DELTA_RTOL if name in names else CHECK_RTOL)[numpy.dtype(flat.g.dtype)]
             den = float(cupy.linalg.norm(cupy.asarray(value).ravel()))
             err = float(cupy.linalg.norm((cupy.asarray(got[name]) - value).ravel())) / (den if den else 1.0)
+            if worst != worst:  # a NaN difference is already the worst: a later finite one must not hide it
+                break
             if not err / rtol <= worst:
                 worst, where, limit, at = err / rtol, name, rtol, err
         cap.checks_left -= 1

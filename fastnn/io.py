@@ -327,7 +327,8 @@ def model_config(model):
     if model.optimizer is not None and model.loss is not None and not isinstance(model.loss, CustomLoss):
         compile_cfg = {
             "optimizer": {"class_name": type(model.optimizer).__name__, "config": model.optimizer.get_config()},
-            "loss": {"class_name": model.loss.name, "config": {"from_logits": model.loss.from_logits}},
+            "loss": {"class_name": model.loss.name,
+                     "config": {k: v for k, v in model.loss.get_config().items() if k != "name"}},
             "metrics": [m.name for m in model.metrics],
         }
     config["compile"] = compile_cfg

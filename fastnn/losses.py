@@ -234,6 +234,49 @@ class MeanSquaredError(Loss):
         return ops.mse(out, t, 1.0 / out.size, dx=dx)
 
 
+class MeanAbsoluteError(Loss):
+    """Keras's ``"mae"``: the mean of ``|y - t|`` over every element; gradient ``sign(y - t) / size``
+    (0 where ``y == t``). Written from array operations: no kernel of its own."""
+
+    name = "mae"
+
+    def compute(self, ops, out, t, dx):
+        e = out - t.astype(out.dtype, copy=False)
+        size = out.dtype.type(out.size)
+        if dx is not None:
+            dx[...] = ops.xp.sign(e) / size
+        return ops.xp.asarray(ops.xp.abs(e).sum() / size, dtype=out.dtype)
+
+
+class Huber(Loss):
+    """Keras's ``"huber"`` (``delta=1.0``): per element ``0.5 e^2`` where ``|e| <= delta``, else
+    ``delta * (|e| - 0.5 delta)``, with ``e = y - t``; mean over every element. Gradient
+    ``clip(e, -delta, delta) / size``. Written from array operations."""
+
+    name = "huber"
+
+    def __init__(self, delta=1.0, from_logits=False):
+        super().__init__(from_logits)
+        if isinstance(delta, bool) or not isinstance(delta, (int, float, numpy.floating)) or not delta > 0 \
+                or not numpy.isfinite(delta):
+            raise ValueError(f"Huber: delta must be a positive number, got {delta!r}")
+        self.delta = float(delta)
+
+    def compute(self, ops, out, t, dx):
+        xp = ops.xp
+        e = out - t.astype(out.dtype, copy=False)
+        d = out.dtype.type(self.delta)
+        a = xp.abs(e)
+        size = out.dtype.type(out.size)
+        if dx is not None:
+            dx[...] = xp.clip(e, -d, d) / size
+        per = xp.where(a <= d, out.dtype.type(0.5) * e * e, d * (a - out.dtype.type(0.5) * d))
+        return xp.asarray(per.sum() / size, dtype=out.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "delta": self.delta}
+
+
 class CustomLoss(Loss):
     """Wraps a user object with ``forward(y, t)`` and ``backward()`` (like ``SoftmaxWithLoss``); it takes
     whatever targets the object does (class indices or arrays), and validates them itself."""
@@ -258,6 +301,9 @@ _NAMED_LOSSES = {
     "binary_crossentropy": BinaryCrossentropy,
     "mse": MeanSquaredError,
     "mean_squared_error": MeanSquaredError,
+    "mae": MeanAbsoluteError,
+    "mean_absolute_error": MeanAbsoluteError,
+    "huber": Huber,
 }
 LOSS_NAMES = tuple(_NAMED_LOSSES)
 

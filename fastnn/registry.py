@@ -58,7 +58,8 @@ def loss_class(name):
     from fastnn import losses
 
     table = {c.name: c for c in (losses.CategoricalCrossentropy, losses.SparseCategoricalCrossentropy,
-                                 losses.BinaryCrossentropy, losses.MeanSquaredError)}
+                                 losses.BinaryCrossentropy, losses.MeanSquaredError, losses.MeanAbsoluteError,
+                                 losses.Huber)}
     table.update(_LOSSES)
     if name not in table:
         raise KeyError(f"unknown loss {name!r}; known: {', '.join(sorted(table))}")

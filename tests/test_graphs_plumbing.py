@@ -559,10 +559,7 @@ def test_stand_in_replay_needs_its_buffers_alive():
         graph.launch(stream)
 
 
-# ------------------------------------------------------------------ a gap in fastnn.graphs' replay check
-@pytest.mark.xfail(strict=True, reason="fastnn.graphs._checked_replay keeps the worst difference with "
-                   "`if not err / rtol <= worst`: a NaN difference is taken, then overtaken by the next finite "
-                   "one, so a graph whose loss comes out NaN passes both checks (fix it there, then drop this mark)")
+# ------------------------------------------------------------------ a NaN in the replay check
 def test_a_graph_whose_loss_comes_out_nan_is_caught_by_the_replay_check(fake_gpu, monkeypatch):
     """The graph computes the update right but never writes the loss it returns (garbage: NaN on
     the stand-in); the check compares it with the eager loss and must give the graph up."""
