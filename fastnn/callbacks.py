@@ -40,9 +40,14 @@ class Callback:
 
     def __init__(self):
         self.model = None
+        self.params = {}
 
     def set_model(self, model):
         self.model = model
+
+    def set_params(self, params):
+        """Keras's ``params`` of the run: ``verbose``, ``epochs``, ``steps`` (batches per epoch)."""
+        self.params = params
 
     def on_train_begin(self, logs=None): pass
     def on_train_end(self, logs=None): pass

@@ -409,7 +409,7 @@ class Sequential:
         runs eagerly).
         """
         self._require_compiled("fit()")
-        batch_size = _positive_int(self.name, "batch_size", batch_size)
+        batch_size = _positive_int(self.name, "batch_size", 32 if batch_size is None else batch_size)  # Keras
         if not isinstance(cuda_graph, (bool, numpy.bool_)):
             raise TypeError(f"{self.name}: cuda_graph must be True or False, got {cuda_graph!r}")
         if isinstance(epochs, bool) or not isinstance(epochs, (int, numpy.integer)) or epochs < 0:
@@ -461,7 +461,7 @@ class Sequential:
             callbacks.append(BackupAndRestore(checkpoint_dir, save_freq=save_freq, keep=keep))
             if resume:
                 restorers.append(callbacks[-1])
-        history, cbs = progress_callbacks(callbacks, verbose, epochs, n, self)
+        history, cbs = progress_callbacks(callbacks, verbose, epochs, n, self, steps=-(-n // batch_size))
         cbs = CallbackList(cbs, self)  # one list: the loop's hooks and the validation's on_test_* hooks
         # what a checkpoint's run fingerprint records of this fit (fastnn.io.run_fingerprint)
         self._run_info = {"samples": int(n), "batch_size": int(batch_size), "shuffle": shuffle if isinstance(
@@ -706,13 +706,29 @@ class Sequential:
             total = p if total is None else total + p
         return total
 
+    def get_layer(self, name=None, index=None):
+        """A layer by ``name`` or by ``index``, as Keras's ``get_layer``."""
+        if (name is None) == (index is None):
+            raise ValueError(f"{self.name}.get_layer: give exactly one of name and index")
+        if index is not None:
+            if isinstance(index, bool) or not isinstance(index, (int, numpy.integer)) or \
+                    not -len(self.layers) <= index < len(self.layers):
+                raise ValueError(f"{self.name}.get_layer: index {index!r} is out of range for "
+                                 f"{len(self.layers)} layers")
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"{self.name}.get_layer: no layer named {name!r}; layers: "
+                         f"{', '.join(layer.name for layer in self.layers)}")
+
     def evaluate(self, x, y, batch_size=32, verbose="auto", return_dict=False, callbacks=None):
         """``[loss, *metrics]`` on ``(x, y)`` (just the loss when there are no metrics), as host floats.
 
         ``callbacks``: their ``on_test_begin``, ``on_test_batch_begin/end`` and ``on_test_end`` hooks
         are called, as in Keras."""
         self._require_compiled("evaluate()")
-        batch_size = _positive_int(self.name, "batch_size", batch_size)
+        batch_size = _positive_int(self.name, "batch_size", 32 if batch_size is None else batch_size)  # Keras
         x, y = self._prepare(x, y, move="auto")
         cbs = CallbackList(callbacks, self) if callbacks else None
         logs = self._evaluate_arrays(x, y, batch_size, cbs=cbs)
@@ -729,7 +745,7 @@ class Sequential:
         ``callbacks``: their ``on_predict_begin``, ``on_predict_batch_begin``,
         ``on_predict_batch_end(batch, {"outputs": host array})`` and ``on_predict_end`` hooks are
         called, as in Keras; ``model.stop_predicting = True`` stops after the current batch."""
-        batch_size = _positive_int(self.name, "batch_size", batch_size)
+        batch_size = _positive_int(self.name, "batch_size", 32 if batch_size is None else batch_size)  # Keras
         x, _ = self._prepare(x, move="auto")
         cbs = CallbackList(callbacks, self) if callbacks else None
         begin_hooks = end_hooks = ()

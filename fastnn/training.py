@@ -251,9 +251,10 @@ def run_loop(model, sampler, train_step, *, epochs, initial_epoch=0, callbacks=(
     return logs
 
 
-def progress_callbacks(callbacks, verbose, epochs, samples, model):
+def progress_callbacks(callbacks, verbose, epochs, samples, model, steps=None):
     """The user's callbacks, then a ``ProgressBar`` for ``verbose``, then the ``History`` (last, as in
-    Keras, so it records what earlier callbacks add to the logs, such as ``lr``)."""
+    Keras, so it records what earlier callbacks add to the logs, such as ``lr``). Each callback gets
+    Keras's ``params`` (``verbose``, ``epochs``, ``steps`` per epoch) through ``set_params``."""
     if verbose == "auto":
         verbose = 1
     if verbose not in (0, 1, 2, True, False):
@@ -264,6 +265,10 @@ def progress_callbacks(callbacks, verbose, epochs, samples, model):
         cbs.append(ProgressBar(int(verbose)))
     cbs.append(history)
     model._fit_params = {"epochs": epochs, "samples": samples, "verbose": verbose}
+    params = {"verbose": int(verbose), "epochs": epochs, "steps": steps}
+    for cb in cbs:
+        if hasattr(cb, "set_params"):
+            cb.set_params(dict(params))
     return history, cbs
 
 
