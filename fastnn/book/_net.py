@@ -145,3 +145,25 @@ class BookNet:
         (which could run code) raises ``pickle.UnpicklingError``. Shapes must match this network's.
         """
         assign_params(type(self).__name__, self.ops, self.params, load_params_file(file_name))
+
+
+class InferenceNet(BookNet):
+    """A network whose ``predict``, ``loss`` and gradients always run in inference mode (no
+    ``train_flg``): ``TwoLayerNet``, ``MultiLayerNet``, ``SimpleConvNet``, as in the book."""
+
+    def predict(self, x):
+        """Scores (before softmax) of ``x``."""
+        return self._predict(x, False)
+
+    def loss(self, x, t):
+        """Mean cross-entropy of ``softmax(predict(x))`` against ``t`` (one-hot or class indices),
+        plus the network's weight decay term when it has one."""
+        return self._loss(x, t, False)
+
+    def numerical_gradient(self, x, t):
+        """Central-difference gradients of ``loss(x, t)``, one per key of ``params``."""
+        return self._numerical_gradient(x, t, list(self.params), False)
+
+    def gradient(self, x, t):
+        """Back-propagated gradients of ``loss(x, t)``, one per key of ``params``."""
+        return self._gradient(x, t, False)

@@ -161,26 +161,19 @@ class BatchNormalization(_BatchNormalization):
     batch is accepted as in the book: ``x - mu`` is 0, so ``out = beta`` and ``dx = 0``.
     """
 
+    single_sample_batches = True
+
     def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None, *, name=None):
         super().__init__(gamma, beta, momentum=momentum, running_mean=running_mean, running_var=running_var,
                          name=name)
 
-    def forward(self, x, train_flg=True, training=None):
-        ops = self._ops_for(x)
-        x = self._input(ops, x, self.gamma.dtype)
-        x2, how = self._to_2d(x)
-        if self.running_mean is None:
-            self.running_mean = ops.alloc(self.gamma.shape, x.dtype)
-            self.running_var = ops.alloc(self.gamma.shape, x.dtype)
+    def _running_stats(self, ops, dtype):
+        """As the book's: given running statistics follow the input's backend and dtype."""
+        super()._running_stats(ops, dtype)
         for name in ("running_mean", "running_var"):
             value = getattr(self, name)
-            if not ops.owns(value) or value.dtype != x.dtype:
-                setattr(self, name, ops.asarray(value).astype(x.dtype))
-        train = train_flag(train_flg, training)
-        y, xhat, inv_std = ops.batchnorm_forward(x2, self.gamma, self.beta, self.running_mean, self.running_var,
-                                                 self.momentum, self.eps, train)
-        self.cache = (xhat, inv_std, how) if train else None
-        return self._from_2d(y, how)
+            if not ops.owns(value) or value.dtype != dtype:
+                setattr(self, name, ops.asarray(value).astype(dtype))
 
 
 class Convolution(_Convolution):

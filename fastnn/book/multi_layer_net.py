@@ -6,7 +6,7 @@ from collections import OrderedDict
 import numpy
 
 from fastnn.book import layers as L
-from fastnn.book._net import BookNet, init_scale
+from fastnn.book._net import InferenceNet, init_scale
 
 __all__ = ["MultiLayerNet"]
 
@@ -41,7 +41,7 @@ def build_layers(net, activation, weight_init_std, use_batchnorm=False, use_drop
     net._bind(sorted(owners, key=lambda o: order[o[0]]))
 
 
-class MultiLayerNet(BookNet):
+class MultiLayerNet(InferenceNet):
     """A fully connected network: ``(Affine -> activation) x len(hidden_size_list) -> Affine -> SoftmaxWithLoss``.
 
     Parameters
@@ -68,19 +68,3 @@ class MultiLayerNet(BookNet):
         self.weight_decay_lambda = weight_decay_lambda
         self._start(seed, dtype, backend)
         build_layers(self, activation, weight_init_std)
-
-    def predict(self, x):
-        """Scores (before softmax) of ``x: (N, input_size)``."""
-        return self._predict(x, False)
-
-    def loss(self, x, t):
-        """Mean cross-entropy of ``softmax(predict(x))`` against ``t`` plus ``0.5 * lambda * sum(W^2)``."""
-        return self._loss(x, t, False)
-
-    def numerical_gradient(self, x, t):
-        """Central-difference gradients of ``loss(x, t)``: ``{'W1', 'b1', ...}``."""
-        return self._numerical_gradient(x, t, list(self.params), False)
-
-    def gradient(self, x, t):
-        """Back-propagated gradients of ``loss(x, t)`` (``dW + lambda * W`` for the weights)."""
-        return self._gradient(x, t, False)

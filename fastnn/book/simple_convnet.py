@@ -7,14 +7,14 @@ from collections import OrderedDict
 import numpy
 
 from fastnn.book import layers as L
-from fastnn.book._net import BookNet
+from fastnn.book._net import InferenceNet
 
 __all__ = ["SimpleConvNet"]
 
 _CONV_PARAM = {"filter_num": 30, "filter_size": 5, "pad": 0, "stride": 1}
 
 
-class SimpleConvNet(BookNet):
+class SimpleConvNet(InferenceNet):
     """A simple convolutional network over NCHW images.
 
     Parameters
@@ -58,14 +58,6 @@ class SimpleConvNet(BookNet):
             owners += [(f"W{i}", self.layers[key], "W"), (f"b{i}", self.layers[key], "b")]
         self._bind(owners)
 
-    def predict(self, x):
-        """Scores (before softmax) of ``x: (N, C, H, W)``."""
-        return self._predict(x, False)
-
-    def loss(self, x, t):
-        """Mean cross-entropy of ``softmax(predict(x))`` against ``t``."""
-        return self._loss(x, t, False)
-
     def accuracy(self, x, t, batch_size=100):
         """Fraction of ``x`` classified as ``t``, predicted ``batch_size`` images at a time.
 
@@ -73,14 +65,6 @@ class SimpleConvNet(BookNet):
         by ``x.shape[0]``, which lowers its figure when ``batch_size`` does not divide ``N``).
         """
         return _batched_accuracy(self, x, t, batch_size)
-
-    def numerical_gradient(self, x, t):
-        """Central-difference gradients of ``loss(x, t)``: ``{'W1', 'b1', 'W2', 'b2', 'W3', 'b3'}``."""
-        return self._numerical_gradient(x, t, list(self.params), False)
-
-    def gradient(self, x, t):
-        """Back-propagated gradients of ``loss(x, t)``."""
-        return self._gradient(x, t, False)
 
 
 def _batched_accuracy(net, x, t, batch_size):

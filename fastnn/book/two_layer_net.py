@@ -15,12 +15,12 @@ from collections import OrderedDict
 import numpy
 
 from fastnn.book import layers as L
-from fastnn.book._net import BookNet
+from fastnn.book._net import InferenceNet
 
 __all__ = ["TwoLayerNet"]
 
 
-class TwoLayerNet(BookNet):
+class TwoLayerNet(InferenceNet):
     """``Affine1 -> Relu1 -> Affine2`` with ``lastLayer = SoftmaxWithLoss()`` (the book's names).
 
     Weights are ``weight_init_std * randn``, biases zero. ``seed``, ``dtype`` (float64) and
@@ -45,19 +45,3 @@ class TwoLayerNet(BookNet):
     @property
     def last_layer(self):
         return self.lastLayer
-
-    def predict(self, x):
-        """Scores (before softmax) of ``x: (N, input_size)``."""
-        return self._predict(x, False)
-
-    def loss(self, x, t):
-        """Mean cross-entropy of ``softmax(predict(x))`` against ``t`` (one-hot or class indices)."""
-        return self._loss(x, t, False)
-
-    def numerical_gradient(self, x, t):
-        """Central-difference gradients of ``loss(x, t)``: ``{'W1', 'b1', 'W2', 'b2'}``."""
-        return self._numerical_gradient(x, t, list(self.params), False)
-
-    def gradient(self, x, t):
-        """Back-propagated gradients of ``loss(x, t)``: ``{'W1', 'b1', 'W2', 'b2'}``."""
-        return self._gradient(x, t, False)

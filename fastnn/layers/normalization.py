@@ -96,16 +96,24 @@ class BatchNormalization(Layer):
         n, c, h, w = shape
         return y.reshape(n, h, w, c).transpose(0, 3, 1, 2)
 
+    # fastnn.book's layer trains on a 1-sample batch, as the book's gradient check does (xhat = 0).
+    single_sample_batches = False
+
+    def _running_stats(self, ops, dtype):
+        """Make the running statistics on first use (zeros, as the book's)."""
+        if self.running_mean is None:
+            self.running_mean = ops.alloc(self.gamma.shape, dtype)
+            self.running_var = ops.alloc(self.gamma.shape, dtype)
+
     def forward(self, x, train_flg=True, training=None):
         self._ensure_built(x.shape)
         ops = self._ops_for(x)
         x = self._input(ops, x, self.gamma.dtype)
         x2, how = self._to_2d(x)
-        if self.running_mean is None:
-            self.running_mean = ops.alloc(self.gamma.shape, x.dtype)
-            self.running_var = ops.alloc(self.gamma.shape, x.dtype)
+        self._running_stats(ops, x.dtype)
         train = train_flag(train_flg, training)
-        if train and x2.shape[0] < 2 and self.book:  # Keras's layer takes fit's 1-sample last batch (xhat = 0)
+        # Keras's layer takes fit's 1-sample last batch (xhat = 0); the book-style one here refuses it
+        if train and x2.shape[0] < 2 and self.book and not self.single_sample_batches:
             raise ValueError(f"{self.name}: training-mode batch normalization needs at least 2 values per feature, "
                              f"got a batch of shape {tuple(x.shape)}")
         y, xhat, inv_std = ops.batchnorm_forward(x2, self.gamma, self.beta, self.running_mean, self.running_var,
