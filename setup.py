@@ -23,6 +23,8 @@ setup(
         "fastnn",
         "fastnn.backend",
         "fastnn.layers",
+        "fastnn.callbacks",
+        "fastnn.training",
         "fastnn.book",
         "fastnn.kernels",
         "fastnn.kernels.cpu",

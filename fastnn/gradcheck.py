@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy
 
 from fastnn.functions import numerical_gradient
+from fastnn.layers.base import StepContext
 
 
 class GradientCheckError(AssertionError):
@@ -31,10 +32,14 @@ def check_layer(layer, x, *, dout=None, seed=0, h=1e-4, rtol=1e-5, atol=1e-7, tr
     """Check ``layer.backward`` against numerical gradients for ``x`` and every weight.
 
     ``x`` must be a float64 array the layer reads (it is perturbed in place). Dropout layers have
-    their ``step`` pinned so every evaluation sees one mask. Returns the numerical gradients.
+    their step pinned (one ``StepContext``) so every evaluation sees one mask. Returns the numerical
+    gradients.
     """
-    if hasattr(layer, "step") and layer.step is None:
-        layer.step = 0
+    with StepContext(0, reuse_buffers=False):
+        return _check_layer(layer, x, dout, seed, h, rtol, atol, train_flg)
+
+
+def _check_layer(layer, x, dout, seed, h, rtol, atol, train_flg):
     y = layer.forward(x, train_flg=train_flg)
     xp = type(y).__module__.split(".")[0] == "cupy" and __import__("cupy") or numpy
     if dout is None:

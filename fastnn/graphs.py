@@ -11,7 +11,7 @@ kernels once and replays them with one launch. What is captured follows from two
   travel in one small device buffer: the host computes them exactly as the eager step does,
   writes them into a pinned staging buffer (two, used in turn) and copies it to the device before
   each replay; the captured "dev" primitives (``Ops.dropout_mask_dev``, ``Ops.<optimizer>_step_dev``)
-  read them there. Captured: the dropout masks, ``Sequential._grad_step`` (forward, loss, metrics,
+  read them there. Captured: the dropout masks, ``TrainStep.grad`` (forward, loss, metrics,
   backward), the regularizers and the fused optimizer update. Eager around each replay: the
   batch gather into the input slot (two ``take`` launches; the data's address changes from one
   ``fit`` to the next, so it is not captured), the staging copy, and the copies of the batch's
@@ -43,7 +43,7 @@ kernels for the real shapes outside the capture.
 Ordering: ``fit`` runs on the capture stream, a non-blocking one, so ``StepGraphs.ordered`` makes it
 wait for the work queued before on the legacy default stream (the data's copy to the device, a
 restored checkpoint), and the default stream wait for it at the end. An out-of-memory retry
-(``Sequential._guard_memory``) clears the workspaces a graph used, so it ``reset``s the graph,
+(``TrainStep.guarded``) clears the workspaces a graph used, so it ``reset``s the graph,
 which is captured again.
 
 Status: written without a GPU. ``tests/test_graphs_plumbing.py`` runs all of it on the CPU
@@ -59,6 +59,7 @@ import warnings
 
 import numpy
 
+from fastnn.layers.base import StepContext
 from fastnn.layers.core import Dropout
 
 log = logging.getLogger("fastnn")
@@ -187,10 +188,10 @@ class _Captured:
 
 class StepGraphs:
     """The captured training step of a model for one batch shape (CuPy backend only; see the module
-    docstring). ``Sequential.fit`` keeps it on the model, so later ``fit`` calls replay it."""
+    docstring). The model's ``fastnn.training.TrainStep`` keeps it, so later ``fit`` calls replay it."""
 
-    def __init__(self, model, rows, x_spec, y_spec, distributed=False):
-        self.model, self.ops = model, model.ops
+    def __init__(self, trainer, rows, x_spec, y_spec, distributed=False):
+        self.trainer, self.model, self.ops = trainer, trainer.model, trainer.model.ops
         self.x_spec, self.y_spec = x_spec, y_spec  # (shape of one sample, device dtype) of inputs and targets
         self.cupy = cupy = self.ops.xp
         self.rows = rows            # rows of a full (local) batch: the only shape captured
@@ -244,21 +245,19 @@ class StepGraphs:
         cap = self.captured
         fill(cap.x_slot, cap.y_slot)
         step = model._step
-        for layer in cap.masks:
-            layer.step, layer.row0 = step, row0
         stats = None
         try:
             if cap.staging is not None:
                 cap.staging.push(functools.partial(self._write_scalars, cap, step))
             applied = cap.pieces is not None
             if cap.checks_left:
-                stats = self._checked_replay(cap, n_global)  # restores the state if it raises
+                stats = self._checked_replay(cap, n_global, step, row0)  # restores the state if it raises
             else:
                 cap.launch(self.stream)
                 if applied:
                     model.optimizer.iterations += 1
         except MemoryError:
-            raise  # nothing applied: Sequential._guard_memory frees, resets this graph and retries the step
+            raise  # nothing applied: TrainStep.guarded frees, resets this graph and retries the step
         except Exception as exc:  # noqa: BLE001 - a failed replay: this step and the rest run eagerly
             self._give_up(f"replaying the step failed ({type(exc).__name__}: {exc})")
             return None
@@ -269,7 +268,8 @@ class StepGraphs:
                 self._give_up(f"copying the step's statistics failed ({type(exc).__name__}: {exc})")
                 stats = dict(cap.stats)
         if not applied:
-            stats = model._apply_step(stats, self.rows, comm)
+            with StepContext(step, row0):
+                stats = self.trainer.apply(stats, self.rows, comm)
         model._step += 1
         return stats
 
@@ -356,9 +356,9 @@ class StepGraphs:
         model, ops = self.model, self.ops
         for i, (layer, mask) in enumerate(masks):
             ops.dropout_mask_dev(mask.shape, layer.rate, bases[i:i + 1], row0, dtype=mask.dtype, out=mask)
-        stats = model._grad_step(x_slot, y_slot, self.rows, n_global)
+        stats = self.trainer.grad(x_slot, y_slot, self.rows, n_global)
         if pieces is not None:
-            penalty = model._regularize()
+            penalty = model.regularize()
             if penalty is not None:
                 stats["loss"] = stats["loss"] + penalty * model.dtype.type(self.rows)
             model.optimizer.step_flat_dev(model.flat, pieces, hyper)
@@ -375,11 +375,8 @@ class StepGraphs:
         handle = self._handle(precision)
         pool = cupy.cuda.MemoryPool()
         recorder = _Recorder(cupy, stream, handle, precision)
-        dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
-        for layer in model.layers:
-            layer.reuse_buffers = True
-        for layer in dropouts:
-            layer.premade_mask = True
+        context = StepContext(model._step, row0, reuse_buffers=True, premade_masks=True)
+        context.__enter__()
         try:
             masks = [(layer, layer._buffer(ops, "mask", (rows, units), model.dtype))
                      for layer, units in _dropout_units(model) if layer.rate > 0]
@@ -414,11 +411,8 @@ class StepGraphs:
                 program = recorder.finish()
         finally:
             ops.capture = None
-            for layer in model.layers:
-                layer.reuse_buffers = False
-            for layer in dropouts:
-                layer.premade_mask = False
-        keep = [handle, recorder.keep, list(model._dx_buffer.values()), [m for _, m in masks], device,
+            context.__exit__(None, None, None)
+        keep = [handle, recorder.keep, list(self.trainer.dx.values()), [m for _, m in masks], device,
                 list(model.optimizer.flat_slots or ())]
         for layer in model.layers:  # every array a layer holds now is one the graph may touch
             keep.append(list(layer._ws.values()))
@@ -429,7 +423,7 @@ class StepGraphs:
         return _Captured(program, x_slot, y_slot, stats, keep, pool, staging, [layer for layer, _ in masks],
                          pieces, hyper_shape)
 
-    def _checked_replay(self, cap, n_global):
+    def _checked_replay(self, cap, n_global, step, row0):
         """Replay, then run the same step eagerly from the same state, and compare.
 
         The eager result is the one kept (it is what training without graphs computes); a
@@ -439,7 +433,7 @@ class StepGraphs:
         step count) shows. Returns the step's statistics, after the update when the graph holds it
         (otherwise the caller applies it). If anything raises, the state before the step is put
         back first."""
-        model, cupy, flat, opt = self.model, self.cupy, self.model.flat, self.model.optimizer
+        cupy, flat, opt = self.cupy, self.model.flat, self.model.optimizer
         whole = cap.pieces is not None
         states = [flat.p, *(opt.flat_slots if whole else ())]  # flat.p holds BatchNormalization's statistics too
         names = ["parameters"] + [f"optimizer state {i}" for i in range(len(states) - 1)]
@@ -451,15 +445,10 @@ class StepGraphs:
             got.update({name: a - b for name, a, b in zip(names, states, before)})
             for a, b in zip(states, before):
                 a[...] = b
-            for layer in model.layers:
-                layer.reuse_buffers = True
-            try:  # masks drawn eagerly (Dropout.step is set), into the same buffers
-                stats = model._grad_step(cap.x_slot, cap.y_slot, self.rows, n_global)
+            with StepContext(step, row0):  # masks drawn eagerly for this step, into the same buffers
+                stats = self.trainer.grad(cap.x_slot, cap.y_slot, self.rows, n_global)
                 if whole:
-                    stats = model._apply_step(stats, self.rows, None)
-            finally:
-                for layer in model.layers:
-                    layer.reuse_buffers = False
+                    stats = self.trainer.apply(stats, self.rows, None)
             want = {"gradients": flat.g, **stats}  # with the regularizers' terms in both when whole
             want.update({name: a - b for name, a, b in zip(names, states, before)})
         except BaseException:

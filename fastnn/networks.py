@@ -20,6 +20,7 @@ import numpy
 from fastnn import functions
 from fastnn.backend import current, get_ops
 from fastnn.layers import Affine, BatchNormalization, Dropout, Relu, Sigmoid, SoftmaxWithLoss
+from fastnn.layers.base import StepContext, step_context
 from fastnn.params import FlatParams
 from fastnn.random import draw_seed, make_rng
 
@@ -96,9 +97,6 @@ class _BookNet:
         if x is not self._last_batch:
             self.step += 1
             self._last_batch = x
-        for layer in self.layers.values():
-            if isinstance(layer, Dropout):
-                layer.step = self.step
 
     def predict(self, x, train_flg=False):
         """Scores (before softmax) for ``x``."""
@@ -117,10 +115,13 @@ class _BookNet:
 
     def loss(self, x, t, train_flg=False):
         """Mean cross-entropy of the softmax of ``predict(x)`` against ``t``, plus ``0.5 λ ΣW²``."""
-        if train_flg:
-            self._advance(x)
-        y = self.predict(x, train_flg)
-        return self.last_layer.forward(y, t) + self._weight_penalty()
+        if not train_flg:
+            return self.last_layer.forward(self.predict(x, False), t) + self._weight_penalty()
+        self._advance(x)
+        outer = step_context()  # gradient()'s, which lets this pass reuse workspaces
+        with StepContext(self.step, reuse_buffers=outer is not None and outer.reuse_buffers):
+            y = self.predict(x, True)
+            return self.last_layer.forward(y, t) + self._weight_penalty()
 
     def accuracy(self, x, t):
         """Fraction of rows whose arg-max score is the label (``t`` one-hot or class indices)."""
@@ -143,16 +144,11 @@ class _BookNet:
     def gradient(self, x, t):
         """Back-propagated gradients, same keys as ``params`` (a fresh copy each call)."""
         layers = list(self.layers.values())
-        for layer in layers:  # this pass's activations are internal: reuse workspaces
-            layer.reuse_buffers = True
-        try:
+        with StepContext(self.step, reuse_buffers=True):  # this pass's activations are internal: reuse workspaces
             self.loss(x, t, train_flg=True)
             dout = self.last_layer.backward(1)
             for layer in reversed(layers):
                 dout = layer.backward(dout)
-        finally:
-            for layer in layers:
-                layer.reuse_buffers = False
         if self.weight_decay_lambda:
             lam = self.dtype.type(self.weight_decay_lambda)
             for key, (layer, wname) in self._grad_keys.items():

@@ -110,7 +110,8 @@ class FlatParams:
         """Entries in layer order (the order ``get_weights``/``set_weights`` use)."""
         return sorted(self.entries, key=lambda e: e.order)
 
-    def set_host(self, arrays):
+    def check_host(self, arrays):
+        """Refuse ``arrays`` that do not match the weights one for one, in number and shape."""
         entries = self.ordered_entries()
         if len(arrays) != len(entries):
             raise ValueError(f"set_weights: the model has {len(entries)} weight arrays, got {len(arrays)}")
@@ -118,5 +119,9 @@ class FlatParams:
             a = numpy.asarray(a)
             if a.shape != e.shape:
                 raise ValueError(f"set_weights: {e.key} has shape {e.shape}, got an array of shape {a.shape}")
+        return entries
+
+    def set_host(self, arrays):
+        entries = self.check_host(arrays)
         for e, a in zip(entries, arrays):
             self.p[e.offset:e.offset + e.size] = self.ops.asarray(numpy.asarray(a, dtype=self.dtype).reshape(-1))

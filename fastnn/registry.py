@@ -35,6 +35,16 @@ def layer_class(name):
     return cls
 
 
+def model_class(name):
+    """The model class a file's ``config.json`` names (``Sequential``)."""
+    from fastnn import models
+
+    table = {"Sequential": models.Sequential}
+    if name not in table:
+        raise KeyError(f"unknown model class {name!r}; known: {', '.join(sorted(table))}")
+    return table[name]
+
+
 def optimizer_class(name):
     from fastnn import optimizers
 

@@ -144,13 +144,16 @@ def steady_state_alloc_peak(model, x, t, warm=2, steps=5):
     after ``warm`` steps that make the workspaces of this batch shape (host backends only)."""
     import tracemalloc
 
-    xd, td = model._prepare(x, t)
+    from fastnn.training import TrainStep
+
+    xd, td = model.prepare(x, t)
+    trainer = TrainStep.of(model)
     for _ in range(warm):
-        model._train_batch(xd, td)
+        trainer.step(xd, td)
     tracemalloc.start()
     try:
         for _ in range(steps):
-            model._train_batch(xd, td)
+            trainer.step(xd, td)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

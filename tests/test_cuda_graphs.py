@@ -2,7 +2,7 @@
 
 CPU part (runs everywhere): on a CPU backend ``cuda_graph=True`` warns once, naming the backend,
 and trains exactly as without it; precision values are checked; the model step split that the
-graph captures: ``_grad_step`` gives the numerical gradient, ``_apply_step`` the SGD update.
+graph captures: ``TrainStep.grad`` gives the numerical gradient, ``TrainStep.apply`` the SGD update.
 GPU part (marker ``gpu``): graph replay equals eager training (MLP with Dropout and
 BatchNormalization, Adam, ragged last batch), in both capture modes; a capture that cannot work
 falls back to eager with a warning; the cuBLAS handle's GEMMs equal ``cupy.matmul`` in every
@@ -21,8 +21,10 @@ from fastnn import backend as fbackend
 from fastnn import optimizers as _opt
 from fastnn.backend import select
 from fastnn.layers import BatchNormalization, Dense, Dropout
+from fastnn.layers.base import StepContext
 from fastnn.models import Sequential
 from fastnn.testing import has_gpu, host
+from fastnn.training import TrainStep
 
 
 
@@ -77,33 +79,35 @@ def test_without_cuda_graph_no_warning():
 
 def test_grad_step_gives_the_numerical_gradient_and_apply_step_the_sgd_update():
     """The split the graph captures, checked against what it must compute (not against the eager
-    step, which runs the same two functions): ``_grad_step`` leaves the flat gradient buffer equal
-    to the central-difference gradient of the batch loss (float64, h = 1e-4), and ``_apply_step``
+    step, which runs the same two functions): ``TrainStep.grad`` leaves the flat gradient buffer equal
+    to the central-difference gradient of the batch loss (float64, h = 1e-4), and ``TrainStep.apply``
     with SGD(lr) then moves every parameter by exactly ``-lr * g``."""
     x, y = _data()
     model = _model("numpy", dtype="float64", dropout=False, optimizer=lambda: _opt.SGD(0.1))
     model.build((None, 12))
-    for layer in model.layers:
-        layer.reuse_buffers = True
+    trainer = TrainStep.of(model)
+    context = StepContext(0)  # workspaces reused, as in a training step
+    context.__enter__()
     xb, yb = model.ops.asarray(x[:32], dtype=model.dtype), model.ops.asarray(y[:32])
     p = model.flat.p
     p0 = p.copy()
-    stats = model._grad_step(xb, yb, 32, 32)
+    stats = trainer.grad(xb, yb, 32, 32)
     g = model.flat.g.copy()
     assert set(stats) == {"loss", "accuracy"}
 
     def loss_at(i, delta):
         p[...] = p0
         p[i] += delta
-        return float(model._grad_step(xb, yb, 32, 32)["loss"])
+        return float(trainer.grad(xb, yb, 32, 32)["loss"])
 
     h = 1e-4   # the step's "loss" statistic is the batch's sum; the gradient is of the batch mean
     numeric = numpy.array([(loss_at(i, h) - loss_at(i, -h)) / (2 * h) for i in range(p.size)]) / 32
     p[...] = p0
     numpy.testing.assert_allclose(g, numeric, rtol=1e-5, atol=1e-8)
-    model._grad_step(xb, yb, 32, 32)        # the gradient at p0 again (BatchNormalization's running
+    trainer.grad(xb, yb, 32, 32)            # the gradient at p0 again (BatchNormalization's running
     p1 = p.copy()                           # statistics, in the buffer but not trained, move), then
-    model._apply_step(stats, 32, None)      # one update
+    trainer.apply(stats, 32, None)          # one update
+    context.__exit__(None, None, None)
     numpy.testing.assert_allclose(p, p1 - 0.1 * g, rtol=0, atol=1e-15)
     assert (p != p1).sum() == (g != 0).sum() > 1000
 
@@ -111,12 +115,12 @@ def test_grad_step_gives_the_numerical_gradient_and_apply_step_the_sgd_update():
 def test_dropout_premade_mask_uses_the_filled_buffer():
     ops = fastnn.get_ops("numpy")
     layer = Dropout(0.5, seed=11)
-    layer.reuse_buffers = True
     x = numpy.random.default_rng(0).standard_normal((6, 10))
-    fresh = layer.forward(x, True).copy()   # draws the mask for step 0 (its own call count)
-    mask = layer.fill_mask(ops, (6, 10), x.dtype, 7)   # step 7's mask into the workspace
-    layer.premade_mask = True
-    y = layer.forward(x, True)
+    with StepContext(0):
+        fresh = layer.forward(x, True).copy()   # draws the mask for step 0
+        mask = layer.fill_mask(ops, (6, 10), x.dtype, StepContext(7))   # step 7's mask into the workspace
+    with StepContext(0, premade_masks=True):
+        y = layer.forward(x, True)
     numpy.testing.assert_array_equal(y, x * mask)
     assert not numpy.array_equal(y, fresh)
 
@@ -196,7 +200,7 @@ def test_graph_training_equals_eager(mode, dtype, optimizer, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would warn: fail instead
         h_graph = graphed.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=5, cuda_graph=True)
-    graphs = graphed._graphs[2]
+    graphs = graphed._train_step.graphs
     assert graphs.disabled is None and graphs.captured.checks_left == 0 and graphs.mode == mode
     assert (graphs.captured.pieces is None) == optimizer.endswith("clipnorm")
     rtol = 2e-4 if dtype == "float32" else 1e-9
@@ -209,16 +213,16 @@ def test_graph_training_equals_eager(mode, dtype, optimizer, monkeypatch):
 def test_graph_capture_failure_falls_back_with_a_warning(monkeypatch):
     x, y = _data()
     model = _model("cupy")
-    original = Sequential._grad_step
+    original = TrainStep.grad
 
     def syncing(self, *args):   # a host sync inside the step invalidates any capture
         stats = original(self, *args)
         float(stats["loss"])
         return stats
-    monkeypatch.setattr(Sequential, "_grad_step", syncing)
+    monkeypatch.setattr(TrainStep, "grad", syncing)
     with pytest.warns(RuntimeWarning, match=r"fit\(cuda_graph=True\): capturing the step failed.*continues eagerly on cuda"):
         h = model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True)
-    monkeypatch.setattr(Sequential, "_grad_step", original)
+    monkeypatch.setattr(TrainStep, "grad", original)
     ref = _model("cupy")
     h_ref = ref.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5)
     _history_close(h, h_ref, 1e-6)
@@ -313,14 +317,14 @@ def test_graph_is_reused_by_later_fit_calls():
     x, y = _data(n=203)
     model = _model("cupy")
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=5, cuda_graph=True)
-    graphs = model._graphs[2]
+    graphs = model._train_step.graphs
     captured = graphs.captured
     assert captured is not None and captured.checks_left == 0 and graphs.disabled is None
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=6, cuda_graph=True)
-    assert model._graphs[2] is graphs and graphs.captured is captured   # replayed, not captured again
+    assert model._train_step.graphs is graphs and graphs.captured is captured   # replayed, not captured again
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=6, cuda_graph=True)
-    assert model._graphs[2] is not graphs                                # new loss/metrics: new capture
+    assert model._train_step.graphs is not graphs                                # new loss/metrics: new capture
 
 
 @gpu_only

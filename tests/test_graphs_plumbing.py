@@ -115,7 +115,7 @@ def test_graph_plumbing_trains_exactly_as_eager(fake_gpu, optimizer):
     """Every optimizer (its update captured with scalars from the staging buffer; with clipnorm,
     eager after the replay), an L2 regularizer, BatchNormalization, two Dropout layers."""
     model = _trains_exactly_as_eager(fake_gpu, optimizer)
-    graphs_ = model._graphs[2]
+    graphs_ = model._train_step.graphs
     assert graphs_.mode == fake_gpu.mode and graphs_.disabled is None and graphs_.captured.checks_left == 0
     assert (graphs_.captured.pieces is None) == optimizer.endswith("clipnorm")   # update in the graph or eager
     assert len(graphs_.captured.masks) == 2
@@ -246,12 +246,12 @@ def test_graph_is_reused_across_fit_calls_and_recaptured_after_oom(fake_gpu, mon
     ref, model = _model("numpy"), _model(fake_gpu)
     h_ref = [ref.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=s) for s in (1, 2)]
     h = [model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=1, cuda_graph=True)]
-    graphs = model._graphs[2]
+    graphs = model._train_step.graphs
     captured = graphs.captured
     h.append(model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=2, cuda_graph=True))
     for a, b in zip(h, h_ref):
         assert a.history == b.history
-    assert model._graphs[2] is graphs and graphs.captured is captured   # replayed, not captured again
+    assert model._train_step.graphs is graphs and graphs.captured is captured   # replayed, not captured again
     assert len(fake_gpu.replays) == 2 * 6 - 1
 
     # one simulated device OOM in the third fit's first batch: freed, retried, re-captured later
@@ -276,12 +276,12 @@ def test_graph_is_reused_across_fit_calls_and_recaptured_after_oom(fake_gpu, mon
             raise MemoryError("simulated")
         return real3(*args, **kwargs)
     monkeypatch.setattr(model.layers[3], "forward", counted)
-    model._graphs[2].reset()                # so the first step of this fit is eager (and fails once)
+    model._train_step.graphs.reset()                # so the first step of this fit is eager (and fails once)
     h3 = model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=3, cuda_graph=True)
     assert h3.history == h_ref3.history
     for a, b in zip(model.get_weights(), ref.get_weights()):
         numpy.testing.assert_array_equal(a, b)
-    assert model._graphs[2] is graphs and graphs.captured is not None and graphs.captured is not captured
+    assert model._train_step.graphs is graphs and graphs.captured is not None and graphs.captured is not captured
 
 
 def test_capture_failure_warns_and_trains_eagerly(fake_gpu, monkeypatch):
@@ -312,7 +312,7 @@ def test_replay_mismatch_gives_up_the_graph(fake_gpu, monkeypatch):
                                             r"difference .* > 1e-0[24]\)"):
         h = model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True)
     _assert_same(model, h, ref, h_ref)
-    assert model._graphs is None or model._graphs[2].disabled is not None
+    assert model._train_step is None or model._train_step.graphs is None or model._train_step.graphs.disabled is not None
 
 
 def test_host_fed_batches_through_the_graph(fake_gpu, monkeypatch):
@@ -346,7 +346,7 @@ def test_second_check_catches_a_value_frozen_at_capture(fake_gpu, monkeypatch):
     with pytest.warns(RuntimeWarning, match=r"replayed step's .* differ from the eager step's"):
         h = model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True)
     _assert_same(model, h, ref, h_ref)
-    assert len(calls) == 2 and model._graphs[2].disabled is not None
+    assert len(calls) == 2 and model._train_step.graphs.disabled is not None
 
 
 def test_a_wrong_learning_rate_in_the_graph_is_caught(fake_gpu, monkeypatch):
@@ -374,12 +374,12 @@ def test_weight_decay_changed_between_fits_reaches_the_cached_graph(fake_gpu):
     ref, model = _model("numpy", OPTIMIZERS["adamw"]), _model(fake_gpu, OPTIMIZERS["adamw"])
     ref.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=1)
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=1, cuda_graph=True)
-    graphs = model._graphs[2]
+    graphs = model._train_step.graphs
     for m in (ref, model):
         m.optimizer.weight_decay = 0.2
     h_ref = ref.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=2)
     h = model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=2, cuda_graph=True)
-    assert model._graphs[2] is graphs and graphs.disabled is None
+    assert model._train_step.graphs is graphs and graphs.disabled is None
     _assert_same(model, h, ref, h_ref)
 
 
@@ -400,11 +400,11 @@ def test_interrupted_fit_resumed_in_the_same_process_replays_correctly(fake_gpu,
     with pytest.raises(KeyboardInterrupt):
         model.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=5, checkpoint_dir=tmp_path / "run", save_freq=1,
                   cuda_graph=True, callbacks=[Stop()])
-    graphs = model._graphs[2]
+    graphs = model._train_step.graphs
     slots = model.optimizer.flat_slots
     h = model.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=5, checkpoint_dir=tmp_path / "run", save_freq=1,
                   cuda_graph=True)
-    assert model.optimizer.flat_slots is slots and model._graphs[2] is graphs and graphs.disabled is None
+    assert model.optimizer.flat_slots is slots and model._train_step.graphs is graphs and graphs.disabled is None
     _assert_same(model, h, ref, h_ref)
 
 
@@ -428,23 +428,23 @@ def test_out_of_memory_in_a_replay_is_retried_through_the_guard(fake_gpu, monkey
     monkeypatch.setattr(StepGraphs, "_capture", lambda self, *a: captures.append(1) or real_capture(self, *a))
     h = model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True)
     _assert_same(model, h, ref, h_ref)
-    assert len(captures) == 2 and model._graphs[2].disabled is None
+    assert len(captures) == 2 and model._train_step.graphs.disabled is None
 
 
 def test_cache_key_sees_dropout_rates_and_rebuilt_optimizer_slots(fake_gpu):
     x, y = _data()
     model = _model(fake_gpu)
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, cuda_graph=True)
-    first = model._graphs[2]
+    first = model._train_step.graphs
     model.layers[2].rate = 0.1
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, cuda_graph=True)
-    second = model._graphs[2]
+    second = model._train_step.graphs
     assert second is not first
     model.optimizer.build(model.flat)          # new slot arrays: the old graph would update the old ones
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, cuda_graph=True)
-    assert model._graphs[2] is not second
+    assert model._train_step.graphs is not second
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    assert model._graphs is None               # a new compile lets the captured step go
+    assert model._train_step is None               # a new compile lets the captured step go
 
 
 @pytest.mark.parametrize("fake_gpu", ["full"], indirect=True)
@@ -459,7 +459,7 @@ def test_a_cublas_handle_that_fails_its_check_means_split_mode(fake_gpu, monkeyp
     monkeypatch.setattr(cublas, "Cublas", OffCublas)
     with caplog.at_level("INFO", logger="fastnn"):
         model = _trains_exactly_as_eager(fake_gpu, "adam", epochs=1)
-    assert model._graphs[2].mode == "split" and len(fake_gpu.replays) == 4
+    assert model._train_step.graphs.mode == "split" and len(fake_gpu.replays) == 4
     assert "direct cuBLAS unavailable (RuntimeError: its float32 GEMM (trans_a=False, trans_b=False) is off by " \
            "1.00e-02 (relative)); GEMMs run eagerly between graphs" in caplog.text
 

@@ -14,6 +14,7 @@ import pytest
 
 import fastnn
 from fastnn import callbacks as C
+from fastnn import checkpoint, saving
 from fastnn import io as fio
 from fastnn import optimizers, regularizers
 from fastnn.errors import FormatError
@@ -77,14 +78,14 @@ def test_save_and_load_weights_and_safetensors(tmp_path):
         numpy.testing.assert_array_equal(u, v)
     pytest.importorskip("safetensors")
     c = make_model(seed=2)
-    fio.export_safetensors(a, tmp_path / "w.safetensors")
+    saving.export_safetensors(a, tmp_path / "w.safetensors")
     c.build()
-    fio.import_safetensors(c, tmp_path / "w.safetensors")
+    saving.import_safetensors(c, tmp_path / "w.safetensors")
     for u, v in zip(a.get_weights(), c.get_weights()):
         numpy.testing.assert_array_equal(u, v)
     other = Sequential([Dense(4, input_shape=(6,))])
     with pytest.raises(FormatError, match="tensors do not match the model"):
-        fio.import_safetensors(other, tmp_path / "w.safetensors")
+        saving.import_safetensors(other, tmp_path / "w.safetensors")
 
 
 def test_load_weights_refuses_another_architecture(tmp_path):
@@ -263,7 +264,7 @@ def test_terminate_on_nan_leaves_the_last_good_checkpoint(tmp_path):
               callbacks=[C.TerminateOnNaN(raise_error=True)])
     files = sorted(p for p in os.listdir(tmp_path) if p.endswith(".fastnn"))
     assert files
-    restored, training = fio.load_model(tmp_path / files[-1], _with_training=True)
+    restored, training = saving.load_model(tmp_path / files[-1], _with_training=True)
     assert all(numpy.isfinite(w).all() for w in restored.get_weights())
     assert not training["completed"]
 
@@ -284,7 +285,7 @@ def test_backup_rotation_keeps_the_newest(tmp_path):
     m.fit(x, t, epochs=4, batch_size=8, verbose=0, checkpoint_dir=tmp_path, save_freq=2, keep=3)
     names = sorted(n for n in os.listdir(tmp_path) if n.endswith(".fastnn"))
     assert len(names) == 3 and names[-1] == "ckpt-e00004-b0000000.fastnn"
-    assert fio.read_training_state(tmp_path / names[-1])["completed"] is True
+    assert checkpoint.read_training_state(tmp_path / names[-1])["completed"] is True
     # a later fit does not resume a finished run: it starts anew on the model in memory
     before = m.get_weights()
     m.fit(x, t, epochs=1, batch_size=8, verbose=0, checkpoint_dir=tmp_path, save_freq=2, keep=3)

@@ -112,8 +112,8 @@ def test_older_names_are_still_called_through_the_new_hooks():
 def test_no_per_batch_work_when_no_callback_overrides_a_batch_hook(monkeypatch):
     """History, and a callback overriding only epoch hooks, make the loop skip batch logs entirely."""
     made = []
-    real = training.BatchLogs
-    monkeypatch.setattr(training, "BatchLogs", lambda *a: made.append(1) or real(*a))
+    real = training.loop.BatchLogs
+    monkeypatch.setattr(training.loop, "BatchLogs", lambda *a: made.append(1) or real(*a))
     x, t = data(96)
     model().fit(x, t, epochs=2, batch_size=32, verbose=0, callbacks=[C.LambdaCallback(on_epoch_end=lambda e, l: 0)])
     assert made == []

@@ -92,12 +92,12 @@ def test_whole_model_gradient_against_central_differences(backend, loss, head, l
         model = Sequential(layers, dtype="float64", seed=2)
         model.compile(optimizer=optimizers.SGD(lr=0.0), loss=loss)
         model.build()
-        xd, td = model._prepare(x, t)
+        xd, td = model.prepare(x, t)
 
         def loss_value(_=None):
-            out = model._forward(xd, True)
+            out = model.forward_pass(xd, True)
             value = model.loss.compute(model.ops, out, td, None)
-            penalty = model._penalty()
+            penalty = model.penalty()
             return float(value + (penalty if penalty is not None else 0))
 
         model.train_on_batch(x, t)  # lr = 0: fills the flat gradient without moving the weights

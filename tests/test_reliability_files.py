@@ -17,6 +17,7 @@ import pytest
 
 import fastnn
 from fastnn import callbacks as C
+from fastnn import checkpoint, saving
 from fastnn import io as fio
 from fastnn import optimizers
 from fastnn.errors import CheckpointMismatchError, FolderInUseError, FormatError
@@ -104,7 +105,7 @@ def test_every_file_fastnn_writes_loads_back(tmp_path, opt, state):
     other.load_weights(tmp_path / "mc-1.npz")
     assert_same(m, other)
     # a checkpoint: restored into a fresh model of the same architecture
-    m._loop = type("Loop", (), {"snapshot": lambda self: {"epoch": 1, "batch": 0, "sampler_state": None,
+    m.training_loop = type("Loop", (), {"snapshot": lambda self: {"epoch": 1, "batch": 0, "sampler_state": None,
                                                           "sums": {}, "count": 0, "model_step": 0,
                                                           "history": None}})()
     backup = C.BackupAndRestore(tmp_path / "ckpt")
@@ -114,7 +115,7 @@ def test_every_file_fastnn_writes_loads_back(tmp_path, opt, state):
     path = backup.latest()
     target = big_model(opt, frozen=state == "frozen")
     target.build()
-    fio.restore_checkpoint(target, path)
+    checkpoint.restore_checkpoint(target, path)
     assert_same(m, target)
     for u, v in zip(slots(m), slots(target)):
         numpy.testing.assert_array_equal(u, v)
@@ -132,7 +133,7 @@ def _huge_config_file(tmp_path, weights_bytes):
     """A small file whose config claims an 8000x8000 layer."""
     m = Sequential([Dense(4, input_shape=(3,))], seed=0, backend="numpy")
     m.build()
-    with zipfile.ZipFile(_io.BytesIO(fio.model_zip_bytes(m, include_optimizer=False))) as zf:
+    with zipfile.ZipFile(_io.BytesIO(saving.model_zip_bytes(m, include_optimizer=False))) as zf:
         members = {n: zf.read(n) for n in zf.namelist()}
     config = json.loads(members["config.json"])
     config["config"]["input_shape"] = [8000]
@@ -145,7 +146,7 @@ def _huge_config_file(tmp_path, weights_bytes):
 
 
 def test_sizes_are_judged_from_the_config_before_anything_is_built(tmp_path):
-    small = fio._npz_bytes({"000-W": numpy.zeros((3, 4), numpy.float32), "001-b": numpy.zeros(4, numpy.float32)})
+    small = fio.npz_bytes({"000-W": numpy.zeros((3, 4), numpy.float32), "001-b": numpy.zeros(4, numpy.float32)})
     path = _huge_config_file(tmp_path, small)
     assert path.stat().st_size < 20_000
     tracemalloc.start()
@@ -157,11 +158,11 @@ def test_sizes_are_judged_from_the_config_before_anything_is_built(tmp_path):
         tracemalloc.stop()
     assert peak < 32 << 20, f"the loader allocated {peak} bytes for a {path.stat().st_size}-byte file"
     # a zip bomb: weights.npz declaring more than the architecture's weights can take
-    bomb = fio._npz_bytes({"000-W": numpy.zeros((3, 4), numpy.float32), "001-b": numpy.zeros(4, numpy.float32),
+    bomb = fio.npz_bytes({"000-W": numpy.zeros((3, 4), numpy.float32), "001-b": numpy.zeros(4, numpy.float32),
                            "pad": numpy.zeros(1 << 20, numpy.float64)})
     m = Sequential([Dense(4, input_shape=(3,))], seed=0, backend="numpy")
     m.build()
-    with zipfile.ZipFile(_io.BytesIO(fio.model_zip_bytes(m, include_optimizer=False))) as zf:
+    with zipfile.ZipFile(_io.BytesIO(saving.model_zip_bytes(m, include_optimizer=False))) as zf:
         members = {n: zf.read(n) for n in zf.namelist()}
     members["weights.npz"] = bomb
     (tmp_path / "bomb.fastnn").write_bytes(_zip(members))
@@ -322,7 +323,7 @@ def test_a_resume_of_another_run_is_refused_with_how_to_start_fresh(tmp_path, ch
         numpy.testing.assert_array_equal(u, v)  # refused before any weight changed
     # the way out the message names: a fresh run that replaces the folder's backups
     m.fit(x, t, epochs=1, verbose=0, checkpoint_dir=folder, resume=False, **kwargs)
-    assert json.loads(zipfile.ZipFile(C._checkpoint_files(folder)[-1]).read("training.json"))["completed"]
+    assert json.loads(zipfile.ZipFile(checkpoint.backup_files(folder)[-1]).read("training.json"))["completed"]
 
 
 def test_the_same_run_still_resumes(tmp_path):
@@ -340,7 +341,7 @@ def test_the_same_run_still_resumes(tmp_path):
 def test_a_corrupt_newest_backup_falls_back_to_an_older_good_one(tmp_path):
     folder = tmp_path / "ckpt"
     _interrupted_run(folder, 3)
-    files = C._checkpoint_files(folder)
+    files = checkpoint.backup_files(folder)
     assert len(files) == 3
     data = bytearray(open(files[-1], "rb").read())
     data[len(data) // 2:len(data) // 2 + 64] = bytes(64)  # a torn write on a disk that lied about fsync
@@ -366,7 +367,7 @@ def test_a_corrupt_newest_backup_falls_back_to_an_older_good_one(tmp_path):
 def test_training_json_is_checked_before_any_weight_changes(tmp_path, field, value, message):
     folder = tmp_path / "ckpt"
     _interrupted_run(folder, 1)
-    path = C._checkpoint_files(folder)[-1]
+    path = checkpoint.backup_files(folder)[-1]
     with zipfile.ZipFile(path) as zf:
         members = {n: zf.read(n) for n in zf.namelist()}
     training = json.loads(members["training.json"])
@@ -378,7 +379,7 @@ def test_training_json_is_checked_before_any_weight_changes(tmp_path, field, val
     m.build()
     before, lr = m.get_weights(), m.optimizer.lr
     with pytest.raises(FormatError, match=message):
-        fio.restore_checkpoint(m, path)
+        checkpoint.restore_checkpoint(m, path)
     for u, v in zip(before, m.get_weights()):
         numpy.testing.assert_array_equal(u, v)
     assert m.optimizer.lr == lr

@@ -14,6 +14,7 @@ import numpy
 from fastnn.book import layers as L
 from fastnn.book._engine import assign_params, book_rng, draw_seed, load_params_file, net_ops, save_params_file
 from fastnn.book.gradient import numerical_gradient
+from fastnn.layers.base import StepContext, step_context
 from fastnn.params import FlatParams
 
 
@@ -69,9 +70,6 @@ class BookNet:
         if x is not self._last_batch:
             self.step += 1
             self._last_batch = x
-        for layer in self._layer_list:
-            if isinstance(layer, L.Dropout):
-                layer.step = self.step
 
     def _predict(self, x, train_flg):
         for layer in self._layer_list:
@@ -87,9 +85,12 @@ class BookNet:
                    for key, w in self.params.items() if key.startswith("W"))
 
     def _loss(self, x, t, train_flg):
-        if train_flg:
-            self._advance(x)
-        return self.last_layer.forward(self._predict(x, train_flg), t) + self._decay()
+        if not train_flg:
+            return self.last_layer.forward(self._predict(x, False), t) + self._decay()
+        self._advance(x)
+        outer = step_context()  # _gradient's, which lets this pass reuse workspaces
+        with StepContext(self.step, reuse_buffers=outer is not None and outer.reuse_buffers):
+            return self.last_layer.forward(self._predict(x, True), t) + self._decay()
 
     def _accuracy(self, x, t, train_flg=False):
         y = self._predict(x, train_flg).argmax(axis=1)
@@ -114,16 +115,11 @@ class BookNet:
 
     def _gradient(self, x, t, train_flg):
         """Back-propagated gradients for every key of ``params`` (a fresh copy each call)."""
-        for layer in self._layer_list:  # this pass's activations are internal: reuse workspaces
-            layer.reuse_buffers = True
-        try:
+        with StepContext(self.step, reuse_buffers=True):  # this pass's activations are internal: reuse workspaces
             self._loss(x, t, train_flg)
             dout = self.last_layer.backward(1)
             for layer in reversed(self._layer_list):
                 dout = layer.backward(dout)
-        finally:
-            for layer in self._layer_list:
-                layer.reuse_buffers = False
         g = self.flat.g.copy()
         grads = {key: g[e.offset:e.offset + e.size].reshape(e.shape)
                  for (key, _, _), e in zip(self._owners, self._grad_entries)}

@@ -46,7 +46,7 @@ from fastnn.layers import Dropout as _Dropout
 from fastnn.layers import Pooling as _Pooling
 from fastnn.layers import Relu as _Relu
 from fastnn.layers import Sigmoid as _Sigmoid
-from fastnn.layers.base import train_flag
+from fastnn.layers.base import step_context, train_flag
 from fastnn.losses import SoftmaxWithLoss as _SoftmaxWithLoss
 from fastnn.losses import check_labels
 
@@ -135,12 +135,9 @@ class Dropout(_Dropout):
         x = self._input(ops, x, x.dtype if getattr(x, "dtype", None) is not None and x.dtype.kind == "f" else None)
         if not train_flag(train_flg, training):
             return x * x.dtype.type(1.0 - self.rate)
-        step = self.step
-        if step is None:
-            step = self._calls
-            self._calls += 1
+        step, row0 = self._step_and_row(step_context())
         shape = (x.shape[0], int(numpy.prod(x.shape[1:])))
-        scaled = ops.dropout_mask(shape, self.rate, self.seed, step, self.row0, dtype=x.dtype)
+        scaled = ops.dropout_mask(shape, self.rate, self.seed, step, row0, dtype=x.dtype)
         self.mask = (scaled != 0).astype(x.dtype).reshape(x.shape)  # 1 kept, 0 dropped: no 1/(1-ratio)
         return ops.mul(x, self.mask)
 

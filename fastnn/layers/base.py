@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import itertools
 import re
+import threading
 
 import numpy
 
@@ -28,10 +29,46 @@ _counters: dict = {}
 _WEIGHT_MODE = contextvars.ContextVar("fastnn_weight_mode", default=None)
 
 
+_STEP = threading.local()
+
+
+class StepContext:
+    """What one training step tells the layers it runs through, for the length of a ``with`` block.
+
+    A model's (or a book network's) training step runs its layers inside one: ``step`` numbers
+    the dropout masks (a counter-based hash of seed, step, sample and unit), ``row0`` is the
+    global index of the batch's first sample (a data-parallel shard), ``reuse_buffers`` lets
+    training outputs go to workspaces kept per shape (the step consumes them before the next), and
+    ``premade_masks`` makes ``Dropout`` use the mask already in its workspace (a captured CUDA
+    graph fills it before each replay). Outside any such block a layer allocates fresh outputs
+    and a ``Dropout`` counts its own calls. Per thread; blocks nest.
+    """
+
+    __slots__ = ("step", "row0", "reuse_buffers", "premade_masks", "_outer")
+
+    def __init__(self, step, row0=0, reuse_buffers=True, premade_masks=False):
+        self.step, self.row0 = step, row0
+        self.reuse_buffers, self.premade_masks = reuse_buffers, premade_masks
+
+    def __enter__(self):
+        self._outer = getattr(_STEP, "ctx", None)
+        _STEP.ctx = self
+        return self
+
+    def __exit__(self, *exc):
+        _STEP.ctx = self._outer
+        return False
+
+
+def step_context():
+    """The innermost ``StepContext`` of this thread, or None outside a training step."""
+    return getattr(_STEP, "ctx", None)
+
+
 @contextlib.contextmanager
 def weights_without_initializers(mode="empty"):
     """Within this block ``add_weight`` skips initializers (``mode="empty"``) or only records shapes
-    (``mode="shapes"``). Used by ``fastnn.io`` when loading."""
+    (``mode="shapes"``). Used by ``fastnn.saving`` when loading."""
     token = _WEIGHT_MODE.set(mode)
     try:
         yield
@@ -98,8 +135,7 @@ class Layer:
         self.rng = None
         self._ops = None  # fixed by a model at build; None: follow the inputs
         self._weights = {}  # name -> {"trainable", "regularizer", "decay"}
-        self.reuse_buffers = False  # set by a model: training outputs go to workspaces kept per shape
-        self._ws = {}
+        self._ws = {}  # workspaces per (output, shape, dtype), used inside a StepContext
 
     # ------------------------------------------------------------------ backend
     @property
@@ -124,18 +160,25 @@ class Layer:
     def _buffer(self, ops, name, shape, dtype, train=True):
         """A workspace for output ``name``, or None (the primitive then allocates).
 
-        Only a model that owns this layer turns ``reuse_buffers`` on, and only for training steps:
-        the model consumes each output before the next step, so after the first step of each batch
-        shape nothing is allocated. Outputs a user can keep (inference, a layer used on its own)
-        are always fresh arrays.
+        Only inside a training step's ``StepContext(reuse_buffers=True)``, and only in training mode:
+        the step consumes each output before the next, so after the first step of each batch shape
+        nothing is allocated. Outputs a user can keep (inference, a layer used on its own) are
+        always fresh arrays.
         """
-        if not (train and self.reuse_buffers):
+        if not train:
+            return None
+        ctx = getattr(_STEP, "ctx", None)
+        if ctx is None or not ctx.reuse_buffers:
             return None
         key = (name, tuple(shape), dtype)
         buf = self._ws.get(key)
         if buf is None:
             buf = self._ws[key] = ops.xp.empty(shape, dtype=dtype)
         return buf
+
+    def free_workspaces(self):
+        """Drop the workspaces (after an out-of-memory error, or when the model moves device)."""
+        self._ws.clear()
 
     def _input(self, ops, x, dtype=None):
         """``x`` on ``ops``'s device as a float array of ``dtype`` (the weights' dtype by default)."""

@@ -22,7 +22,7 @@ import numpy
 
 from fastnn import regularizers
 from fastnn.backend.ops import conv_geometry, pool_geometry
-from fastnn.layers.base import Layer, _auto_name, check_book_bias, shape_str, train_flag
+from fastnn.layers.base import Layer, _auto_name, check_book_bias, shape_str, step_context, train_flag
 from fastnn.layers.core import SOFTMAX, activation_code
 
 __all__ = ["Conv2D", "Convolution", "MaxPooling2D", "Pooling", "AveragePooling2D", "GlobalAveragePooling2D"]
@@ -212,7 +212,8 @@ class Conv2D(Layer):
         train = train_flag(train_flg, training)
         # scratch kept only for a model's training steps; inference and standalone use get fresh
         # arrays (nothing retained per input shape, and a kept layer.col is never overwritten)
-        keep = train and self.reuse_buffers
+        ctx = step_context()
+        keep = train and ctx is not None and ctx.reuse_buffers
         ws = _scratch(self, ops, {"colT": (k, m), "z": (fn, m), "dz": (fn, m), "dcolT": (k, m)}, x.dtype) if keep else {}
         colT = ops.im2col_t(x, kh, kw, self.strides, pad, out=ws.get("colT"))
         # z = W @ colT: (filters, N*OH*OW), channel-major, so that bias + activation + the move to

@@ -5,7 +5,7 @@ import numpy
 
 from fastnn import regularizers
 from fastnn.kernels import ACTIVATIONS, ELU, LEAKY_RELU, LINEAR
-from fastnn.layers.base import Layer, check_book_bias, shape_str, train_flag
+from fastnn.layers.base import Layer, check_book_bias, shape_str, step_context, train_flag
 from fastnn.random import draw_seed, make_rng
 
 SOFTMAX = "softmax"
@@ -78,12 +78,7 @@ class Dense(Layer):
         self.x = self.y = None
         self.x_shape = None
         self._train = False
-        # set by a model that fuses a final softmax/sigmoid into its loss: emit the logits
-        self.logits_only = False
-
-    @property
-    def _act_now(self):
-        return LINEAR if self.logits_only else self.act
+        self._act_now = self.act  # the activation the last forward applied (LINEAR: it gave logits)
 
     @property
     def in_features(self):
@@ -115,8 +110,9 @@ class Dense(Layer):
                              f"got {tuple(x.shape)} ({x2.shape[1]} features){hint}")
         return x2
 
-    def forward(self, x, train_flg=True, training=None):
-        """``y = act(x @ W + b)``; inputs with more than 2 dimensions are flattened per sample."""
+    def forward(self, x, train_flg=True, training=None, logits=False):
+        """``y = act(x @ W + b)``; inputs with more than 2 dimensions are flattened per sample.
+        ``logits=True`` leaves the activation out (a model whose loss applies it, fused)."""
         self._ensure_built(x.shape)
         ops = self._ops_for(x)
         x = self._input(ops, x, self.W.dtype)
@@ -124,6 +120,7 @@ class Dense(Layer):
         self.x = self._flat_input(x)
         train = train_flag(train_flg, training)
         self._train = train
+        self._act_now = LINEAR if logits else self.act
         z = ops.gemm(self.x, self.W, out=self._buffer(ops, "z", (x.shape[0], self.units), self.W.dtype, train))
         self.y = _apply(ops, z, self.b, self._act_now, self.alpha, out=z)  # in place: z is ours
         return self.y
@@ -364,13 +361,8 @@ class Dropout(Layer):
         self.rate = float(rate)
         self.seed = seed
         self.seed_drawn = bool(seed_drawn) and seed is not None  # drawn at build, not given: fit(seed=) redraws it
-        self.step = None  # set by a training loop; None: count this layer's own forward calls
-        self.row0 = 0  # global index of the batch's first sample (data-parallel shards)
-        self._calls = 0
+        self._calls = 0  # outside a training step (fastnn.layers.base.StepContext): masks by call count
         self.mask = None
-        # True only while a CUDA graph of a training step is captured: the mask buffer is then
-        # filled before each replay (``fill_mask``), since a step passed by value would be frozen.
-        self.premade_mask = False
 
     @property
     def dropout_ratio(self):
@@ -392,20 +384,25 @@ class Dropout(Layer):
             self.build(None)
         ops = self._ops_for(x)
         x = self._input(ops, x, x.dtype if x.dtype.kind == "f" else None)
-        step = self.step
-        if step is None:
-            step = self._calls
-            self._calls += 1
+        ctx = step_context()
         flat = x.reshape(x.shape[0], -1)
-        if self.premade_mask:
+        if ctx is not None and ctx.premade_masks:  # a captured step: the graph filled it before the replay
             self.mask = self._buffer(ops, "mask", flat.shape, x.dtype)
         else:
-            self.mask = self.fill_mask(ops, flat.shape, x.dtype, step)
+            self.mask = self.fill_mask(ops, flat.shape, x.dtype, ctx)
         return ops.mul(flat, self.mask, out=self._buffer(ops, "y", flat.shape, x.dtype)).reshape(x.shape)
 
-    def fill_mask(self, ops, shape, dtype, step):
+    def _step_and_row(self, ctx):
+        """``(step, row0)`` of this call: the training step's, or this layer's own call count."""
+        if ctx is not None:
+            return ctx.step, ctx.row0
+        self._calls += 1
+        return self._calls - 1, 0
+
+    def fill_mask(self, ops, shape, dtype, ctx=None):
         """This step's mask ``(rows, units)``, scaled by ``1 / (1 - rate)``, in the layer's workspace."""
-        return ops.dropout_mask(shape, self.rate, self.seed, step, self.row0, dtype=dtype,
+        step, row0 = self._step_and_row(ctx)
+        return ops.dropout_mask(shape, self.rate, self.seed, step, row0, dtype=dtype,
                                 out=self._buffer(ops, "mask", shape, dtype))
 
     def backward(self, dout):

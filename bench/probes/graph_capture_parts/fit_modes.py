@@ -111,7 +111,7 @@ def timed_fits(model, x, y, graph, events, r):
 
 def graph_facts(model, r):
     """The mode the captured fit ended in, whether it gave up, and what one replay holds."""
-    graphs = model._graphs[2] if getattr(model, "_graphs", None) else None
+    graphs = model._train_step.graphs if getattr(model, "_train_step", None) else None
     r["mode"] = getattr(graphs, "mode", None)
     r["disabled"] = getattr(graphs, "disabled", "no StepGraphs on the model")
     cap = getattr(graphs, "captured", None)

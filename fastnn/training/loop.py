@@ -1,9 +1,9 @@
-"""The one training loop, its two batch samplers, and the book's ``Trainer``.
+"""The one training loop and its two batch samplers.
 
-``Sequential.fit`` and ``Trainer.train`` both run ``run_loop``: ``fit`` with ``ShuffleSampler``
-(a fresh permutation each epoch, as Keras), the book's ``Trainer`` with ``ReplacementSampler``
-(``numpy.random.choice(train_size, batch_size)`` each step, as the book's code). Losses and
-metrics are summed on the device and come back once per epoch.
+``Sequential.fit`` and the book's ``Trainer.train`` both run ``run_loop``: ``fit`` with
+``ShuffleSampler`` (a fresh permutation each epoch, as Keras), the book's ``Trainer`` with
+``ReplacementSampler`` (``numpy.random.choice(train_size, batch_size)`` each step, as the book's
+code). Losses and metrics are summed on the device and come back once per epoch.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from fastnn import distributed
 from fastnn.callbacks import CallbackList, History, ProgressBar
 from fastnn.random import make_rng
 
-__all__ = ["ShuffleSampler", "ReplacementSampler", "run_loop", "Trainer"]
+__all__ = ["ShuffleSampler", "ReplacementSampler", "LoopState", "BatchLogs", "EvalLogs", "run_loop",
+           "progress_callbacks", "restore_sums"]
 
 
 class ShuffleSampler:
@@ -148,16 +149,20 @@ class EvalLogs(_LazyLogs):
 
 
 class LoopState:
-    """Where the loop is: the epoch, the next batch, the sampler's state at the epoch's start and the
-    epoch's partial sums; everything a checkpoint needs to continue as if nothing had happened."""
+    """Where the running loop is (``model.training_loop`` during ``fit``): the epoch, the next batch,
+    the sampler's state at the epoch's start and the epoch's partial sums; everything a checkpoint
+    needs to continue as if nothing had happened. ``run_info`` says what the run trains on
+    (samples, batch size, shuffle, seed: a checkpoint's run fingerprint records it)."""
 
-    def __init__(self, model, sampler):
+    def __init__(self, model, sampler, history=None, run_info=None):
         self.model, self.sampler = model, sampler
         self.epoch = 0
         self.batch = 0
         self.epoch_start_state = None
         self.sums = None
-        self.history = None
+        self.history = history
+        self.run_info = run_info
+        self.resume = None  # a snapshot to continue from, given by resume_from before the first batch
         self.finished = None  # (epoch, logs) of the last finished epoch, before History records it
 
     def snapshot(self):
@@ -176,12 +181,17 @@ class LoopState:
                 history["epoch"].append(self.finished[0])
                 for k, v in self.finished[1].items():
                     history["history"].setdefault(k, []).append(v)
+        step = self.model.state(weights=False)["step"] if hasattr(self.model, "state") else 0
         return {"epoch": self.epoch, "batch": self.batch, "sampler_state": self.epoch_start_state,
-                "sums": host, "count": count,
-                "model_step": getattr(self.model, "_step", 0), "history": history}
+                "sums": host, "count": count, "model_step": step, "history": history}
+
+    def resume_from(self, snapshot):
+        """Continue from ``snapshot`` (a checkpoint's loop state): called from ``on_train_begin``
+        (``BackupAndRestore``), before the first batch."""
+        self.resume = snapshot
 
 
-def _restore_sums(ops, saved, comm=None, dtype=numpy.float64):
+def restore_sums(ops, saved, comm=None, dtype=numpy.float64):
     """The interrupted epoch's running sums. In one process they were sums in the model's dtype,
     saved exactly as float64: restored in that dtype, the epoch's logs continue bit for bit. Under
     data parallelism they are sums over the ranks, kept in float64."""
@@ -194,27 +204,47 @@ def _restore_sums(ops, saved, comm=None, dtype=numpy.float64):
     return sums
 
 
-def run_loop(model, sampler, train_step, *, epochs, initial_epoch=0, callbacks=(), epoch_end=None, resume=None,
-             history=None, comm=None):
+def run_loop(model, sampler, train_step, *, epochs, initial_epoch=0, callbacks=(), epoch_end=None, history=None,
+             comm=None, run_info=None):
     """The training loop shared by ``Sequential.fit`` and ``Trainer``.
 
     ``train_step(idx)`` trains on the samples ``idx`` (host int array) and returns
     ``{name: 0-d device array}`` holding sums over the batch; ``epoch_end(epoch, logs)`` may add
-    validation results to ``logs``. ``resume`` (a ``LoopState.snapshot()``) continues an
+    validation results to ``logs``. A callback's ``on_train_begin`` may hand the running loop
+    (``model.training_loop``) a ``LoopState.snapshot()`` through ``resume_from``, which continues an
     interrupted run exactly: the epoch's batch order is regenerated from the sampler state saved at
-    the epoch's start and the batches already trained are skipped. Returns the last epoch's logs.
+    the epoch's start and the batches already trained are skipped. When anything raises, every
+    callback's ``on_train_abort(exception)`` runs before the exception leaves. Returns the last
+    epoch's logs.
     """
     cbs = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks, model)
-    state = model._loop = LoopState(model, sampler)
-    state.history = history
+    state = model.training_loop = LoopState(model, sampler, history, run_info)
     model.stop_training = False
+    try:
+        return _run(model, sampler, train_step, cbs, state, epochs, initial_epoch, epoch_end, comm)
+    except BaseException as exc:
+        for cb in cbs.callbacks:
+            try:
+                getattr(cb, "on_train_abort", lambda e: None)(exc)
+            except Exception:  # the run's own exception is the one to report
+                pass
+        raise
+    finally:
+        model.training_loop = None
+
+
+def _run(model, sampler, train_step, cbs, state, epochs, initial_epoch, epoch_end, comm):
     logs = {}
+    cbs.on_train_begin({})
     start_epoch, skip = initial_epoch, 0
+    resume = state.resume
     if resume is not None:
         start_epoch, skip = int(resume["epoch"]), int(resume["batch"])
         if resume.get("sampler_state") is not None:
             sampler.rng.bit_generator.state = resume["sampler_state"]
-    cbs.on_train_begin({})
+        if state.history is not None and resume.get("history"):
+            state.history.history = {k: list(v) for k, v in resume["history"]["history"].items()}
+            state.history.epoch = list(resume["history"]["epoch"])
     begin_hooks, end_hooks = cbs.hooks("on_train_batch_begin"), cbs.hooks("on_train_batch_end")
     for epoch in range(start_epoch, epochs):
         state.epoch, state.batch = epoch, 0
@@ -222,7 +252,7 @@ def run_loop(model, sampler, train_step, *, epochs, initial_epoch=0, callbacks=(
         cbs.on_epoch_begin(epoch, {})
         sums = state.sums = _Sums(model.ops, comm)
         if skip and (comm is None or comm.rank == 0):  # saved sums are global: one rank carries them
-            sums = state.sums = _restore_sums(model.ops, resume, comm, getattr(model, "dtype", numpy.float64))
+            sums = state.sums = restore_sums(model.ops, resume, comm, getattr(model, "dtype", numpy.float64))
         for batch, idx in enumerate(sampler.epoch(epoch)):
             if batch < skip:
                 continue  # trained before the interruption; drawing it keeps the sampler in step
@@ -252,7 +282,7 @@ def run_loop(model, sampler, train_step, *, epochs, initial_epoch=0, callbacks=(
     return logs
 
 
-def progress_callbacks(callbacks, verbose, epochs, samples, model, steps=None):
+def progress_callbacks(callbacks, verbose, epochs, samples, steps=None):
     """The user's callbacks, then a ``ProgressBar`` for ``verbose``, then the ``History`` (last, as in
     Keras, so it records what earlier callbacks add to the logs, such as ``lr``). Each callback gets
     Keras's ``params`` (``verbose``, ``epochs``, ``steps`` per epoch) through ``set_params``."""
@@ -263,105 +293,10 @@ def progress_callbacks(callbacks, verbose, epochs, samples, model, steps=None):
     history = History()
     cbs = list(callbacks or [])
     if verbose:
-        cbs.append(ProgressBar(int(verbose)))
+        cbs.append(ProgressBar(int(verbose), samples=samples))
     cbs.append(history)
-    model._fit_params = {"epochs": epochs, "samples": samples, "verbose": verbose}
     params = {"verbose": int(verbose), "epochs": epochs, "steps": steps}
     for cb in cbs:
         if hasattr(cb, "set_params"):
             cb.set_params(dict(params))
     return history, cbs
-
-
-class Trainer:
-    """The book's trainer: mini-batch SGD-family training of any network object.
-
-    ``network`` needs ``params`` (a dict of arrays), ``gradient(x, t)`` (same keys),
-    ``loss(x, t)`` and ``accuracy(x, t)``. As in the book, each step draws ``mini_batch_size``
-    samples with replacement, updates, and records the loss (``train_loss_list``); at the first
-    step of each epoch it records train and test accuracy (``train_acc_list``,
-    ``test_acc_list``), on ``evaluate_sample_num_per_epoch`` samples when given. One "epoch" is
-    ``max(train_size // mini_batch_size, 1)`` steps.
-    """
-
-    def __init__(self, network, x_train, t_train, x_test, t_test, epochs=20, mini_batch_size=100,
-                 optimizer="SGD", optimizer_param=None, evaluate_sample_num_per_epoch=None, verbose=True,
-                 seed=None, callbacks=None):
-        from fastnn import optimizers
-        from fastnn.backend import current
-
-        for name in ("params", "gradient", "loss", "accuracy"):
-            if not hasattr(network, name):
-                raise TypeError(f"Trainer: network must have params, gradient(x, t), loss(x, t) and accuracy(x, t); "
-                                f"{type(network).__name__} has no {name}")
-        if len(x_train) != len(t_train) or len(x_test) != len(t_test):
-            raise ValueError(f"Trainer: x and t lengths differ: train {len(x_train)} vs {len(t_train)}, "
-                             f"test {len(x_test)} vs {len(t_test)}")
-        if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, (int, numpy.integer)) or mini_batch_size <= 0:
-            raise ValueError(f"Trainer: mini_batch_size must be a positive integer, got {mini_batch_size!r}")
-        self.network = network
-        self.verbose = verbose
-        self.epochs = int(epochs)
-        self.batch_size = int(mini_batch_size)
-        self.evaluate_sample_num_per_epoch = evaluate_sample_num_per_epoch
-        self.optimizer = optimizers.get(optimizer, **(optimizer_param if optimizer_param is not None else {"lr": 0.01}))
-        self.ops = getattr(network, "ops", None) or current()
-        self.x_train, self.t_train = self.ops.asarray(x_train), self.ops.asarray(t_train)
-        self.x_test, self.t_test = self.ops.asarray(x_test), self.ops.asarray(t_test)
-        self.train_size = len(x_train)
-        self.iter_per_epoch = max(self.train_size // self.batch_size, 1)
-        self.max_iter = self.epochs * self.iter_per_epoch
-        if seed is None and getattr(network, "seed", None) is not None:
-            # no seed of its own: follow the network's, so a seeded network trains the same twice
-            seed = numpy.random.default_rng([int(network.seed), 0x7472616E]).integers(2**63 - 1)
-        self.rng = make_rng(seed)
-        self.callbacks = list(callbacks or [])
-        self.current_iter = 0
-        self.current_epoch = 0
-        self.train_loss_list, self.train_acc_list, self.test_acc_list = [], [], []
-        self.stop_training = False
-
-    def _evaluate(self):
-        x_tr, t_tr, x_te, t_te = self.x_train, self.t_train, self.x_test, self.t_test
-        k = self.evaluate_sample_num_per_epoch
-        if k is not None:
-            x_tr, t_tr, x_te, t_te = x_tr[:k], t_tr[:k], x_te[:k], t_te[:k]
-        return float(self.network.accuracy(x_tr, t_tr)), float(self.network.accuracy(x_te, t_te))
-
-    def train_step(self, idx):
-        idx = self.ops.asarray(idx) if self.ops.device_arrays else idx
-        x_batch, t_batch = self.x_train[idx], self.t_train[idx]
-        grads = self.network.gradient(x_batch, t_batch)
-        self.optimizer.update(self.network.params, grads)
-        loss = self.network.loss(x_batch, t_batch)
-        self.train_loss_list.append(float(loss))
-        if self.verbose:
-            print(f"train loss:{float(loss)}")
-        if self.current_iter % self.iter_per_epoch == 0:
-            self.current_epoch += 1
-            train_acc, test_acc = self._evaluate()
-            self.train_acc_list.append(train_acc)
-            self.test_acc_list.append(test_acc)
-            if self.verbose:
-                print(f"=== epoch:{self.current_epoch}, train acc:{train_acc}, test acc:{test_acc} ===")
-        self.current_iter += 1
-        n = self.ops.xp.asarray(len(idx), dtype=numpy.float64)
-        return {"loss": self.ops.xp.asarray(float(loss), dtype=numpy.float64) * n}
-
-    def train(self):
-        """Run ``epochs`` epochs; prints and returns the final test accuracy."""
-        sampler = ReplacementSampler(self.train_size, self.batch_size, self.iter_per_epoch, self.rng)
-        run_loop(self, sampler, self.train_step, epochs=self.epochs, callbacks=self.callbacks)
-        test_acc = float(self.network.accuracy(self.x_test, self.t_test))
-        if self.verbose:
-            print("=============== Final Test Accuracy ===============")
-            print(f"test acc:{test_acc}")
-        self.test_acc = test_acc
-        return test_acc
-
-    def get_weights(self):
-        return [self.ops.asnumpy(p).copy() for p in self.network.params.values()]
-
-    def set_weights(self, weights):
-        for p, w in zip(self.network.params.values(), weights):
-            p[...] = self.ops.asarray(w)

@@ -1,0 +1,185 @@
+"""``Sequential.fit``: checks its arguments, places the data, fixes the run's random streams, agrees
+with the other ranks, and runs the one loop (``fastnn.training.loop.run_loop``) over
+``TrainStep`` steps. Callbacks are plug-ins: ``fit`` treats them all alike (``checkpoint_dir`` only
+appends a ``BackupAndRestore``)."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+
+import numpy
+
+from fastnn import distributed, feeding
+from fastnn.callbacks import BackupAndRestore, CallbackList
+from fastnn.layers.base import shape_str
+from fastnn.layers.core import Dropout
+from fastnn.random import draw_seed, make_rng
+from fastnn.training.loop import ShuffleSampler, progress_callbacks, run_loop
+from fastnn.training.replicas import sync_replicas
+from fastnn.training.step import TrainStep
+
+__all__ = ["fit", "positive_int", "place_training_data"]
+
+log = logging.getLogger("fastnn")
+
+
+def positive_int(owner, name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value <= 0:
+        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_args(model, x, y, batch_size, epochs, validation_split, shuffle, initial_epoch, cuda_graph):
+    name = model.name
+    if y is None:
+        raise ValueError(f"{name}.fit: y is required (the targets of x, {len(x) if hasattr(x, '__len__') else '?'} "
+                         f"samples); fastnn's fit takes arrays x and y")
+    batch_size = positive_int(name, "batch_size", 32 if batch_size is None else batch_size)  # Keras's default
+    if not isinstance(cuda_graph, (bool, numpy.bool_)):
+        raise TypeError(f"{name}: cuda_graph must be True or False, got {cuda_graph!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, numpy.integer)) or epochs < 0:
+        raise ValueError(f"{name}: epochs must be a non-negative integer, got {epochs!r}")
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, numpy.integer)) or initial_epoch < 0:
+        raise ValueError(f"{name}: initial_epoch must be a non-negative integer, got {initial_epoch!r}")
+    if not isinstance(shuffle, (bool, numpy.bool_)):
+        raise TypeError(f"{name}: shuffle must be True or False, got {shuffle!r}")
+    if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
+        raise ValueError(f"{name}: validation_split must be in [0, 1), got {validation_split!r}")
+    return batch_size
+
+
+def _split(model, x, y, validation_data, validation_split):
+    """``(x, y, val)``: the training arrays (checked, on the host or where given) and the validation set."""
+    x, y = model.prepare(x, y, move=False)
+    val = None
+    if validation_data is not None:
+        if len(validation_data) != 2:
+            raise ValueError(f"{model.name}: validation_data must be (x_val, y_val)")
+        val = model.prepare(*validation_data, what=("validation x", "validation y"), move="auto")
+    elif validation_split:
+        n_val = int(x.shape[0] * validation_split)
+        if n_val == 0 or n_val == x.shape[0]:
+            raise ValueError(f"{model.name}: validation_split={validation_split} of {x.shape[0]} samples leaves "
+                             f"{n_val} for validation and {x.shape[0] - n_val} for training")
+        x, y, val = x[:-n_val], y[:-n_val], model.prepare(x[-n_val:], y[-n_val:], move="auto")
+    return x, y, val
+
+
+def place_training_data(model, x, y, batch_size):
+    """``(x, y, feeder)``: on the device when the set fits (or already lives there), else left on
+    the host with a ``HostBatches`` feeder of pinned, double-buffered, asynchronous copies.
+    ``FASTNN_DEVICE_DATA=host`` asks for the feeder on any backend (on a CPU backend it only
+    copies batches, which is how its path through ``fit`` is tested without a GPU)."""
+    ops, dtype = model.ops, model.dtype
+    gpu = ops.device_arrays
+    resident = gpu and ops.owns(x)  # the caller's device data stays put (its labels follow it)
+    if not resident and (gpu or feeding.data_placement() == "host"):
+        nbytes = x.size * dtype.itemsize + y.size * y.dtype.itemsize
+        if feeding.feeds_from_host(ops, nbytes):
+            x, y = ops.asnumpy(x), ops.asnumpy(y)
+            log.info("%s: the training set (%s) stays on the host; batches are copied from pinned memory",
+                             model.name, shape_str(x.shape))
+            rows = max(1, min(batch_size, x.shape[0]))  # pinned buffers for no more rows than there are
+            return x, y, feeding.HostBatches(x, y, dtype, rows, feeding.make_transfer(ops))
+    x = x if ops.owns(x) and x.dtype == dtype else ops.asarray(x, dtype=dtype)
+    if not ops.owns(y):
+        y = ops.asarray(y)
+    return x, y, None
+
+
+def _dropout_streams(model, seed):
+    """``fit(seed=n)`` fixes every stream fit draws: the batch order and dropout's. Dropout gets its
+    own stream ("drop"), so the batch order is the same as without dropout."""
+    streams = numpy.random.default_rng(seed.bit_generator.seed_seq.spawn(1)[0] if isinstance(
+        seed, numpy.random.Generator) else [int(seed), 0x64726F70])
+    for layer in model.layers:
+        if isinstance(layer, Dropout) and layer.seed_drawn:
+            layer.seed = draw_seed(streams)
+
+
+def _agree(model, comm, rng, x, y, val, callbacks, **settings):
+    """Under data parallelism: every rank runs the same fit on the same data (checked), from rank
+    0's parameters, optimizer state and seeds."""
+    ops = model.ops
+    settings.update({
+        "training samples": x.shape[0], "validation samples": None if val is None else val[0].shape[0],
+        "callbacks": [type(cb).__name__ for cb in callbacks],
+        "training data (digest of sampled rows)": (distributed.sample_digest(ops, x), distributed.sample_digest(ops, y)),
+        "validation data (digest of sampled rows)": None if val is None else (
+            distributed.sample_digest(ops, val[0]), distributed.sample_digest(ops, val[1]))})
+    sync_replicas(model, comm, rng, {k: repr(v.item() if isinstance(v, numpy.generic) else v)
+                                                 for k, v in settings.items()})
+
+
+def fit(model, x, y, batch_size=32, epochs=1, verbose="auto", validation_data=None, validation_split=0.0,
+        shuffle=True, callbacks=None, initial_epoch=0, seed=None, checkpoint_dir=None, resume=True, keep=3,
+        save_freq="epoch", cuda_graph=False):
+    """``Sequential.fit`` (see its docstring); returns the ``History``."""
+    model.require_compiled("fit()")
+    batch_size = _check_args(model, x, y, batch_size, epochs, validation_split, shuffle, initial_epoch, cuda_graph)
+    x, y, val = _split(model, x, y, validation_data, validation_split)
+    x, y, feeder = place_training_data(model, x, y, batch_size)
+    n = x.shape[0]
+    rng = make_rng(seed) if seed is not None else model.rng
+    if seed is not None:
+        _dropout_streams(model, seed)
+    callbacks = list(callbacks or [])
+    if checkpoint_dir is not None:
+        callbacks.append(BackupAndRestore(checkpoint_dir, save_freq=save_freq, keep=keep, resume=resume))
+    comm = distributed.get()
+    if comm.size > 1:
+        _agree(model, comm, rng, x, y, val, callbacks, batch_size=batch_size, epochs=epochs,
+               initial_epoch=initial_epoch, shuffle=shuffle, cuda_graph=cuda_graph)
+        if comm.rank != 0:
+            verbose = 0
+    history, cbs = progress_callbacks(callbacks, verbose, epochs, n, steps=-(-n // batch_size))
+    cbs = CallbackList(cbs, model)  # one list: the loop's hooks and the validation's on_test_* hooks
+    # what a checkpoint's run fingerprint records of this fit (fastnn.checkpoint.run_fingerprint)
+    run_info = {"samples": int(n), "batch_size": int(batch_size), "shuffle": bool(shuffle), "seed": model.seed_record(
+        seed)}
+    trainer = TrainStep.of(model)
+    graphs = trainer.graphs_for(cuda_graph, batch_size, comm, x, y)
+    step = functools.partial(_step, trainer, graphs, comm, x, y, feeder, batch_size)
+
+    def epoch_end(epoch, logs):
+        if val is not None:
+            for k, v in model.evaluate_arrays(val[0], val[1], batch_size, comm, cbs).items():
+                logs["val_" + k] = v
+
+    with contextlib.ExitStack() as stack:
+        if graphs is not None:
+            stack.enter_context(graphs.ordered())  # the whole fit on the capture stream
+        if feeder is not None:
+            stack.enter_context(feeder)
+        run_loop(model, ShuffleSampler(n, batch_size, shuffle, rng), step, epochs=epochs, initial_epoch=initial_epoch,
+                 callbacks=cbs, epoch_end=epoch_end, history=history, comm=comm, run_info=run_info)
+    return history
+
+
+def _step(trainer, graphs, comm, x, y, feeder, batch_size, idx):
+    """One batch of ``fit``: this rank's shard of ``idx``, through the captured graph when there is
+    one for its shape, else eagerly; retried once after freeing memory on an out-of-memory error."""
+    return trainer.guarded(lambda: _shard_step(trainer, graphs, comm, x, y, feeder, batch_size, idx), len(idx))
+
+
+def _shard_step(trainer, graphs, comm, x, y, feeder, batch_size, idx):
+    if comm.size == 1:
+        local, lo = idx, 0
+    else:
+        lo, hi = distributed.shard(len(idx), comm.rank, comm.size)
+        local = idx[lo:hi]
+    if graphs is not None and len(idx) == batch_size and len(local):
+        stats = graphs.step(functools.partial(trainer.fill_slots, x, y, local, feeder), len(idx), lo,
+                            comm if comm.size > 1 else None)
+        if stats is not None:
+            return stats
+    if feeder is not None:
+        xb, yb = feeder.get(local)
+    else:
+        ops = trainer.model.ops
+        sel = ops.asarray(local) if ops.device_arrays else local
+        xb, yb = x[sel], y[sel]
+    if comm.size == 1:
+        return trainer.step(xb, yb)
+    return trainer.step(xb, yb, len(idx), lo, comm)

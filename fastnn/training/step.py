@@ -1,0 +1,172 @@
+"""One model's training step: forward, loss, backward, all-reduce, regularizers, one fused
+optimizer update; the out-of-memory retry; and the captured CUDA-graph step when ``fit`` asks for it.
+
+A ``TrainStep`` belongs to one model (``TrainStep.of(model)``) and owns what a step needs between
+steps: the loss gradient's buffer per output shape and the captured graph (``fastnn.graphs``),
+which later ``fit`` calls replay while what it was captured from is unchanged. The model says what
+the network computes (``Sequential.forward_pass``/``backward_pass``/``batch_stats``); this module
+says how a step runs it. Per-step layer settings travel in one ``fastnn.layers.base.StepContext``.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+from fastnn import distributed
+from fastnn.backend import get_matmul_precision
+from fastnn.errors import OutOfMemoryError
+from fastnn.layers.base import StepContext
+from fastnn.layers.core import Dropout
+
+__all__ = ["TrainStep"]
+
+
+class TrainStep:
+    """The training step of ``model``: ``step(xb, tb)`` trains on one batch and returns its sums."""
+
+    def __init__(self, model):
+        self.model = model
+        self.dx = {}  # the loss gradient's buffer per output shape
+        self.graphs = None  # fastnn.graphs.StepGraphs of the last fit(cuda_graph=True)
+        self._graph_owners = self._graph_key = None
+
+    @staticmethod
+    def of(model):
+        """The model's ``TrainStep`` (made on first use; ``compile`` and ``to`` let it go)."""
+        step = model._train_step
+        if step is None or step.model is not model:
+            step = model._train_step = TrainStep(model)
+        return step
+
+    # ------------------------------------------------------------------ one step
+    def step(self, xb, tb, n_global=None, row0=0, comm=None):
+        """One optimizer step. Under data parallelism ``xb`` is this rank's shard (rows ``row0`` onward
+        of a global batch of ``n_global``): its gradient is scaled by its share before the all-reduce,
+        so the summed gradient is the whole batch's mean."""
+        model = self.model
+        n = xb.shape[0]
+        n_global = n if n_global is None else n_global
+        with StepContext(model._step, row0):  # this step's activations are internal: workspaces, no allocation
+            if n:
+                stats = self.grad(xb, tb, n, n_global)
+            else:  # more ranks than samples in this batch: contribute nothing, but take part
+                model.flat.g[...] = 0
+                stats = {k: model.ops.xp.zeros((), dtype=model.dtype) for k in model.stat_names()}
+            stats = self.apply(stats, n, comm)
+        model._step += 1  # only once the step went through: an out-of-memory retry redraws the same masks
+        return stats
+
+    def grad(self, xb, tb, n, n_global):
+        """Forward, loss, metrics and backward of one batch: the gradients land in ``flat.g``.
+
+        Everything here runs on the device without a host sync or a value that changes from step
+        to step, so it is what ``fit(cuda_graph=True)`` captures (``fastnn.graphs``)."""
+        model = self.model
+        out = model.forward_pass(xb, True)
+        dx = self.dx.get(out.shape)
+        if dx is None or dx.dtype != out.dtype:
+            dx = self.dx[out.shape] = model.ops.xp.empty_like(out)
+        loss = model.loss.compute(model.ops, out, tb, dx)
+        if n != n_global:
+            dx *= dx.dtype.type(n / n_global)
+        model.backward_pass(dx)
+        return model.batch_stats(out, tb, loss, n)
+
+    def apply(self, stats, n, comm):
+        """The rest of a step, run eagerly: all-reduce, regularizers, one fused optimizer update."""
+        model = self.model
+        if comm is not None and comm.size > 1:
+            comm.allreduce_sum_(model.flat.g)
+        penalty = model.regularize()  # after the all-reduce: added once
+        if penalty is not None:
+            stats["loss"] = stats["loss"] + penalty * model.dtype.type(n)
+        model.optimizer.step_flat(model.flat)
+        return stats
+
+    # ------------------------------------------------------------------ out of memory
+    def guarded(self, fn, batch_size):
+        """Run a step; when the device runs out of memory, free the caches once and retry, then raise
+        ``fastnn.OutOfMemoryError`` with the sizes involved. Never switches device by itself."""
+        ops = self.model.ops
+        try:
+            return fn()
+        except MemoryError as exc:
+            if not ops.is_out_of_memory(exc):
+                raise
+        self.free_buffers()
+        if self.graphs is not None:
+            self.graphs.reset()  # its graph kept the cleared workspaces: capture again later
+        ops.free_memory()
+        try:
+            return fn()
+        except MemoryError as exc:
+            if not ops.is_out_of_memory(exc):
+                raise
+            raise OutOfMemoryError(self.oom_message(batch_size)) from exc
+
+    def free_buffers(self):
+        for layer in self.model.layers:
+            layer.free_workspaces()
+        self.dx.clear()
+
+    def oom_message(self, batch_size):
+        model = self.model
+        item = model.dtype.itemsize
+        params = model.flat.size * item
+        slots = len(model.optimizer.slots) * params if model.optimizer is not None else 0
+        shape, units = (None,) + model.input_shape, 0
+        for layer in model.layers:
+            shape = layer.compute_output_shape(shape)
+            units += math.prod(shape[1:])
+        activations = 3 * units * batch_size * item  # outputs, gradients and workspaces
+        usage = model.ops.memory_usage()
+        pool = "" if usage is None else f"; memory pool: {usage[0]:,} bytes in use of {usage[1]:,} held"
+        return (f"{model.name}: out of memory on {model.ops.device} training batches of {batch_size}: parameters "
+                f"{params:,} bytes, gradients {params:,}, optimizer state {slots:,}, activations about "
+                f"{activations:,} bytes per batch{pool}. Use a smaller batch_size (e.g. {max(1, batch_size // 2)}) "
+                f"or train on the CPU with backend='cpu'; fastnn never switches device by itself.")
+
+    # ------------------------------------------------------------------ captured steps
+    def graphs_for(self, cuda_graph, batch_size, comm, x, y):
+        """``fastnn.graphs.StepGraphs`` for ``fit(cuda_graph=True)`` on a backend that captures graphs;
+        None otherwise."""
+        model = self.model
+        if not cuda_graph:
+            return None
+        if not model.ops.captures_graphs:
+            warnings.warn(f"{model.name}: fit(cuda_graph=True) needs the CuPy backend, and this model runs on "
+                          f"{model.ops.name} ({model.ops.device}); its steps run eagerly", RuntimeWarning,
+                          stacklevel=4)
+            return None
+        from fastnn.graphs import StepGraphs
+
+        lo, hi = distributed.shard(batch_size, comm.rank, comm.size)
+        x_spec = (tuple(x.shape[1:]), model.dtype)
+        y_spec = (tuple(y.shape[1:]), model.ops.asarray(y[:1]).dtype)
+        # A captured step stays valid across fit() calls while what it was captured from is the
+        # same: the flat buffers, the loss and metrics objects, the shapes and the precision.
+        opt = model.optimizer
+        owners = (model.flat, model.flat.p, model.flat.g, model.loss, opt, *(opt.flat_slots or ()), *model.metrics)
+        rates = tuple(layer.rate for layer in model.layers if isinstance(layer, Dropout))
+        pieces = tuple((a, b) for a, b, _ in opt._pieces(model.flat))
+        key = (model.head, hi - lo, batch_size, x_spec, y_spec, get_matmul_precision(), rates, comm.size > 1,
+               opt.graph_kind(), opt.graph_capturable(), pieces)
+        cached = self.graphs
+        if (cached is not None and len(self._graph_owners) == len(owners) and cached.disabled is None
+                and all(a is b for a, b in zip(self._graph_owners, owners)) and self._graph_key == key):
+            return cached
+        self.graphs = StepGraphs(self, hi - lo, x_spec, y_spec, distributed=comm.size > 1)
+        self._graph_owners, self._graph_key = owners, key
+        return self.graphs
+
+    def fill_slots(self, x, y, local, feeder, x_slot, y_slot):
+        """Write the batch ``local`` into a captured step's input slots (on the current stream)."""
+        if feeder is not None:
+            xb, yb = feeder.get(local)
+            x_slot[...] = xb
+            y_slot[...] = yb
+            return
+        ops = self.model.ops
+        idx = ops.asarray(local)
+        ops.xp.take(x, idx, axis=0, out=x_slot)
+        ops.xp.take(y, idx, axis=0, out=y_slot)
