@@ -132,10 +132,15 @@ class CosineDecay(Schedule):
 
 # ---------------------------------------------------------------- optimizers
 class Optimizer:
-    """Base class. Subclasses name their state ``slots`` and the primitive that applies one step."""
+    """Base class. A subclass describes its update once: its state ``slots``, the backend primitive
+    that applies one step (``rule``: ``ops.<rule>_step(p, g, *slots, *args)``) and that primitive's
+    arguments after the slots (``step_args``). Every way of running it derives from that: by value
+    (the book's dict path and the flat path), and from a device buffer of per-step scalars
+    (``ops.step_scalars``/``ops.step_dev``: a captured CUDA graph)."""
 
     slots: tuple = ()
     default_lr = 0.01
+    rule = None
 
     def __init__(self, lr=None, *, learning_rate=None, weight_decay=0.0, clipnorm=None, name=None):
         owner = type(self).__name__
@@ -168,8 +173,12 @@ class Optimizer:
         self._decay_excluded.update(var_names)
 
     # -- the arithmetic: one primitive call
-    def _apply(self, ops, p, g, state, lr, weight_decay, scale, t):
+    def step_args(self, lr, weight_decay, scale, t):
+        """The arguments of ``ops.<rule>_step`` after ``p, g`` and the slots, in its order."""
         raise NotImplementedError
+
+    def _apply(self, ops, p, g, state, lr, weight_decay, scale, t):
+        getattr(ops, self.rule + "_step")(p, g, *state, *self.step_args(lr, weight_decay, scale, t))
 
     def _clip_scale(self, ops, sq_norms):
         if self.clipnorm is None:
@@ -273,26 +282,20 @@ class Optimizer:
 
     def graph_kind(self):
         """What decides which primitive a captured update launches (part of the graph's identity)."""
-        return type(self).__name__
+        return self.rule
 
     def graph_scalars(self, flat, pieces):
         """This step's per-piece scalar rows (host float64, one row per piece), as ``step_flat``
         would compute them now; the caller advances ``iterations`` once the step has run."""
         lr, t = self.lr, self.iterations + 1
-        rows = [self._scalars(flat.ops, flat.dtype, lr, wd, 1.0, t) for _, _, wd in pieces]
+        rows = [flat.ops.step_scalars(self.rule, flat.dtype, *self.step_args(lr, wd, 1.0, t)) for _, _, wd in pieces]
         return numpy.stack(rows) if rows else numpy.zeros((0, 0))
 
     def step_flat_dev(self, flat, pieces, rows):
         """``step_flat``'s update with its scalars read from the device rows ``rows[i]`` (captured)."""
         ops = flat.ops
         for (a, b, _), s in zip(pieces, rows):
-            self._apply_dev(ops, flat.p[a:b], flat.g[a:b], tuple(slot[a:b] for slot in self.flat_slots), s)
-
-    def _scalars(self, ops, dtype, lr, weight_decay, scale, t):
-        raise NotImplementedError
-
-    def _apply_dev(self, ops, p, g, state, s):
-        raise NotImplementedError
+            ops.step_dev(self.rule, flat.p[a:b], flat.g[a:b], tuple(slot[a:b] for slot in self.flat_slots), s)
 
     # -- state
     def get_config(self):
@@ -328,26 +331,12 @@ class SGD(Optimizer):
         if self.nesterov and self.momentum == 0:
             raise ValueError(f"{type(self).__name__}: nesterov=True needs momentum > 0")
         self.slots = ("v",) if self.momentum > 0 else ()
+        self.rule = "momentum" if self.momentum > 0 else "sgd"
 
-    def _apply(self, ops, p, g, state, lr, weight_decay, scale, t):
+    def step_args(self, lr, weight_decay, scale, t):
         if self.momentum > 0:
-            ops.momentum_step(p, g, state[0], lr, self.momentum, weight_decay, scale, self.nesterov)
-        else:
-            ops.sgd_step(p, g, lr, weight_decay, scale)
-
-    def graph_kind(self):
-        return "momentum" if self.momentum > 0 else "sgd"
-
-    def _scalars(self, ops, dtype, lr, weight_decay, scale, t):
-        if self.momentum > 0:
-            return ops.momentum_scalars(dtype, lr, self.momentum, weight_decay, scale, self.nesterov)
-        return ops.sgd_scalars(dtype, lr, weight_decay, scale)
-
-    def _apply_dev(self, ops, p, g, state, s):
-        if self.momentum > 0:
-            ops.momentum_step_dev(p, g, state[0], s)
-        else:
-            ops.sgd_step_dev(p, g, s)
+            return lr, self.momentum, weight_decay, scale, self.nesterov
+        return lr, weight_decay, scale
 
     def _hyper(self):
         return {"momentum": self.momentum, "nesterov": self.nesterov}
@@ -386,6 +375,7 @@ class AdaGrad(Optimizer):
 
     slots = ("h",)
     default_lr = 0.001
+    rule = "adagrad"
 
     def __init__(self, lr=None, eps=None, *, epsilon=None, initial_accumulator_value=0.1, **kwargs):
         super().__init__(lr, **kwargs)
@@ -398,14 +388,8 @@ class AdaGrad(Optimizer):
         h[...] = self.initial_accumulator_value
         return (h,)
 
-    def _apply(self, ops, p, g, state, lr, weight_decay, scale, t):
-        ops.adagrad_step(p, g, state[0], lr, self.eps, weight_decay, scale)
-
-    def _scalars(self, ops, dtype, lr, weight_decay, scale, t):
-        return ops.adagrad_scalars(dtype, lr, self.eps, weight_decay, scale)
-
-    def _apply_dev(self, ops, p, g, state, s):
-        ops.adagrad_step_dev(p, g, state[0], s)
+    def step_args(self, lr, weight_decay, scale, t):
+        return lr, self.eps, weight_decay, scale
 
     def _hyper(self):
         return {"eps": self.eps, "initial_accumulator_value": self.initial_accumulator_value}
@@ -424,6 +408,7 @@ class RMSprop(Optimizer):
 
     slots = ("h",)
     default_lr = 0.001
+    rule = "rmsprop"
 
     def __init__(self, lr=None, rho=None, eps=None, *, decay_rate=None, epsilon=None, **kwargs):
         super().__init__(lr, **kwargs)
@@ -432,14 +417,8 @@ class RMSprop(Optimizer):
             raise ValueError(f"RMSprop: rho must be in [0, 1), got {self.rho}")
         self.eps = _check_positive("RMSprop", "eps", _alias("RMSprop", None, 1e-7, eps=eps, epsilon=epsilon))
 
-    def _apply(self, ops, p, g, state, lr, weight_decay, scale, t):
-        ops.rmsprop_step(p, g, state[0], lr, self.rho, self.eps, weight_decay, scale)
-
-    def _scalars(self, ops, dtype, lr, weight_decay, scale, t):
-        return ops.rmsprop_scalars(dtype, lr, self.rho, self.eps, weight_decay, scale)
-
-    def _apply_dev(self, ops, p, g, state, s):
-        ops.rmsprop_step_dev(p, g, state[0], s)
+    def step_args(self, lr, weight_decay, scale, t):
+        return lr, self.rho, self.eps, weight_decay, scale
 
     def _hyper(self):
         return {"rho": self.rho, "eps": self.eps}
@@ -460,6 +439,7 @@ class Adam(Optimizer):
     slots = ("m", "v")
     default_lr = 0.001
     decoupled = False
+    rule = "adam"
 
     def __init__(self, lr=None, beta1=None, beta2=None, eps=None, *, beta_1=None, beta_2=None, epsilon=None,
                  **kwargs):
@@ -472,15 +452,8 @@ class Adam(Optimizer):
                 raise ValueError(f"{owner}: {name} must be in [0, 1), got {b}")
         self.eps = _check_positive(owner, "eps", _alias(owner, None, 1e-7, eps=eps, epsilon=epsilon))
 
-    def _apply(self, ops, p, g, state, lr, weight_decay, scale, t):
-        ops.adam_step(p, g, state[0], state[1], lr, self.beta1, self.beta2, self.eps, t, weight_decay, scale,
-                      self.decoupled)
-
-    def _scalars(self, ops, dtype, lr, weight_decay, scale, t):
-        return ops.adam_scalars(dtype, lr, self.beta1, self.beta2, self.eps, t, weight_decay, scale, self.decoupled)
-
-    def _apply_dev(self, ops, p, g, state, s):
-        ops.adam_step_dev(p, g, state[0], state[1], s)
+    def step_args(self, lr, weight_decay, scale, t):
+        return lr, self.beta1, self.beta2, self.eps, t, weight_decay, scale, self.decoupled
 
     def _hyper(self):
         return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

@@ -281,29 +281,36 @@ def test_dropout_mask_dev_checks():
 
 
 # ---------------------------------------------------------------------------- CupyOps and no CuPy
-def test_cupy_ops_graph_capture_methods():
+def test_cupy_ops_step_scalars_are_the_launchers_for_every_rule():
+    """``CupyOps.step_scalars(rule, dtype, *args)`` packs exactly what the rule's launcher packs, for the
+    arguments ``<rule>_step`` takes after its slots (the optimizers' one description); a wrong count
+    or an unknown rule is refused by name."""
     from fastnn.backend.cupy_ops import CupyOps
-    from fastnn.backend.ops import HOT_PRIMITIVES
+    from fastnn.backend.ops import HOT_PRIMITIVES, Ops
 
+    ops = CupyOps.__new__(CupyOps)
+    slots = {"sgd": 0, "momentum": 1, "adagrad": 1, "rmsprop": 1, "adam": 2}
+    assert set(Ops.STEP_ARGS) == set(RULES) == set(slots)
     for rule in RULES:
-        for suffix, fn in ((f"{rule}_scalars", getattr(opt, f"{rule}_scalars")),
-                           (f"{rule}_step_dev", getattr(opt, f"{rule}_step_dev"))):
-            method = vars(CupyOps)[suffix]
-            params = list(inspect.signature(method).parameters.values())
-            assert params[0].name == "self"
-            assert inspect.signature(method).replace(parameters=params[1:]) == inspect.signature(fn), suffix
-            assert suffix not in HOT_PRIMITIVES
-    method = vars(CupyOps)["dropout_mask_dev"]
-    params = list(inspect.signature(method).parameters.values())
-    assert inspect.signature(method).replace(parameters=params[1:]) == inspect.signature(drop.dropout_mask_dev)
-    assert "dropout_mask_dev" not in HOT_PRIMITIVES
+        params = list(inspect.signature(getattr(Ops, rule + "_step")).parameters)[3 + slots[rule]:]
+        assert len(params) == len(Ops.STEP_ARGS[rule]), rule
+        values = {"lr": 0.05, "momentum": 0.8, "weight_decay": 0.01, "scale": 0.5, "nesterov": True, "eps": 1e-6,
+                  "rho": 0.95, "beta1": 0.85, "beta2": 0.99, "t": 3, "decoupled": True}
+        args = tuple(values[name] for name in params)
+        for dt in (F32, numpy.float64):
+            numpy.testing.assert_array_equal(ops.step_scalars(rule, dt, *args), getattr(opt, rule + "_scalars")(dt, *args))
+        with pytest.raises(ValueError, match=rf"{rule}_step takes {len(args)} arguments"):
+            ops.step_scalars(rule, F32, *args[:-1])
+    with pytest.raises(ValueError, match="unknown optimizer primitive 'lion'"):
+        ops.step_scalars("lion", F32, 0.1)
+    assert "step_dev" not in HOT_PRIMITIVES and "dropout_mask_dev" not in HOT_PRIMITIVES
 
 
 def test_cupy_ops_scalars_need_no_gpu():
-    """``CupyOps.<rule>_scalars`` is host code: callable on the class without a device."""
+    """``CupyOps.step_scalars`` is host code: callable without a device (no ``__init__`` ran)."""
     from fastnn.backend.cupy_ops import CupyOps
 
-    s = CupyOps.adam_scalars(None, F32, 1e-3, 0.9, 0.999, 1e-8, 2, 0.01, 1.0, True)
+    s = CupyOps.__new__(CupyOps).step_scalars("adam", F32, 1e-3, 0.9, 0.999, 1e-8, 2, 0.01, 1.0, True)
     numpy.testing.assert_array_equal(s, opt.adam_scalars(F32, 1e-3, 0.9, 0.999, 1e-8, 2, 0.01, 1.0, True))
 
 

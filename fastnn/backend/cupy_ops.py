@@ -170,42 +170,20 @@ class CupyOps(Ops):
     # ------------------------------------------------------------------ graph-capture variants
     # A CUDA graph freezes by-value kernel arguments, so what changes per step is read from device
     # memory: the dropout stream start (a one-element uint64 array holding dropout_base(seed,
-    # step)) and each optimizer's scalars (a float64 array; <rule>_scalars computes them on the
+    # step)) and each optimizer's scalars (a float64 array; step_scalars(rule, ...) computes them on the
     # host, as <rule>_step does, for the caller to copy to the device before each replay). Results
     # are bitwise equal to the by-value primitives. Not hot primitives: fastnn.graphs calls them.
     def dropout_mask_dev(self, shape, rate, base, row0=0, *, dtype=numpy.float32, out=None):
         with self._cupy.cuda.Device(self.device_id):
             return _drop.dropout_mask_dev(shape, rate, base, row0, dtype=dtype, out=out)
 
-    def sgd_scalars(self, dtype, lr, weight_decay=0.0, scale=1.0):
-        return _opt.sgd_scalars(dtype, lr, weight_decay, scale)
+    def step_scalars(self, rule, dtype, *args):
+        self._step_rule(rule, args)
+        return getattr(_opt, rule + "_scalars")(dtype, *args)
 
-    def momentum_scalars(self, dtype, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False):
-        return _opt.momentum_scalars(dtype, lr, momentum, weight_decay, scale, nesterov)
-
-    def adagrad_scalars(self, dtype, lr, eps, weight_decay=0.0, scale=1.0):
-        return _opt.adagrad_scalars(dtype, lr, eps, weight_decay, scale)
-
-    def rmsprop_scalars(self, dtype, lr, rho, eps, weight_decay=0.0, scale=1.0):
-        return _opt.rmsprop_scalars(dtype, lr, rho, eps, weight_decay, scale)
-
-    def adam_scalars(self, dtype, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, decoupled=False):
-        return _opt.adam_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled)
-
-    def sgd_step_dev(self, p, g, s):
-        return _opt.sgd_step_dev(p, g, s)
-
-    def momentum_step_dev(self, p, g, v, s):
-        return _opt.momentum_step_dev(p, g, v, s)
-
-    def adagrad_step_dev(self, p, g, h, s):
-        return _opt.adagrad_step_dev(p, g, h, s)
-
-    def rmsprop_step_dev(self, p, g, h, s):
-        return _opt.rmsprop_step_dev(p, g, h, s)
-
-    def adam_step_dev(self, p, g, m, v, s):
-        return _opt.adam_step_dev(p, g, m, v, s)
+    def step_dev(self, rule, p, g, slots, s):
+        self._step_rule(rule)
+        return getattr(_opt, rule + "_step_dev")(p, g, *slots, s)
 
 
 # ---------------------------------------------------------------------------- strict kernels

@@ -618,9 +618,9 @@ class Ops:
     # ------------------------------------------------------------------ graph-capture variants
     # ``fit(cuda_graph=True)`` (fastnn.graphs) replays a captured step, and a captured kernel's
     # scalar arguments are frozen at capture. So the values that change every step travel in a
-    # small device buffer instead: ``s = ops.<name>_scalars(dtype, ...)`` on the host, copied to
-    # the device before each replay, and the captured ``ops.<name>_step_dev(..., s)`` does exactly
-    # what ``ops.<name>_step(..., ...)`` does. Each backend packs ``s`` its own way (here: the
+    # small device buffer instead: ``s = ops.step_scalars(rule, dtype, ...)`` on the host, copied to
+    # the device before each replay, and the captured ``ops.step_dev(rule, p, g, slots, s)`` does
+    # exactly what ``ops.<rule>_step(p, g, *slots, ...)`` does. Each backend packs ``s`` its own way (here: the
     # arguments themselves; the CUDA kernels: their derived, dtype-rounded scalars), so only the
     # pairing within one backend is defined. Dropout's per-step value is the stream start
     # ``dropout_base(seed, step)``, a 1-element uint64 device array.
@@ -631,49 +631,35 @@ class Ops:
         return self._dropout_mask_at(shape, rate, int(numpy.asarray(self.asnumpy(base)).reshape(-1)[0]), row0,
                                      dtype, out)
 
-    @staticmethod
-    def _pack(*values):
-        return numpy.array([float(v) for v in values], dtype=numpy.float64)
+    # The optimizer primitives' arguments after their slots, by kind: f float, i int, b bool.
+    STEP_ARGS = {"sgd": "fff", "momentum": "ffffb", "adagrad": "ffff", "rmsprop": "fffff", "adam": "ffffiffb"}
 
-    def _unpack(self, s):
-        return [float(v) for v in numpy.asarray(self.asnumpy(s), dtype=numpy.float64).reshape(-1)]
+    def _step_rule(self, rule, args=None):
+        kinds = self.STEP_ARGS.get(rule)
+        if kinds is None:
+            raise ValueError(f"unknown optimizer primitive {rule!r}; known: {', '.join(self.STEP_ARGS)}")
+        if args is not None:
+            if len(args) != len(kinds):
+                raise ValueError(f"{rule}_step takes {len(kinds)} arguments after its slots, got {len(args)}")
+            if rule == "adam" and args[4] < 1:
+                raise ValueError(f"adam_scalars: the step number t counts from 1, got {args[4]}")
+        return kinds
 
-    def sgd_scalars(self, dtype, lr, weight_decay=0.0, scale=1.0):
-        return self._pack(lr, weight_decay, scale)
+    def step_scalars(self, rule, dtype, *args):
+        """The per-step values of ``<rule>_step``'s arguments after its slots (``args``, in that
+        primitive's order), packed into a float64 host array for ``step_dev``."""
+        self._step_rule(rule, args)
+        return numpy.array([float(v) for v in args], dtype=numpy.float64)
 
-    def sgd_step_dev(self, p, g, s):
-        lr, wd, scale = self._unpack(s)
-        self.sgd_step(p, g, lr, wd, scale)
-
-    def momentum_scalars(self, dtype, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False):
-        return self._pack(lr, momentum, weight_decay, scale, bool(nesterov))
-
-    def momentum_step_dev(self, p, g, v, s):
-        lr, momentum, wd, scale, nesterov = self._unpack(s)
-        self.momentum_step(p, g, v, lr, momentum, wd, scale, bool(nesterov))
-
-    def adagrad_scalars(self, dtype, lr, eps, weight_decay=0.0, scale=1.0):
-        return self._pack(lr, eps, weight_decay, scale)
-
-    def adagrad_step_dev(self, p, g, h, s):
-        lr, eps, wd, scale = self._unpack(s)
-        self.adagrad_step(p, g, h, lr, eps, wd, scale)
-
-    def rmsprop_scalars(self, dtype, lr, rho, eps, weight_decay=0.0, scale=1.0):
-        return self._pack(lr, rho, eps, weight_decay, scale)
-
-    def rmsprop_step_dev(self, p, g, h, s):
-        lr, rho, eps, wd, scale = self._unpack(s)
-        self.rmsprop_step(p, g, h, lr, rho, eps, wd, scale)
-
-    def adam_scalars(self, dtype, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, decoupled=False):
-        if t < 1:
-            raise ValueError(f"adam_scalars: the step number t counts from 1, got {t}")
-        return self._pack(lr, beta1, beta2, eps, t, weight_decay, scale, bool(decoupled))
-
-    def adam_step_dev(self, p, g, m, v, s):
-        lr, beta1, beta2, eps, t, wd, scale, decoupled = self._unpack(s)
-        self.adam_step(p, g, m, v, lr, beta1, beta2, eps, int(t), wd, scale, bool(decoupled))
+    def step_dev(self, rule, p, g, slots, s):
+        """``<rule>_step(p, g, *slots, ...)`` with its arguments read from ``s`` (``step_scalars``'s
+        array, on the device)."""
+        kinds = self._step_rule(rule)
+        values = [float(v) for v in numpy.asarray(self.asnumpy(s), dtype=numpy.float64).reshape(-1)]
+        if len(values) != len(kinds):
+            raise ValueError(f"{rule} step_dev: expected {len(kinds)} scalars, got {len(values)}")
+        typed = [int(v) if k == "i" else bool(v) if k == "b" else v for k, v in zip(kinds, values)]
+        getattr(self, rule + "_step")(p, g, *slots, *typed)
 
 
 # The fused primitives a fast backend must define itself (the structure tests check this list).

@@ -683,8 +683,7 @@ class FakeGpuOps(Ops):
             return super().gemm(a, b, trans_a=trans_a, trans_b=trans_b, out=out)
 
 
-for _name in HOT_PRIMITIVES + ("dropout_mask_dev", "sgd_step_dev", "momentum_step_dev", "adagrad_step_dev",
-                               "rmsprop_step_dev", "adam_step_dev"):
+for _name in HOT_PRIMITIVES + ("dropout_mask_dev", "step_dev"):
     setattr(FakeGpuOps, _name, _primitive(_name))
 
 

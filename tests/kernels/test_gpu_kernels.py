@@ -421,8 +421,8 @@ def test_optimizer_state_below_smallest_normal_is_flushed(gpu, ref, dtype):
 
 
 # ---------------------------------------------------------------------------- graph-capture (dev) variants
-# ``<rule>_step_dev`` reads the scalars that ``<rule>_step`` takes by value from a float64 device
-# array (``<rule>_scalars``), and ``dropout_mask_dev`` reads the stream start from a uint64 device
+# ``step_dev(rule, ...)`` reads the scalars that ``<rule>_step`` takes by value from a float64 device
+# array (``step_scalars(rule, ...)``), and ``dropout_mask_dev`` reads the stream start from a uint64 device
 # array: the results must be bitwise equal to the by-value kernels' for the same inputs.
 DEV_SIZES = [1, 7, 1003, 128 * 128 * 2 * 17 + 3]  # 1003 and big: several blocks, odd; big wraps the grid
 DEV_SIZE_IDS = ["1", "7", "1003", "big"]
@@ -439,6 +439,17 @@ DEV_RULES = [  # (id, rule, state arrays (True: positive), hyperparameters)
 ]
 DEV_RULE_IDS = [r[0] for r in DEV_RULES]
 SCALAR_COUNTS = {"sgd": 5, "momentum": 7, "adagrad": 6, "rmsprop": 8, "adam": 13}
+
+
+def _step_args(rule, nslots, **given):
+    """``<rule>_step``'s arguments after ``p, g`` and its ``nslots`` slots, complete and in order
+    (defaults filled in), as ``step_scalars``/``step_dev`` take them."""
+    import inspect
+
+    from fastnn.backend.ops import Ops
+
+    params = list(inspect.signature(getattr(Ops, rule + "_step")).parameters.values())[3 + nslots:]
+    return tuple(given.pop(q.name) if q.name in given else q.default for q in params)
 
 
 def _bits(a):
@@ -476,12 +487,12 @@ def test_optimizer_step_dev_bitwise_equal_to_by_value(gpu, dtype, n, opts, case)
     names = ["p", "g"] + [f"state{i}" for i in range(len(state))]
     want = [gpu.asarray(a.copy()) for a in arrays]
     getattr(gpu, f"{rule}_step")(*want, **hyper, **opts)
-    s_host = getattr(gpu, f"{rule}_scalars")(dtype, **hyper, **opts)
+    s_host = gpu.step_scalars(rule, dtype, *_step_args(rule, len(state), **hyper, **opts))
     assert isinstance(s_host, numpy.ndarray) and s_host.dtype == numpy.float64
     assert s_host.shape == (SCALAR_COUNTS[rule],)
     for s in (cupy.asarray(s_host), _offset_view(cupy, s_host)):
         got = [gpu.asarray(a.copy()) for a in arrays]
-        assert getattr(gpu, f"{rule}_step_dev")(*got, s) is None
+        assert gpu.step_dev(rule, got[0], got[1], got[2:], s) is None
         _assert_bitwise(got, want, names)
         numpy.testing.assert_array_equal(host(s), s_host)  # s is only read
 
@@ -499,13 +510,13 @@ def test_optimizer_step_dev_rereads_rewritten_scalars(gpu, dtype, rule):
     s = buf[2:]
     for t in range(1, 6):
         lr = 0.05 / t
-        if rule == "momentum":
-            hyper = dict(lr=lr, momentum=0.9, weight_decay=0.001 * t, nesterov=t % 2 == 0)
+        if rule == "momentum":  # the primitive's arguments after its slots, in its order
+            args = (lr, 0.9, 0.001 * t, 1.0, t % 2 == 0)
         else:
-            hyper = dict(lr=lr, beta1=0.9, beta2=0.999, eps=1e-8, t=t, weight_decay=0.01, decoupled=t > 2)
-        getattr(gpu, f"{rule}_step")(*want, **hyper)
-        s[...] = cupy.asarray(getattr(gpu, f"{rule}_scalars")(dtype, **hyper))
-        getattr(gpu, f"{rule}_step_dev")(*got, s)
+            args = (lr, 0.9, 0.999, 1e-8, t, 0.01, 1.0, t > 2)
+        getattr(gpu, f"{rule}_step")(*want, *args)
+        s[...] = cupy.asarray(gpu.step_scalars(rule, dtype, *args))
+        gpu.step_dev(rule, got[0], got[1], got[2:], s)
         _assert_bitwise(got, want, ["p", "g", "state0", "state1"])
 
 
@@ -514,37 +525,37 @@ def test_optimizer_step_dev_matches_reference(gpu, ref, dtype):
     rng = numpy.random.default_rng(28)
     n = 1003
     p, g, m, v = _dev_arrays(rng, n, dtype, [False, True])
-    hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, t=3, weight_decay=0.01, decoupled=True)
+    args = (1e-3, 0.9, 0.999, 1e-8, 3, 0.01, 1.0, True)  # lr, beta1, beta2, eps, t, weight_decay, scale, decoupled
     want = [a.copy() for a in (p, g, m, v)]
-    ref.adam_step(*want, **hyper)
+    ref.adam_step(*want, *args)
     got = [gpu.asarray(a.copy()) for a in (p, g, m, v)]
-    gpu.adam_step_dev(*got, gpu.asarray(gpu.adam_scalars(dtype, **hyper)))
+    gpu.step_dev("adam", got[0], got[1], got[2:], gpu.asarray(gpu.step_scalars("adam", dtype, *args)))
     _compare_all(got, want, dtype, ["p", "g", "m", "v"])
 
 
 def test_optimizer_step_dev_checks_scalars(gpu, dtype):
     cupy = gpu.xp
     p, g, h = (gpu.asarray(numpy.ones(8, dtype)) for _ in range(3))
-    s = cupy.asarray(gpu.adagrad_scalars(dtype, 0.01, 1e-7))
+    s = cupy.asarray(gpu.step_scalars("adagrad", dtype, 0.01, 1e-7, 0.0, 1.0))
     with pytest.raises(ValueError, match=r"adagrad_step_dev: s must hold the 6 scalars.*got length 5"):
-        gpu.adagrad_step_dev(p, g, h, s[:5])
+        gpu.step_dev("adagrad", p, g, (h,), s[:5])
     with pytest.raises(ValueError, match=r"adagrad_step_dev: s must hold the 6 scalars.*got length 7"):
-        gpu.adagrad_step_dev(p, g, h, cupy.zeros(7, numpy.float64))
+        gpu.step_dev("adagrad", p, g, (h,), cupy.zeros(7, numpy.float64))
     with pytest.raises(TypeError, match=r"adagrad_step_dev: s must have dtype float64.*float32"):
-        gpu.adagrad_step_dev(p, g, h, s.astype(numpy.float32))
+        gpu.step_dev("adagrad", p, g, (h,), s.astype(numpy.float32))
     with pytest.raises(ValueError, match=r"adagrad_step_dev: s must be C-contiguous"):
-        gpu.adagrad_step_dev(p, g, h, cupy.zeros(12, numpy.float64)[::2])
+        gpu.step_dev("adagrad", p, g, (h,), cupy.zeros(12, numpy.float64)[::2])
     with pytest.raises(ValueError, match=r"adagrad_step_dev: s must be 1-D"):
-        gpu.adagrad_step_dev(p, g, h, cupy.zeros((2, 3), numpy.float64))
+        gpu.step_dev("adagrad", p, g, (h,), cupy.zeros((2, 3), numpy.float64))
     with pytest.raises(TypeError, match=r"adagrad_step_dev: s must be a device \(CuPy\) array"):
-        gpu.adagrad_step_dev(p, g, h, gpu.adagrad_scalars(dtype, 0.01, 1e-7))
+        gpu.step_dev("adagrad", p, g, (h,), gpu.step_scalars("adagrad", dtype, 0.01, 1e-7, 0.0, 1.0))
     with pytest.raises(ValueError, match=r"sgd_step_dev: s must hold the 5 scalars"):
-        gpu.sgd_step_dev(p, g, cupy.asarray(gpu.momentum_scalars(dtype, 0.1, 0.9)))
+        gpu.step_dev("sgd", p, g, (), cupy.asarray(gpu.step_scalars("momentum", dtype, 0.1, 0.9, 0.0, 1.0, False)))
     with pytest.raises(ValueError, match=r"adam_step_dev: m must have shape \(8,\)"):
-        gpu.adam_step_dev(p, g, gpu.asarray(numpy.ones(7, dtype)), h,
-                          cupy.asarray(gpu.adam_scalars(dtype, 1e-3, 0.9, 0.999, 1e-8, 1)))
+        gpu.step_dev("adam", p, g, (gpu.asarray(numpy.ones(7, dtype)), h),
+                     cupy.asarray(gpu.step_scalars("adam", dtype, 1e-3, 0.9, 0.999, 1e-8, 1, 0.0, 1.0, False)))
     with pytest.raises(ValueError, match=r"adam_scalars: the step number t counts from 1"):
-        gpu.adam_scalars(dtype, 1e-3, 0.9, 0.999, 1e-8, 0)
+        gpu.step_scalars("adam", dtype, 1e-3, 0.9, 0.999, 1e-8, 0, 0.0, 1.0, False)
 
 
 DEV_MASK_SHAPES = [(1, 1), (7, 13), (257, 33), BIG]
