@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy
 
-from fastnn.functions import numerical_gradient
+from fastnn.functions import check_finite, check_number, check_real, numerical_gradient
 from fastnn.layers.base import StepContext
 
 
@@ -28,13 +28,28 @@ def _compare(label, analytic, numeric, rtol, atol):
             f"max abs error {err:.3g}\n  backward: {a.ravel()[:5]}\n  numerical: {n.ravel()[:5]}")
 
 
+def _check_args(owner, x, h, rtol, atol):
+    """The input is a finite float array (perturbed in place, so never copied or cast) and the step and
+    tolerances are numbers: a NaN tolerance would fail every check with a misleading report."""
+    if not hasattr(x, "dtype") or x.dtype.kind != "f":
+        raise TypeError(f"{owner}: x must be a float array (float64 for a gradient check; it is perturbed in "
+                        f"place), got {type(x).__name__} of dtype {getattr(x, 'dtype', None)}")
+    check_finite(owner, "x", x)
+    check_number(owner, "h", h, low=0, strict=True)
+    check_number(owner, "rtol", rtol, low=0)
+    check_number(owner, "atol", atol, low=0)
+
+
 def check_layer(layer, x, *, dout=None, seed=0, h=1e-4, rtol=1e-5, atol=1e-7, train_flg=True):
     """Check ``layer.backward`` against numerical gradients for ``x`` and every weight.
 
-    ``x`` must be a float64 array the layer reads (it is perturbed in place). Dropout layers have
-    their step pinned (one ``StepContext``) so every evaluation sees one mask. Returns the numerical
-    gradients.
+    ``x`` must be a finite float64 array the layer reads (it is perturbed in place); ``dout``, when
+    given, real numbers of the forward output's shape. Dropout layers have their step pinned (one
+    ``StepContext``) so every evaluation sees one mask. Returns the numerical gradients.
     """
+    _check_args("check_layer", x, h, rtol, atol)
+    if dout is not None:
+        dout = check_real("check_layer", "dout", dout)
     with StepContext(0, reuse_buffers=False):
         return _check_layer(layer, x, dout, seed, h, rtol, atol, train_flg)
 
@@ -44,6 +59,11 @@ def _check_layer(layer, x, dout, seed, h, rtol, atol, train_flg):
     xp = type(y).__module__.split(".")[0] == "cupy" and __import__("cupy") or numpy
     if dout is None:
         dout = xp.asarray(numpy.random.default_rng(seed).standard_normal(y.shape))
+    elif tuple(dout.shape) != tuple(y.shape):
+        raise ValueError(f"check_layer: dout must have the forward output's shape {tuple(y.shape)}, "
+                         f"got {tuple(dout.shape)}")
+    else:
+        check_finite("check_layer", "dout", dout)
     dx = layer.backward(dout)
     analytic = {"x": None if dx is None else dx.copy()}
     analytic.update({name: g.copy() for name, g in layer.grads.items() if g is not None})
@@ -64,7 +84,9 @@ def _check_layer(layer, x, dout, seed, h, rtol, atol, train_flg):
 
 
 def check_loss(loss_layer, x, t, *, h=1e-4, rtol=1e-5, atol=1e-7):
-    """Check a loss layer's ``backward()`` against numerical gradients of ``forward(x, t)``."""
+    """Check a loss layer's ``backward()`` against numerical gradients of ``forward(x, t)`` (``x`` a
+    finite float64 array, perturbed in place)."""
+    _check_args("check_loss", x, h, rtol, atol)
     loss_layer.forward(x, t)
     dx = loss_layer.backward().copy()
     numeric = numerical_gradient(lambda _: float(loss_layer.forward(x, t)), x, h)

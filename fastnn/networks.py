@@ -9,16 +9,21 @@ buffer, so ``opt.update(net.params, grads)`` trains the layers.
 Dropout masks depend on a step counter: ``gradient``, ``numerical_gradient`` and a training-mode
 ``loss`` given the *same batch object* use the same step (so a gradient check sees one mask in
 both orders); a new batch object starts a new step. ``Trainer`` sets the step explicitly.
+
+Constructor arguments are checked before any weight is drawn: sizes are positive integers (Python
+or NumPy; never bools, floats or strings), ``weight_init_std`` a finite number >= 0 or one of the
+book's names, ``weight_decay_lambda`` a finite number >= 0 and a dropout ratio in [0, 1); anything
+else is a ``ValueError`` naming the class, the argument and the value.
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import numpy
 
 from fastnn import functions
 from fastnn.backend import current, get_ops
+from fastnn.book._engine import check_decay, check_init_std, check_ratio, check_size_list, init_scale
 from fastnn.layers import Affine, BatchNormalization, Dropout, Relu, Sigmoid, SoftmaxWithLoss
 from fastnn.layers.base import StepContext, step_context
 from fastnn.params import FlatParams
@@ -29,16 +34,21 @@ __all__ = ["TwoLayerNet", "MultiLayerNet", "MultiLayerNetExtend"]
 _ACTIVATIONS = {"relu": Relu, "sigmoid": Sigmoid}
 
 
-def _init_std(weight_init_std, fan_in):
-    """The book's scale: a number, ``"relu"``/``"he"`` (sqrt(2/n)) or ``"sigmoid"``/``"xavier"`` (sqrt(1/n))."""
-    if isinstance(weight_init_std, str):
-        key = weight_init_std.lower()
-        if key in ("relu", "he"):
-            return math.sqrt(2.0 / fan_in)
-        if key in ("sigmoid", "xavier"):
-            return math.sqrt(1.0 / fan_in)
-        raise ValueError(f"weight_init_std must be a number, 'relu'/'he' or 'sigmoid'/'xavier', got {weight_init_std!r}")
-    return float(weight_init_std)
+def _check_args(owner, input_size, hidden, output_size, activation="relu", weight_init_std=0.01,
+                weight_decay_lambda=0):
+    """Every constructor argument, before a weight is drawn; ``hidden`` is ``("hidden_size", n)`` or
+    ``("hidden_size_list", [n, ...])``. Each message names ``owner``, the argument and the value."""
+    functions.check_int(owner, "input_size", input_size)
+    name, value = hidden
+    if name == "hidden_size":
+        functions.check_int(owner, name, value)
+    else:
+        check_size_list(owner, name, value)
+    functions.check_int(owner, "output_size", output_size)
+    if not isinstance(activation, str) or activation not in _ACTIVATIONS:
+        raise ValueError(f"{owner}: activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}")
+    check_init_std(owner, weight_init_std)
+    check_decay(owner, weight_decay_lambda)
 
 
 class _BookNet:
@@ -46,19 +56,18 @@ class _BookNet:
 
     def _setup(self, sizes, activation, weight_init_std, weight_decay_lambda, seed, dtype, backend,
                use_dropout=False, dropout_ratio=0.5, use_batchnorm=False):
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}")
+        owner = type(self).__name__
         self.ops = get_ops(backend) if backend is not None else current()
         self.dtype = numpy.dtype(dtype)
         if self.dtype not in (numpy.float32, numpy.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+            raise ValueError(f"{owner}: dtype must be float32 or float64, got {dtype!r}")
         self.seed = seed if isinstance(seed, (int, numpy.integer)) and not isinstance(seed, bool) else None
         self.rng = make_rng(seed)
         self.weight_decay_lambda = float(weight_decay_lambda)
         self.layers = OrderedDict()
         n_hidden = len(sizes) - 2
         for i in range(1, len(sizes)):
-            std = _init_std(weight_init_std, sizes[i - 1])
+            std = init_scale(owner, weight_init_std, sizes[i - 1])
             W = (std * self.rng.standard_normal((sizes[i - 1], sizes[i]))).astype(self.dtype)
             self.layers[f"Affine{i}"] = Affine(W, numpy.zeros(sizes[i], self.dtype), name=f"Affine{i}")
             if i > n_hidden:
@@ -164,6 +173,8 @@ class TwoLayerNet(_BookNet):
 
     def __init__(self, input_size, hidden_size, output_size, weight_init_std=0.01, *, seed=None,
                  dtype="float64", backend=None):
+        _check_args("TwoLayerNet", input_size, ("hidden_size", hidden_size), output_size,
+                    weight_init_std=weight_init_std)
         self._setup([input_size, hidden_size, output_size], "relu", weight_init_std, 0.0, seed, dtype, backend)
 
 
@@ -173,6 +184,8 @@ class MultiLayerNet(_BookNet):
 
     def __init__(self, input_size, hidden_size_list, output_size, activation="relu", weight_init_std="relu",
                  weight_decay_lambda=0, *, seed=None, dtype="float64", backend=None):
+        _check_args("MultiLayerNet", input_size, ("hidden_size_list", hidden_size_list), output_size, activation,
+                    weight_init_std, weight_decay_lambda)
         self.hidden_size_list = list(hidden_size_list)
         self._setup([input_size, *self.hidden_size_list, output_size], activation, weight_init_std,
                     weight_decay_lambda, seed, dtype, backend)
@@ -186,6 +199,10 @@ class MultiLayerNetExtend(_BookNet):
     def __init__(self, input_size, hidden_size_list, output_size, activation="relu", weight_init_std="relu",
                  weight_decay_lambda=0, use_dropout=False, dropout_ration=0.5, use_batchnorm=False, *,
                  dropout_ratio=None, use_batchNorm=None, seed=None, dtype="float64", backend=None):
+        _check_args("MultiLayerNetExtend", input_size, ("hidden_size_list", hidden_size_list), output_size,
+                    activation, weight_init_std, weight_decay_lambda)
+        check_ratio("MultiLayerNetExtend", "dropout_ration" if dropout_ratio is None else "dropout_ratio",
+                    dropout_ration if dropout_ratio is None else dropout_ratio)
         self.hidden_size_list = list(hidden_size_list)
         self.use_dropout = use_dropout
         self.use_batchnorm = use_batchnorm if use_batchNorm is None else use_batchNorm

@@ -8,12 +8,16 @@ script that starts with ``np.random.seed(n)`` gets the book's very weights and b
 from __future__ import annotations
 
 import io
+import math
+import numbers
 import pickle
+from collections.abc import Mapping, Sequence
 
 import numpy
 
 from fastnn import random as _random
 from fastnn.backend import current, get_ops
+from fastnn.functions import check_int, check_number
 
 
 def book_rng(seed=None):
@@ -52,6 +56,86 @@ def flat_views(ops, dtype, arrays):
         views[key] = view
         offset += n
     return flat, views
+
+
+# ---------------------------------------------------------------- constructor arguments
+# The networks check every argument before drawing a weight, so a bad value never advances the
+# random stream or builds half a network; each message names the class, the argument and the value.
+_INIT_NAMES = {"relu": 2.0, "he": 2.0, "sigmoid": 1.0, "xavier": 1.0}  # name -> gain: std = sqrt(gain / fan_in)
+_CONV_KEYS = ("filter_num", "filter_size", "pad", "stride")
+
+
+def check_size_list(owner, arg, sizes):
+    """A list (or tuple, or 1-D array) of positive integers, such as ``hidden_size_list``."""
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, (Sequence, numpy.ndarray)):
+        raise ValueError(f"{owner}: {arg} must be a list of positive integers (e.g. [100, 100]), got {sizes!r}")
+    return [check_int(owner, f"{arg}[{i}]", size) for i, size in enumerate(sizes)]
+
+
+def check_init_std(owner, weight_init_std, names=True):
+    """``weight_init_std``: a finite number >= 0, or (``names``) the book's ``'relu'``/``'he'`` and
+    ``'sigmoid'``/``'xavier'`` in any case."""
+    if names and isinstance(weight_init_std, str) and weight_init_std.lower() in _INIT_NAMES:
+        return weight_init_std
+    v = weight_init_std
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+        spellings = ", or 'relu'/'he' or 'sigmoid'/'xavier'" if names else " (the standard deviation of the weights)"
+        raise ValueError(f"{owner}: weight_init_std must be a number >= 0 (finite){spellings}, got {v!r}")
+    return v
+
+
+def init_scale(owner, weight_init_std, fan_in):
+    """The book's scale: a number, ``'relu'``/``'he'`` (sqrt(2/n)) or ``'sigmoid'``/``'xavier'`` (sqrt(1/n))."""
+    check_init_std(owner, weight_init_std)
+    if isinstance(weight_init_std, str):
+        return math.sqrt(_INIT_NAMES[weight_init_std.lower()] / fan_in)
+    return float(weight_init_std)
+
+
+def check_decay(owner, weight_decay_lambda):
+    """The book's L2 strength: a finite number >= 0 (0 turns it off)."""
+    return check_number(owner, "weight_decay_lambda", weight_decay_lambda, low=0)
+
+
+def check_ratio(owner, arg, ratio):
+    """A dropout ratio: a number in [0, 1)."""
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 <= ratio < 1:
+        raise ValueError(f"{owner}: {arg} must be a number in [0, 1), got {ratio!r}")
+    return ratio
+
+
+def check_input_dim(owner, input_dim):
+    """``(C, H, W)`` of positive integers."""
+    if (isinstance(input_dim, (str, bytes)) or not isinstance(input_dim, (Sequence, numpy.ndarray))
+            or len(input_dim) != 3):
+        raise ValueError(f"{owner}: input_dim must be (C, H, W), got {input_dim!r}")
+    return tuple(check_int(owner, f"input_dim[{i}]", v) for i, v in enumerate(input_dim))
+
+
+def check_conv_param(owner, arg, conv_param):
+    """A book ``conv_param`` dict: ``filter_num``, ``filter_size``, ``stride`` positive, ``pad`` >= 0."""
+    if not isinstance(conv_param, Mapping):
+        raise ValueError(f"{owner}: {arg} must be a dict with keys {', '.join(_CONV_KEYS)}, got {conv_param!r}")
+    for key in _CONV_KEYS:
+        if key not in conv_param:
+            raise ValueError(f"{owner}: {arg} is missing {key!r} (it needs {', '.join(_CONV_KEYS)})")
+    for key in conv_param:
+        if key not in _CONV_KEYS:
+            raise ValueError(f"{owner}: {arg} has unknown key {key!r}; its keys are {', '.join(_CONV_KEYS)}")
+    return {key: check_int(owner, f"{arg}[{key!r}]", conv_param[key], low=0 if key == "pad" else 1)
+            for key in _CONV_KEYS}
+
+
+def conv_pool_shape(owner, hw, cp, where, pool=False):
+    """``(h, w)`` after a convolution with ``cp`` (and the book's 2x2, stride-2 pooling when ``pool``),
+    refused when the filter or the pooling window does not fit (``where`` names the input in the message)."""
+    (h, w), f, p, s = hw, cp["filter_size"], cp["pad"], cp["stride"]
+    if h + 2 * p < f or w + 2 * p < f:
+        raise ValueError(f"{owner}: a {f}x{f} filter does not fit {where} with pad {p}")
+    h, w = (h + 2 * p - f) // s + 1, (w + 2 * p - f) // s + 1
+    if pool and min(h, w) < 2:
+        raise ValueError(f"{owner}: {where} gives a {h}x{w} convolution output, too small for the 2x2 pooling")
+    return ((h - 2) // 2 + 1, (w - 2) // 2 + 1) if pool else (h, w)
 
 
 # ---------------------------------------------------------------- safe .pkl parameter files

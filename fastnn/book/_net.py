@@ -7,8 +7,6 @@ and ``load_params`` copies into them. A network computes on the backend it was b
 """
 from __future__ import annotations
 
-import math
-
 import numpy
 
 from fastnn.book import layers as L
@@ -16,18 +14,6 @@ from fastnn.book._engine import assign_params, book_rng, draw_seed, load_params_
 from fastnn.book.gradient import numerical_gradient
 from fastnn.layers.base import StepContext, step_context
 from fastnn.params import FlatParams
-
-
-def init_scale(weight_init_std, fan_in):
-    """The book's scale: a number, ``'relu'``/``'he'`` (sqrt(2/n)) or ``'sigmoid'``/``'xavier'`` (sqrt(1/n))."""
-    key = str(weight_init_std).lower()
-    if key in ("relu", "he"):
-        return math.sqrt(2.0 / fan_in)
-    if key in ("sigmoid", "xavier"):
-        return math.sqrt(1.0 / fan_in)
-    if isinstance(weight_init_std, str):
-        raise ValueError(f"weight_init_std must be a number, 'relu'/'he' or 'sigmoid'/'xavier', got {weight_init_std!r}")
-    return float(weight_init_std)
 
 
 class BookNet:

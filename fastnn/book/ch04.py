@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import numpy
 
-from fastnn.book._engine import book_rng, flat_views, net_ops
+from fastnn.book._engine import book_rng, check_init_std, flat_views, net_ops
 from fastnn.book.functions import cross_entropy_error
 from fastnn.book.gradient import numerical_gradient
+from fastnn.functions import check_int
 from fastnn.kernels import LINEAR, SIGMOID
 
 __all__ = ["TwoLayerNet"]
@@ -24,13 +25,19 @@ class TwoLayerNet:
     """``softmax(sigmoid(x @ W1 + b1) @ W2 + b2)`` with weights ``weight_init_std * randn``, biases zero.
 
     ``seed``, ``dtype`` (float64) and ``backend`` are keyword-only fastnn extras; ``seed=None``
-    draws from NumPy's global generator, as the book does.
+    draws from NumPy's global generator, as the book does. Sizes must be positive integers and
+    ``weight_init_std`` a finite number >= 0 (a ``ValueError`` naming the argument otherwise).
     """
 
     def __init__(self, input_size, hidden_size, output_size, weight_init_std=0.01, *, seed=None,
                  dtype="float64", backend=None):
+        for arg, size in (("input_size", input_size), ("hidden_size", hidden_size), ("output_size", output_size)):
+            check_int("TwoLayerNet", arg, size)
+        check_init_std("TwoLayerNet", weight_init_std, names=False)
         self.ops = net_ops(backend)
         self.dtype = numpy.dtype(dtype)
+        if self.dtype not in (numpy.float32, numpy.float64):
+            raise ValueError(f"TwoLayerNet: dtype must be float32 or float64, got {dtype!r}")
         rng = book_rng(seed)
         host = {
             "W1": weight_init_std * rng.standard_normal((input_size, hidden_size)),

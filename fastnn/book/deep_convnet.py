@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy
 
 from fastnn.book import layers as L
+from fastnn.book._engine import check_conv_param, check_input_dim, conv_pool_shape
 from fastnn.book._net import BookNet
 from fastnn.book.simple_convnet import _batched_accuracy
+from fastnn.functions import check_int
 
 __all__ = ["DeepConvNet"]
 
@@ -21,6 +23,19 @@ _DEFAULTS = [
 _WEIGHT_LAYERS = (0, 2, 5, 7, 10, 12, 15, 18)  # indices in ``layers`` of W1..W8's layers
 
 
+def _check_layout(input_dim, conv_params):
+    """The convolutions fit ``input_dim`` and leave the ``64*4*4`` features the book's ``Affine7`` takes."""
+    hw = input_dim[1:]
+    for idx, cp in enumerate(conv_params, start=1):
+        hw = conv_pool_shape("DeepConvNet", hw, cp, f"the {hw[0]}x{hw[1]} input of Conv{idx}", pool=idx % 2 == 0)
+    channels = conv_params[-1]["filter_num"]
+    features = channels * hw[0] * hw[1]
+    if features != 64 * 4 * 4:
+        raise ValueError(f"DeepConvNet: input_dim {input_dim} gives {channels}x{hw[0]}x{hw[1]} = {features} features "
+                         f"before Affine7, but the book's layout fixes Affine7's input at 64*4*4 = 1024 (28x28 or "
+                         f"32x32 images with the default conv_params)")
+
+
 class DeepConvNet(BookNet):
     """``(conv - relu - conv - relu - pool) x 3 - affine - relu - dropout - affine - dropout - softmax``.
 
@@ -29,13 +44,22 @@ class DeepConvNet(BookNet):
     is the book's for 28x28 single-channel input. ``layers`` is a list, as in the book;
     ``loss`` runs Dropout in training mode. ``seed``, ``dtype`` (float64) and ``backend`` are
     keyword-only fastnn extras.
+
+    Arguments are checked before any weight is drawn: sizes positive integers, each ``conv_param_k``
+    a dict of ``filter_num``, ``filter_size``, ``stride`` (positive) and ``pad`` (>= 0), and the
+    feature map reaching ``Affine7`` must have the book's ``64*4*4`` values (28x28 or 32x32 images
+    with the default convolutions); anything else is a ``ValueError`` naming the argument.
     """
 
     def __init__(self, input_dim=(1, 28, 28), conv_param_1=None, conv_param_2=None, conv_param_3=None,
                  conv_param_4=None, conv_param_5=None, conv_param_6=None, hidden_size=50, output_size=10, *,
                  seed=None, dtype="float64", backend=None):
         given = (conv_param_1, conv_param_2, conv_param_3, conv_param_4, conv_param_5, conv_param_6)
-        conv_params = [dict(d if p is None else p) for p, d in zip(given, _DEFAULTS)]
+        conv_params = [check_conv_param("DeepConvNet", f"conv_param_{i}", d if p is None else p)
+                       for i, (p, d) in enumerate(zip(given, _DEFAULTS), start=1)]
+        _check_layout(check_input_dim("DeepConvNet", input_dim), conv_params)
+        check_int("DeepConvNet", "hidden_size", hidden_size)
+        check_int("DeepConvNet", "output_size", output_size)
         self._start(seed, dtype, backend)
         pre_node_nums = numpy.array([1 * 3 * 3, 16 * 3 * 3, 16 * 3 * 3, 32 * 3 * 3, 32 * 3 * 3, 64 * 3 * 3,
                                      64 * 4 * 4, hidden_size])

@@ -26,16 +26,26 @@ Where this module keeps the book's behaviour and ``fastnn.layers`` follows Keras
                               ``SoftmaxWithLoss(exact=True)``
 ============================  ====================================  ===================================
 
+Every ``forward`` and ``backward`` checks its arrays' dtype (a kind check, no scan of the values):
+float, int and bool arrays (and lists of numbers) are accepted; complex, object and string arrays
+are a ``TypeError`` naming the class, the layer, the call, the argument, the dtype and the shape.
+An empty batch (N = 0) passes through every layer but a training-mode ``BatchNormalization``
+(whose batch mean divides by N) and ``SoftmaxWithLoss`` (a mean over the batch): those refuse it
+with a ``ValueError``.
+
 Numerically, two places differ from the book's code on purpose: ``Pooling`` with ``pad > 0`` pads
 with ``-inf`` (padding never wins, as ``torch.nn.functional.max_pool2d``; the book pads with zeros
 and its ``forward`` then fails on a shape mismatch), and ``Sigmoid`` never overflows.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy
 
 from fastnn import functions as _functions
 from fastnn.backend import follow
+from fastnn.functions import check_number, check_real
 from fastnn.book._engine import book_rng, draw_seed
 from fastnn.book.functions import *  # noqa: F401,F403  the book's layers module sees these names too
 from fastnn.book.util import col2im, im2col  # noqa: F401
@@ -54,7 +64,41 @@ __all__ = ["Relu", "Sigmoid", "Affine", "SoftmaxWithLoss", "Dropout", "BatchNorm
            "Pooling", "im2col", "col2im"]
 
 
-class Relu(_Relu):
+def _who(layer, method):
+    """``Relu 'relu_3'.forward``: the class, the layer's name (when it is not the class's) and the call."""
+    cls = type(layer).__name__
+    return f"{cls}.{method}" if layer.name == cls else f"{cls} {layer.name!r}.{method}"
+
+
+def _real(layer, method, arg, a):
+    """``a`` when it holds real numbers (float, int or bool), else ``check_real``'s ``TypeError`` naming
+    the layer, the argument, the dtype and the shape; a list of numbers becomes an array. A dtype-kind
+    check, no scan of the values: book layers validate on each call, so it must cost next to nothing."""
+    dtype = getattr(a, "dtype", None)
+    if dtype is not None and dtype.kind in "fiub":
+        return a
+    return check_real(_who(layer, method), arg, a)
+
+
+def _real_weight(layer, arg, a):
+    if getattr(a, "dtype", None) is not None and a.dtype.kind not in "fiub":
+        cls = type(layer).__name__
+        raise TypeError(f"{cls} {layer.name!r}: {arg} must hold real numbers, got dtype {a.dtype} of shape "
+                        f"{tuple(a.shape)}")
+
+
+class _Checked:
+    """``forward(x)`` and ``backward(dout)`` refuse complex, object and string arrays by name (DESIGN:
+    book layers validate on each call)."""
+
+    def forward(self, x, train_flg=True, training=None):
+        return super().forward(_real(self, "forward", "x", x), train_flg, training)
+
+    def backward(self, dout):
+        return super().backward(_real(self, "backward", "dout", dout))
+
+
+class Relu(_Checked, _Relu):
     """``out = max(0, x)``; ``backward`` passes ``dout`` where ``x > 0``. ``mask`` is the book's
     ``x <= 0`` of the last ``forward``."""
 
@@ -63,7 +107,7 @@ class Relu(_Relu):
         return None if self.y is None else self.y <= 0
 
 
-class Sigmoid(_Sigmoid):
+class Sigmoid(_Checked, _Sigmoid):
     """``out = 1 / (1 + exp(-x))`` (never overflows); ``backward`` is ``dout * (1 - out) * out``.
     ``out`` is the last ``forward``'s output."""
 
@@ -72,12 +116,26 @@ class Sigmoid(_Sigmoid):
         return self.y
 
 
-class Affine(_Affine):
+class Affine(_Checked, _Affine):
     """``out = x @ W + b`` on the arrays ``W: (D, H)``, ``b: (H,)`` it is given (kept by reference).
 
     Inputs of more than two dimensions are flattened per sample (``original_x_shape``), and
     ``backward`` returns ``dx`` in their shape and fills ``dW``, ``db``. Computes in ``W``'s dtype.
+    An empty batch gives an empty output (and zero ``dW``, ``db``).
     """
+
+    def __init__(self, W, b, name=None):
+        super().__init__(W, b, name=name)
+        _real_weight(self, "b", b)
+
+    def _flat_input(self, x):
+        if x.ndim >= 2 and x.shape[0] == 0:  # reshape(0, -1) is ambiguous: give the width
+            features = int(numpy.prod(x.shape[1:]))
+            if features != self.in_features:
+                raise ValueError(f"{self.name} {self._label()}: expected x of shape (N, {self.in_features}), "
+                                 f"got {tuple(x.shape)} ({features} features)")
+            return x.reshape(0, features)
+        return super()._flat_input(x)
 
     @property
     def original_x_shape(self):
@@ -100,6 +158,11 @@ class SoftmaxWithLoss(_SoftmaxWithLoss):
         self.exact = bool(exact)
 
     def forward(self, x, t):
+        x = _real(self, "forward", "x", x)
+        t = _real(self, "forward", "t", t)
+        if x.ndim == 2 and x.shape[0] == 0:
+            raise ValueError(f"{_who(self, 'forward')}: x has no rows (N=0, shape {tuple(x.shape)}); the loss is "
+                             f"a mean over the batch and divides by N")
         if self.exact:
             return super().forward(x, t)
         ops, x, t = self._prepare(x, t)
@@ -110,6 +173,14 @@ class SoftmaxWithLoss(_SoftmaxWithLoss):
         self.y = ops.softmax(x)
         self.loss = _functions.cross_entropy_error(self.y, self.t)
         return self.loss
+
+    def backward(self, dout=1):
+        if isinstance(dout, bool) or not isinstance(dout, numbers.Real):
+            kind = getattr(getattr(dout, "dtype", None), "kind", None)
+            if kind is None or kind not in "fiu":
+                got = f"dtype {dout.dtype} of shape {tuple(dout.shape)}" if kind is not None else repr(dout)
+                raise TypeError(f"{_who(self, 'backward')}: dout must be a real number (or array), got {got}")
+        return super().backward(dout)
 
 
 class Dropout(_Dropout):
@@ -131,8 +202,9 @@ class Dropout(_Dropout):
         super().__init__(dropout_ratio=dropout_ratio, seed=seed, name=name)
 
     def forward(self, x, train_flg=True, training=None):
+        x = _real(self, "forward", "x", x)
         ops = self._ops_for(x)
-        x = self._input(ops, x, x.dtype if getattr(x, "dtype", None) is not None and x.dtype.kind == "f" else None)
+        x = self._input(ops, x, x.dtype if x.dtype.kind == "f" else None)
         if not train_flag(train_flg, training):
             return x * x.dtype.type(1.0 - self.rate)
         step, row0 = self._step_and_row(step_context())
@@ -142,12 +214,13 @@ class Dropout(_Dropout):
         return ops.mul(x, self.mask)
 
     def backward(self, dout):
+        dout = _real(self, "backward", "dout", dout)
         mask = self._require_forward("mask", dout)
         ops = self._ops_for(mask)
         return ops.mul(self._input(ops, dout, mask.dtype), mask)
 
 
-class BatchNormalization(_BatchNormalization):
+class BatchNormalization(_Checked, _BatchNormalization):
     """The book's ``BatchNormalization(gamma, beta, momentum=0.9, running_mean=None, running_var=None)``
     (Ioffe & Szegedy 2015), ``eps = 1e-6`` (the book's ``10e-7``).
 
@@ -155,7 +228,8 @@ class BatchNormalization(_BatchNormalization):
     variance per feature (4-D inputs per feature of the flattened sample when ``gamma`` has
     ``C*H*W`` entries), and ``running = momentum * running + (1 - momentum) * batch``; inference
     uses the running statistics (zeros until the first training step, as the book's). A 1-sample
-    batch is accepted as in the book: ``x - mu`` is 0, so ``out = beta`` and ``dx = 0``.
+    batch is accepted as in the book: ``x - mu`` is 0, so ``out = beta`` and ``dx = 0``. An empty
+    batch passes through in inference mode and is refused in training (its mean divides by N = 0).
     """
 
     single_sample_batches = True
@@ -163,6 +237,17 @@ class BatchNormalization(_BatchNormalization):
     def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None, *, name=None):
         super().__init__(gamma, beta, momentum=momentum, running_mean=running_mean, running_var=running_var,
                          name=name)
+        for arg, value in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+                           ("running_var", running_var)):
+            _real_weight(self, arg, value)
+
+    def forward(self, x, train_flg=True, training=None):
+        x = _real(self, "forward", "x", x)
+        if x.ndim >= 2 and x.shape[0] == 0 and train_flag(train_flg, training):
+            raise ValueError(f"{_who(self, 'forward')}: a training-mode batch needs at least one sample, got x of "
+                             f"shape {tuple(x.shape)} (N=0): the batch mean divides by N; inference mode "
+                             f"(train_flg=False) passes an empty batch through")
+        return _BatchNormalization.forward(self, x, train_flg, training)
 
     def _running_stats(self, ops, dtype):
         """As the book's: given running statistics follow the input's backend and dtype."""
@@ -173,7 +258,7 @@ class BatchNormalization(_BatchNormalization):
                 setattr(self, name, ops.asarray(value).astype(dtype))
 
 
-class Convolution(_Convolution):
+class Convolution(_Checked, _Convolution):
     """The book's ``Convolution(W, b, stride=1, pad=0)``: ``W: (FN, C, FH, FW)``, ``b: (FN,)`` or a
     scalar (broadcast to every filter, as ``np.dot(col, col_W) + b`` does in the book).
 
@@ -184,11 +269,13 @@ class Convolution(_Convolution):
     def __init__(self, W, b, stride=1, pad=0, *, name=None):
         if getattr(b, "shape", None) in (None, ()) and getattr(W, "shape", None) is not None and len(W.shape) == 4:
             xp = follow(W).xp if not isinstance(W, numpy.ndarray) else numpy
-            b = xp.full((W.shape[0],), float(b), dtype=W.dtype)
+            value = b.item() if getattr(b, "shape", None) == () else b
+            b = xp.full((W.shape[0],), float(check_number("Convolution", "b", value)), dtype=W.dtype)
         super().__init__(W, b, stride=stride, pad=pad, name=name)
+        _real_weight(self, "b", b)
 
 
-class Pooling(_Pooling):
+class Pooling(_Checked, _Pooling):
     """The book's ``Pooling(pool_h, pool_w, stride=2, pad=0)``: max pooling over NCHW inputs.
 
     ``x: (N, C, H, W)`` gives ``(N, C, OH, OW)``, ``OH = (H + 2*pad - pool_h) // stride + 1``;
@@ -197,3 +284,10 @@ class Pooling(_Pooling):
 
     def __init__(self, pool_h, pool_w, stride=2, pad=0, *, name=None):
         super().__init__(pool_h, pool_w, stride=stride, pad=pad, name=name)
+
+    def backward(self, dout):
+        dout = _real(self, "backward", "dout", dout)
+        if getattr(self, "x_shape", None) is not None and self.x_shape[0] == 0 and tuple(dout.shape)[:1] == (0,):
+            dtype = dout.dtype if dout.dtype.kind == "f" else numpy.float64
+            return self._ops_for(dout).xp.zeros(self.x_shape, dtype=dtype)  # an empty batch: no windows
+        return _Pooling.backward(self, dout)

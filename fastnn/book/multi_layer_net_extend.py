@@ -1,8 +1,9 @@
 """The book's ``common/multi_layer_net_extend.py``: ``MultiLayerNetExtend`` (weight decay, Dropout, batch norm)."""
 from __future__ import annotations
 
+from fastnn.book._engine import check_ratio
 from fastnn.book._net import BookNet
-from fastnn.book.multi_layer_net import build_layers
+from fastnn.book.multi_layer_net import build_layers, check_args
 
 __all__ = ["MultiLayerNetExtend"]
 
@@ -14,12 +15,16 @@ class MultiLayerNetExtend(BookNet):
     Parameters as ``MultiLayerNet``, plus ``use_dropout``, ``dropout_ration`` (the book's spelling;
     the ratio of the book's non-inverted ``Dropout``) and ``use_batchnorm`` (``params`` then hold
     ``gamma1, beta1, ...`` for the hidden layers). ``predict``/``loss`` take ``train_flg=False``:
-    pass ``True`` for training-mode Dropout and batch statistics, as ``gradient`` does.
+    pass ``True`` for training-mode Dropout and batch statistics, as ``gradient`` does. Arguments
+    are checked as ``MultiLayerNet``'s, and ``dropout_ration`` must be in [0, 1).
     """
 
     def __init__(self, input_size, hidden_size_list, output_size, activation="relu", weight_init_std="relu",
                  weight_decay_lambda=0, use_dropout=False, dropout_ration=0.5, use_batchnorm=False, *,
                  seed=None, dtype="float64", backend=None):
+        owner = type(self).__name__
+        check_args(owner, input_size, hidden_size_list, output_size, activation, weight_init_std, weight_decay_lambda)
+        check_ratio(owner, "dropout_ration", dropout_ration)
         self.input_size = input_size
         self.output_size = output_size
         self.hidden_size_list = hidden_size_list

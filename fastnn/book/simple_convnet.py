@@ -7,7 +7,9 @@ from collections import OrderedDict
 import numpy
 
 from fastnn.book import layers as L
+from fastnn.book._engine import check_conv_param, check_init_std, check_input_dim, conv_pool_shape
 from fastnn.book._net import InferenceNet
+from fastnn.functions import check_int
 
 __all__ = ["SimpleConvNet"]
 
@@ -20,7 +22,7 @@ class SimpleConvNet(InferenceNet):
     Parameters
     ----------
     input_dim : (C, H, W)
-        Shape of one input image (square: ``H == W``), ``(1, 28, 28)`` for MNIST.
+        Shape of one input image, ``(1, 28, 28)`` for MNIST.
     conv_param : dict
         ``filter_num``, ``filter_size``, ``pad``, ``stride`` of the convolution.
     hidden_size, output_size : int
@@ -30,16 +32,26 @@ class SimpleConvNet(InferenceNet):
 
     Layers ``Conv1, Relu1, Pool1 (2x2, stride 2), Affine1, Relu2, Affine2``; ``params`` ``W1, b1``
     (the filters ``(filter_num, C, filter_size, filter_size)``), ``W2, b2``, ``W3, b3``.
+
+    ``Affine1`` takes the pooled feature map's true size, ``filter_num * (OH // 2) * (OW // 2)``:
+    the book's ``filter_num * (OH / 2)**2`` for square inputs with an even ``OH``, and the size the
+    layers really give otherwise (where the book's float formula builds a network whose first
+    ``forward`` fails). Sizes are positive integers, ``pad`` >= 0, ``weight_init_std`` a finite
+    number >= 0, and the filter must fit the input; anything else is a ``ValueError`` naming the argument.
     """
 
     def __init__(self, input_dim=(1, 28, 28), conv_param=None, hidden_size=100, output_size=10,
                  weight_init_std=0.01, *, seed=None, dtype="float64", backend=None):
-        conv_param = dict(_CONV_PARAM if conv_param is None else conv_param)
+        owner = "SimpleConvNet"
+        input_dim = check_input_dim(owner, input_dim)
+        conv_param = check_conv_param(owner, "conv_param", _CONV_PARAM if conv_param is None else conv_param)
+        check_int(owner, "hidden_size", hidden_size)
+        check_int(owner, "output_size", output_size)
+        check_init_std(owner, weight_init_std, names=False)
         filter_num, filter_size = conv_param["filter_num"], conv_param["filter_size"]
         filter_pad, filter_stride = conv_param["pad"], conv_param["stride"]
-        input_size = input_dim[1]
-        conv_output_size = (input_size - filter_size + 2 * filter_pad) / filter_stride + 1
-        pool_output_size = int(filter_num * (conv_output_size / 2) * (conv_output_size / 2))
+        pool_h, pool_w = conv_pool_shape(owner, input_dim[1:], conv_param, f"input_dim {input_dim}", pool=True)
+        pool_output_size = filter_num * pool_h * pool_w
         self._start(seed, dtype, backend)
         W1 = self._randn(weight_init_std, filter_num, input_dim[0], filter_size, filter_size)
         W2 = self._randn(weight_init_std, pool_output_size, hidden_size)

@@ -15,7 +15,9 @@ from collections import OrderedDict
 import numpy
 
 from fastnn.book import layers as L
+from fastnn.book._engine import check_init_std
 from fastnn.book._net import InferenceNet
+from fastnn.functions import check_int
 
 __all__ = ["TwoLayerNet"]
 
@@ -25,10 +27,15 @@ class TwoLayerNet(InferenceNet):
 
     Weights are ``weight_init_std * randn``, biases zero. ``seed``, ``dtype`` (float64) and
     ``backend`` are keyword-only fastnn extras; ``seed=None`` draws from NumPy's global generator.
+    Sizes must be positive integers and ``weight_init_std`` a finite number >= 0 (a ``ValueError``
+    naming the argument otherwise, before any weight is drawn).
     """
 
     def __init__(self, input_size, hidden_size, output_size, weight_init_std=0.01, *, seed=None,
                  dtype="float64", backend=None):
+        for arg, size in (("input_size", input_size), ("hidden_size", hidden_size), ("output_size", output_size)):
+            check_int("TwoLayerNet", arg, size)
+        check_init_std("TwoLayerNet", weight_init_std, names=False)
         self._start(seed, dtype, backend)
         W1 = self._randn(weight_init_std, input_size, hidden_size)
         b1 = numpy.zeros(hidden_size, self.dtype)

@@ -12,6 +12,7 @@ import numpy
 
 from fastnn.backend import follow
 from fastnn.book._engine import host
+from fastnn.functions import check_real
 
 __all__ = ["smooth_curve", "shuffle_dataset", "conv_output_size", "im2col", "col2im"]
 
@@ -32,6 +33,8 @@ def smooth_curve(x):
 def shuffle_dataset(x, t):
     """``(x, t)`` with their samples (first axis) in one random order, from NumPy's global generator
     as in the book (``np.random.seed(n)`` makes it repeatable). Returns new arrays."""
+    if x.shape[0] != t.shape[0]:
+        raise ValueError(f"shuffle_dataset: x has {x.shape[0]} samples but t has {t.shape[0]}")
     permutation = numpy.random.permutation(x.shape[0])
     if not isinstance(x, numpy.ndarray):  # a device array: index with a device array
         permutation = follow(x).asarray(permutation)
@@ -43,7 +46,8 @@ def conv_output_size(input_size, filter_size, stride=1, pad=0):
     return (input_size + 2 * pad - filter_size) / stride + 1
 
 
-def _float(ops, a):
+def _float(ops, a, owner, arg):
+    a = check_real(owner, arg, a)
     if not ops.owns(a):
         a = ops.asarray(a)
     return a if a.dtype.kind == "f" else a.astype(numpy.float64)
@@ -56,11 +60,12 @@ def im2col(input_data, filter_h, filter_w, stride=1, pad=0):
     (zero outside ``x``).
     """
     ops = follow(input_data)
-    return ops.im2col(_float(ops, input_data), filter_h, filter_w, stride, pad)
+    return ops.im2col(_float(ops, input_data, "im2col", "input_data"), filter_h, filter_w, stride, pad)
 
 
 def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0):
     """The adjoint of ``im2col``: an array of ``input_shape`` where each element sums the ``col``
     entries ``im2col`` copied it to (entries on the padding are dropped)."""
     ops = follow(col)
-    return ops.col2im(_float(ops, col), tuple(int(s) for s in input_shape), filter_h, filter_w, stride, pad)
+    return ops.col2im(_float(ops, col, "col2im", "col"), tuple(int(s) for s in input_shape), filter_h, filter_w,
+                      stride, pad)
