@@ -21,7 +21,7 @@ import warnings
 import numpy
 
 from fastnn import regularizers
-from fastnn.backend.ops import conv_geometry, pool_geometry
+from fastnn.kernels.geometry import conv_geometry, pool_geometry
 from fastnn.layers.base import Layer, _auto_name, check_book_bias, shape_str, step_context, train_flag
 from fastnn.layers.core import SOFTMAX, activation_code
 

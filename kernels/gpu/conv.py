@@ -12,7 +12,7 @@ scatters with ``atomicAdd``.
 """
 import numpy
 
-from fastnn.backend.ops import conv_geometry, pool_geometry
+from fastnn.kernels.geometry import conv_geometry, pool_geometry
 from fastnn.kernels import ACTIVATION_NAMES
 from fastnn.kernels.gpu import _loader as L
 
