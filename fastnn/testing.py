@@ -3,6 +3,8 @@
 ``BACKENDS`` parametrises a test over every backend this machine can run: numpy always, numba
 when it imports, cupy when CuPy and a CUDA device answer (otherwise skipped with the reason).
 """
+import os
+
 import numpy
 
 from fastnn.backend import select
@@ -264,3 +266,29 @@ def run_script(script, *args, ranks=None, timeout=60, env=None, launch=()):
         tail = out.decode(errors="replace")[-3000:]
         pytest.fail(f"{' '.join(cmd)} still running after {timeout} s (a hang):\n{tail}")
     return proc.returncode, out.decode(errors="replace"), time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- example scripts
+def run_example(path, out, *args, timeout=240):
+    """Run the example script ``path`` with ``--quick --out out`` (and ``args``) in a fresh process.
+
+    One BLAS/Numba thread unless ``FASTNN_NUM_THREADS`` says otherwise: the examples' GEMMs are
+    small, and two threads per process on a shared 2-core CI machine spin against each other."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.setdefault("FASTNN_NUM_THREADS", "1")
+    return subprocess.run([sys.executable, os.fspath(path), "--quick", "--out", os.fspath(out), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def scripts_no_test_names(folder, tests_dir):
+    """The scripts in ``folder`` (not ``_helpers``) that no ``tests_dir/test_*.py`` names in quotes."""
+    scripts = {f for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_")}
+    text = ""
+    for name in os.listdir(tests_dir):
+        if name.startswith("test_") and name.endswith(".py"):
+            with open(os.path.join(tests_dir, name), encoding="utf-8") as f:
+                text += f.read()
+    return sorted(s for s in scripts if f'"{s}"' not in text)

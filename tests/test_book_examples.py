@@ -1,12 +1,10 @@
 """The book's chapter experiments (weight init, init schemes and batch norm, hyper-parameter search)
 run in a fresh process with ``--quick`` and write PNGs that decode to real pictures."""
 import os
-import subprocess
-import sys
 
 import pytest
 
-from fastnn.testing import assert_plot_png
+from fastnn.testing import assert_plot_png, run_example
 
 pytest.importorskip("matplotlib.image", reason="the examples need matplotlib (the plot extra)")
 
@@ -20,15 +18,6 @@ BOOK_EXAMPLES = {
 }
 
 
-def run_example(script, out):
-    # GEMMs here are 100 x 100: one BLAS thread is as fast, and two threads per process on a
-    # shared 2-core CI machine spin against each other (FASTNN_NUM_THREADS caps BLAS and Numba).
-    env = dict(os.environ)
-    env.setdefault("FASTNN_NUM_THREADS", "1")
-    return subprocess.run([sys.executable, os.path.join(EXAMPLES, script), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=180, env=env)
-
-
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
     """Each script run once: ``ran(script) -> (CompletedProcess, out_dir)``."""
@@ -37,7 +26,7 @@ def ran(tmp_path_factory):
     def get(script):
         if script not in cache:
             out = tmp_path_factory.mktemp(script.replace(".py", ""))
-            cache[script] = run_example(script, out), out
+            cache[script] = run_example(os.path.join(EXAMPLES, script), out, timeout=180), out
         return cache[script]
 
     return get
