@@ -89,15 +89,26 @@ _NAMED = {
 }
 
 
-def get(init):
-    """An initializer from a name, a callable ``(shape, rng, dtype)``, or a number (a constant)."""
+def check(init):
+    """Refuse what ``get`` cannot make an initializer of (without making or running one)."""
     if callable(init):
         return init
     if isinstance(init, str):
-        try:
-            return _NAMED[init.lower()]
-        except KeyError:
-            raise ValueError(f"unknown initializer {init!r}; valid names: {', '.join(sorted(_NAMED))}") from None
+        if init.lower() not in _NAMED:
+            raise ValueError(f"unknown initializer {init!r}; valid names: {', '.join(sorted(_NAMED))}")
+        return init
+    if isinstance(init, (int, float)) and not isinstance(init, bool):
+        return init
+    raise TypeError(f"initializer must be a name, a callable or a number, got {type(init).__name__}")
+
+
+def get(init):
+    """An initializer from a name, a callable ``(shape, rng, dtype)``, or a number (a constant)."""
+    check(init)
+    if callable(init):
+        return init
+    if isinstance(init, str):
+        return _NAMED[init.lower()]
     if isinstance(init, (int, float)) and not isinstance(init, bool):
         value = float(init)
         return lambda shape, rng=None, dtype=numpy.float32: numpy.full(shape, value, dtype=dtype)

@@ -412,9 +412,8 @@ class RMSprop(Optimizer):
 
     def __init__(self, lr=None, rho=None, eps=None, *, decay_rate=None, epsilon=None, **kwargs):
         super().__init__(lr, **kwargs)
-        self.rho = float(_alias("RMSprop", None, 0.9, rho=rho, decay_rate=decay_rate))
-        if not 0 <= self.rho < 1:
-            raise ValueError(f"RMSprop: rho must be in [0, 1), got {self.rho}")
+        self.rho = _check_fraction("RMSprop", "rho", _alias("RMSprop", None, 0.9, rho=rho, decay_rate=decay_rate),
+                                   allow_one=False)
         self.eps = _check_positive("RMSprop", "eps", _alias("RMSprop", None, 1e-7, eps=eps, epsilon=epsilon))
 
     def step_args(self, lr, weight_decay, scale, t):
@@ -445,11 +444,9 @@ class Adam(Optimizer):
                  **kwargs):
         super().__init__(lr, **kwargs)
         owner = type(self).__name__
-        self.beta1 = float(_alias(owner, None, 0.9, beta1=beta1, beta_1=beta_1))
-        self.beta2 = float(_alias(owner, None, 0.999, beta2=beta2, beta_2=beta_2))
-        for name, b in (("beta1", self.beta1), ("beta2", self.beta2)):
-            if not 0 <= b < 1:
-                raise ValueError(f"{owner}: {name} must be in [0, 1), got {b}")
+        self.beta1 = _check_fraction(owner, "beta1", _alias(owner, None, 0.9, beta1=beta1, beta_1=beta_1), allow_one=False)
+        self.beta2 = _check_fraction(owner, "beta2", _alias(owner, None, 0.999, beta2=beta2, beta_2=beta_2),
+                                     allow_one=False)
         self.eps = _check_positive(owner, "eps", _alias(owner, None, 1e-7, eps=eps, epsilon=epsilon))
 
     def step_args(self, lr, weight_decay, scale, t):

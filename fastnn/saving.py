@@ -130,6 +130,9 @@ def architecture(reader):
     meta = reader.json("metadata.json")
     if meta.get("format") != "fastnn" or not isinstance(meta.get("format_version"), int):
         raise FormatError(f"{reader.path}: member 'metadata.json' does not describe a fastnn file")
+    if meta["format_version"] < 1:
+        raise FormatError(f"{reader.path}: member 'metadata.json': format_version must be a positive integer, got "
+                          f"{meta['format_version']}")
     if meta["format_version"] > FORMAT_VERSION:
         raise FormatError(f"{reader.path}: format version {meta['format_version']} is newer than this fastnn "
                           f"reads ({FORMAT_VERSION}); upgrade fastnn-engine")

@@ -129,7 +129,17 @@ class Layer:
             input_shape = (int(input_dim),)
         self.trainable = trainable
         self.dtype = numpy.dtype(dtype) if dtype is not None else None
-        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        if input_shape is not None:
+            shape = (input_shape,) if isinstance(input_shape, (int, numpy.integer)) else input_shape  # Keras: 784
+            try:
+                shape = None if isinstance(shape, str) else tuple(shape)
+            except TypeError:
+                shape = None
+            if not shape or any(isinstance(d, bool) or not isinstance(d, (int, numpy.integer)) or d < 1 for d in shape):
+                raise ValueError(f"{self.name} ({type(self).__name__}): input_shape must be the shape of one sample, "
+                                 f"a tuple of positive integers such as (784,) or (1, 28, 28), got {input_shape!r}")
+            input_shape = tuple(int(d) for d in shape)
+        self.input_shape = input_shape
         self.built = False
         self.skip_input_grad = False  # the first layer's dx is not computed when nothing uses it
         self.rng = None
@@ -175,6 +185,14 @@ class Layer:
         if buf is None:
             buf = self._ws[key] = ops.xp.empty(shape, dtype=dtype)
         return buf
+
+    def _check_initializer(self, arg, value):
+        """Refuse an unknown initializer at construction, naming the layer and argument."""
+        try:
+            initializers.check(value)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{self.name} ({type(self).__name__}): {arg}: {exc}") from None
+        return value
 
     def free_workspaces(self):
         """Drop the workspaces (after an out-of-memory error, or when the model moves device)."""

@@ -132,8 +132,8 @@ class Conv2D(Layer):
         if self.act == SOFTMAX:
             raise ValueError(f"{self.name}: softmax over a convolution's channels is not supported; flatten or pool "
                              f"to (N, C) and use Dense(..., activation='softmax') or Activation('softmax')")
-        self.kernel_initializer = kernel_initializer
-        self.bias_initializer = bias_initializer
+        self.kernel_initializer = self._check_initializer("kernel_initializer", kernel_initializer)
+        self.bias_initializer = self._check_initializer("bias_initializer", bias_initializer)
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
         self.bias_regularizer = regularizers.get(bias_regularizer)
         self.use_bias = bool(use_bias)

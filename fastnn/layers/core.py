@@ -69,8 +69,8 @@ class Dense(Layer):
         self.units = int(units)
         self.activation = activation
         self.act, self.alpha = activation_code(activation)
-        self.kernel_initializer = kernel_initializer
-        self.bias_initializer = bias_initializer
+        self.kernel_initializer = self._check_initializer("kernel_initializer", kernel_initializer)
+        self.bias_initializer = self._check_initializer("bias_initializer", bias_initializer)
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
         self.bias_regularizer = regularizers.get(bias_regularizer)
         self.use_bias = use_bias
@@ -359,7 +359,10 @@ class Dropout(Layer):
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
             raise ValueError(f"{self.name}: rate must be a number in [0, 1), got {rate!r}")
         self.rate = float(rate)
-        self.seed = seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, numpy.integer))
+                                 or not 0 <= seed < 2**63):
+            raise ValueError(f"{self.name} (Dropout): seed must be an integer in [0, 2**63) or None, got {seed!r}")
+        self.seed = None if seed is None else int(seed)
         self.seed_drawn = bool(seed_drawn) and seed is not None  # drawn at build, not given: fit(seed=) redraws it
         self._calls = 0  # outside a training step (fastnn.layers.base.StepContext): masks by call count
         self.mask = None

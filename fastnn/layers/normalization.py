@@ -31,10 +31,17 @@ class BatchNormalization(Layer):
         if epsilon is not None and eps is not None and epsilon != eps:
             raise ValueError(f"{self.name}: give either epsilon or eps, got {epsilon} and {eps}")
         eps = epsilon if epsilon is not None else eps
-        self.momentum = float(momentum if momentum is not None else (0.9 if self.book else 0.99))
-        self.eps = float(eps if eps is not None else (1e-6 if self.book else 1e-3))
+        momentum = momentum if momentum is not None else (0.9 if self.book else 0.99)
+        eps = eps if eps is not None else (1e-6 if self.book else 1e-3)
+        for arg, value in (("momentum", momentum), ("epsilon", eps)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, numpy.integer, numpy.floating)) \
+                    or not numpy.isfinite(value):
+                raise ValueError(f"{self.name} (BatchNormalization): {arg} must be a finite number, got {value!r}")
+        self.momentum, self.eps = float(momentum), float(eps)
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"{self.name}: momentum must be in [0, 1), got {self.momentum}")
+            raise ValueError(f"{self.name} (BatchNormalization): momentum must be in [0, 1), got {self.momentum}")
+        if not self.eps > 0:
+            raise ValueError(f"{self.name} (BatchNormalization): epsilon must be > 0, got {self.eps}")
         self.axis = axis
         self.gamma = self.beta = self.dgamma = self.dbeta = None
         self.running_mean = self.running_var = None
