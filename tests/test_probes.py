@@ -22,7 +22,7 @@ PROBES = ROOT / "bench" / "probes"
 SCRIPTS = ("graph_capture", "kernel_cache", "optimizer_bandwidth")
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.parametrize("name", SCRIPTS + ("fused_step",))
 def test_probe_compiles(name, tmp_path):
     py_compile.compile(str(PROBES / f"{name}.py"), cfile=str(tmp_path / f"{name}.pyc"), doraise=True)
 

@@ -103,6 +103,12 @@ class NumbaOps(Ops):
     # of running, unless the test allows it (fastnn.testing.allow_fallback); see fastnn.backend.ops.
     reference_is_fallback = True
 
+    def train_plan(self, model, batch_size):
+        from fastnn.backend.numba_fused import FusedPlan, unsupported_reason
+
+        reason = unsupported_reason(model)
+        return (None, reason) if reason is not None else (FusedPlan(model, batch_size), None)
+
     # ------------------------------------------------------------------ activations
     def bias_act(self, x, b, act, alpha=0.0, *, out=None):
         if not (_fast(x) if b is None else _fast(x, b) and b.ndim == 1 and x.ndim >= 1

@@ -50,6 +50,12 @@ class Ops(ConvReference, OptimizerReference):
     # KernelFallbackError instead of standing in for a kernel that was not reached.
     reference_is_fallback = False
 
+    def train_plan(self, model, batch_size):
+        """``(plan, None)`` when this backend trains ``model`` in one compiled call per batch (a plan
+        with ``prepare(x, t)`` and ``step(prepared, idx, names)``); ``(None, why not)`` when it has
+        such a step but not for this model; ``(None, None)`` when it has none (this reference)."""
+        return None, None
+
     # ------------------------------------------------------------------ arrays and devices
     def asarray(self, x, dtype=None):
         """``x`` as an array of this backend (a host array becomes a device array on GPUs)."""

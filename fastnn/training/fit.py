@@ -140,7 +140,13 @@ def fit(model, x, y, batch_size=32, epochs=1, verbose="auto", validation_data=No
         seed)}
     trainer = TrainStep.of(model)
     graphs = trainer.graphs_for(cuda_graph, batch_size, comm, x, y)
-    step = functools.partial(_step, trainer, graphs, comm, x, y, feeder, batch_size)
+    plan = None
+    if comm.size == 1 and graphs is None and feeder is None:  # one compiled call per batch, where the backend has one
+        plan, prepared = trainer.plan_for(batch_size, x, y)
+    if plan is not None:
+        step = functools.partial(_compiled_step, trainer, [plan, prepared], model.stat_names(), batch_size, x, y)
+    else:
+        step = functools.partial(_step, trainer, graphs, comm, x, y, feeder, batch_size)
 
     def epoch_end(epoch, logs):
         if val is not None:
@@ -155,6 +161,22 @@ def fit(model, x, y, batch_size=32, epochs=1, verbose="auto", validation_data=No
         run_loop(model, ShuffleSampler(n, batch_size, shuffle, rng), step, epochs=epochs, initial_epoch=initial_epoch,
                  callbacks=cbs, epoch_end=epoch_end, history=history, comm=comm, run_info=run_info)
     return history
+
+
+def _compiled_step(trainer, current, names, batch_size, x, y, idx):
+    """One batch of ``fit`` in one compiled call (``Ops.train_plan``; ``current`` is ``[plan,
+    prepared data]``). A callback that changed what the plan's tables describe (froze a layer,
+    excluded a weight from decay) gets a new plan, or the eager step if none fits any more."""
+    if current[0] is None or not current[0].still_valid():
+        current[:] = trainer.plan_for(batch_size, x, y)
+        if current[0] is None:
+            return trainer.step(*_gather(trainer.model.ops, x, y, idx))
+    return current[0].step(current[1], idx, names)
+
+
+def _gather(ops, x, y, idx):
+    sel = ops.asarray(idx) if ops.device_arrays else idx
+    return x[sel], y[sel]
 
 
 def _step(trainer, graphs, comm, x, y, feeder, batch_size, idx):
@@ -177,9 +199,7 @@ def _shard_step(trainer, graphs, comm, x, y, feeder, batch_size, idx):
     if feeder is not None:
         xb, yb = feeder.get(local)
     else:
-        ops = trainer.model.ops
-        sel = ops.asarray(local) if ops.device_arrays else local
-        xb, yb = x[sel], y[sel]
+        xb, yb = _gather(trainer.model.ops, x, y, local)
     if comm.size == 1:
         return trainer.step(xb, yb)
     return trainer.step(xb, yb, len(idx), lo, comm)

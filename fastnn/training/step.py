@@ -9,6 +9,7 @@ says how a step runs it. Per-step layer settings travel in one ``fastnn.layers.b
 """
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
@@ -19,6 +20,8 @@ from fastnn.layers.base import StepContext
 from fastnn.layers.core import Dropout
 
 __all__ = ["TrainStep"]
+
+log = logging.getLogger("fastnn")
 
 
 class TrainStep:
@@ -82,6 +85,19 @@ class TrainStep:
             stats["loss"] = stats["loss"] + penalty * model.dtype.type(n)
         model.optimizer.step_flat(model.flat)
         return stats
+
+    # ------------------------------------------------------------------ one compiled call per batch
+    def plan_for(self, batch_size, x, y):
+        """The backend's compiled step for ``fit`` (``Ops.train_plan``) with the data prepared for it,
+        as ``(plan, prepared)``; ``(None, None)`` where the model trains primitive by primitive. Says
+        once per fit, at info level, why a backend that has such a step cannot use it."""
+        model = self.model
+        plan, why = model.ops.train_plan(model, batch_size)
+        if plan is None:
+            if why is not None:
+                log.info("%s: fit runs the step primitive by primitive: %s", model.name, why)
+            return None, None
+        return plan, plan.prepare(x, y)
 
     # ------------------------------------------------------------------ out of memory
     def guarded(self, fn, batch_size):
