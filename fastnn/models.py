@@ -28,7 +28,24 @@ from fastnn.training import fit as _fit
 from fastnn.training.inference import evaluate_arrays, predict_arrays
 from fastnn.training.step import TrainStep
 
-__all__ = ["Sequential", "load_model"]
+__all__ = ["Sequential", "load_model", "model_from_json", "clone_model"]
+
+
+def model_from_json(text):
+    """Keras's ``model_from_json``: the model ``to_json()`` describes, with fresh weights."""
+    import json
+
+    try:
+        spec = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"model_from_json: not JSON ({exc})") from None
+    return saving.model_from_config(spec, Sequential)
+
+
+def clone_model(model):
+    """Keras's ``clone_model``: a new model of the same architecture with freshly drawn weights (not
+    compiled; copy weights with ``clone.set_weights(model.get_weights())``)."""
+    return Sequential.from_config(model.get_config())
 
 
 def load_model(path, backend=None):
@@ -193,6 +210,31 @@ class Sequential:
         """Set every weight from host arrays in ``get_weights()`` order (shapes checked first)."""
         self._require_built("set_weights()")
         self.flat.set_host(weights)
+
+    @property
+    def weights(self):
+        """Keras's ``model.weights``: every weight array in ``get_weights`` order (live views into the
+        flat buffer, on the backend's device)."""
+        self._require_built("weights")
+        return [w for layer in self.layers for w in layer.weights]
+
+    # ------------------------------------------------------------------ configs (Keras)
+    def get_config(self):
+        """Keras's ``get_config()``: the architecture (name, dtype, input shape, each layer's class
+        and constructor config), without weights or compile settings."""
+        return saving.model_config(self)["config"]
+
+    @classmethod
+    def from_config(cls, config):
+        """A new, unbuilt-or-built model from ``get_config()``'s dict (layer classes by name through
+        ``fastnn.registry``; fresh weights)."""
+        return saving.model_from_config({"class_name": cls.__name__, "config": config}, cls)
+
+    def to_json(self, **kwargs):
+        """Keras's ``to_json()``: ``{"class_name": "Sequential", "config": get_config()}`` as JSON."""
+        import json
+
+        return json.dumps({"class_name": type(self).__name__, "config": self.get_config()}, **kwargs)
 
     def to(self, backend):
         """Move the parameters and the optimizer state to another backend (``"numba"``, ``"cupy"``, ...)."""

@@ -33,6 +33,11 @@ __all__ = ["save_model", "load_model", "save_weights", "load_weights", "export_s
            "model_config", "model_zip_bytes"]
 
 
+def _input_shape(model):
+    shape = model.input_shape or (model.layers[0].input_shape if model.layers else None)
+    return list(shape) if shape else None
+
+
 def model_config(model):
     layers = []
     for layer in model.layers:
@@ -43,7 +48,7 @@ def model_config(model):
         layers.append({"class_name": type(layer).__name__, "config": cfg})
     config = {"class_name": "Sequential", "config": {
         "name": model.name, "dtype": str(model.dtype), "layers": layers,
-        "input_shape": list(model.input_shape) if model.input_shape else None}}
+        "input_shape": _input_shape(model)}}
     compile_cfg = None
     if model.optimizer is not None and model.loss is not None and not isinstance(model.loss, CustomLoss):
         compile_cfg = {
@@ -108,7 +113,7 @@ def _lookup(what, find, name):
     try:
         return find(name)
     except (KeyError, TypeError) as exc:
-        raise FormatError(f"{what}: {exc}") from None
+        raise FormatError(f"{what}: {exc.args[0] if exc.args else exc}") from None
 
 
 def _optimizer_from_config(what, spec):
@@ -231,6 +236,27 @@ def _build_model(reader, backend, config, dtype, input_shape, specs, optimizer):
             model.compile(optimizer=optimizer, loss=get_loss(loss), metrics=metrics)
         except Exception as exc:
             raise FormatError(f"{what}: cannot compile ({type(exc).__name__}: {exc})") from None
+    return model
+
+
+def model_from_config(spec, cls):
+    """A model of class ``cls`` from ``{"class_name", "config"}`` (``get_config``/``to_json``'s form):
+    layers by class name through ``fastnn.registry`` (nothing imported or executed), built when the
+    config has an input shape, with fresh weights. A bad config raises ``ValueError`` naming what."""
+    what = "from_config"
+    if not isinstance(spec, dict) or spec.get("class_name") != cls.__name__ or not isinstance(spec.get("config"), dict):
+        raise ValueError(f"{what}: expected {{'class_name': {cls.__name__!r}, 'config': {{...}}}}, got "
+                         f"{str(spec)[:80]!r}")
+    body = spec["config"]
+    if not isinstance(body.get("layers"), list) or not all(isinstance(x, dict) for x in body["layers"]):
+        raise ValueError(f"{what}: config['layers'] must be a list of {{'class_name', 'config'}}")
+    try:
+        layers = _make_layers(what, body["layers"])
+    except FormatError as exc:
+        raise ValueError(str(exc)) from None
+    model = cls(layers, dtype=body.get("dtype", "float32"), name=body.get("name"))
+    if body.get("input_shape"):
+        model.build(tuple(body["input_shape"]))
     return model
 
 

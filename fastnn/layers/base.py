@@ -270,6 +270,29 @@ class Layer:
     def count_params(self):
         return int(sum(int(numpy.prod(w.shape)) for w in self.params.values()))
 
+    @property
+    def weights(self):
+        """Keras's ``layer.weights``: this layer's weight arrays (live, on the backend's device)."""
+        return [w for w in self.params.values() if w is not None]
+
+    def get_weights(self):
+        """Keras's ``layer.get_weights()``: copies of this layer's weights as host NumPy arrays."""
+        return [numpy.array(self.ops.asnumpy(w)) for w in self.weights]
+
+    def set_weights(self, weights):
+        """Keras's ``layer.set_weights(list)``: write host arrays into this layer's weights, in
+        ``get_weights`` order, in place (shapes checked first, nothing written on a mismatch)."""
+        mine = self.weights
+        weights = list(weights)
+        if len(weights) != len(mine):
+            raise ValueError(f"{self.name}.set_weights: the layer has {len(mine)} weight arrays, got {len(weights)}")
+        for name, w, new in zip(self._weights, mine, weights):
+            if tuple(numpy.shape(new)) != tuple(w.shape):
+                raise ValueError(f"{self.name}.set_weights: {name} has shape {tuple(w.shape)}, got an array of "
+                                 f"shape {tuple(numpy.shape(new))}")
+        for w, new in zip(mine, weights):
+            w[...] = self.ops.asarray(numpy.asarray(new, dtype=w.dtype))
+
     # ------------------------------------------------------------------ protocol
     def forward(self, x, train_flg=True, training=None):
         raise NotImplementedError(f"{type(self).__name__} must define forward(x, train_flg=True)")
