@@ -26,6 +26,8 @@ def _opt_kind(opt):
     """``(kind, nesterov, decoupled)`` for the optimizers the fused call knows, else None."""
     from fastnn import optimizers as O
 
+    if getattr(opt, "clipvalue", None) is not None:
+        return None  # clipped per element inside the primitive: no fused form yet
     t = type(opt)
     if t in (O.SGD, O.Momentum, O.Nesterov):
         return (OPT_MOMENTUM if opt.momentum > 0 else OPT_SGD), int(opt.nesterov), 0
@@ -33,7 +35,7 @@ def _opt_kind(opt):
         return OPT_ADAGRAD, 0, 0
     if t is O.RMSprop:
         return OPT_RMSPROP, 0, 0
-    if t in (O.Adam, O.AdamW):
+    if t in (O.Adam, O.AdamW) and opt.rule == "adam":  # not amsgrad (a third slot)
         return OPT_ADAM, 0, int(opt.decoupled)
     return None
 
@@ -281,8 +283,9 @@ class FusedPlan:
         return x, t_idx, t_dense
 
     def step(self, prepared, idx, names):
-        """Train one batch (``idx``: int64 row indices from fit's sampler, valid by construction) and
-        return its sums as ``fit``'s eager step does: ``{names[0]: loss * n, names[1]: metric sum}``."""
+        """Train the batches of ``idx`` (int64 row indices from fit's sampler, valid by construction;
+        one step per ``batch_size`` of them, the last may be short) in one call and return each
+        step's sums as ``fit``'s eager step does: ``[{names[0]: loss * n, names[1]: metric sum}]``."""
         x, t_idx, t_dense = prepared
         steps = -(-len(idx) // self.batch_size)
         stats = np.empty((steps, 2), self.dtype)
@@ -292,8 +295,7 @@ class FusedPlan:
                     self.model.flat.g, self.s1, self.s2, self.ws, self.ti, stats)
         self.model.optimizer.iterations += steps
         self.model._step += steps
-        totals = stats.sum(axis=0, dtype=self.dtype) if steps > 1 else stats[0]
-        return {name: totals[i] for i, name in enumerate(names)}
+        return [{name: row[i] for i, name in enumerate(names)} for row in stats]
 
     def still_valid(self):
         """Whether the tables still describe the model (a callback may freeze a layer or change the

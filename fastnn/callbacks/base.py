@@ -7,7 +7,14 @@ __all__ = ["Callback", "CallbackList", "HOOKS", "is_chief"]
 
 
 class Callback:
-    """Base class: override the hooks you need."""
+    """Base class: override the hooks you need.
+
+    ``needs_every_batch`` (True): whether ``on_train_batch_end`` must run after every batch. A
+    callback that sets it False accepts one call for a run of batches (``logs["size"]`` is then
+    their total), which lets ``fit`` train that run in one compiled call (as Keras's
+    ``steps_per_execution`` does); fastnn's progress bar is such a callback."""
+
+    needs_every_batch = True
 
     def __init__(self):
         self.model = None
@@ -84,6 +91,12 @@ class CallbackList:
             if fn is not None and not _inherited(fn, old or name):
                 found.append(fn)
         return found
+
+    def every_batch(self):
+        """Whether some callback's train batch hook must run after every batch (``needs_every_batch``)."""
+        return bool(self.hooks("on_train_batch_begin")) or any(
+            getattr(fn.__self__, "needs_every_batch", True) if hasattr(fn, "__self__") else True
+            for fn in self.hooks("on_train_batch_end"))
 
     def __getattr__(self, hook):
         if not hook.startswith("on_"):

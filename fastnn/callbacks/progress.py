@@ -93,6 +93,8 @@ class ProgressBar(Callback):
 
     bar_width = 30
 
+    needs_every_batch = False  # a refresh per run of batches is as good: logs["size"] counts them all
+
     def __init__(self, verbose=1, stream=None, refresh_seconds=0.5, samples=None):
         super().__init__()
         self.samples = samples  # per epoch: the bar's denominator (fit gives it)

@@ -144,7 +144,7 @@ def fit(model, x, y, batch_size=32, epochs=1, verbose="auto", validation_data=No
     if comm.size == 1 and graphs is None and feeder is None:  # one compiled call per batch, where the backend has one
         plan, prepared = trainer.plan_for(batch_size, x, y)
     if plan is not None:
-        step = functools.partial(_compiled_step, trainer, [plan, prepared], model.stat_names(), batch_size, x, y)
+        step = CompiledSteps(trainer, plan, prepared, model.stat_names(), batch_size, x, y)
     else:
         step = functools.partial(_step, trainer, graphs, comm, x, y, feeder, batch_size)
 
@@ -163,15 +163,32 @@ def fit(model, x, y, batch_size=32, epochs=1, verbose="auto", validation_data=No
     return history
 
 
-def _compiled_step(trainer, current, names, batch_size, x, y, idx):
-    """One batch of ``fit`` in one compiled call (``Ops.train_plan``; ``current`` is ``[plan,
-    prepared data]``). A callback that changed what the plan's tables describe (froze a layer,
-    excluded a weight from decay) gets a new plan, or the eager step if none fits any more."""
-    if current[0] is None or not current[0].still_valid():
-        current[:] = trainer.plan_for(batch_size, x, y)
-        if current[0] is None:
-            return trainer.step(*_gather(trainer.model.ops, x, y, idx))
-    return current[0].step(current[1], idx, names)
+class CompiledSteps:
+    """``fit``'s step through the backend's compiled call (``Ops.train_plan``): one batch per call, or
+    a run of batches in one call (``many``: the loop uses it when no callback needs each batch). A
+    callback that changed what the plan's tables describe (froze a layer, excluded a weight from
+    decay) gets a new plan, or the eager step if none fits any more."""
+
+    def __init__(self, trainer, plan, prepared, names, batch_size, x, y):
+        self.trainer, self.plan, self.prepared, self.names = trainer, plan, prepared, names
+        self.batch_size, self.x, self.y = batch_size, x, y
+
+    def _current(self):
+        if self.plan is None or not self.plan.still_valid():
+            self.plan, self.prepared = self.trainer.plan_for(self.batch_size, self.x, self.y)
+        return self.plan
+
+    def __call__(self, idx):
+        return self.many([idx])[0]
+
+    def many(self, batches):
+        """Each batch's sums, ``batches`` (fit's sampler's index arrays, all but the last full) in order."""
+        plan = self._current()
+        if plan is None:
+            return [self.trainer.step(*_gather(self.trainer.model.ops, self.x, self.y, idx)) for idx in batches]
+        if len(batches) == 1:
+            return plan.step(self.prepared, batches[0], self.names)
+        return plan.step(self.prepared, numpy.concatenate(batches), self.names)
 
 
 def _gather(ops, x, y, idx):

@@ -112,26 +112,30 @@ class BatchLogs(_LazyLogs):
     sample count.
     """
 
-    def __init__(self, sums, batch):
+    def __init__(self, sums, batch, size=None):
         self._sums, self._batch = sums, batch
+        self._size = size  # a run of batches trained in one call: their total (else the last batch's)
+
+    def _samples(self):
+        return self._sums.last[1] if self._size is None else self._size
 
     def _read(self):
         values = self._sums.result(local=True)  # this rank's running means: no collective per batch
         stats, size = self._sums.last
         if "loss" in stats:
             values["batch_loss"] = float(self._sums.ops.asnumpy(stats["loss"])) / size
-        values["size"] = size
+        values["size"] = self._samples()
         values["batch"] = self._batch
         return values
 
     def __getitem__(self, key):
         if key == "size":
-            return self._sums.last[1]
+            return self._samples()
         return self._compute()[key]
 
     def get(self, key, default=None):
         if key == "size":
-            return self._sums.last[1]
+            return self._samples()
         return self._compute().get(key, default)
 
 
@@ -246,6 +250,8 @@ def _run(model, sampler, train_step, cbs, state, epochs, initial_epoch, epoch_en
             state.history.history = {k: list(v) for k, v in resume["history"]["history"].items()}
             state.history.epoch = list(resume["history"]["epoch"])
     begin_hooks, end_hooks = cbs.hooks("on_train_batch_begin"), cbs.hooks("on_train_batch_end")
+    # several batches per call where the step can (train_step.many) and no callback needs each batch
+    runs = getattr(train_step, "many", None) if not cbs.every_batch() else None
     for epoch in range(start_epoch, epochs):
         state.epoch, state.batch = epoch, 0
         state.epoch_start_state = sampler.rng.bit_generator.state
@@ -253,7 +259,9 @@ def _run(model, sampler, train_step, cbs, state, epochs, initial_epoch, epoch_en
         sums = state.sums = _Sums(model.ops, comm)
         if skip and (comm is None or comm.rank == 0):  # saved sums are global: one rank carries them
             sums = state.sums = restore_sums(model.ops, resume, comm, getattr(model, "dtype", numpy.float64))
-        for batch, idx in enumerate(sampler.epoch(epoch)):
+        if runs:
+            _train_runs(model, state, sampler.epoch(epoch), skip, runs, sums, end_hooks)
+        for batch, idx in enumerate(() if runs else sampler.epoch(epoch)):
             if batch < skip:
                 continue  # trained before the interruption; drawing it keeps the sampler in step
             if begin_hooks:
@@ -280,6 +288,25 @@ def _run(model, sampler, train_step, cbs, state, epochs, initial_epoch, epoch_en
             break
     cbs.on_train_end(logs)
     return logs
+
+
+def _train_runs(model, state, batches, skip, many, sums, end_hooks):
+    """One epoch's batches (from ``skip`` on) in runs, each trained by one ``many`` call: the whole
+    epoch at once without batch hooks, else about a twentieth of it between two calls of the
+    (coalescing) ``on_train_batch_end`` hooks, whose ``logs["size"]`` counts the run's samples."""
+    todo = list(batches)[skip:]  # the sampler draws its permutation whole either way
+    per = len(todo) if not end_hooks else max(1, -(-len(todo) // 20))
+    for start in range(0, len(todo), per):
+        run = todo[start:start + per] if not model.stop_training else todo[start:start + 1]
+        for idx, stats in zip(run, many(run)):
+            sums.add(stats, len(idx))  # one by one, in order: the epoch's sums as the batch loop makes them
+        state.batch = skip + start + len(run)
+        if end_hooks:
+            logs = BatchLogs(sums, state.batch - 1, size=sum(len(idx) for idx in run))
+            for hook in end_hooks:
+                hook(state.batch - 1, logs)
+        if model.stop_training:
+            break
 
 
 def progress_callbacks(callbacks, verbose, epochs, samples, steps=None):

@@ -310,3 +310,54 @@ def test_fit_says_once_why_it_runs_primitive_by_primitive(caplog):
         m.fit(x, y, batch_size=8, epochs=2, verbose=0)
     lines = [r.getMessage() for r in caplog.records if "primitive by primitive" in r.getMessage()]
     assert len(lines) == 1 and "regularizers" in lines[0]
+
+
+@pytest.mark.parametrize("mode", ["no batch hooks", "coalescing hook", "progress bar"])
+def test_runs_of_batches_in_one_call_match_the_eager_path_bitwise(monkeypatch, mode):
+    """No callback needs each batch, or only callbacks that take one call per run of batches (the
+    progress bar; ``needs_every_batch = False``): fit trains runs of batches per compiled call, with
+    the eager path's weights and history, and a coalescing hook sees every sample counted once."""
+    from fastnn.callbacks import Callback
+
+    rng = numpy.random.default_rng(8)
+    x = rng.standard_normal((250, 12)).astype("float32")
+    y = rng.integers(0, 3, 250)
+    calls = {"n": 0}
+    real_step = host.FusedPlan.step
+
+    def counting(self, prepared, idx, names):
+        calls["n"] += 1
+        return real_step(self, prepared, idx, names)
+
+    class Coalescing(Callback):
+        needs_every_batch = False
+
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.sizes.append((batch, logs["size"]))
+
+    def make():
+        m = Sequential([Dense(10, "relu", input_shape=(12,)), Dropout(0.3), Dense(3, "softmax")], seed=4,
+                       backend="numba")
+        m.compile(optimizers.RMSprop(1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        return m
+
+    def run(model, hook):
+        return model.fit(x, y, batch_size=16, epochs=2, verbose=2 if mode == "progress bar" else 0,
+                         callbacks=[hook] if mode == "coalescing hook" else [])
+    monkeypatch.setattr(host.FusedPlan, "step", counting)
+    fast, hook = make(), Coalescing()
+    h_fast = run(fast, hook)
+    assert calls["n"] == (2 if mode == "no batch hooks" else 2 * 16)  # 16 batches an epoch: one call, or runs of one
+    if mode == "coalescing hook":
+        assert hook.sizes == [(b, 16 if b < 15 else 10) for b in range(16)] * 2
+    from fastnn.backend.numba_ops import NumbaOps
+    monkeypatch.setattr(NumbaOps, "train_plan", lambda self, model, bs: (None, "forced eager for the test"))
+    slow = make()
+    h_slow = run(slow, Coalescing())
+    for a, b in zip(fast.get_weights(), slow.get_weights()):
+        numpy.testing.assert_array_equal(a, b)
+    assert h_fast.history == h_slow.history
