@@ -11,7 +11,7 @@ import time
 
 import numpy
 
-from fastnn.kernels import ACTIVATIONS
+from fastnn.kernels import ACTIVATIONS, NEEDS_Z
 
 
 def _calls(ops, dtype):
@@ -25,11 +25,12 @@ def _calls(ops, dtype):
     x, b = arr(4, 3), arr(3)
     idx = ops.asarray(numpy.array([0, 2, 1, 1]))
     onehot = ops.asarray(numpy.eye(3, dtype=dt)[[0, 2, 1, 1]])
-    for code in ACTIVATIONS.values():
-        y = ops.bias_act(x, b, code, 0.1, out=ops.xp.empty_like(x))
+    for code in ACTIVATIONS.values():  # gelu and swish keep the pre-activation z for backward
+        z = ops.xp.empty_like(x) if code in NEEDS_Z else None
+        y = ops.bias_act(x, b, code, 0.1, out=ops.xp.empty_like(x), z_out=z)
         ops.bias_act(x, None, code, 0.1)
-        ops.act_backward(x, y, code, 0.1, out=ops.xp.empty_like(x))
-        ops.act_backward_bias_grad(x, y, code, 0.1, out=ops.xp.empty_like(x), db=ops.xp.empty_like(b))
+        ops.act_backward(x, y, code, 0.1, out=ops.xp.empty_like(x), z=z)
+        ops.act_backward_bias_grad(x, y, code, 0.1, out=ops.xp.empty_like(x), db=ops.xp.empty_like(b), z=z)
     ops.bias_grad(x, out=ops.xp.empty_like(b))
     ops.softmax(x, out=ops.xp.empty_like(x))
     for t in (idx, onehot):
@@ -55,6 +56,22 @@ def _calls(ops, dtype):
     ops.rmsprop_step(p, g, ops.alloc((10,), dt), 0.1, 0.9, 1e-7, 0.0, 1.0)
     for decoupled in (False, True):
         ops.adam_step(p, g, ops.alloc((10,), dt), ops.alloc((10,), dt), 0.1, 0.9, 0.999, 1e-7, 1, 0.01, 1.0, decoupled)
+    slot = lambda: ops.alloc((10,), dt)  # noqa: E731
+    for decoupled in (False, True):
+        ops.amsgrad_step(p, g, slot(), slot(), slot(), 0.1, 0.9, 0.999, 1e-7, 1, 0.01, 1.0, decoupled)
+    ops.nadam_step(p, g, slot(), slot(), 0.1, 0.9, 0.999, 1e-7, 1, 0.9, 0.01, 1.0)
+    ops.adamax_step(p, g, slot(), slot(), 0.1, 0.9, 0.999, 1e-7, 1, 0.01, 1.0)
+    clip = 0.5  # clipvalue: the kernels' variants that clip each gradient element
+    ops.sgd_step(p, g, 0.1, 0.01, 1.0, clip)
+    for nesterov in (False, True):
+        ops.momentum_step(p, g, slot(), 0.1, 0.9, 0.01, 1.0, nesterov, clip)
+    ops.adagrad_step(p, g, slot(), 0.1, 1e-7, 0.0, 1.0, clip)
+    ops.rmsprop_step(p, g, slot(), 0.1, 0.9, 1e-7, 0.0, 1.0, clip)
+    for decoupled in (False, True):
+        ops.adam_step(p, g, slot(), slot(), 0.1, 0.9, 0.999, 1e-7, 1, 0.01, 1.0, decoupled, clip)
+        ops.amsgrad_step(p, g, slot(), slot(), slot(), 0.1, 0.9, 0.999, 1e-7, 1, 0.01, 1.0, decoupled, clip)
+    ops.nadam_step(p, g, slot(), slot(), 0.1, 0.9, 0.999, 1e-7, 1, 0.9, 0.01, 1.0, clip)
+    ops.adamax_step(p, g, slot(), slot(), 0.1, 0.9, 0.999, 1e-7, 1, 0.01, 1.0, clip)
     img = arr(2, 3, 5, 5)
     col = ops.im2col(img, 3, 3, 1, 1)
     ops.col2im(col, img.shape, 3, 3, 1, 1)
@@ -64,11 +81,12 @@ def _calls(ops, dtype):
     ops.maxpool_backward(pooled, argmax, img.shape)
     cb, z = arr(3), arr(3, 2, 5, 5)  # the convolution's GEMM result is channel-major (C, N, H, W)
     for code in ACTIVATIONS.values():  # its fused bias+activation into NCHW, and the way back
+        zb = ops.xp.empty_like(z) if code in NEEDS_Z else None
         for bias in (cb, None):
-            y = ops.conv_bias_act(z, bias, code, 0.1, out=ops.xp.empty_like(img))
-            ops.conv_act_backward(y, y, code, 0.1, out=ops.xp.empty_like(z), db=ops.xp.empty_like(cb))
+            y = ops.conv_bias_act(z, bias, code, 0.1, out=ops.xp.empty_like(img), z_out=zb)
+            ops.conv_act_backward(y, y, code, 0.1, out=ops.xp.empty_like(z), db=ops.xp.empty_like(cb), z=zb)
         ops.conv_bias_act(z, cb, code, 0.1)
-        ops.conv_act_backward(y, y, code, 0.1)
+        ops.conv_act_backward(y, y, code, 0.1, z=zb)
 
 
 def warmup(backend=None, dtypes=("float32", "float64")):
@@ -97,5 +115,6 @@ def _compiled_step(ops, dtype):
     model = Sequential([Dense(4, activation="relu", input_shape=(5,)), Dropout(0.5), Dense(3, activation="softmax")],
                        dtype=dtype, seed=0, backend=ops.name)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.build()
     if ops.train_plan(model, 4)[0] is not None:
         model.fit(rng.random((6, 5)).astype(dtype), numpy.arange(6) % 3, batch_size=4, epochs=1, verbose=0)

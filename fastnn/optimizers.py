@@ -1,4 +1,5 @@
-"""Optimizers, in the order learners meet them: SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam, AdamW.
+"""Optimizers, in the order learners meet them: SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam, AdamW,
+and Keras's Nadam and Adamax.
 
 Two entry points share one arithmetic (the backend's ``*_step`` primitive):
 
@@ -8,28 +9,40 @@ Two entry points share one arithmetic (the backend's ``*_step`` primitive):
    parameter and gradient buffers (``fastnn.params.FlatParams``) per run of equal flags.
 
 Each optimizer follows the library its docstring names, formula and defaults: SGD, Momentum,
-Nesterov, Adam and AdamW follow ``torch.optim``; AdaGrad and RMSprop follow Keras 3. Every optimizer
-takes every audience's spelling: ``lr``/``learning_rate``, ``beta1``/``beta_1``, ``beta2``/``beta_2``,
-``eps``/``epsilon``, ``rho``/``decay_rate``. Common options: ``weight_decay``, on every trainable
-parameter, as its library applies it (``torch.optim``: L2 added to the gradient, ``g += wd * p``,
-AdamW decoupled, ``p *= 1 - lr*wd``; Keras: decoupled, ``p -= lr*wd*p`` before the update) and ``clipnorm``
-(the global gradient norm is clipped to it, as ``torch.nn.utils.clip_grad_norm_``: the gradient is
-scaled by ``min(1, clipnorm / (norm + 1e-6))``). ``lr`` may be a number or a schedule from this
-module (evaluated at the optimizer's step count).
+Nesterov, Adam and AdamW follow ``torch.optim``; AdaGrad, RMSprop, Nadam and Adamax follow Keras 3.
+Every optimizer takes every audience's spelling: ``lr``/``learning_rate``, ``beta1``/``beta_1``,
+``beta2``/``beta_2``, ``eps``/``epsilon``, ``rho``/``decay_rate``. Common options: ``weight_decay``, on
+every trainable parameter, as its library applies it (``torch.optim``: L2 added to the gradient,
+``g += wd * p``, AdamW decoupled, ``p *= 1 - lr*wd``; Keras: decoupled, ``p -= lr*wd*p`` before the
+update); ``clipnorm`` (the global gradient norm is clipped to it, as ``torch.nn.utils.clip_grad_norm_``
+and Keras's ``global_clipnorm``: the gradient is scaled by ``min(1, clipnorm / (norm + 1e-6))``); and
+``clipvalue`` (Keras's: each gradient element clipped to ``[-clipvalue, clipvalue]``, before any L2
+term; at most one of ``clipnorm`` and ``clipvalue``, as Keras allows one). ``lr`` may be a number or a
+schedule (``fastnn.optimizers.schedules``, Keras's ``keras.optimizers.schedules``; evaluated at the
+optimizer's step count).
 """
 from __future__ import annotations
 
 import math
-import numbers
+import sys
 
 import numpy
 
+from fastnn import schedules
 from fastnn.backend import follow
+from fastnn.schedules import (CosineDecay, CosineDecayRestarts, ExponentialDecay, InverseTimeDecay,
+                              LearningRateSchedule, PiecewiseConstantDecay, PolynomialDecay, Schedule, StepDecay,
+                              _check_fraction, _check_positive)
 
 __all__ = [
-    "Optimizer", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "AdamW", "get",
-    "StepDecay", "ExponentialDecay", "CosineDecay", "OPTIMIZER_NAMES",
+    "Optimizer", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "AdamW", "Nadam", "Adamax", "get",
+    "schedules", "LearningRateSchedule", "StepDecay", "ExponentialDecay", "PiecewiseConstantDecay",
+    "PolynomialDecay", "InverseTimeDecay", "CosineDecay", "CosineDecayRestarts", "OPTIMIZER_NAMES",
 ]
+
+# ``fastnn.optimizers.schedules`` is Keras's spelling of ``fastnn.schedules``; registered as a submodule
+# so ``from fastnn.optimizers.schedules import PolynomialDecay`` works too.
+sys.modules[__name__ + ".schedules"] = schedules
 
 
 def _alias(owner, value, default, **synonyms):
@@ -42,107 +55,20 @@ def _alias(owner, value, default, **synonyms):
     return default if value is None else value
 
 
-def _check_fraction(owner, name, value, *, allow_zero=True, allow_one=True):
-    """A real number in [0, 1] (ends as the flags say): a schedule's decay rate or floor."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or \
-            value < 0 or value > 1 or (value == 0 and not allow_zero) or (value == 1 and not allow_one):
-        lo, hi = "[" if allow_zero else "(", "]" if allow_one else ")"
-        raise ValueError(f"{owner}: {name} must be a number in {lo}0, 1{hi}, got {value!r}")
-    return float(value)
-
-
-def _check_count(owner, name, value):
-    """A non-negative whole number of steps."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or \
-            value < 0 or value != int(value):
-        raise ValueError(f"{owner}: {name} must be a non-negative whole number, got {value!r}")
-    return int(value)
-
-
-def _check_positive(owner, name, value, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or \
-            value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{owner}: {name} must be a {'non-negative' if allow_zero else 'positive'} number, "
-                         f"got {value!r}")
-    return float(value)
-
-
-# ---------------------------------------------------------------- learning-rate schedules
-class Schedule:
-    """A learning rate as a function of the optimizer's step count (0 for the first update)."""
-
-    def __call__(self, step):
-        raise NotImplementedError
-
-    def get_config(self):
-        return dict(vars(self))
-
-
-class StepDecay(Schedule):
-    """``lr = initial_learning_rate * decay_rate ** floor(step / decay_steps)``."""
-
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate=0.1):
-        self.initial_learning_rate = _check_positive("StepDecay", "initial_learning_rate", initial_learning_rate)
-        self.decay_steps = int(_check_positive("StepDecay", "decay_steps", decay_steps))
-        self.decay_rate = _check_fraction("StepDecay", "decay_rate", decay_rate, allow_zero=False)
-
-    def __call__(self, step):
-        return self.initial_learning_rate * self.decay_rate ** (step // self.decay_steps)
-
-
-class ExponentialDecay(Schedule):
-    """``lr = initial_learning_rate * decay_rate ** (step / decay_steps)`` (integer division when ``staircase``), as in Keras."""
-
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False):
-        self.initial_learning_rate = _check_positive("ExponentialDecay", "initial_learning_rate", initial_learning_rate)
-        self.decay_steps = _check_positive("ExponentialDecay", "decay_steps", decay_steps)
-        # Keras allows a rate above 1 (a growing learning rate); it must be a positive finite number.
-        self.decay_rate = _check_positive("ExponentialDecay", "decay_rate", decay_rate)
-        self.staircase = bool(staircase)
-
-    def __call__(self, step):
-        p = step / self.decay_steps
-        return self.initial_learning_rate * self.decay_rate ** (math.floor(p) if self.staircase else p)
-
-
-class CosineDecay(Schedule):
-    """Linear warmup then cosine decay, as Keras's ``CosineDecay``.
-
-    For ``step < warmup_steps``: linear from ``initial_learning_rate`` to ``warmup_target``. Then
-    ``target * ((1 - alpha) * 0.5 * (1 + cos(pi * min(s, decay_steps) / decay_steps)) + alpha)``
-    with ``s = step - warmup_steps`` and ``target = warmup_target`` (or ``initial_learning_rate``
-    without warmup).
-    """
-
-    def __init__(self, initial_learning_rate, decay_steps, alpha=0.0, warmup_steps=0, warmup_target=None):
-        self.initial_learning_rate = _check_positive("CosineDecay", "initial_learning_rate", initial_learning_rate, True)
-        self.decay_steps = int(_check_positive("CosineDecay", "decay_steps", decay_steps))
-        self.alpha = _check_fraction("CosineDecay", "alpha", alpha)
-        self.warmup_steps = _check_count("CosineDecay", "warmup_steps", warmup_steps)
-        self.warmup_target = None if warmup_target is None else \
-            _check_positive("CosineDecay", "warmup_target", warmup_target, True)
-
-    def __call__(self, step):
-        target = self.initial_learning_rate if self.warmup_target is None else float(self.warmup_target)
-        if step < self.warmup_steps:
-            return self.initial_learning_rate + (target - self.initial_learning_rate) * step / self.warmup_steps
-        s = min(step - self.warmup_steps, self.decay_steps)
-        return target * ((1 - self.alpha) * 0.5 * (1 + math.cos(math.pi * s / self.decay_steps)) + self.alpha)
-
-
 # ---------------------------------------------------------------- optimizers
 class Optimizer:
     """Base class. A subclass describes its update once: its state ``slots``, the backend primitive
     that applies one step (``rule``: ``ops.<rule>_step(p, g, *slots, *args)``) and that primitive's
     arguments after the slots (``step_args``). Every way of running it derives from that: by value
     (the book's dict path and the flat path), and from a device buffer of per-step scalars
-    (``ops.step_scalars``/``ops.step_dev``: a captured CUDA graph)."""
+    (``ops.step_scalars``/``ops.step_dev``: a captured CUDA graph). Every primitive's last argument,
+    ``clipvalue``, is the base class's: ``step_args`` gives the ones before it."""
 
     slots: tuple = ()
     default_lr = 0.01
     rule = None
 
-    def __init__(self, lr=None, *, learning_rate=None, weight_decay=0.0, clipnorm=None, name=None):
+    def __init__(self, lr=None, *, learning_rate=None, weight_decay=0.0, clipnorm=None, clipvalue=None, name=None):
         owner = type(self).__name__
         lr = _alias(owner, None, self.default_lr, lr=lr, learning_rate=learning_rate)
         if not isinstance(lr, Schedule) and not callable(lr):
@@ -150,6 +76,10 @@ class Optimizer:
         self._lr = lr
         self.weight_decay = _check_positive(owner, "weight_decay", weight_decay, allow_zero=True)
         self.clipnorm = None if clipnorm is None else _check_positive(owner, "clipnorm", clipnorm)
+        self.clipvalue = None if clipvalue is None else _check_positive(owner, "clipvalue", clipvalue)
+        if self.clipnorm is not None and self.clipvalue is not None:
+            raise ValueError(f"{owner}: only one of clipnorm and clipvalue can be set (as in Keras), got "
+                             f"clipnorm={clipnorm!r} and clipvalue={clipvalue!r}")
         self.name = name or owner
         self.iterations = 0  # updates applied so far; Adam's step t is iterations after the increment
         self.state = {}  # book path: key -> tuple of slot arrays
@@ -177,8 +107,12 @@ class Optimizer:
         """The arguments of ``ops.<rule>_step`` after ``p, g`` and the slots, in its order."""
         raise NotImplementedError
 
+    def _args(self, lr, weight_decay, scale, t):
+        """All of the primitive's arguments after the slots: ``step_args``, then ``clipvalue``."""
+        return (*self.step_args(lr, weight_decay, scale, t), math.inf if self.clipvalue is None else self.clipvalue)
+
     def _apply(self, ops, p, g, state, lr, weight_decay, scale, t):
-        getattr(ops, self.rule + "_step")(p, g, *state, *self.step_args(lr, weight_decay, scale, t))
+        getattr(ops, self.rule + "_step")(p, g, *state, *self._args(lr, weight_decay, scale, t))
 
     def _clip_scale(self, ops, sq_norms):
         if self.clipnorm is None:
@@ -288,7 +222,7 @@ class Optimizer:
         """This step's per-piece scalar rows (host float64, one row per piece), as ``step_flat``
         would compute them now; the caller advances ``iterations`` once the step has run."""
         lr, t = self.lr, self.iterations + 1
-        rows = [flat.ops.step_scalars(self.rule, flat.dtype, *self.step_args(lr, wd, 1.0, t)) for _, _, wd in pieces]
+        rows = [flat.ops.step_scalars(self.rule, flat.dtype, *self._args(lr, wd, 1.0, t)) for _, _, wd in pieces]
         return numpy.stack(rows) if rows else numpy.zeros((0, 0))
 
     def step_flat_dev(self, flat, pieces, rows):
@@ -301,7 +235,7 @@ class Optimizer:
     def get_config(self):
         lr = self._lr
         cfg = {"lr": lr.get_config() | {"class_name": type(lr).__name__} if isinstance(lr, Schedule) else lr,
-               "weight_decay": self.weight_decay, "clipnorm": self.clipnorm}
+               "weight_decay": self.weight_decay, "clipnorm": self.clipnorm, "clipvalue": self.clipvalue}
         cfg.update(self._hyper())
         return cfg
 
@@ -423,7 +357,29 @@ class RMSprop(Optimizer):
         return {"rho": self.rho, "eps": self.eps}
 
 
-class Adam(Optimizer):
+class _Moments(Optimizer):
+    """The Adam family's arguments: ``beta1``/``beta_1`` (0.9), ``beta2``/``beta_2`` (0.999), each in
+    [0, 1), ``eps``/``epsilon`` (1e-7), ``lr`` 0.001 (Keras's defaults, which ``torch.optim.Adam``'s
+    match but for its ``eps=1e-8``)."""
+
+    slots = ("m", "v")
+    default_lr = 0.001
+
+    def __init__(self, lr=None, beta1=None, beta2=None, eps=None, *, beta_1=None, beta_2=None, epsilon=None,
+                 **kwargs):
+        super().__init__(lr, **kwargs)
+        owner = type(self).__name__
+        self.beta1 = _check_fraction(owner, "beta1", _alias(owner, None, 0.9, beta1=beta1, beta_1=beta_1),
+                                     allow_one=False)
+        self.beta2 = _check_fraction(owner, "beta2", _alias(owner, None, 0.999, beta2=beta2, beta_2=beta_2),
+                                     allow_one=False)
+        self.eps = _check_positive(owner, "eps", _alias(owner, None, 1e-7, eps=eps, epsilon=epsilon))
+
+    def _hyper(self):
+        return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+
+
+class Adam(_Moments):
     """Adam (Kingma & Ba 2015), as ``torch.optim.Adam``::
 
         m = beta1*m + (1 - beta1)*g;  v = beta2*v + (1 - beta2)*g^2
@@ -433,32 +389,35 @@ class Adam(Optimizer):
     the uncorrected ``sqrt(v)`` (``p -= lr*sqrt(1-beta2^t)/(1-beta1^t) * m/(sqrt(v) + eps)``), which
     amounts to a larger effective epsilon early in training; with the same ``eps`` the two agree
     once ``sqrt(v)`` dwarfs ``eps``. The step count ``t`` is one per optimizer.
+
+    ``amsgrad=True`` (AMSGrad, Reddi et al. 2018; Keras's and PyTorch's flag, same place in the
+    arguments as Keras's) keeps a third slot ``v_hat = max(v_hat, v)``, the running maximum of the
+    uncorrected ``v``, and divides by ``sqrt(v_hat)`` instead of ``sqrt(v)``: as both libraries do,
+    with ``eps`` placed as above.
     """
 
-    slots = ("m", "v")
-    default_lr = 0.001
     decoupled = False
     rule = "adam"
 
-    def __init__(self, lr=None, beta1=None, beta2=None, eps=None, *, beta_1=None, beta_2=None, epsilon=None,
-                 **kwargs):
-        super().__init__(lr, **kwargs)
-        owner = type(self).__name__
-        self.beta1 = _check_fraction(owner, "beta1", _alias(owner, None, 0.9, beta1=beta1, beta_1=beta_1), allow_one=False)
-        self.beta2 = _check_fraction(owner, "beta2", _alias(owner, None, 0.999, beta2=beta2, beta_2=beta_2),
-                                     allow_one=False)
-        self.eps = _check_positive(owner, "eps", _alias(owner, None, 1e-7, eps=eps, epsilon=epsilon))
+    def __init__(self, lr=None, beta1=None, beta2=None, eps=None, amsgrad=False, **kwargs):
+        super().__init__(lr, beta1, beta2, eps, **kwargs)
+        if not isinstance(amsgrad, (bool, numpy.bool_)):
+            raise TypeError(f"{type(self).__name__}: amsgrad must be True or False, got {amsgrad!r}")
+        self.amsgrad = bool(amsgrad)
+        if self.amsgrad:  # a third slot, and the primitive that keeps it
+            self.slots, self.rule = ("m", "v", "v_hat"), "amsgrad"
 
     def step_args(self, lr, weight_decay, scale, t):
         return lr, self.beta1, self.beta2, self.eps, t, weight_decay, scale, self.decoupled
 
     def _hyper(self):
-        return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+        return super()._hyper() | {"amsgrad": self.amsgrad}
 
 
 class AdamW(Adam):
     """AdamW (Loshchilov & Hutter 2019), as ``torch.optim.AdamW``: ``p *= 1 - lr*weight_decay``, then
-    the Adam update without the decay term in the gradient. ``weight_decay`` defaults to 0.01."""
+    the Adam update without the decay term in the gradient. ``weight_decay`` defaults to 0.01;
+    ``amsgrad=True`` as in ``Adam``."""
 
     decoupled = True
 
@@ -466,9 +425,63 @@ class AdamW(Adam):
         super().__init__(lr, weight_decay=weight_decay, **kwargs)
 
 
+class Nadam(_Moments):
+    """Nadam (Dozat 2016), Adam with Nesterov momentum, as Keras 3's ``keras.optimizers.Nadam``,
+    formula and defaults (``lr=0.001``, ``beta1=0.9``, ``beta2=0.999``, ``eps=1e-7``)::
+
+        mu_t = beta1 * (1 - 0.5 * 0.96^t);  P_t = mu_1 * ... * mu_t
+        m = beta1*m + (1 - beta1)*g;  v = beta2*v + (1 - beta2)*g^2
+        m_hat = mu_{t+1} * m / (1 - P_{t+1}) + (1 - mu_t) * g / (1 - P_t)
+        p -= lr * m_hat / (sqrt(v / (1 - beta2^t)) + eps)
+
+    ``weight_decay`` is Keras's, decoupled: ``p -= lr * weight_decay * p`` before the update. The
+    product ``P_t`` (Keras's ``u_product`` variable) is a function of the step count alone, so it is
+    not saved: it is recomputed from ``iterations`` (kept incrementally, in float64 on the host) and
+    reaches the primitive as an argument.
+    """
+
+    rule = "nadam"
+
+    def __init__(self, lr=None, beta1=None, beta2=None, eps=None, **kwargs):
+        super().__init__(lr, beta1, beta2, eps, **kwargs)
+        self._mu = (self.beta1, 0, 1.0)  # (beta1, t, P_t): the last product computed
+
+    def mu_product(self, t):
+        """``P_t = mu_1 * ... * mu_t`` (1 for ``t = 0``), from the last one computed when it can."""
+        beta1, k, product = self._mu
+        if beta1 != self.beta1 or k > t:
+            k, product = 0, 1.0
+        while k < t:
+            k += 1
+            product *= self.beta1 * (1.0 - 0.5 * 0.96 ** k)
+        self._mu = (self.beta1, k, product)
+        return product
+
+    def step_args(self, lr, weight_decay, scale, t):
+        return lr, self.beta1, self.beta2, self.eps, t, self.mu_product(t), weight_decay, scale
+
+
+class Adamax(_Moments):
+    """Adamax (Kingma & Ba 2015, section 7.1: Adam with the infinity norm), as Keras 3's
+    ``keras.optimizers.Adamax``, formula and defaults (``lr=0.001``, ``beta1=0.9``, ``beta2=0.999``,
+    ``eps=1e-7``)::
+
+        m = beta1*m + (1 - beta1)*g;  u = max(beta2*u, |g|)
+        p -= lr / (1 - beta1^t) * m / (u + eps)
+
+    ``weight_decay`` is Keras's, decoupled: ``p -= lr * weight_decay * p`` before the update.
+    """
+
+    slots = ("m", "u")
+    rule = "adamax"
+
+    def step_args(self, lr, weight_decay, scale, t):
+        return lr, self.beta1, self.beta2, self.eps, t, weight_decay, scale
+
+
 _NAMED = {
     "sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adagrad": AdaGrad, "rmsprop": RMSprop,
-    "adam": Adam, "adamw": AdamW,
+    "adam": Adam, "adamw": AdamW, "nadam": Nadam, "adamax": Adamax,
 }
 OPTIMIZER_NAMES = tuple(_NAMED)
 

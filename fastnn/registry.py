@@ -49,16 +49,17 @@ def optimizer_class(name):
     from fastnn import optimizers
 
     table = {c.__name__: c for c in (optimizers.SGD, optimizers.Momentum, optimizers.Nesterov, optimizers.AdaGrad,
-                                     optimizers.RMSprop, optimizers.Adam, optimizers.AdamW)}
+                                     optimizers.RMSprop, optimizers.Adam, optimizers.AdamW, optimizers.Nadam,
+                                     optimizers.Adamax)}
     if name not in table:
         raise KeyError(f"unknown optimizer class {name!r}; known: {', '.join(sorted(table))}")
     return table[name]
 
 
 def schedule_class(name):
-    from fastnn import optimizers
+    from fastnn import schedules
 
-    table = {c.__name__: c for c in (optimizers.StepDecay, optimizers.ExponentialDecay, optimizers.CosineDecay)}
+    table = {c.__name__: c for c in schedules.SCHEDULES}
     if name not in table:
         raise KeyError(f"unknown schedule class {name!r}; known: {', '.join(sorted(table))}")
     return table[name]

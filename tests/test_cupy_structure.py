@@ -109,7 +109,7 @@ def test_bias_act_rejects_unknown_activation():
 
 # Launchers that write arrays the caller gives (outputs, in-place state): (module, name) -> those names.
 WRITERS = {
-    ("activations", "bias_act"): ("out",), ("activations", "act_backward"): ("out",),
+    ("activations", "bias_act"): ("out", "z_out"), ("activations", "act_backward"): ("out",),
     ("activations", "bias_grad"): ("out",), ("activations", "act_backward_bias_grad"): ("out", "db"),
     ("activations", "softmax"): ("out",), ("activations", "mul"): ("out",),
     ("losses", "softmax_xent"): ("y", "dx"), ("losses", "softmax_xent_backward"): ("out",),
@@ -122,7 +122,7 @@ WRITERS = {
     ("normalization", "batchnorm_backward"): ("dx", "dgamma", "dbeta"),
     ("conv", "im2col"): ("out",), ("conv", "col2im"): ("out",), ("conv", "im2col_t"): ("out",),
     ("conv", "col2im_t"): ("out",), ("conv", "maxpool_forward"): ("out", "argmax"),
-    ("conv", "maxpool_backward"): ("out",), ("conv", "conv_bias_act"): ("out",),
+    ("conv", "maxpool_backward"): ("out",), ("conv", "conv_bias_act"): ("out", "z_out"),
     ("conv", "conv_act_backward"): ("out", "db"),
 }
 

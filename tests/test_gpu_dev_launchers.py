@@ -26,11 +26,13 @@ from fastnn.kernels.gpu import optimizers as opt
 
 F32, F64 = numpy.dtype(numpy.float32), numpy.dtype(numpy.float64)
 DTYPES = [F32, F64]
-RULES = ("sgd", "momentum", "adagrad", "rmsprop", "adam")
-COUNTS = {"sgd": 5, "momentum": 7, "adagrad": 6, "rmsprop": 8, "adam": 13}
-STATE = {"sgd": (), "momentum": ("v",), "adagrad": ("h",), "rmsprop": ("h",), "adam": ("m", "v")}
-GRAD_OPTIONS = [dict(), dict(weight_decay=0.01), dict(scale=0.5), dict(weight_decay=3e-4, scale=1 / 3)]
-GRAD_IDS = ["plain", "wd", "scale", "wd+scale"]
+RULES = ("sgd", "momentum", "adagrad", "rmsprop", "adam", "amsgrad", "nadam", "adamax")
+COUNTS = {"sgd": 7, "momentum": 9, "adagrad": 8, "rmsprop": 10, "adam": 15, "amsgrad": 15, "nadam": 14, "adamax": 11}
+STATE = {"sgd": (), "momentum": ("v",), "adagrad": ("h",), "rmsprop": ("h",), "adam": ("m", "v"),
+         "amsgrad": ("m", "v", "v_hat"), "nadam": ("m", "v"), "adamax": ("m", "u")}
+GRAD_OPTIONS = [dict(), dict(weight_decay=0.01), dict(scale=0.5), dict(weight_decay=3e-4, scale=1 / 3),
+                dict(clipvalue=0.7), dict(weight_decay=3e-4, scale=1 / 3, clipvalue=1 / 7)]
+GRAD_IDS = ["plain", "wd", "scale", "wd+scale", "clip", "wd+scale+clip"]
 CASES = [  # (id, rule, hyperparameters, as each launcher takes them by keyword)
     ("sgd", "sgd", dict(lr=0.1)),
     ("sgd-odd-lr", "sgd", dict(lr=1 / 3)),
@@ -43,6 +45,12 @@ CASES = [  # (id, rule, hyperparameters, as each launcher takes them by keyword)
     ("adamw-t1", "adam", dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, t=1, decoupled=True)),
     ("adamw-t7", "adam", dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, t=7, decoupled=True)),
     ("adam-t1000", "adam", dict(lr=3e-4, beta1=0.8, beta2=0.99, eps=1e-6, t=1000)),
+    ("amsgrad-t1", "amsgrad", dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, t=1)),
+    ("amsgradw-t7", "amsgrad", dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, t=7, decoupled=True)),
+    ("nadam-t1", "nadam", dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7, t=1, mu_product=0.9 * 0.52)),
+    ("nadam-t9", "nadam", dict(lr=1e-3, beta1=0.8, beta2=0.99, eps=1e-7, t=9, mu_product=1 / 3)),
+    ("adamax-t1", "adamax", dict(lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-7, t=1)),
+    ("adamax-t50", "adamax", dict(lr=2e-3, beta1=0.8, beta2=0.99, eps=1e-6, t=50)),
 ]
 CASE_IDS = [c[0] for c in CASES]
 
@@ -88,30 +96,47 @@ def test_scalars_are_the_by_value_scalars_as_float64(dtype, case, opts):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_scalar_layouts(dtype):
-    """The documented order of ``s`` (= the by-value kernel's scalar parameters after ``n``)."""
+    """The documented order of ``s`` (= the by-value kernel's scalar parameters after ``n``); every
+    layout ends with ``clip, use_clip`` (0, 0 without clipping)."""
     dt = dtype.type
     f = lambda x: float(dt(x))  # noqa: E731
-    assert list(opt.sgd_scalars(dtype, 0.1, 0.01, 2.0)) == [f(0.1), f(0.01), 2.0, 1, 1]
-    assert list(opt.sgd_scalars(dtype, 0.1)) == [f(0.1), 0.0, 1.0, 0, 0]
-    assert list(opt.momentum_scalars(dtype, 0.1, 0.9, 0.0, 0.5, True)) == [f(0.1), f(0.9), 0.0, 0.5, 0, 1, 1]
+    assert list(opt.sgd_scalars(dtype, 0.1, 0.01, 2.0)) == [f(0.1), f(0.01), 2.0, 1, 1, 0.0, 0]
+    assert list(opt.sgd_scalars(dtype, 0.1)) == [f(0.1), 0.0, 1.0, 0, 0, 0.0, 0]
+    assert list(opt.sgd_scalars(dtype, 0.1, clipvalue=0.3)) == [f(0.1), 0.0, 1.0, 0, 0, f(0.3), 1]
+    assert list(opt.momentum_scalars(dtype, 0.1, 0.9, 0.0, 0.5, True)) == [f(0.1), f(0.9), 0.0, 0.5, 0, 1, 1, 0.0, 0]
     # AdaGrad and RMSprop (Keras): decoupled decay p *= 1 - lr*wd, [.., decay, scale, use_decay, use_scale]
-    assert list(opt.adagrad_scalars(dtype, 0.01, 1e-7, 0.02)) == [f(0.01), f(1e-7), f(1.0 - 0.01 * 0.02), 1.0, 1, 0]
-    assert list(opt.rmsprop_scalars(dtype, 0.01, 0.9, 1e-7)) == [f(0.01), f(0.9), f(1 - 0.9), f(1e-7), 1.0, 1.0, 0, 0]
+    assert list(opt.adagrad_scalars(dtype, 0.01, 1e-7, 0.02)) == [f(0.01), f(1e-7), f(1.0 - 0.01 * 0.02), 1.0, 1, 0,
+                                                                  0.0, 0]
+    assert list(opt.rmsprop_scalars(dtype, 0.01, 0.9, 1e-7, clipvalue=2.5)) == [
+        f(0.01), f(0.9), f(1 - 0.9), f(1e-7), 1.0, 1.0, 0, 0, 2.5, 1]
     lr, b1, b2, eps, t = 1e-3, 0.9, 0.999, 1e-8, 3
     step_size, inv_sqrt_bc2 = f(lr / (1.0 - b1 ** t)), f(1.0 / numpy.sqrt(1.0 - b2 ** t))
     assert list(opt.adam_scalars(dtype, lr, b1, b2, eps, t, 0.01)) == [
-        f(b1), f(1 - b1), f(b2), f(1 - b2), f(eps), step_size, inv_sqrt_bc2, f(0.01), 1.0, 1.0, 1, 0, 0]
+        f(b1), f(1 - b1), f(b2), f(1 - b2), f(eps), step_size, inv_sqrt_bc2, f(0.01), 1.0, 1.0, 1, 0, 0, 0.0, 0]
     # AdamW: the gradient is not decayed (use_wd = 0, wd = 0); p *= 1 - lr*wd (use_decay = 1)
     assert list(opt.adam_scalars(dtype, lr, b1, b2, eps, t, 0.01, 2.0, True)) == [
-        f(b1), f(1 - b1), f(b2), f(1 - b2), f(eps), step_size, inv_sqrt_bc2, 0.0, 2.0, f(1.0 - lr * 0.01), 0, 1, 1]
-    assert list(opt.adam_scalars(dtype, lr, b1, b2, eps, t, 0.0, 1.0, True))[-4:] == [1.0, 0, 0, 0]
+        f(b1), f(1 - b1), f(b2), f(1 - b2), f(eps), step_size, inv_sqrt_bc2, 0.0, 2.0, f(1.0 - lr * 0.01), 0, 1, 1,
+        0.0, 0]
+    assert list(opt.adam_scalars(dtype, lr, b1, b2, eps, t, 0.0, 1.0, True))[-6:] == [1.0, 0, 0, 0, 0.0, 0]
+    assert list(opt.amsgrad_scalars(dtype, lr, b1, b2, eps, t, 0.01, 2.0, True, 0.25)) == \
+        list(opt.adam_scalars(dtype, lr, b1, b2, eps, t, 0.01, 2.0, True, 0.25))
+    # Nadam: c_m = lr*mu_{t+1}/(1 - P*mu_{t+1}), c_g = lr*(1 - mu_t)/(1 - P), mu_i = b1*(1 - 0.5*0.96^i)
+    P = 0.3
+    mu_t, mu_next = b1 * (1 - 0.5 * 0.96 ** t), b1 * (1 - 0.5 * 0.96 ** (t + 1))
+    assert list(opt.nadam_scalars(dtype, lr, b1, b2, 1e-7, t, P, 0.02, 0.5, 0.1)) == [
+        f(lr * mu_next / (1 - P * mu_next)), f(lr * (1 - mu_t) / (1 - P)), f(b1), f(1 - b1), f(b2), f(1 - b2),
+        f(1e-7), inv_sqrt_bc2, f(1 - lr * 0.02), 0.5, 1, 1, f(0.1), 1]
+    assert list(opt.adamax_scalars(dtype, lr, b1, b2, 1e-7, t)) == [
+        step_size, f(b1), f(1 - b1), f(b2), f(1e-7), 1.0, 1.0, 0, 0, 0.0, 0]
 
 
 def test_scalars_accept_any_dtype_spelling_and_reject_others():
     for spelling in (numpy.float32, "float32", F32):
         numpy.testing.assert_array_equal(opt.sgd_scalars(spelling, 0.1), opt.sgd_scalars(F32, 0.1))
     for rule, args in (("sgd", (0.1,)), ("momentum", (0.1, 0.9)), ("adagrad", (0.1, 1e-7)),
-                       ("rmsprop", (0.1, 0.9, 1e-7)), ("adam", (0.1, 0.9, 0.999, 1e-8, 1))):
+                       ("rmsprop", (0.1, 0.9, 1e-7)), ("adam", (0.1, 0.9, 0.999, 1e-8, 1)),
+                       ("amsgrad", (0.1, 0.9, 0.999, 1e-8, 1)), ("nadam", (0.1, 0.9, 0.999, 1e-8, 1, 0.5)),
+                       ("adamax", (0.1, 0.9, 0.999, 1e-8, 1))):
         with pytest.raises(TypeError, match=rf"{rule}_scalars: .*float32 or float64.*float16"):
             getattr(opt, f"{rule}_scalars")(numpy.float16, *args)
 
@@ -121,6 +146,12 @@ def test_adam_scalars_reject_step_zero():
         opt.adam_scalars(F32, 1e-3, 0.9, 0.999, 1e-8, 0)
     with pytest.raises(ValueError, match=r"adam_step: the step number t counts from 1, got 0"):
         opt._adam_scalars(F32, 1e-3, 0.9, 0.999, 1e-8, 0)
+    for rule, extra in (("amsgrad", ()), ("nadam", (0.5,)), ("adamax", ())):
+        with pytest.raises(ValueError, match=rf"{rule}_scalars: the step number t counts from 1, got 0"):
+            getattr(opt, f"{rule}_scalars")(F32, 1e-3, 0.9, 0.999, 1e-8, 0, *extra)
+        with pytest.raises(ValueError, match=rf"{rule}_step: the step number t counts from 1, got 0"):
+            getattr(opt, f"{rule}_step")(*[numpy.ones(3, F32)] * (2 + len(STATE[rule])), 1e-3, 0.9, 0.999, 1e-8, 0,
+                                         *extra)
 
 
 # ---------------------------------------------------------------------------- the kernels' arguments
@@ -142,7 +173,7 @@ def recorded(monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_by_value_and_dev_launchers_pass_the_same_arguments(recorded, dtype, case):
     _, rule, hyper = case
-    hyper = dict(hyper, weight_decay=0.01, scale=0.5)
+    hyper = dict(hyper, weight_decay=0.01, scale=0.5, clipvalue=0.25)
     n = 11
     arrays = [numpy.ones(n, dtype) for _ in range(2 + len(STATE[rule]))]
     getattr(opt, f"{rule}_step")(*arrays, **hyper)
@@ -168,7 +199,7 @@ def test_launchers_skip_empty_buffers_after_checking(recorded):
     opt.adam_step_dev(e, e, e, e, FakeDeviceArray(opt.adam_scalars(F32, 1e-3, 0.9, 0.999, 1e-8, 1)))
     opt.sgd_step(e, e, 0.1)
     assert recorded == []
-    with pytest.raises(ValueError, match="sgd_step_dev: s must hold the 5 scalars"):
+    with pytest.raises(ValueError, match="sgd_step_dev: s must hold the 7 scalars"):
         opt.sgd_step_dev(e, e, FakeDeviceArray(numpy.zeros(4)))
 
 
@@ -289,13 +320,15 @@ def test_cupy_ops_step_scalars_are_the_launchers_for_every_rule():
     from fastnn.backend.ops import HOT_PRIMITIVES, Ops
 
     ops = CupyOps.__new__(CupyOps)
-    slots = {"sgd": 0, "momentum": 1, "adagrad": 1, "rmsprop": 1, "adam": 2}
-    assert set(Ops.STEP_ARGS) == set(RULES) == set(slots)
+    slots = {rule: len(STATE[rule]) for rule in RULES}
+    assert set(Ops.STEP_ARGS) == set(RULES) == set(opt.SCALAR_COUNTS)
     for rule in RULES:
         params = list(inspect.signature(getattr(Ops, rule + "_step")).parameters)[3 + slots[rule]:]
         assert len(params) == len(Ops.STEP_ARGS[rule]), rule
         values = {"lr": 0.05, "momentum": 0.8, "weight_decay": 0.01, "scale": 0.5, "nesterov": True, "eps": 1e-6,
-                  "rho": 0.95, "beta1": 0.85, "beta2": 0.99, "t": 3, "decoupled": True}
+                  "rho": 0.95, "beta1": 0.85, "beta2": 0.99, "t": 3, "decoupled": True, "mu_product": 0.4,
+                  "clipvalue": 0.5}
+        assert params[-1] == "clipvalue", rule
         args = tuple(values[name] for name in params)
         for dt in (F32, numpy.float64):
             numpy.testing.assert_array_equal(ops.step_scalars(rule, dt, *args), getattr(opt, rule + "_scalars")(dt, *args))
@@ -310,22 +343,26 @@ def test_cupy_ops_scalars_need_no_gpu():
     """``CupyOps.step_scalars`` is host code: callable without a device (no ``__init__`` ran)."""
     from fastnn.backend.cupy_ops import CupyOps
 
-    s = CupyOps.__new__(CupyOps).step_scalars("adam", F32, 1e-3, 0.9, 0.999, 1e-8, 2, 0.01, 1.0, True)
-    numpy.testing.assert_array_equal(s, opt.adam_scalars(F32, 1e-3, 0.9, 0.999, 1e-8, 2, 0.01, 1.0, True))
+    s = CupyOps.__new__(CupyOps).step_scalars("adam", F32, 1e-3, 0.9, 0.999, 1e-8, 2, 0.01, 1.0, True, 0.5)
+    numpy.testing.assert_array_equal(s, opt.adam_scalars(F32, 1e-3, 0.9, 0.999, 1e-8, 2, 0.01, 1.0, True, 0.5))
 
 
 NO_CUPY = BLOCK_CUPY_IMPORTS + textwrap.dedent("""
     import numpy
     from fastnn.kernels.gpu import optimizers as opt, dropout as drop
     for dt in (numpy.float32, numpy.float64):
-        assert len(opt.sgd_scalars(dt, 0.1, 0.01, 2.0)) == 5
-        assert len(opt.momentum_scalars(dt, 0.1, 0.9, nesterov=True)) == 7
-        assert len(opt.adagrad_scalars(dt, 0.1, 1e-7)) == 6
-        assert len(opt.rmsprop_scalars(dt, 0.1, 0.9, 1e-7)) == 8
-        assert len(opt.adam_scalars(dt, 1e-3, 0.9, 0.999, 1e-8, 5, 0.01, decoupled=True)) == 13
+        assert len(opt.sgd_scalars(dt, 0.1, 0.01, 2.0)) == 7
+        assert len(opt.momentum_scalars(dt, 0.1, 0.9, nesterov=True)) == 9
+        assert len(opt.adagrad_scalars(dt, 0.1, 1e-7)) == 8
+        assert len(opt.rmsprop_scalars(dt, 0.1, 0.9, 1e-7)) == 10
+        assert len(opt.adam_scalars(dt, 1e-3, 0.9, 0.999, 1e-8, 5, 0.01, decoupled=True)) == 15
+        assert len(opt.amsgrad_scalars(dt, 1e-3, 0.9, 0.999, 1e-8, 5, 0.01, decoupled=True)) == 15
+        assert len(opt.nadam_scalars(dt, 1e-3, 0.9, 0.999, 1e-8, 5, 0.2, clipvalue=1.0)) == 14
+        assert len(opt.adamax_scalars(dt, 1e-3, 0.9, 0.999, 1e-8, 5)) == 11
     one = numpy.ones(4, numpy.float32)
     for call in (lambda: opt.sgd_step_dev(one, one, numpy.zeros(4)),
-                 lambda: opt.adam_step_dev(one, one, one, one, numpy.zeros(13)),
+                 lambda: opt.adam_step_dev(one, one, one, one, numpy.zeros(15)),
+                 lambda: opt.nadam_step_dev(one, one, one, one, numpy.zeros(14)),
                  lambda: drop.dropout_mask_dev((2, 2), 0.5, numpy.zeros(1, numpy.uint64))):
         try:
             call()

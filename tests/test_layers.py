@@ -1,13 +1,17 @@
 """Book-style layers: gradients against central differences, forwards against closed forms,
 every backend against the NumPy reference, and clear errors."""
+import math
+
 import numpy
 import pytest
 
 import fastnn
 from fastnn import gradcheck
+from fastnn.layers.base import StepContext
 from fastnn.layers import (
-    Activation, Affine, BatchNormalization, Dense, Dropout, Elu, Flatten, LeakyRelu, MeanSquaredLoss,
-    PRelu, Relu, Sigmoid, SigmoidWithLoss, Softmax, SoftmaxWithLoss, Softplus, Tanh,
+    Activation, Affine, BatchNormalization, Conv2D, Dense, Dropout, Elu, Flatten, Gelu, LeakyRelu,
+    MeanSquaredLoss, PRelu, Relu, Selu, Sigmoid, SigmoidWithLoss, Softmax, SoftmaxWithLoss, Softplus,
+    Swish, Tanh,
 )
 from fastnn.testing import assert_close, host
 
@@ -35,6 +39,9 @@ ACTIVATION_LAYERS = [
     ("relu", Relu, True), ("sigmoid", Sigmoid, False), ("tanh", Tanh, False),
     ("leaky_relu", lambda: LeakyRelu(0.1), True), ("elu", lambda: Elu(0.7), True),
     ("softplus", Softplus, False), ("softmax", Softmax, False),
+    ("selu", Selu, True), ("gelu", Gelu, False), ("gelu_tanh", lambda: Gelu(approximate=True), False),
+    ("swish", Swish, False), ("silu", lambda: Activation("silu"), False),
+    ("gelu_by_name", lambda: Activation("gelu", approximate=True), False),
 ]
 
 
@@ -61,13 +68,14 @@ def test_activation_layer_gradient(on, name, make, kinked, shape):
     gradcheck.check_layer(make(), randn(on, shape, seed=11, scale=2.0, off_kink=kinked))
 
 
-@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "leaky_relu", "elu", "softplus", "softmax", None])
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "leaky_relu", "elu", "softplus", "softmax", None,
+                                        "selu", "gelu", "gelu_tanh", "swish", "silu"])
 def test_dense_with_fused_activation_gradient(on, activation):
     layer = Dense(4, activation=activation, dtype="float64", kernel_initializer="he_normal")
     layer.rng = numpy.random.default_rng(0)
     x = randn(on, (5, 3), seed=2)
     layer.forward(x)
-    if activation in ("relu", "leaky_relu", "elu"):  # move pre-activations off the kink
+    if activation in ("relu", "leaky_relu", "elu", "selu"):  # move pre-activations off the kink
         z = host(x) @ host(layer.W) + host(layer.b)
         assert numpy.abs(z).min() > 10 * H
     gradcheck.check_layer(layer, x)
@@ -143,7 +151,7 @@ def test_every_layer_matches_the_reference_backend(backend, dtype, shape):
             x = randn(ops, shape, 3, dtype, scale=2.0)
             dout = randn(ops, shape, 4, dtype)
             for make in (Relu, Sigmoid, Tanh, lambda: LeakyRelu(0.05), lambda: Elu(1.0), Softplus, Softmax,
-                         lambda: Dropout(0.4, seed=3)):
+                         Selu, Gelu, lambda: Gelu(approximate=True), Swish, lambda: Dropout(0.4, seed=3)):
                 layer = make()
                 if isinstance(layer, Dropout):
                     layer.step = 7
@@ -302,3 +310,145 @@ def test_dropout_rate_out_of_range():
 def test_unknown_activation_lists_valid_names():
     with pytest.raises(ValueError, match="unknown activation 'swishy'; valid names: linear, relu"):
         Dense(3, activation="swishy")
+
+
+# ---------------------------------------------------------------- Keras 3's selu, gelu, swish (issue 18)
+NEW_ACTIVATIONS = ["selu", "gelu", "gelu_tanh", "swish", "silu"]
+
+
+def _gelu(z):  # Keras: 0.5 x (1 + erf(x / sqrt 2)); math.erf, not fastnn's erfc
+    return 0.5 * z * (1 + numpy.vectorize(math.erf)(z / math.sqrt(2)))
+
+
+def _gelu_tanh(z):  # Keras: gelu(x, approximate=True)
+    return 0.5 * z * (1 + numpy.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z ** 3)))
+
+
+FORMULAS.update({
+    "selu": lambda z: 1.0507009873554804934 * numpy.where(z >= 0, z, 1.6732632423543772848 * (numpy.exp(z) - 1)),
+    "gelu": _gelu,
+    "gelu_tanh": _gelu_tanh,
+    "swish": lambda z: z / (1 + numpy.exp(-z)),
+    "silu": lambda z: z / (1 + numpy.exp(-z)),
+})
+
+
+@pytest.mark.parametrize("activation", NEW_ACTIVATIONS)
+def test_new_activations_by_every_spelling_follow_their_formula(on, activation):
+    x = randn(on, (3, 4), seed=2, scale=2.0)
+    want = FORMULAS[activation](host(x))
+    assert_close(Activation(activation).forward(x), want)
+    layer = Dense(4, activation=activation, dtype="float64")
+    layer.forward(x)
+    assert_close(layer.forward(x), FORMULAS[activation](host(x) @ host(layer.W) + host(layer.b)))
+    named = {"selu": Selu(), "gelu": Gelu(), "gelu_tanh": Gelu(approximate=True), "swish": Swish(),
+             "silu": Swish()}[activation]
+    assert_close(named.forward(x), want)
+    if activation.startswith("gelu"):
+        assert_close(Activation("gelu", approximate=activation == "gelu_tanh").forward(x), want)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "swish", "selu"])
+def test_dense_without_bias_gradient(on, activation):
+    layer = Dense(3, activation=activation, use_bias=False, dtype="float64")
+    layer.rng = numpy.random.default_rng(1)
+    gradcheck.check_layer(layer, randn(on, (4, 5), seed=3))
+
+
+@pytest.mark.parametrize("activation", NEW_ACTIVATIONS)
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "nobias"])
+def test_conv2d_gradient_with_new_activations(on, activation, use_bias):
+    layer = Conv2D(3, (3, 2), strides=(1, 2), padding="same", activation=activation, use_bias=use_bias,
+                   dtype="float64", bias_initializer="he_normal" if use_bias else "zeros")
+    layer.rng = numpy.random.default_rng(4)
+    x = randn(on, (2, 2, 5, 6), seed=5)
+    if activation == "selu":  # the pre-activations of this draw stay off the kink
+        layer.forward(x)
+        assert numpy.abs(host(layer.y)).min() > 10 * H
+    gradcheck.check_layer(layer, x)
+
+
+def test_layers_keep_z_only_for_activations_that_need_it(on):
+    """relu & co. keep only their output (y computed in place over the GEMM's workspace); gelu and swish
+    keep the pre-activation, in the GEMM's own workspace (Dense then writes y to one more, Conv2D to none
+    more), and Activation keeps a reference to its input."""
+    x = randn(on, (6, 5), seed=6, dtype=numpy.float32)
+    with StepContext(0):
+        relu = Dense(4, activation="relu", input_shape=(5,))
+        y = relu.forward(x)
+        assert relu.z is None and [k[0] for k in relu._ws] == ["z"] and y is relu._ws[("z", (6, 4), y.dtype)]
+        gelu = Dense(4, activation="gelu", input_shape=(5,))
+        y = gelu.forward(x)
+        assert gelu.z is gelu._ws[("z", (6, 4), y.dtype)] and y is gelu._ws[("y", (6, 4), y.dtype)]
+        assert_close(gelu.z, host(x) @ host(gelu.W) + host(gelu.b), rtol=1e-5, atol=1e-6)
+        act = Activation("swish")
+        act.forward(x)
+        assert act.x is x and Activation("tanh").x is None
+        img = randn(on, (2, 1, 6, 6), seed=7, dtype=numpy.float32)
+        convs = [Conv2D(3, 3, activation=a, input_shape=(1, 6, 6)) for a in ("relu", "swish")]
+        for conv in convs:
+            conv.forward(img)
+        assert sorted(map(str, convs[0]._ws)) == sorted(map(str, convs[1]._ws))  # no extra buffer for swish
+        assert convs[0]._z is None and convs[1]._z is not None
+
+
+@pytest.mark.parametrize("activation", NEW_ACTIVATIONS)
+def test_sequential_trains_with_each_new_activation(backend, activation):
+    """A Dense MLP and a small CNN, each with the activation, train a few epochs on every backend:
+    the loss stays finite and falls."""
+    from fastnn.layers import GlobalAveragePooling2D
+    from fastnn.models import Sequential
+
+    rng = numpy.random.default_rng(0)
+    x = rng.standard_normal((96, 6)).astype(numpy.float32)
+    t = (x[:, 0] + x[:, 1] * x[:, 2] > 0).astype(numpy.int64) + (x[:, 3] > 0.5)
+    img = rng.standard_normal((48, 1, 6, 6)).astype(numpy.float32)
+    ti = (img.mean((1, 2, 3)) > 0).astype(numpy.int64)
+    with fastnn.using(backend):
+        mlp = Sequential([Dense(16, activation=activation, input_shape=(6,)), Activation(activation),
+                          Dense(3, activation="softmax")], seed=1)
+        cnn = Sequential([Conv2D(4, 3, padding="same", activation=activation, input_shape=(1, 6, 6)),
+                          GlobalAveragePooling2D(), Dense(2, activation="softmax")], seed=1)
+        for model, (xs, ts) in ((mlp, (x, t)), (cnn, (img, ti))):
+            model.compile(optimizer=fastnn.optimizers.Adam(learning_rate=0.01), loss="sparse_categorical_crossentropy")
+            before = model.evaluate(xs, ts, verbose=0)
+            loss = model.fit(xs, ts, batch_size=16, epochs=8, verbose=0).history["loss"]
+            after = model.evaluate(xs, ts, verbose=0)
+            assert numpy.isfinite(loss).all(), loss
+            assert after < 0.8 * before, (activation, type(model.layers[0]).__name__, before, after, loss)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "swish"])
+def test_training_step_with_z_allocates_nothing_large_in_steady_state(activation):
+    """The kept pre-activation is a workspace like the others: nothing large is allocated per step."""
+    from fastnn.models import Sequential
+
+    if not fastnn.testing.has_numba():
+        pytest.skip("needs numba: the NumPy reference primitives allocate temporaries by design")
+    rng = numpy.random.default_rng(0)
+    x, t = rng.random((64, 1, 12, 12), dtype=numpy.float32), rng.integers(0, 10, 64)
+    with fastnn.using("numba"):
+        model = Sequential([Conv2D(8, 3, padding="same", activation=activation, input_shape=(1, 12, 12)),
+                            Flatten(), Dense(256, activation=activation), Activation(activation),
+                            Dense(10, activation="softmax")], seed=0)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        peak = fastnn.testing.steady_state_alloc_peak(model, x, t)
+    smallest_activation = 64 * 256 * 4  # Dense's z (and y) in float32; the conv's are 4.5x larger
+    assert peak < smallest_activation // 4, f"{peak} bytes allocated during 5 steady-state steps"
+
+
+def test_new_activation_configs_round_trip():
+    for layer in (Activation("gelu", approximate=True), Activation("silu"), Gelu(approximate=True), Gelu(),
+                  Selu(), Swish(), Dense(3, activation="gelu_tanh"), Conv2D(2, 3, activation="swish")):
+        cfg = layer.get_config()
+        again = type(layer)(**{k: v for k, v in cfg.items() if k != "name"})
+        assert again.act == layer.act and again.get_config() == {**cfg, "name": again.name}
+    assert Gelu(approximate=True).get_config()["approximate"] is True
+    assert Activation("gelu", approximate=True).activation == "gelu_tanh"
+
+
+def test_new_activation_errors():
+    with pytest.raises(ValueError, match="approximate= applies to gelu only"):
+        Activation("relu", approximate=True)
+    with pytest.raises(ValueError, match=r"valid names: .*selu, gelu, gelu_tanh, swish, silu"):
+        Dense(3, activation="geluu")

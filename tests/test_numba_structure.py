@@ -58,9 +58,11 @@ def _run_every_primitive_in_float32():
     x, dout = rng.standard_normal((5, 4)).astype(f), rng.standard_normal((5, 4)).astype(f)
     b = rng.standard_normal(4).astype(f)
     for act in ACTIVATIONS.values():
+        z = numpy.empty_like(x)
         y = ops.bias_act(x, b, act, 0.1)
-        ops.act_backward(dout, y, act, 0.1)
-        ops.act_backward_bias_grad(dout, y, act, 0.1, db=numpy.empty(4, f))
+        ops.bias_act(x, b, act, 0.1, z_out=z)
+        ops.act_backward(dout, y, act, 0.1, z=z)
+        ops.act_backward_bias_grad(dout, y, act, 0.1, db=numpy.empty(4, f), z=z)
     ops.bias_grad(dout)
     ops.softmax(x)
     ops.mul(x, dout)

@@ -5,6 +5,7 @@ Each hot primitive (``HOT_PRIMITIVES``) is one line calling its launcher in ``fa
 with the base signature exactly; the launchers import CuPy only when they run.
 """
 import functools
+import math
 
 import numpy
 
@@ -82,17 +83,17 @@ class CupyOps(Ops):
     # ------------------------------------------------------------------ fused CUDA kernels
     # Kernels launch on the current CUDA device and index flat memory of the arrays they get;
     # a model's arrays live on this backend's device, which the caller makes current.
-    def bias_act(self, x, b, act, alpha=0.0, *, out=None):
-        return _act.bias_act(x, b, act, alpha, out=out)
+    def bias_act(self, x, b, act, alpha=0.0, *, out=None, z_out=None):
+        return _act.bias_act(x, b, act, alpha, out=out, z_out=z_out)
 
-    def act_backward(self, dout, y, act, alpha=0.0, *, out=None):
-        return _act.act_backward(dout, y, act, alpha, out=out)
+    def act_backward(self, dout, y, act, alpha=0.0, *, out=None, z=None):
+        return _act.act_backward(dout, y, act, alpha, out=out, z=z)
 
     def bias_grad(self, dz, *, out=None):
         return _act.bias_grad(dz, out=out)
 
-    def act_backward_bias_grad(self, dout, y, act, alpha=0.0, *, out=None, db=None):
-        return _act.act_backward_bias_grad(dout, y, act, alpha, out=out, db=db)
+    def act_backward_bias_grad(self, dout, y, act, alpha=0.0, *, out=None, db=None, z=None):
+        return _act.act_backward_bias_grad(dout, y, act, alpha, out=out, db=db, z=z)
 
     def dropout_mask(self, shape, rate, seed, step, row0=0, *, dtype=numpy.float32, out=None):
         with self._cupy.cuda.Device(self.device_id):
@@ -142,30 +143,42 @@ class CupyOps(Ops):
     def maxpool_backward(self, dout, argmax, x_shape, *, out=None):
         return _conv.maxpool_backward(dout, argmax, x_shape, out=out)
 
-    def conv_bias_act(self, z, b, act, alpha=0.0, *, out=None):
-        return _conv.conv_bias_act(z, b, act, alpha, out=out)
+    def conv_bias_act(self, z, b, act, alpha=0.0, *, out=None, z_out=None):
+        return _conv.conv_bias_act(z, b, act, alpha, out=out, z_out=z_out)
 
-    def conv_act_backward(self, dout, y, act, alpha=0.0, *, out=None, db=None):
-        return _conv.conv_act_backward(dout, y, act, alpha, out=out, db=db)
+    def conv_act_backward(self, dout, y, act, alpha=0.0, *, out=None, db=None, z=None):
+        return _conv.conv_act_backward(dout, y, act, alpha, out=out, db=db, z=z)
 
     def sq_norm(self, x):
         return _opt.sq_norm(x)
 
-    def sgd_step(self, p, g, lr, weight_decay=0.0, scale=1.0):
-        return _opt.sgd_step(p, g, lr, weight_decay, scale)
+    def sgd_step(self, p, g, lr, weight_decay=0.0, scale=1.0, clipvalue=math.inf):
+        return _opt.sgd_step(p, g, lr, weight_decay, scale, clipvalue)
 
-    def momentum_step(self, p, g, v, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False):
-        return _opt.momentum_step(p, g, v, lr, momentum, weight_decay, scale, nesterov)
+    def momentum_step(self, p, g, v, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False, clipvalue=math.inf):
+        return _opt.momentum_step(p, g, v, lr, momentum, weight_decay, scale, nesterov, clipvalue)
 
-    def adagrad_step(self, p, g, h, lr, eps, weight_decay=0.0, scale=1.0):
-        return _opt.adagrad_step(p, g, h, lr, eps, weight_decay, scale)
+    def adagrad_step(self, p, g, h, lr, eps, weight_decay=0.0, scale=1.0, clipvalue=math.inf):
+        return _opt.adagrad_step(p, g, h, lr, eps, weight_decay, scale, clipvalue)
 
-    def rmsprop_step(self, p, g, h, lr, rho, eps, weight_decay=0.0, scale=1.0):
-        return _opt.rmsprop_step(p, g, h, lr, rho, eps, weight_decay, scale)
+    def rmsprop_step(self, p, g, h, lr, rho, eps, weight_decay=0.0, scale=1.0, clipvalue=math.inf):
+        return _opt.rmsprop_step(p, g, h, lr, rho, eps, weight_decay, scale, clipvalue)
 
     def adam_step(self, p, g, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0,
-                  decoupled=False):
-        return _opt.adam_step(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled)
+                  decoupled=False, clipvalue=math.inf):
+        return _opt.adam_step(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled, clipvalue)
+
+    def amsgrad_step(self, p, g, m, v, v_hat, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0,
+                     decoupled=False, clipvalue=math.inf):
+        return _opt.amsgrad_step(p, g, m, v, v_hat, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled,
+                                 clipvalue)
+
+    def nadam_step(self, p, g, m, v, lr, beta1, beta2, eps, t, mu_product, weight_decay=0.0, scale=1.0,
+                   clipvalue=math.inf):
+        return _opt.nadam_step(p, g, m, v, lr, beta1, beta2, eps, t, mu_product, weight_decay, scale, clipvalue)
+
+    def adamax_step(self, p, g, m, u, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, clipvalue=math.inf):
+        return _opt.adamax_step(p, g, m, u, lr, beta1, beta2, eps, t, weight_decay, scale, clipvalue)
 
     # ------------------------------------------------------------------ graph-capture variants
     # A CUDA graph freezes by-value kernel arguments, so what changes per step is read from device

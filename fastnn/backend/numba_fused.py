@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from fastnn.kernels import LINEAR
+from fastnn.kernels import LINEAR, NEEDS_Z
 from fastnn.kernels.cpu.fused import (ACT, C_BATCH, C_DECOUPLED, C_DL, C_LOSS, C_METRIC, C_NB, C_NESTEROV, C_OPT,
                                       C_ROW0, C_STEP0, C_TB, C_XB, DENSE, DROPOUT, F_ALPHA, F_SCALE, K_ACT, K_B,
                                       K_DIN, K_DOUT, K_DX, K_DZ, K_KEEP, K_KIND, K_MASK, K_SEED, K_W, K_Y,
@@ -94,6 +94,9 @@ def unsupported_reason(model):
     for layer in model.layers:
         if "forward" in vars(layer) or "backward" in vars(layer):
             return f"{layer.name}: forward/backward replaced on the layer object"
+        act = _dense_act(model, layer) if type(layer) is Dense else getattr(layer, "act", None)
+        if act in NEEDS_Z:
+            return f"{layer.name}: its activation's derivative needs the pre-activation, which the fused step does not keep"
         if type(layer) is Dense:
             if _dense_act(model, layer) == SOFTMAX:
                 return f"{layer.name}: a softmax output that is not fused into the loss"

@@ -16,8 +16,9 @@ import math
 
 import numpy
 
-from fastnn.backend.ops import Ops, conv_geometry, pool_geometry
-from fastnn.kernels import ACTIVATION_NAMES, dropout_base
+from fastnn.backend.ops import Ops, conv_geometry, pool_geometry, require_z
+from fastnn.backend.ops_optim import nadam_coefficients
+from fastnn.kernels import ACTIVATION_NAMES, NEEDS_Z, dropout_base
 from fastnn.kernels.cpu import activations as _ka
 from fastnn.kernels.cpu import conv as _kc
 from fastnn.kernels.cpu import dropout as _kd
@@ -110,20 +111,34 @@ class NumbaOps(Ops):
         return (None, reason) if reason is not None else (FusedPlan(model, batch_size), None)
 
     # ------------------------------------------------------------------ activations
-    def bias_act(self, x, b, act, alpha=0.0, *, out=None):
-        if not (_fast(x) if b is None else _fast(x, b) and b.ndim == 1 and x.ndim >= 1
-                and b.shape[0] == x.shape[-1]):
-            return super().bias_act(x, b, act, alpha, out=out)
+    # A NEEDS_Z code (gelu, gelu_tanh, swish) takes its derivative from the pre-activation z: the
+    # *_z kernels. Every other code runs the plain kernels exactly as before (z_out=/z= unused).
+    def bias_act(self, x, b, act, alpha=0.0, *, out=None, z_out=None):
+        if not ((_fast(x) if b is None else _fast(x, b) and b.ndim == 1 and x.ndim >= 1
+                 and b.shape[0] == x.shape[-1]) and (z_out is None or _fast(x, z_out) and z_out.shape == x.shape)):
+            return super().bias_act(x, b, act, alpha, out=out, z_out=z_out)
         act = _check_act(act)
         dt = x.dtype.type
         buf, back = _target(out, x.shape, x.dtype)
         bias = _NO_BIAS[x.dtype] if b is None else _c(b)
-        _ka.bias_act(_2d(_c(x)), bias, b is not None, act, dt(alpha), dt(1), _2d(buf))
+        if z_out is None:
+            _ka.bias_act(_2d(_c(x)), bias, b is not None, act, dt(alpha), dt(1), _2d(buf))
+        else:
+            zbuf, zback = _target(z_out, x.shape, x.dtype)
+            _ka.bias_act_z(_2d(_c(x)), bias, b is not None, act, dt(alpha), dt(1), _2d(buf), _2d(zbuf))
+            _finish(zbuf, zback)
         return _finish(buf, back)
 
-    def act_backward(self, dout, y, act, alpha=0.0, *, out=None):
+    def act_backward(self, dout, y, act, alpha=0.0, *, out=None, z=None):
+        if act in NEEDS_Z:
+            z = require_z("act_backward", act, z)
+            if not (_fast(dout, z) and dout.shape == z.shape):
+                return super().act_backward(dout, y, act, alpha, out=out, z=z)
+            buf, back = _target(out, z.shape, z.dtype)
+            _ka.act_backward_z(_2d(_c(dout)), _2d(_c(z)), int(act), z.dtype.type(1), _2d(buf))
+            return _finish(buf, back)
         if not (_fast(dout, y) and dout.shape == y.shape):
-            return super().act_backward(dout, y, act, alpha, out=out)
+            return super().act_backward(dout, y, act, alpha, out=out, z=z)
         act = _check_act(act)
         dt = y.dtype.type
         buf, back = _target(out, y.shape, y.dtype)
@@ -137,14 +152,18 @@ class NumbaOps(Ops):
         _ka.bias_grad(_c(dz), buf)
         return _finish(buf, back)
 
-    def act_backward_bias_grad(self, dout, y, act, alpha=0.0, *, out=None, db=None):
-        if not (_fast(dout, y) and dout.shape == y.shape and y.ndim == 2):
-            return super().act_backward_bias_grad(dout, y, act, alpha, out=out, db=db)
+    def act_backward_bias_grad(self, dout, y, act, alpha=0.0, *, out=None, db=None, z=None):
+        g = require_z("act_backward_bias_grad", act, z) if act in NEEDS_Z else y  # what act' reads
+        if not (_fast(dout, g) and dout.shape == g.shape and g.ndim == 2):
+            return super().act_backward_bias_grad(dout, y, act, alpha, out=out, db=db, z=z)
         act = _check_act(act)
-        dt = y.dtype.type
-        buf, back = _target(out, y.shape, y.dtype)
-        dbuf, dback = _target(db, y.shape[1:], y.dtype)
-        _ka.act_backward_bias_grad(_c(dout), _c(y), act, dt(alpha), dt(1), buf, dbuf)
+        dt = g.dtype.type
+        buf, back = _target(out, g.shape, g.dtype)
+        dbuf, dback = _target(db, g.shape[1:], g.dtype)
+        if g is y:
+            _ka.act_backward_bias_grad(_c(dout), _c(y), act, dt(alpha), dt(1), buf, dbuf)
+        else:
+            _ka.act_backward_z_bias_grad(_c(dout), _c(g), act, dt(1), buf, dbuf)
         _finish(dbuf, dback)
         return _finish(buf, back)
 
@@ -344,28 +363,43 @@ class NumbaOps(Ops):
                              f"pass the argmax maxpool_forward returned")
         return _finish(buf, back)
 
-    def conv_bias_act(self, z, b, act, alpha=0.0, *, out=None):
-        if not ((_fast(z) if b is None else _fast(z, b) and b.shape == (z.shape[0],)) and z.ndim == 4):
-            return super().conv_bias_act(z, b, act, alpha, out=out)
+    def conv_bias_act(self, z, b, act, alpha=0.0, *, out=None, z_out=None):
+        if not ((_fast(z) if b is None else _fast(z, b) and b.shape == (z.shape[0],)) and z.ndim == 4
+                and (z_out is None or _fast(z, z_out) and z_out.shape == z.shape)):
+            return super().conv_bias_act(z, b, act, alpha, out=out, z_out=z_out)
         act = _check_act(act)
         dt = z.dtype.type
         c, n, h, w = z.shape
         buf, back = _target(out, (n, c, h, w), z.dtype)
         bias = _NO_BIAS[z.dtype] if b is None else _c(b)
-        _kc.conv_bias_act(_c(z).reshape(c, n, h * w), bias, b is not None, act, dt(alpha), dt(1),
-                          buf.reshape(n, c, h * w))
+        if z_out is None:
+            _kc.conv_bias_act(_c(z).reshape(c, n, h * w), bias, b is not None, act, dt(alpha), dt(1),
+                              buf.reshape(n, c, h * w))
+        else:
+            zbuf, zback = _target(z_out, z.shape, z.dtype)
+            _kc.conv_bias_act_z(_c(z).reshape(c, n, h * w), bias, b is not None, act, dt(alpha), dt(1),
+                                buf.reshape(n, c, h * w), zbuf.reshape(c, n, h * w))
+            _finish(zbuf, zback)
         return _finish(buf, back)
 
-    def conv_act_backward(self, dout, y, act, alpha=0.0, *, out=None, db=None):
-        if not (_fast(dout, y) and dout.shape == y.shape and y.ndim == 4):
-            return super().conv_act_backward(dout, y, act, alpha, out=out, db=db)
+    def conv_act_backward(self, dout, y, act, alpha=0.0, *, out=None, db=None, z=None):
+        needs_z = act in NEEDS_Z
+        if needs_z:
+            z = require_z("conv_act_backward", act, z)
+        if not (_fast(dout, y) and dout.shape == y.shape and y.ndim == 4
+                and (not needs_z or _fast(y, z) and z.shape == (y.shape[1], y.shape[0]) + y.shape[2:])):
+            return super().conv_act_backward(dout, y, act, alpha, out=out, db=db, z=z)
         act = _check_act(act)
         dt = y.dtype.type
         n, c, h, w = y.shape
         buf, back = _target(out, (c, n, h, w), y.dtype)
         dbuf, dback = _target(db, (c,), y.dtype) if db is not None else (_NO_BIAS[y.dtype], None)
-        _kc.conv_act_backward(_c(dout).reshape(n, c, h * w), _c(y).reshape(n, c, h * w), act, dt(alpha), dt(1),
-                              buf.reshape(c, n, h * w), db is not None, dbuf)
+        if needs_z:
+            _kc.conv_act_backward_z(_c(dout).reshape(n, c, h * w), _c(z).reshape(c, n, h * w), act, dt(1),
+                                    buf.reshape(c, n, h * w), db is not None, dbuf)
+        else:
+            _kc.conv_act_backward(_c(dout).reshape(n, c, h * w), _c(y).reshape(n, c, h * w), act, dt(alpha),
+                                  dt(1), buf.reshape(c, n, h * w), db is not None, dbuf)
         if db is not None:
             _finish(dbuf, dback)
         return _finish(buf, back)
@@ -391,60 +425,108 @@ class NumbaOps(Ops):
     def _flush_args(p):
         return p.dtype.type(numpy.finfo(p.dtype).tiny), p.dtype.type(0)
 
-    def sgd_step(self, p, g, lr, weight_decay=0.0, scale=1.0):
+    @staticmethod
+    def _clip_arg(p, clipvalue):
+        """The kernels' trailing ``clip``: absent (the compiled kernel has no clipping branch) unless
+        ``clipvalue`` is finite, as the reference decides (``clipvalue < inf``)."""
+        return (p.dtype.type(clipvalue),) if clipvalue < math.inf else ()
+
+    def sgd_step(self, p, g, lr, weight_decay=0.0, scale=1.0, clipvalue=math.inf):
         if not (_fast(p, g) and p.shape == g.shape):
-            return super().sgd_step(p, g, lr, weight_decay, scale)
+            return super().sgd_step(p, g, lr, weight_decay, scale, clipvalue)
         pf, pb = _inplace(p)
-        _ko.sgd_step(pf, _c(g).reshape(-1), p.dtype.type(lr), *self._step_args(p, weight_decay, scale))
+        _ko.sgd_step(pf, _c(g).reshape(-1), p.dtype.type(lr), *self._step_args(p, weight_decay, scale),
+                     *self._clip_arg(p, clipvalue))
         _write_back(pf, pb)
 
-    def momentum_step(self, p, g, v, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False):
+    def momentum_step(self, p, g, v, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False, clipvalue=math.inf):
         if not (_fast(p, g, v) and p.shape == g.shape == v.shape):
-            return super().momentum_step(p, g, v, lr, momentum, weight_decay, scale, nesterov)
+            return super().momentum_step(p, g, v, lr, momentum, weight_decay, scale, nesterov, clipvalue)
         dt = p.dtype.type
         (pf, pb), (vf, vb) = _inplace(p), _inplace(v)
         _ko.momentum_step(pf, _c(g).reshape(-1), vf, dt(lr), dt(momentum),
                           *self._step_args(p, weight_decay, scale), bool(nesterov),
-                          *self._flush_args(p))
+                          *self._flush_args(p), *self._clip_arg(p, clipvalue))
         _write_back(pf, pb)
         _write_back(vf, vb)
 
-    def adagrad_step(self, p, g, h, lr, eps, weight_decay=0.0, scale=1.0):
+    def adagrad_step(self, p, g, h, lr, eps, weight_decay=0.0, scale=1.0, clipvalue=math.inf):
         if not (_fast(p, g, h) and p.shape == g.shape == h.shape):
-            return super().adagrad_step(p, g, h, lr, eps, weight_decay, scale)
+            return super().adagrad_step(p, g, h, lr, eps, weight_decay, scale, clipvalue)
         dt = p.dtype.type
         (pf, pb), (hf, hb) = _inplace(p), _inplace(h)
         _ko.adagrad_step(pf, _c(g).reshape(-1), hf, dt(lr), dt(eps),
-                         *self._decay_args(p, lr, weight_decay, scale), *self._flush_args(p))
+                         *self._decay_args(p, lr, weight_decay, scale), *self._flush_args(p),
+                         *self._clip_arg(p, clipvalue))
         _write_back(pf, pb)
         _write_back(hf, hb)
 
-    def rmsprop_step(self, p, g, h, lr, rho, eps, weight_decay=0.0, scale=1.0):
+    def rmsprop_step(self, p, g, h, lr, rho, eps, weight_decay=0.0, scale=1.0, clipvalue=math.inf):
         if not (_fast(p, g, h) and p.shape == g.shape == h.shape):
-            return super().rmsprop_step(p, g, h, lr, rho, eps, weight_decay, scale)
+            return super().rmsprop_step(p, g, h, lr, rho, eps, weight_decay, scale, clipvalue)
         dt = p.dtype.type
         (pf, pb), (hf, hb) = _inplace(p), _inplace(h)
         _ko.rmsprop_step(pf, _c(g).reshape(-1), hf, dt(lr), dt(rho), dt(1 - rho), dt(eps),
-                         *self._decay_args(p, lr, weight_decay, scale), *self._flush_args(p))
+                         *self._decay_args(p, lr, weight_decay, scale), *self._flush_args(p),
+                         *self._clip_arg(p, clipvalue))
         _write_back(pf, pb)
         _write_back(hf, hb)
 
-    def adam_step(self, p, g, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0,
-                  decoupled=False):
-        if not (_fast(p, g, m, v) and p.shape == g.shape == m.shape == v.shape):
-            return super().adam_step(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, scale,
-                                     decoupled)
+    def _adam_args(self, p, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled, clipvalue):
+        """The scalars of ``_ko.adam_step``/``amsgrad_step`` after the arrays."""
         dt = p.dtype.type
         # bias corrections on the host in float64, then cast (as the reference)
         step_size = dt(lr / (1.0 - beta1 ** t))
         inv_sqrt_bc2 = dt(1.0 / numpy.sqrt(1.0 - beta2 ** t))
-        decay = dt(1.0 - lr * weight_decay)
+        wd, sc, use_wd, use_scale = self._step_args(p, weight_decay, scale)
+        return (dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps), step_size, inv_sqrt_bc2,
+                wd, sc, dt(1.0 - lr * weight_decay), use_wd, use_scale, bool(decoupled), *self._flush_args(p),
+                *self._clip_arg(p, clipvalue))
+
+    def adam_step(self, p, g, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0,
+                  decoupled=False, clipvalue=math.inf):
+        if not (_fast(p, g, m, v) and p.shape == g.shape == m.shape == v.shape):
+            return super().adam_step(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, scale,
+                                     decoupled, clipvalue)
         (pf, pb), (mf, mb), (vf, vb) = _inplace(p), _inplace(m), _inplace(v)
-        _ko.adam_step(pf, _c(g).reshape(-1), mf, vf, dt(beta1), dt(1 - beta1), dt(beta2),
-                      dt(1 - beta2), dt(eps), step_size, inv_sqrt_bc2,
-                      *self._step_args(p, weight_decay, scale)[:2], decay,
-                      *self._step_args(p, weight_decay, scale)[2:], bool(decoupled),
-                      *self._flush_args(p))
+        _ko.adam_step(pf, _c(g).reshape(-1), mf, vf,
+                      *self._adam_args(p, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled, clipvalue))
         _write_back(pf, pb)
         _write_back(mf, mb)
         _write_back(vf, vb)
+
+    def amsgrad_step(self, p, g, m, v, v_hat, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0,
+                     decoupled=False, clipvalue=math.inf):
+        if not (_fast(p, g, m, v, v_hat) and p.shape == g.shape == m.shape == v.shape == v_hat.shape):
+            return super().amsgrad_step(p, g, m, v, v_hat, lr, beta1, beta2, eps, t, weight_decay, scale,
+                                        decoupled, clipvalue)
+        (pf, pb), (mf, mb), (vf, vb), (hf, hb) = _inplace(p), _inplace(m), _inplace(v), _inplace(v_hat)
+        _ko.amsgrad_step(pf, _c(g).reshape(-1), mf, vf, hf,
+                         *self._adam_args(p, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled, clipvalue))
+        for flat, back in ((pf, pb), (mf, mb), (vf, vb), (hf, hb)):
+            _write_back(flat, back)
+
+    def nadam_step(self, p, g, m, v, lr, beta1, beta2, eps, t, mu_product, weight_decay=0.0, scale=1.0,
+                   clipvalue=math.inf):
+        if not (_fast(p, g, m, v) and p.shape == g.shape == m.shape == v.shape):
+            return super().nadam_step(p, g, m, v, lr, beta1, beta2, eps, t, mu_product, weight_decay, scale,
+                                      clipvalue)
+        dt = p.dtype.type
+        c_m, c_g, inv_sqrt_bc2 = nadam_coefficients(lr, beta1, beta2, t, mu_product)
+        (pf, pb), (mf, mb), (vf, vb) = _inplace(p), _inplace(m), _inplace(v)
+        _ko.nadam_step(pf, _c(g).reshape(-1), mf, vf, dt(c_m), dt(c_g), dt(beta1), dt(1 - beta1), dt(beta2),
+                       dt(1 - beta2), dt(eps), dt(inv_sqrt_bc2), *self._decay_args(p, lr, weight_decay, scale),
+                       *self._flush_args(p), *self._clip_arg(p, clipvalue))
+        for flat, back in ((pf, pb), (mf, mb), (vf, vb)):
+            _write_back(flat, back)
+
+    def adamax_step(self, p, g, m, u, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, clipvalue=math.inf):
+        if not (_fast(p, g, m, u) and p.shape == g.shape == m.shape == u.shape):
+            return super().adamax_step(p, g, m, u, lr, beta1, beta2, eps, t, weight_decay, scale, clipvalue)
+        dt = p.dtype.type
+        (pf, pb), (mf, mb), (uf, ub) = _inplace(p), _inplace(m), _inplace(u)
+        _ko.adamax_step(pf, _c(g).reshape(-1), mf, uf, dt(lr / (1.0 - beta1 ** t)), dt(beta1), dt(1 - beta1),
+                        dt(beta2), dt(eps), *self._decay_args(p, lr, weight_decay, scale), *self._flush_args(p),
+                        *self._clip_arg(p, clipvalue))
+        for flat, back in ((pf, pb), (mf, mb), (uf, ub)):
+            _write_back(flat, back)

@@ -142,24 +142,29 @@ class ConvReference:
         out[...] = dx
         return out
 
-    def conv_bias_act(self, z, b, act, alpha=0.0, *, out=None):
+    def conv_bias_act(self, z, b, act, alpha=0.0, *, out=None, z_out=None):
         """``out = act(z.transpose(1, 0, 2, 3) + b)``: a convolution's GEMM result ``z: (C, N, H, W)``
         (channel-major) to NCHW ``out: (N, C, H, W)``, ``b: (C,)`` per channel (``None``: no bias).
-        ``z`` is not written."""
-        y = z.transpose(1, 0, 2, 3)
-        if b is not None:
-            y = y + b.reshape(1, -1, 1, 1)
-        y = self.xp.ascontiguousarray(self._act(y, act, alpha))
+        ``z_out: (C, N, H, W)``, when given, receives the pre-activation ``z + b`` in ``z``'s layout (it
+        may be ``z`` itself: no memory beyond the GEMM's), which ``conv_act_backward`` needs for the
+        codes in ``NEEDS_Z``. ``z`` is not written (unless it is ``z_out``)."""
+        pre = z if b is None else z + b.reshape(-1, 1, 1, 1)
+        y = self.xp.ascontiguousarray(self._act(pre.transpose(1, 0, 2, 3), act, alpha))
+        if z_out is not None:
+            z_out[...] = pre
         if out is None:
             return y
         out[...] = y
         return out
 
-    def conv_act_backward(self, dout, y, act, alpha=0.0, *, out=None, db=None):
+    def conv_act_backward(self, dout, y, act, alpha=0.0, *, out=None, db=None, z=None):
         """``out = (dout * act'(y)).transpose(1, 0, 2, 3)``: NCHW ``dout, y: (N, C, H, W)`` to the
         ``(C, N, H, W)`` layout of the convolution's GEMMs; writes ``db = out.sum((1, 2, 3))`` when
-        given. ``dout`` is not written."""
-        dz = self.xp.ascontiguousarray((dout * self._act_grad(y, act, alpha)).transpose(1, 0, 2, 3))
+        given. For the codes in ``NEEDS_Z`` the derivative comes from the pre-activation ``z: (C, N,
+        H, W)`` (``conv_bias_act``'s ``z_out``), which they require; other codes ignore ``z``.
+        ``dout`` is not written."""
+        zt = None if z is None else z.transpose(1, 0, 2, 3)
+        dz = self.xp.ascontiguousarray((dout * self._act_grad(y, act, alpha, zt)).transpose(1, 0, 2, 3))
         if db is not None:
             db[...] = dz.reshape(dz.shape[0], -1).sum(axis=1)
         if out is None:

@@ -6,8 +6,8 @@ NumPy, Numba and CuPy.
 """
 from fastnn.layers.base import Layer
 from fastnn.layers.core import (
-    ACTIVATION_NAMES, Activation, Affine, Dense, Dropout, Elu, Flatten, LeakyRelu, PRelu, Relu,
-    Sigmoid, Softmax, Softplus, Tanh,
+    ACTIVATION_NAMES, Activation, Affine, Dense, Dropout, Elu, Flatten, Gelu, LeakyRelu, PRelu, Relu,
+    Selu, Sigmoid, Softmax, Softplus, Swish, Tanh,
 )
 from fastnn.layers.conv import (
     AveragePooling2D, Conv2D, Convolution, GlobalAveragePooling2D, MaxPooling2D, Pooling,
@@ -17,7 +17,7 @@ from fastnn.losses import MeanSquaredLoss, SigmoidWithLoss, SoftmaxWithLoss
 
 __all__ = [
     "Layer", "Dense", "Affine", "Activation", "Relu", "Sigmoid", "Tanh", "LeakyRelu", "PRelu", "Elu",
-    "Softplus", "Softmax", "Dropout", "Flatten", "BatchNormalization", "SoftmaxWithLoss",
-    "SigmoidWithLoss", "MeanSquaredLoss", "ACTIVATION_NAMES",
+    "Softplus", "Selu", "Gelu", "Swish", "Softmax", "Dropout", "Flatten", "BatchNormalization",
+    "SoftmaxWithLoss", "SigmoidWithLoss", "MeanSquaredLoss", "ACTIVATION_NAMES",
     "Conv2D", "Convolution", "MaxPooling2D", "Pooling", "AveragePooling2D", "GlobalAveragePooling2D",
 ]

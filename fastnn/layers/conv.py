@@ -21,6 +21,7 @@ import warnings
 import numpy
 
 from fastnn import regularizers
+from fastnn.kernels import NEEDS_Z
 from fastnn.kernels.geometry import conv_geometry, pool_geometry
 from fastnn.layers.base import Layer, _auto_name, check_book_bias, shape_str, step_context, train_flag
 from fastnn.layers.core import SOFTMAX, activation_code
@@ -106,7 +107,9 @@ class Conv2D(Layer):
         ``OH = ceil(H / sh)``, with zeros split evenly and the odd one at the bottom/right (so even
         kernels and strides > 1 pad asymmetrically, unlike PyTorch's ``padding="same"``).
     activation : str, optional
-        relu, sigmoid, tanh, leaky_relu, elu, softplus or linear, fused with the bias add.
+        relu, sigmoid, tanh, leaky_relu, elu, softplus, selu, gelu, gelu_tanh, swish (silu) or
+        linear, fused with the bias add. gelu, gelu_tanh and swish keep the pre-activation for
+        backward, in the GEMM's own workspace (no extra memory).
     input_shape : (C, H, W), optional
     kernel_initializer, bias_initializer : str or callable
         Glorot's fans for a kernel are ``C*kh*kw`` and ``filters*kh*kw``.
@@ -139,6 +142,7 @@ class Conv2D(Layer):
         self.use_bias = bool(use_bias)
         self.W = self.b = self.dW = self.db = None
         self.x_shape = self.colT = self.y = None
+        self._z = None  # the pre-activation (filters, N, OH, OW), kept only for an activation in NEEDS_Z
         self._pad = None
         self._train = False
 
@@ -218,8 +222,10 @@ class Conv2D(Layer):
         colT = ops.im2col_t(x, kh, kw, self.strides, pad, out=ws.get("colT"))
         # z = W @ colT: (filters, N*OH*OW), channel-major, so that bias + activation + the move to
         # NCHW is one pass (conv_bias_act) and no transpose is materialised
-        z = ops.gemm(self.W.reshape(fn, k), colT, out=ws.get("z"))
-        self.y = ops.conv_bias_act(z.reshape(fn, n, oh, ow), self.b if self.use_bias else None, self.act, self.alpha,
+        z = ops.gemm(self.W.reshape(fn, k), colT, out=ws.get("z")).reshape(fn, n, oh, ow)
+        # gelu/swish: backward reads z + b, which conv_bias_act writes back into z (in place)
+        self._z = z if self.act in NEEDS_Z else None
+        self.y = ops.conv_bias_act(z, self.b if self.use_bias else None, self.act, self.alpha, z_out=self._z,
                                    out=self._buffer(ops, "y", (n, fn, oh, ow), x.dtype, train))
         self.colT, self.x_shape, self._pad, self._train = colT, tuple(x.shape), pad, train
         self._dz, self._dcolT = ws.get("dz"), ws.get("dcolT")
@@ -238,7 +244,7 @@ class Conv2D(Layer):
         dout = self._input(ops, dout, y.dtype)
         # dz: (filters, N*OH*OW), the layout of z; db summed in the same pass
         dz_out = None if self._dz is None else self._dz.reshape(y.shape[1], n, *y.shape[2:])
-        dz = ops.conv_act_backward(dout, y, self.act, self.alpha, out=dz_out,
+        dz = ops.conv_act_backward(dout, y, self.act, self.alpha, out=dz_out, z=self._z,
                                    db=self.db if self.use_bias else None).reshape(fn, -1)
         ops.gemm(dz, self.colT, trans_b=True, out=self.dW.reshape(fn, -1))
         if self.skip_input_grad:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy
 
 from fastnn import regularizers
-from fastnn.kernels import ACTIVATIONS, ELU, LEAKY_RELU, LINEAR
+from fastnn.kernels import ACTIVATIONS, ELU, GELU_TANH, LEAKY_RELU, LINEAR, NEEDS_Z
 from fastnn.layers.base import Layer, check_book_bias, shape_str, step_context, train_flag
 from fastnn.random import draw_seed, make_rng
 
@@ -43,6 +43,15 @@ def _apply_backward(ops, dout, y, act, alpha):
     return ops.act_backward(dout, y, act, alpha)
 
 
+def _gelu_code(activation, approximate):
+    """Keras's ``gelu(x, approximate=...)`` as a name: ``approximate=True`` selects the tanh form."""
+    if approximate is None:
+        return activation
+    if not isinstance(activation, str) or activation.lower() not in ("gelu", "gelu_tanh"):
+        raise ValueError(f"approximate= applies to gelu only, got activation {activation!r}")
+    return "gelu_tanh" if approximate else "gelu"
+
+
 class Dense(Layer):
     """Fully connected layer ``y = act(x @ W + b)`` with ``W: (D, units)``, ``b: (units,)``.
 
@@ -51,8 +60,12 @@ class Dense(Layer):
     units : int
         Output width.
     activation : str, optional
-        One of relu, sigmoid, tanh, leaky_relu, elu, softplus, softmax, linear (default: none).
+        One of relu, sigmoid, tanh, leaky_relu, elu, softplus, selu, gelu (Keras's exact form),
+        gelu_tanh (its tanh approximation), swish (or silu), softmax, linear (default: none).
         The activation is fused with the bias add, and its backward with the bias gradient.
+        gelu, gelu_tanh and swish keep the pre-activation ``z`` for backward (their derivative is
+        no function of the output), which costs one more ``(N, units)`` array; the others keep
+        only the output, as before.
     input_shape : tuple, optional
         Per-sample input shape, e.g. ``(784,)``; inputs of more than 2 dimensions are flattened.
     kernel_initializer, bias_initializer : str or callable
@@ -76,6 +89,7 @@ class Dense(Layer):
         self.use_bias = use_bias
         self.W = self.b = self.dW = self.db = None
         self.x = self.y = None
+        self.z = None  # the pre-activation x @ W + b, kept only for an activation in NEEDS_Z
         self.x_shape = None
         self._train = False
         self._act_now = self.act  # the activation the last forward applied (LINEAR: it gave logits)
@@ -122,7 +136,13 @@ class Dense(Layer):
         self._train = train
         self._act_now = LINEAR if logits else self.act
         z = ops.gemm(self.x, self.W, out=self._buffer(ops, "z", (x.shape[0], self.units), self.W.dtype, train))
-        self.y = _apply(ops, z, self.b, self._act_now, self.alpha, out=z)  # in place: z is ours
+        if self._act_now in NEEDS_Z:  # backward reads z + b: bias added in place, y in its own array
+            self.z = z
+            self.y = ops.bias_act(z, self.b, self._act_now, self.alpha, z_out=z,
+                                  out=self._buffer(ops, "y", z.shape, z.dtype, train))
+        else:
+            self.z = None
+            self.y = _apply(ops, z, self.b, self._act_now, self.alpha, out=z)  # in place: z is ours
         return self.y
 
     def backward(self, dout):
@@ -140,10 +160,11 @@ class Dense(Layer):
             if self.use_bias:
                 ops.bias_grad(dz, out=self.db)
         elif self.use_bias:
-            dz = ops.act_backward_bias_grad(dout, y, act, self.alpha, db=self.db,
+            dz = ops.act_backward_bias_grad(dout, y, act, self.alpha, db=self.db, z=self.z,
                                             out=self._buffer(ops, "dz", y.shape, y.dtype, self._train))
         else:
-            dz = ops.act_backward(dout, y, act, self.alpha, out=self._buffer(ops, "dz", y.shape, y.dtype, self._train))
+            dz = ops.act_backward(dout, y, act, self.alpha, z=self.z,
+                                  out=self._buffer(ops, "dz", y.shape, y.dtype, self._train))
         ops.gemm(self.x, dz, trans_a=True, out=self.dW)
         if self.skip_input_grad:
             return None
@@ -197,14 +218,18 @@ class Affine(Dense):
 
 
 class Activation(Layer):
-    """An activation as a layer: ``Activation("relu")``. Backward uses only the forward output ``y``."""
+    """An activation as a layer: ``Activation("relu")``, ``Activation("gelu", approximate=True)``.
 
-    def __init__(self, activation, name=None, alpha=None, **kwargs):
+    Backward uses only the forward output ``y``, except for gelu, gelu_tanh and swish, whose
+    derivative needs the input: the layer then keeps a reference to it (no copy).
+    """
+
+    def __init__(self, activation, name=None, alpha=None, approximate=None, **kwargs):
         super().__init__(name=name, **kwargs)
-        self.activation = activation
-        self.act, default_alpha = activation_code(activation)
+        self.activation = _gelu_code(activation, approximate)
+        self.act, default_alpha = activation_code(self.activation)
         self.alpha = default_alpha if alpha is None else float(alpha)
-        self.y = None
+        self.y = self.x = None
         self._train = False
 
     def forward(self, x, train_flg=True, training=None):
@@ -213,6 +238,7 @@ class Activation(Layer):
         if self.act == SOFTMAX and x.ndim != 2:
             raise ValueError(f"{self.name}: softmax expects x of shape (N, C), got {tuple(x.shape)}")
         self._train = train_flag(train_flg, training)
+        self.x = x if self.act in NEEDS_Z else None  # the pre-activation, for backward
         self.y = _apply(ops, x, None, self.act, self.alpha, out=self._buffer(ops, "y", x.shape, x.dtype, self._train))
         return self.y
 
@@ -222,7 +248,8 @@ class Activation(Layer):
         dout = self._input(ops, dout, y.dtype)
         if self.act == SOFTMAX:
             return _apply_backward(ops, dout, y, self.act, self.alpha)
-        return ops.act_backward(dout, y, self.act, self.alpha, out=self._buffer(ops, "dx", y.shape, y.dtype, self._train))
+        return ops.act_backward(dout, y, self.act, self.alpha, z=self.x,
+                                out=self._buffer(ops, "dx", y.shape, y.dtype, self._train))
 
     def get_config(self):
         cfg = super().get_config()
@@ -285,6 +312,39 @@ class Softplus(_Named):
 
     def __init__(self, name=None, **kwargs):
         super().__init__("softplus", name=name, **kwargs)
+
+
+class Selu(_Named):
+    """Keras's ``selu``: ``scale * x`` where positive, ``scale * alpha * (e^x - 1)`` elsewhere, with
+    ``alpha = 1.6732632423543772``, ``scale = 1.0507009873554805`` (Klambauer et al. 2017)."""
+
+    def __init__(self, name=None, **kwargs):
+        super().__init__("selu", name=name, **kwargs)
+
+
+class Gelu(_Named):
+    """Keras's ``gelu``: ``x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))`` (Hendrycks & Gimpel 2016);
+    ``approximate=True``: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``. Keeps its input for backward."""
+
+    def __init__(self, approximate=False, name=None, **kwargs):
+        super().__init__("gelu", name=name, approximate=bool(approximate), **kwargs)
+
+    @property
+    def approximate(self):
+        return self.act == GELU_TANH
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["approximate"] = self.approximate
+        return cfg
+
+
+class Swish(_Named):
+    """Keras's ``swish`` (also named ``silu``): ``x * sigmoid(x)`` (Ramachandran et al. 2017). Keeps
+    its input for backward."""
+
+    def __init__(self, name=None, **kwargs):
+        super().__init__("swish", name=name, **kwargs)
 
 
 class Softmax(_Named):

@@ -7,11 +7,13 @@ already checked and normalised by ``fastnn.backend.ops.conv_geometry``: strides 
 top/left padding ``pt, pl`` and the output size ``oh, ow`` (the bottom/right padding is implied).
 Scalars of the data's type (``neg_inf``) arrive cast to its dtype.
 """
-import numpy as np
 from numba import njit
 from numba import uint64 as u64
 
-from fastnn.kernels import ELU, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
+from fastnn.kernels import RELU
+from fastnn.kernels.cpu import activations as _ka
+from fastnn.kernels.cpu import flush_if_stale
+from fastnn.kernels.cpu.activations import _act, _act_grad, _act_grad_z
 
 
 @njit(cache=True, error_model="numpy")
@@ -211,41 +213,8 @@ def maxpool_backward(dout, argmax, dx):
 
 
 # ---------------------------------------------------------------------------- bias + activation, NCHW <-> (C, N, H, W)
-# Copies of ``kernels/cpu/activations.py``'s helpers: Numba's cache does not see changes to
-# functions in other files, so each kernel file keeps its own (tests compare every code with the
-# reference, so the copies cannot drift unnoticed).
-@njit(cache=True, error_model="numpy")
-def _act(z, act, alpha, zero, half):
-    if act == RELU:
-        return zero if z < zero else z
-    if act == SIGMOID:
-        return half * np.tanh(half * z) + half
-    if act == TANH:
-        return np.tanh(z)
-    if act == LEAKY_RELU:
-        return z if z > zero else alpha * z
-    if act == ELU:
-        return z if z > zero else alpha * np.expm1(z)
-    if act == SOFTPLUS:
-        return (z if z > zero else zero) + np.log1p(np.exp(-abs(z)))
-    return z  # LINEAR
-
-
-@njit(cache=True, error_model="numpy")
-def _act_grad(y, act, alpha, zero, one):
-    if act == RELU:
-        return one if y > zero else zero
-    if act == SIGMOID:
-        return y * (one - y)
-    if act == TANH:
-        return one - y * y
-    if act == LEAKY_RELU:
-        return one if y > zero else alpha
-    if act == ELU:
-        return one if y > zero else y + alpha
-    if act == SOFTPLUS:
-        return -np.expm1(-y)
-    return one  # LINEAR
+# The scalar activation functions are ``kernels/cpu/activations.py``'s; this file's cache is flushed
+# when that file changes (``flush_if_stale`` at the end), since Numba compiles them into it.
 
 
 @njit(cache=True, error_model="numpy")
@@ -265,6 +234,22 @@ def conv_bias_act(z, b, has_b, act, alpha, one, out):
             else:
                 for k in range(p):
                     out[i, ch, k] = _act(z[ch, i, k] + bc, act, alpha, zero, half)
+
+
+@njit(cache=True, error_model="numpy")
+def conv_bias_act_z(z, b, has_b, act, alpha, one, out, zb):
+    """``conv_bias_act`` that also writes the pre-activation ``zb[c, n, p] = z[c, n, p] + b[c]``
+    (``zb: (C, N, P)``, which may be ``z`` itself)."""
+    c, n, p = z.shape
+    zero = one - one
+    half = one / (one + one)
+    for ch in range(c):
+        bc = b[ch] if has_b else zero
+        for i in range(n):
+            for k in range(p):
+                v = z[ch, i, k] + bc
+                zb[ch, i, k] = v
+                out[i, ch, k] = _act(v, act, alpha, zero, half)
 
 
 @njit(cache=True, error_model="numpy")
@@ -291,3 +276,26 @@ def conv_act_backward(dout, y, act, alpha, one, out, has_db, db):
                     s += d
             if has_db:
                 db[ch] += s
+
+
+@njit(cache=True, error_model="numpy")
+def conv_act_backward_z(dout, zb, act, one, out, has_db, db):
+    """``out[c, n, p] = dout[n, c, p] * act'(zb[c, n, p])`` from the pre-activation ``zb: (C, N, P)``
+    (a ``NEEDS_Z`` code); ``db[c]`` = its sum over ``n, p`` (plane by plane) when ``has_db``."""
+    n, c, p = dout.shape
+    zero = one - one
+    if has_db:
+        for ch in range(c):
+            db[ch] = zero
+    for i in range(n):
+        for ch in range(c):
+            s = zero
+            for k in range(p):
+                d = dout[i, ch, k] * _act_grad_z(zb[ch, i, k], act, zero, one)
+                out[ch, i, k] = d
+                s += d
+            if has_db:
+                db[ch] += s
+
+
+flush_if_stale(__name__, _ka)

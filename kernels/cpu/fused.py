@@ -22,8 +22,8 @@ tables, or says why it cannot; ``fit`` uses it on the numba backend.
 
 Numba keys this file's on-disk cache on this file alone, while the kernels it inlines live in the
 other files of ``kernels/cpu/``: a hash of all their sources, kept beside the cache, flushes this
-file's cache when any of them changed (``_flush_if_stale``), so an edited kernel is never replaced
-by a stale inlined copy.
+file's cache when any of them changed, so an edited kernel is never replaced
+by a stale inlined copy (``fastnn.kernels.cpu.flush_if_stale``).
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from numba import njit, types
 
 from fastnn.kernels import HASH_K_SEED, HASH_K_STEP, LINEAR
 from fastnn.kernels.cpu import activations as _ka
+from fastnn.kernels.cpu import flush_if_stale
 from fastnn.kernels.cpu import dropout as _kd
 from fastnn.kernels.cpu import losses as _kl
 from fastnn.kernels.cpu import optimizers as _ko
@@ -441,30 +442,4 @@ def train_steps(x, t_idx, t_dense, order, net, netf, cfg, clipnorm, pieces, runs
         _update(cfg, pieces, sc[k], p, g, s1, s2, _clip_scale(g, runs, clipnorm, zero), tiny, zero)
 
 
-def _flush_if_stale():
-    import hashlib
-    import sys
-
-    from numba.core.caching import FunctionCache
-
-    sources = b"".join(open(m.__file__, "rb").read() for m in (_ka, _kd, _kl, _ko, sys.modules[__name__]))
-    digest = hashlib.sha256(sources).hexdigest()
-    cached = [d for d in globals().values() if isinstance(getattr(d, "_cache", None), FunctionCache)]
-    try:
-        stamp = os.path.join(train_steps._cache.cache_path, "fused-sources.sha256")
-        with open(stamp) as f:
-            if f.read() == digest:
-                return
-    except OSError:
-        pass
-    for dispatcher in cached:
-        dispatcher._cache.flush()
-    try:
-        os.makedirs(os.path.dirname(stamp), exist_ok=True)
-        with open(stamp, "w") as f:
-            f.write(digest)
-    except OSError:
-        pass  # a read-only cache: flushed now, and again next time
-
-
-_flush_if_stale()
+flush_if_stale(__name__, _ka, _kd, _kl, _ko)

@@ -68,6 +68,54 @@ __global__ void fastnn_act_backward_bias_grad(const T* __restrict__ dout, const 
     }
 }
 
+// ---- Activations whose derivative needs the pre-activation z (gelu, gelu_tanh, swish: NEEDS_Z).
+
+// y = act(x + b) and z = x + b (has_bias == 0: z = x). z may be x itself (a layer keeps its GEMM
+// output as z), so neither is __restrict__.
+template <typename T>
+__global__ void fastnn_bias_act_z(const T* x, const T* __restrict__ b, T* __restrict__ y, T* z,
+                                  long long n, long long d, int has_bias, int act, T alpha) {
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const T v = has_bias ? x[i] + b[i % d] : x[i];
+        z[i] = v;
+        y[i] = fastnn_act(v, act, alpha);
+    }
+}
+
+// dz = dout * act'(z), from the pre-activation z.
+template <typename T>
+__global__ void fastnn_act_backward_z(const T* __restrict__ dout, const T* __restrict__ z, T* __restrict__ dz,
+                                      long long n, int act) {
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        dz[i] = dout[i] * fastnn_act_grad_z(z[i], act);
+    }
+}
+
+// dz = dout * act'(z) and db = dz.sum(0) in one pass, from the pre-activation z (as
+// fastnn_act_backward_bias_grad).
+template <typename T>
+__global__ void fastnn_act_backward_z_bias_grad(const T* __restrict__ dout, const T* __restrict__ z,
+                                                T* __restrict__ dz, T* __restrict__ db,
+                                                long long n, long long d, int act) {
+    __shared__ fastnn_acc part[FASTNN_ROWS][FASTNN_COLS + 1];
+    for (long long c0 = (long long)blockIdx.x * FASTNN_COLS; c0 < d; c0 += (long long)gridDim.x * FASTNN_COLS) {
+        const long long j = c0 + threadIdx.x;
+        fastnn_acc acc = 0;
+        if (j < d) {
+            for (long long i = threadIdx.y; i < n; i += FASTNN_ROWS) {
+                const long long k = i * d + j;
+                const T g = dout[k] * fastnn_act_grad_z(z[k], act);
+                dz[k] = g;
+                acc += g;
+            }
+        }
+        const fastnn_acc total = fastnn_column_total(part, acc);
+        if (threadIdx.y == 0 && j < d) db[j] = T(total);
+    }
+}
+
 // Row-wise softmax of x: (n, c), one warp per row (grid-stride over rows), max-subtracted:
 // y = exp(x - max) / sum(exp(x - max)).
 template <typename T>

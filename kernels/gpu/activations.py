@@ -1,6 +1,10 @@
 """CuPy launchers of ``activations.cu``: bias + activation, activation backward, bias gradient,
 their fused backward pair, row-wise softmax and the elementwise product.
 
+The codes in ``NEEDS_Z`` (gelu, gelu_tanh, swish) take their derivative from the pre-activation
+``z`` (``z=``), which ``bias_act`` writes when given ``z_out=``: their ``*_z`` kernels. Every other
+code runs the same kernels as before, and ignores ``z``.
+
 Same names, arguments and results as the ``Ops`` reference (``fastnn/backend/ops.py``). Every
 launcher checks dtypes (float32/float64, one dtype), sizes and ``out=`` buffers before launching
 (CuPy checks nothing), copies non-contiguous inputs, and allocates nothing of the data's size
@@ -8,12 +12,13 @@ when given its output buffers.
 """
 import numpy
 
-from fastnn.kernels import ACTIVATION_NAMES
+from fastnn.kernels import ACTIVATION_NAMES, NEEDS_Z
 from fastnn.kernels.gpu import _loader as L
 
 FAMILY = "activations"
 KERNELS = ("fastnn_bias_act", "fastnn_act_backward", "fastnn_bias_grad", "fastnn_act_backward_bias_grad",
-           "fastnn_softmax", "fastnn_mul")
+           "fastnn_softmax", "fastnn_mul", "fastnn_bias_act_z", "fastnn_act_backward_z",
+           "fastnn_act_backward_z_bias_grad")
 
 
 def _fn(name, dtype):
@@ -25,6 +30,16 @@ def _act_code(primitive, act):
         raise ValueError(f"{primitive}: unknown activation code {act!r}; "
                          f"expected one of {sorted(ACTIVATION_NAMES)} (fastnn.kernels)")
     return numpy.int32(act)
+
+
+def need_z(primitive, act, z):
+    """``z`` for a ``NEEDS_Z`` code (a ``ValueError`` when it is missing), None for the others."""
+    if act not in NEEDS_Z:
+        return None
+    if z is None:
+        raise ValueError(f"{primitive}: the derivative of {ACTIVATION_NAMES[act]} is written from the "
+                         f"pre-activation z, not from the output y: pass z= (what bias_act wrote into z_out=)")
+    return z
 
 
 def _rows_cols(primitive, name, a):
@@ -40,39 +55,47 @@ def _same_shape(primitive, names, *arrays):
             raise ValueError(f"{primitive}: {name} must have the shape of {names[0]} {shape}, got {tuple(a.shape)}")
 
 
-@L.writes('out')
-def bias_act(x, b, act, alpha=0.0, *, out=None):
-    """``out = act(x + b)``, ``b: (D,)`` broadcast over the rows of ``x: (..., D)``; ``b=None``: no bias."""
-    dtype = L.check_dtype("bias_act", x, b)
+@L.writes('out', 'z_out')
+def bias_act(x, b, act, alpha=0.0, *, out=None, z_out=None):
+    """``out = act(x + b)``, ``b: (D,)`` broadcast over the rows of ``x: (..., D)``; ``b=None``: no bias.
+    ``z_out`` (x's shape), when given, also receives ``x + b``; it may be ``x`` itself."""
+    dtype = L.check_dtype("bias_act", x, b, z_out)
     code = _act_code("bias_act", act)
     if b is not None and (b.ndim != 1 or x.ndim == 0 or b.shape[0] != x.shape[-1]):
         raise ValueError(f"bias_act: expected b of shape ({x.shape[-1] if x.ndim else '?'},) for x of shape "
                          f"{tuple(x.shape)}, got {tuple(b.shape)}")
+    zbuf = L.check_out("bias_act", "z_out", z_out, x.shape, dtype)
     x, b = L.contiguous(x), L.contiguous(b)
     y = L.output("bias_act", "out", out, x.shape, dtype)
     n = x.size
     if n:
         d = b.shape[0] if b is not None else 1
-        _fn("fastnn_bias_act", dtype)(
-            (L.grid_1d(n),), (L.BLOCK,),
-            (x, x if b is None else b, y, numpy.int64(n), numpy.int64(max(d, 1)),
-             numpy.int32(b is not None), code, L.dtype_scalar(dtype, alpha)))
+        args = (numpy.int64(n), numpy.int64(max(d, 1)), numpy.int32(b is not None), code, L.dtype_scalar(dtype, alpha))
+        if zbuf is None:
+            _fn("fastnn_bias_act", dtype)((L.grid_1d(n),), (L.BLOCK,), (x, x if b is None else b, y, *args))
+        else:
+            _fn("fastnn_bias_act_z", dtype)((L.grid_1d(n),), (L.BLOCK,), (x, x if b is None else b, y, zbuf, *args))
     return y
 
 
 @L.writes('out')
-def act_backward(dout, y, act, alpha=0.0, *, out=None):
-    """``out = dout * act'(z)``, with ``act'`` computed from the forward output ``y``; ``dout`` is not written."""
-    dtype = L.check_dtype("act_backward", dout, y)
+def act_backward(dout, y, act, alpha=0.0, *, out=None, z=None):
+    """``out = dout * act'(z)``, with ``act'`` computed from the forward output ``y``, or for the
+    ``NEEDS_Z`` codes from the pre-activation ``z`` (required; ``y`` is not read); ``dout`` is not written."""
+    z = need_z("act_backward", act, z)
+    g = y if z is None else z  # what act' reads
+    dtype = L.check_dtype("act_backward", dout, g)
     code = _act_code("act_backward", act)
-    _same_shape("act_backward", ("dout", "y"), dout, y)
-    dout, y = L.contiguous(dout), L.contiguous(y)
-    dz = L.output("act_backward", "out", out, y.shape, dtype)
-    n = y.size
+    _same_shape("act_backward", ("dout", "y" if z is None else "z"), dout, g)
+    dout, g = L.contiguous(dout), L.contiguous(g)
+    dz = L.output("act_backward", "out", out, g.shape, dtype)
+    n = g.size
     if n:
-        _fn("fastnn_act_backward", dtype)(
-            (L.grid_1d(n),), (L.BLOCK,),
-            (dout, y, dz, numpy.int64(n), code, L.dtype_scalar(dtype, alpha)))
+        if z is None:
+            _fn("fastnn_act_backward", dtype)(
+                (L.grid_1d(n),), (L.BLOCK,), (dout, g, dz, numpy.int64(n), code, L.dtype_scalar(dtype, alpha)))
+        else:
+            _fn("fastnn_act_backward_z", dtype)((L.grid_1d(n),), (L.BLOCK,), (dout, g, dz, numpy.int64(n), code))
     return dz
 
 
@@ -90,26 +113,34 @@ def bias_grad(dz, *, out=None):
 
 
 @L.writes('out', 'db')
-def act_backward_bias_grad(dout, y, act, alpha=0.0, *, out=None, db=None):
+def act_backward_bias_grad(dout, y, act, alpha=0.0, *, out=None, db=None, z=None):
     """``act_backward`` then ``bias_grad`` in one pass: returns ``dz: (N, D)`` and writes ``db = dz.sum(0)``.
 
-    ``db=None`` computes only ``dz`` (as the reference, which then discards the sum).
+    ``db=None`` computes only ``dz`` (as the reference, which then discards the sum). ``z``: as
+    ``act_backward``.
     """
     if db is None:
-        return act_backward(dout, y, act, alpha, out=out)
-    dtype = L.check_dtype("act_backward_bias_grad", dout, y)
+        return act_backward(dout, y, act, alpha, out=out, z=z)
+    z = need_z("act_backward_bias_grad", act, z)
+    g = y if z is None else z
+    name = "y" if z is None else "z"
+    dtype = L.check_dtype("act_backward_bias_grad", dout, g)
     code = _act_code("act_backward_bias_grad", act)
-    n, d = _rows_cols("act_backward_bias_grad", "y", y)
-    _same_shape("act_backward_bias_grad", ("dout", "y"), dout, y)
-    dout, y = L.contiguous(dout), L.contiguous(y)
+    n, d = _rows_cols("act_backward_bias_grad", name, g)
+    _same_shape("act_backward_bias_grad", ("dout", name), dout, g)
+    dout, g = L.contiguous(dout), L.contiguous(g)
     dz = L.check_out("act_backward_bias_grad", "out", out, (n, d), dtype)
     L.check_out("act_backward_bias_grad", "db", db, (d,), dtype)
     if dz is None:
         dz = L.empty((n, d), dtype)
     if d:
-        _fn("fastnn_act_backward_bias_grad", dtype)(
-            (L.grid_cols(d),), L.COL_BLOCK,
-            (dout, y, dz, db, numpy.int64(n), numpy.int64(d), code, L.dtype_scalar(dtype, alpha)))
+        if z is None:
+            _fn("fastnn_act_backward_bias_grad", dtype)(
+                (L.grid_cols(d),), L.COL_BLOCK,
+                (dout, g, dz, db, numpy.int64(n), numpy.int64(d), code, L.dtype_scalar(dtype, alpha)))
+        else:
+            _fn("fastnn_act_backward_z_bias_grad", dtype)(
+                (L.grid_cols(d),), L.COL_BLOCK, (dout, g, dz, db, numpy.int64(n), numpy.int64(d), code))
     return dz
 
 

@@ -173,6 +173,35 @@ __global__ void fastnn_conv_act_backward(const T* __restrict__ dout, const T* __
     }
 }
 
+// conv_bias_act that also writes the pre-activation zb[ch, b, k] = z[ch, b, k] + bias[ch] in z's
+// (C, N, P) layout; zb may be z itself (the layer's GEMM output), so neither is __restrict__.
+template <typename T>
+__global__ void fastnn_conv_bias_act_z(const T* z, const T* __restrict__ bias, T* __restrict__ out, T* zb,
+                                       long long n, long long c, long long p, int has_b, int act, T alpha) {
+    const long long total = n * c * p;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const long long k = i % p, ch = (i / p) % c, b = i / (p * c);
+        const long long src = (ch * n + b) * p + k;
+        const T v = has_b ? z[src] + bias[ch] : z[src];
+        zb[src] = v;
+        out[i] = fastnn_act(v, act, alpha);
+    }
+}
+
+// out[ch, b, k] = dout[b, ch, k] * act'(zb[ch, b, k]), from the pre-activation zb: (C, N, P)
+// (gelu, gelu_tanh, swish); the bias gradient is fastnn_conv_bias_grad's, as for the others.
+template <typename T>
+__global__ void fastnn_conv_act_backward_z(const T* __restrict__ dout, const T* __restrict__ zb, T* __restrict__ out,
+                                           long long n, long long c, long long p, int act) {
+    const long long total = n * c * p;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const long long k = i % p, b = (i / p) % n, ch = i / (p * n);
+        out[i] = dout[(b * c + ch) * p + k] * fastnn_act_grad_z(zb[i], act);
+    }
+}
+
 // One block per channel: db[ch] = the sum of row ch of dz: (C, M), in a fixed order per block size.
 template <typename T>
 __global__ void fastnn_conv_bias_grad(const T* __restrict__ dz, T* __restrict__ db, long long c, long long m) {

@@ -15,10 +15,12 @@ import numpy
 from fastnn.kernels.geometry import conv_geometry, pool_geometry
 from fastnn.kernels import ACTIVATION_NAMES
 from fastnn.kernels.gpu import _loader as L
+from fastnn.kernels.gpu.activations import need_z
 
 FAMILY = "conv"
 KERNELS = ("fastnn_im2col", "fastnn_col2im", "fastnn_im2col_t", "fastnn_col2im_t", "fastnn_maxpool_forward",
-           "fastnn_maxpool_backward", "fastnn_conv_bias_act", "fastnn_conv_act_backward", "fastnn_conv_bias_grad")
+           "fastnn_maxpool_backward", "fastnn_conv_bias_act", "fastnn_conv_act_backward", "fastnn_conv_bias_grad",
+           "fastnn_conv_bias_act_z", "fastnn_conv_act_backward_z")
 _I64 = numpy.dtype(numpy.int64)
 
 
@@ -155,11 +157,12 @@ def _act_code(primitive, act):
     return numpy.int32(act)
 
 
-@L.writes('out')
-def conv_bias_act(z, b, act, alpha=0.0, *, out=None):
+@L.writes('out', 'z_out')
+def conv_bias_act(z, b, act, alpha=0.0, *, out=None, z_out=None):
     """``out = act(z.transpose(1, 0, 2, 3) + b)``: ``z: (C, N, H, W)`` to NCHW ``out: (N, C, H, W)``,
-    ``b: (C,)`` per channel (``None``: no bias)."""
-    dtype = L.check_dtype("conv_bias_act", z, b)
+    ``b: (C,)`` per channel (``None``: no bias). ``z_out: (C, N, H, W)``, when given, also receives
+    ``z + b`` in ``z``'s layout; it may be ``z`` itself."""
+    dtype = L.check_dtype("conv_bias_act", z, b, z_out)
     code = _act_code("conv_bias_act", act)
     if z.ndim != 4:
         raise ValueError(f"conv_bias_act: expected z of shape (C, N, H, W), got {tuple(z.shape)}")
@@ -167,34 +170,46 @@ def conv_bias_act(z, b, act, alpha=0.0, *, out=None):
     if b is not None and tuple(b.shape) != (c,):
         raise ValueError(f"conv_bias_act: expected b of shape ({c},) for z of shape {tuple(z.shape)}, got "
                          f"{tuple(b.shape)}")
+    zbuf = L.check_out("conv_bias_act", "z_out", z_out, z.shape, dtype)
     z, b = L.contiguous(z), L.contiguous(b)
     y = L.output("conv_bias_act", "out", out, (n, c, h, w), dtype)
     total = n * c * h * w
     if total:
-        _fn("fastnn_conv_bias_act", dtype)(
-            (L.grid_1d(total),), (L.BLOCK,),
-            (z, z if b is None else b, y, *_i64(n, c, h * w), numpy.int32(b is not None), code,
-             L.dtype_scalar(dtype, alpha)))
+        args = (*_i64(n, c, h * w), numpy.int32(b is not None), code, L.dtype_scalar(dtype, alpha))
+        if zbuf is None:
+            _fn("fastnn_conv_bias_act", dtype)((L.grid_1d(total),), (L.BLOCK,), (z, z if b is None else b, y, *args))
+        else:
+            _fn("fastnn_conv_bias_act_z", dtype)(
+                (L.grid_1d(total),), (L.BLOCK,), (z, z if b is None else b, y, zbuf, *args))
     return y
 
 
 @L.writes('out', 'db')
-def conv_act_backward(dout, y, act, alpha=0.0, *, out=None, db=None):
+def conv_act_backward(dout, y, act, alpha=0.0, *, out=None, db=None, z=None):
     """``out = (dout * act'(y)).transpose(1, 0, 2, 3)``: NCHW ``dout, y`` to ``(C, N, H, W)``;
-    ``db = out.sum((1, 2, 3))`` when given."""
-    dtype = L.check_dtype("conv_act_backward", dout, y)
+    ``db = out.sum((1, 2, 3))`` when given. The ``NEEDS_Z`` codes read the pre-activation ``z: (C, N,
+    H, W)`` (``conv_bias_act``'s ``z_out``) instead of ``y``, and require it."""
+    z = need_z("conv_act_backward", act, z)
+    dtype = L.check_dtype("conv_act_backward", dout, y, z)
     code = _act_code("conv_act_backward", act)
     if y.ndim != 4 or tuple(dout.shape) != tuple(y.shape):
         raise ValueError(f"conv_act_backward: dout {tuple(dout.shape)} and y {tuple(y.shape)} must both be "
                          f"(N, C, H, W)")
     n, c, h, w = (int(s) for s in y.shape)
-    dout, y = L.contiguous(dout), L.contiguous(y)
+    if z is not None and tuple(z.shape) != (c, n, h, w):
+        raise ValueError(f"conv_act_backward: expected z of shape {(c, n, h, w)} (C, N, H, W) for y of shape "
+                         f"{tuple(y.shape)}, got {tuple(z.shape)}")
+    dout, g = L.contiguous(dout), L.contiguous(y if z is None else z)  # what act' reads
     dz = L.output("conv_act_backward", "out", out, (c, n, h, w), dtype)
     dbuf = L.check_out("conv_act_backward", "db", db, (c,), dtype)
     total = n * c * h * w
     if total:
-        _fn("fastnn_conv_act_backward", dtype)(
-            (L.grid_1d(total),), (L.BLOCK,), (dout, y, dz, *_i64(n, c, h * w), code, L.dtype_scalar(dtype, alpha)))
+        if z is None:
+            _fn("fastnn_conv_act_backward", dtype)(
+                (L.grid_1d(total),), (L.BLOCK,), (dout, g, dz, *_i64(n, c, h * w), code, L.dtype_scalar(dtype, alpha)))
+        else:
+            _fn("fastnn_conv_act_backward_z", dtype)(
+                (L.grid_1d(total),), (L.BLOCK,), (dout, g, dz, *_i64(n, c, h * w), code))
     if dbuf is not None:
         if total:
             _fn("fastnn_conv_bias_grad", dtype)((L.grid_1d(c * L.BLOCK),), (L.BLOCK,), (dz, dbuf, *_i64(c, n * h * w)))

@@ -12,27 +12,38 @@ array: each is a dtype-rounded value (or a 0/1 flag), which float64 holds exactl
 kernel converts it back to the very scalar the by-value kernel gets and the results are bitwise
 equal. Layouts (``s[i]``, in the by-value kernel's parameter order after ``n``):
 
-- sgd:      lr, wd, scale, use_wd, use_scale
-- momentum: lr, momentum, wd, scale, use_wd, use_scale, nesterov
-- adagrad:  lr, eps, decay, scale, use_decay, use_scale  (decay = 1 - lr*wd: Keras's decoupled decay)
-- rmsprop:  lr, rho, 1-rho, eps, decay, scale, use_decay, use_scale
+- sgd:      lr, wd, scale, use_wd, use_scale, clip, use_clip
+- momentum: lr, momentum, wd, scale, use_wd, use_scale, nesterov, clip, use_clip
+- adagrad:  lr, eps, decay, scale, use_decay, use_scale, clip, use_clip  (decay = 1 - lr*wd: Keras's
+            decoupled decay)
+- rmsprop:  lr, rho, 1-rho, eps, decay, scale, use_decay, use_scale, clip, use_clip
 - adam:     beta1, 1-beta1, beta2, 1-beta2, eps, step_size, inv_sqrt_bc2, wd, scale, decay_factor,
-            use_wd, use_scale, use_decay
+            use_wd, use_scale, use_decay, clip, use_clip  (amsgrad: the same, v_hat its third slot)
+- nadam:    c_m, c_g, beta1, 1-beta1, beta2, 1-beta2, eps, inv_sqrt_bc2, decay, scale, use_decay,
+            use_scale, clip, use_clip
+- adamax:   step_size, beta1, 1-beta1, beta2, eps, decay, scale, use_decay, use_scale, clip, use_clip
+
+Every layout ends with ``clip, use_clip``: Keras's ``clipvalue`` (``use_clip`` when it is finite; the
+clip itself is then 0).
 
 The ``*_scalars`` functions are pure host code (no CuPy import).
 """
+import math
+
 import numpy
 
 from fastnn.kernels.gpu import _loader as L
 
+INF = math.inf
+
 FAMILY = "optimizers"
-KERNELS = ("fastnn_sq_norm", "fastnn_sum_finish", "fastnn_sgd_step", "fastnn_momentum_step",
-           "fastnn_adagrad_step", "fastnn_rmsprop_step", "fastnn_adam_step",
-           "fastnn_sgd_step_dev", "fastnn_momentum_step_dev", "fastnn_adagrad_step_dev",
-           "fastnn_rmsprop_step_dev", "fastnn_adam_step_dev")
+RULES = ("sgd", "momentum", "adagrad", "rmsprop", "adam", "amsgrad", "nadam", "adamax")
+KERNELS = ("fastnn_sq_norm", "fastnn_sum_finish") + tuple(f"fastnn_{r}_step" for r in RULES) + \
+    tuple(f"fastnn_{r}_step_dev" for r in RULES)
 
 # Length of each rule's scalar array ``s`` (see the module docstring for the layouts).
-SCALAR_COUNTS = {"sgd": 5, "momentum": 7, "adagrad": 6, "rmsprop": 8, "adam": 13}
+SCALAR_COUNTS = {"sgd": 7, "momentum": 9, "adagrad": 8, "rmsprop": 10, "adam": 15, "amsgrad": 15, "nadam": 14,
+                 "adamax": 11}
 
 
 def _fn(name, dtype):
@@ -57,6 +68,12 @@ def _grad_args(dtype, weight_decay, scale):
     return dt(weight_decay), dt(scale), numpy.int32(bool(weight_decay)), numpy.int32(scale != 1.0)
 
 
+def _clip_args(dtype, clipvalue):
+    """``(clip, use_clip)``: the reference clips when ``clipvalue < inf`` (not for inf or NaN)."""
+    use = clipvalue < INF
+    return dtype.type(clipvalue if use else 0.0), numpy.int32(use)
+
+
 def sq_norm(x):
     """``sum(x^2)`` as a 0-d device array of ``x``'s dtype (for global-norm clipping)."""
     dtype = L.check_dtype("sq_norm", x)
@@ -73,13 +90,14 @@ def sq_norm(x):
 # ---------------------------------------------------------------------------- typed scalars
 # The by-value kernels' scalar arguments (after n), as NumPy scalars of ``dtype`` (int32 flags).
 # ``dtype`` is a numpy.dtype of float32 or float64.
-def _sgd_scalars(dtype, lr, weight_decay=0.0, scale=1.0):
-    return (dtype.type(lr), *_grad_args(dtype, weight_decay, scale))
+def _sgd_scalars(dtype, lr, weight_decay=0.0, scale=1.0, clipvalue=INF):
+    return (dtype.type(lr), *_grad_args(dtype, weight_decay, scale), *_clip_args(dtype, clipvalue))
 
 
-def _momentum_scalars(dtype, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False):
+def _momentum_scalars(dtype, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False, clipvalue=INF):
     dt = dtype.type
-    return (dt(lr), dt(momentum), *_grad_args(dtype, weight_decay, scale), numpy.int32(bool(nesterov)))
+    return (dt(lr), dt(momentum), *_grad_args(dtype, weight_decay, scale), numpy.int32(bool(nesterov)),
+            *_clip_args(dtype, clipvalue))
 
 
 def _decay_args(dtype, lr, weight_decay, scale):
@@ -89,14 +107,15 @@ def _decay_args(dtype, lr, weight_decay, scale):
     return dt(1.0 - lr * weight_decay), dt(scale), numpy.int32(bool(weight_decay)), numpy.int32(scale != 1.0)
 
 
-def _adagrad_scalars(dtype, lr, eps, weight_decay=0.0, scale=1.0):
+def _adagrad_scalars(dtype, lr, eps, weight_decay=0.0, scale=1.0, clipvalue=INF):
     dt = dtype.type
-    return (dt(lr), dt(eps), *_decay_args(dtype, lr, weight_decay, scale))
+    return (dt(lr), dt(eps), *_decay_args(dtype, lr, weight_decay, scale), *_clip_args(dtype, clipvalue))
 
 
-def _rmsprop_scalars(dtype, lr, rho, eps, weight_decay=0.0, scale=1.0):
+def _rmsprop_scalars(dtype, lr, rho, eps, weight_decay=0.0, scale=1.0, clipvalue=INF):
     dt = dtype.type
-    return (dt(lr), dt(rho), dt(1 - rho), dt(eps), *_decay_args(dtype, lr, weight_decay, scale))
+    return (dt(lr), dt(rho), dt(1 - rho), dt(eps), *_decay_args(dtype, lr, weight_decay, scale),
+            *_clip_args(dtype, clipvalue))
 
 
 def _check_step_number(primitive, t):
@@ -104,7 +123,7 @@ def _check_step_number(primitive, t):
         raise ValueError(f"{primitive}: the step number t counts from 1, got {t}")
 
 
-def _adam_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, decoupled=False,
+def _adam_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, decoupled=False, clipvalue=INF,
                   primitive="adam_step"):
     _check_step_number(primitive, t)
     dt = dtype.type
@@ -119,50 +138,83 @@ def _adam_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, 
         wd, sc, use_wd, use_scale = _grad_args(dtype, weight_decay, scale)
         use_decay, decay_factor = numpy.int32(0), dt(1)
     return (dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps),
-            step_size, inv_sqrt_bc2, wd, sc, decay_factor, use_wd, use_scale, use_decay)
+            step_size, inv_sqrt_bc2, wd, sc, decay_factor, use_wd, use_scale, use_decay,
+            *_clip_args(dtype, clipvalue))
+
+
+def _amsgrad_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, decoupled=False, clipvalue=INF,
+                     primitive="amsgrad_step"):
+    return _adam_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled, clipvalue, primitive)
+
+
+def _nadam_mu(beta1, t):
+    return beta1 * (1.0 - 0.5 * 0.96 ** t)
+
+
+def _nadam_scalars(dtype, lr, beta1, beta2, eps, t, mu_product, weight_decay=0.0, scale=1.0, clipvalue=INF,
+                   primitive="nadam_step"):
+    _check_step_number(primitive, t)
+    dt = dtype.type
+    # The reference's nadam_coefficients, in double, then cast.
+    mu_t, mu_next = _nadam_mu(beta1, t), _nadam_mu(beta1, t + 1)
+    c_m = dt(lr * mu_next / (1.0 - mu_product * mu_next))
+    c_g = dt(lr * (1.0 - mu_t) / (1.0 - mu_product))
+    inv_sqrt_bc2 = dt(1.0 / math.sqrt(1.0 - beta2 ** t))
+    return (c_m, c_g, dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps), inv_sqrt_bc2,
+            *_decay_args(dtype, lr, weight_decay, scale), *_clip_args(dtype, clipvalue))
+
+
+def _adamax_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, clipvalue=INF,
+                    primitive="adamax_step"):
+    _check_step_number(primitive, t)
+    dt = dtype.type
+    return (dt(lr / (1.0 - beta1 ** t)), dt(beta1), dt(1 - beta1), dt(beta2), dt(eps),
+            *_decay_args(dtype, lr, weight_decay, scale), *_clip_args(dtype, clipvalue))
 
 
 # ---------------------------------------------------------------------------- by-value launchers
 @L.writes('p')
-def sgd_step(p, g, lr, weight_decay=0.0, scale=1.0):
-    """SGD: ``g' = scale*g + wd*p; p -= lr*g'``, in place."""
+def sgd_step(p, g, lr, weight_decay=0.0, scale=1.0, clipvalue=INF):
+    """SGD: ``g' = clip(scale*g) + wd*p; p -= lr*g'``, in place."""
     dtype, g, n, grid = _prepare("sgd_step", p, g)
     if n:
         _fn("fastnn_sgd_step", dtype)(
-            (grid,), (L.BLOCK,), (p, g, numpy.int64(n), *_sgd_scalars(dtype, lr, weight_decay, scale)))
+            (grid,), (L.BLOCK,), (p, g, numpy.int64(n), *_sgd_scalars(dtype, lr, weight_decay, scale, clipvalue)))
 
 
 @L.writes('p', 'v')
-def momentum_step(p, g, v, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False):
+def momentum_step(p, g, v, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False, clipvalue=INF):
     """Momentum ``v = m*v - lr*g'; p += v`` (Nesterov: ``v = m*v + g'; p -= lr*(g' + m*v)``), in place."""
     dtype, g, n, grid = _prepare("momentum_step", p, g, v=v)
     if n:
         _fn("fastnn_momentum_step", dtype)(
             (grid,), (L.BLOCK,),
-            (p, g, v, numpy.int64(n), *_momentum_scalars(dtype, lr, momentum, weight_decay, scale, nesterov)))
+            (p, g, v, numpy.int64(n),
+             *_momentum_scalars(dtype, lr, momentum, weight_decay, scale, nesterov, clipvalue)))
 
 
 @L.writes('p', 'h')
-def adagrad_step(p, g, h, lr, eps, weight_decay=0.0, scale=1.0):
+def adagrad_step(p, g, h, lr, eps, weight_decay=0.0, scale=1.0, clipvalue=INF):
     """AdaGrad (Keras): ``p *= 1 - lr*wd; h += g'^2; p -= lr*g' / sqrt(h + eps)``, in place."""
     dtype, g, n, grid = _prepare("adagrad_step", p, g, h=h)
     if n:
         _fn("fastnn_adagrad_step", dtype)(
-            (grid,), (L.BLOCK,), (p, g, h, numpy.int64(n), *_adagrad_scalars(dtype, lr, eps, weight_decay, scale)))
+            (grid,), (L.BLOCK,),
+            (p, g, h, numpy.int64(n), *_adagrad_scalars(dtype, lr, eps, weight_decay, scale, clipvalue)))
 
 
 @L.writes('p', 'h')
-def rmsprop_step(p, g, h, lr, rho, eps, weight_decay=0.0, scale=1.0):
+def rmsprop_step(p, g, h, lr, rho, eps, weight_decay=0.0, scale=1.0, clipvalue=INF):
     """RMSprop (Keras): ``p *= 1 - lr*wd; h = rho*h + (1-rho)*g'^2; p -= lr*g' / sqrt(h + eps)``, in place."""
     dtype, g, n, grid = _prepare("rmsprop_step", p, g, h=h)
     if n:
         _fn("fastnn_rmsprop_step", dtype)(
             (grid,), (L.BLOCK,),
-            (p, g, h, numpy.int64(n), *_rmsprop_scalars(dtype, lr, rho, eps, weight_decay, scale)))
+            (p, g, h, numpy.int64(n), *_rmsprop_scalars(dtype, lr, rho, eps, weight_decay, scale, clipvalue)))
 
 
 @L.writes('p', 'm', 'v')
-def adam_step(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, decoupled=False):
+def adam_step(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, decoupled=False, clipvalue=INF):
     """Adam (AdamW when ``decoupled``) with bias correction for step ``t >= 1``, in place."""
     _check_step_number("adam_step", t)
     dtype, g, n, grid = _prepare("adam_step", p, g, m=m, v=v)
@@ -171,7 +223,44 @@ def adam_step(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0,
     _fn("fastnn_adam_step", dtype)(
         (grid,), (L.BLOCK,),
         (p, g, m, v, numpy.int64(n),
-         *_adam_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled)))
+         *_adam_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled, clipvalue)))
+
+
+@L.writes('p', 'm', 'v', 'v_hat')
+def amsgrad_step(p, g, m, v, v_hat, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, decoupled=False,
+                 clipvalue=INF):
+    """``adam_step`` with AMSGrad (``v_hat = max(v_hat, v)`` in the denominator), in place."""
+    _check_step_number("amsgrad_step", t)
+    dtype, g, n, grid = _prepare("amsgrad_step", p, g, m=m, v=v, v_hat=v_hat)
+    if n:
+        _fn("fastnn_amsgrad_step", dtype)(
+            (grid,), (L.BLOCK,),
+            (p, g, m, v, v_hat, numpy.int64(n),
+             *_amsgrad_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled, clipvalue)))
+
+
+@L.writes('p', 'm', 'v')
+def nadam_step(p, g, m, v, lr, beta1, beta2, eps, t, mu_product, weight_decay=0.0, scale=1.0, clipvalue=INF):
+    """Nadam (Keras) for step ``t >= 1`` with ``mu_product`` = the momentum schedule's product, in place."""
+    _check_step_number("nadam_step", t)
+    dtype, g, n, grid = _prepare("nadam_step", p, g, m=m, v=v)
+    if n:
+        _fn("fastnn_nadam_step", dtype)(
+            (grid,), (L.BLOCK,),
+            (p, g, m, v, numpy.int64(n),
+             *_nadam_scalars(dtype, lr, beta1, beta2, eps, t, mu_product, weight_decay, scale, clipvalue)))
+
+
+@L.writes('p', 'm', 'u')
+def adamax_step(p, g, m, u, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, clipvalue=INF):
+    """Adamax (Keras): ``m = b1*m + (1-b1)*g'; u = max(b2*u, |g'|); p -= lr/(1-b1^t) * m/(u + eps)``, in place."""
+    _check_step_number("adamax_step", t)
+    dtype, g, n, grid = _prepare("adamax_step", p, g, m=m, u=u)
+    if n:
+        _fn("fastnn_adamax_step", dtype)(
+            (grid,), (L.BLOCK,),
+            (p, g, m, u, numpy.int64(n),
+             *_adamax_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay, scale, clipvalue)))
 
 
 # ---------------------------------------------------------------------------- graph-capture variants
@@ -188,33 +277,59 @@ def _as_float64(scalars):
                        dtype=numpy.float64)
 
 
-def sgd_scalars(dtype, lr, weight_decay=0.0, scale=1.0):
-    """``s`` for ``sgd_step_dev``: ``[lr, wd, scale, use_wd, use_scale]`` (host float64 array)."""
-    return _as_float64(_sgd_scalars(_float_dtype("sgd_scalars", dtype), lr, weight_decay, scale))
+def sgd_scalars(dtype, lr, weight_decay=0.0, scale=1.0, clipvalue=INF):
+    """``s`` for ``sgd_step_dev``: ``[lr, wd, scale, use_wd, use_scale, clip, use_clip]`` (host float64 array)."""
+    return _as_float64(_sgd_scalars(_float_dtype("sgd_scalars", dtype), lr, weight_decay, scale, clipvalue))
 
 
-def momentum_scalars(dtype, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False):
-    """``s`` for ``momentum_step_dev``: ``[lr, momentum, wd, scale, use_wd, use_scale, nesterov]``."""
+def momentum_scalars(dtype, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False, clipvalue=INF):
+    """``s`` for ``momentum_step_dev``: ``[lr, momentum, wd, scale, use_wd, use_scale, nesterov, clip, use_clip]``."""
     return _as_float64(_momentum_scalars(_float_dtype("momentum_scalars", dtype), lr, momentum, weight_decay,
-                                         scale, nesterov))
+                                         scale, nesterov, clipvalue))
 
 
-def adagrad_scalars(dtype, lr, eps, weight_decay=0.0, scale=1.0):
-    """``s`` for ``adagrad_step_dev``: ``[lr, eps, decay, scale, use_decay, use_scale]``."""
-    return _as_float64(_adagrad_scalars(_float_dtype("adagrad_scalars", dtype), lr, eps, weight_decay, scale))
+def adagrad_scalars(dtype, lr, eps, weight_decay=0.0, scale=1.0, clipvalue=INF):
+    """``s`` for ``adagrad_step_dev``: ``[lr, eps, decay, scale, use_decay, use_scale, clip, use_clip]``."""
+    return _as_float64(_adagrad_scalars(_float_dtype("adagrad_scalars", dtype), lr, eps, weight_decay, scale,
+                                        clipvalue))
 
 
-def rmsprop_scalars(dtype, lr, rho, eps, weight_decay=0.0, scale=1.0):
-    """``s`` for ``rmsprop_step_dev``: ``[lr, rho, 1-rho, eps, decay, scale, use_decay, use_scale]``."""
-    return _as_float64(_rmsprop_scalars(_float_dtype("rmsprop_scalars", dtype), lr, rho, eps, weight_decay, scale))
+def rmsprop_scalars(dtype, lr, rho, eps, weight_decay=0.0, scale=1.0, clipvalue=INF):
+    """``s`` for ``rmsprop_step_dev``: ``[lr, rho, 1-rho, eps, decay, scale, use_decay, use_scale, clip,
+    use_clip]``."""
+    return _as_float64(_rmsprop_scalars(_float_dtype("rmsprop_scalars", dtype), lr, rho, eps, weight_decay, scale,
+                                        clipvalue))
 
 
-def adam_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, decoupled=False):
+def adam_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, decoupled=False, clipvalue=INF):
     """``s`` for ``adam_step_dev`` at step ``t >= 1``: ``[beta1, 1-beta1, beta2, 1-beta2, eps, step_size,
-    inv_sqrt_bc2, wd, scale, decay_factor, use_wd, use_scale, use_decay]``."""
+    inv_sqrt_bc2, wd, scale, decay_factor, use_wd, use_scale, use_decay, clip, use_clip]``."""
     dtype = _float_dtype("adam_scalars", dtype)
-    return _as_float64(_adam_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled,
+    return _as_float64(_adam_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled, clipvalue,
                                      primitive="adam_scalars"))
+
+
+def amsgrad_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, decoupled=False, clipvalue=INF):
+    """``s`` for ``amsgrad_step_dev``: ``adam_scalars``' layout."""
+    dtype = _float_dtype("amsgrad_scalars", dtype)
+    return _as_float64(_amsgrad_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled, clipvalue,
+                                        primitive="amsgrad_scalars"))
+
+
+def nadam_scalars(dtype, lr, beta1, beta2, eps, t, mu_product, weight_decay=0.0, scale=1.0, clipvalue=INF):
+    """``s`` for ``nadam_step_dev`` at step ``t >= 1``: ``[c_m, c_g, beta1, 1-beta1, beta2, 1-beta2, eps,
+    inv_sqrt_bc2, decay, scale, use_decay, use_scale, clip, use_clip]``."""
+    dtype = _float_dtype("nadam_scalars", dtype)
+    return _as_float64(_nadam_scalars(dtype, lr, beta1, beta2, eps, t, mu_product, weight_decay, scale, clipvalue,
+                                      primitive="nadam_scalars"))
+
+
+def adamax_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, clipvalue=INF):
+    """``s`` for ``adamax_step_dev`` at step ``t >= 1``: ``[step_size, beta1, 1-beta1, beta2, eps, decay,
+    scale, use_decay, use_scale, clip, use_clip]``."""
+    dtype = _float_dtype("adamax_scalars", dtype)
+    return _as_float64(_adamax_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay, scale, clipvalue,
+                                       primitive="adamax_scalars"))
 
 
 def _check_scalars(primitive, s, rule):
@@ -277,3 +392,27 @@ def adam_step_dev(p, g, m, v, s):
     dtype, g, n, grid = _prepare("adam_step_dev", p, g, m=m, v=v)
     if n:
         _fn("fastnn_adam_step_dev", dtype)((grid,), (L.BLOCK,), (p, g, m, v, numpy.int64(n), s))
+
+
+def amsgrad_step_dev(p, g, m, v, v_hat, s):
+    """``amsgrad_step`` with its scalars read from the device array ``s = amsgrad_scalars(...)``."""
+    _check_scalars("amsgrad_step_dev", s, "amsgrad")
+    dtype, g, n, grid = _prepare("amsgrad_step_dev", p, g, m=m, v=v, v_hat=v_hat)
+    if n:
+        _fn("fastnn_amsgrad_step_dev", dtype)((grid,), (L.BLOCK,), (p, g, m, v, v_hat, numpy.int64(n), s))
+
+
+def nadam_step_dev(p, g, m, v, s):
+    """``nadam_step`` with its scalars read from the device array ``s = nadam_scalars(...)``."""
+    _check_scalars("nadam_step_dev", s, "nadam")
+    dtype, g, n, grid = _prepare("nadam_step_dev", p, g, m=m, v=v)
+    if n:
+        _fn("fastnn_nadam_step_dev", dtype)((grid,), (L.BLOCK,), (p, g, m, v, numpy.int64(n), s))
+
+
+def adamax_step_dev(p, g, m, u, s):
+    """``adamax_step`` with its scalars read from the device array ``s = adamax_scalars(...)``."""
+    _check_scalars("adamax_step_dev", s, "adamax")
+    dtype, g, n, grid = _prepare("adamax_step_dev", p, g, m=m, u=u)
+    if n:
+        _fn("fastnn_adamax_step_dev", dtype)((grid,), (L.BLOCK,), (p, g, m, u, numpy.int64(n), s))

@@ -268,17 +268,19 @@ def test_conv_act_backward_matches_reference(fast_backend, ref, dtype, shape, ac
     dout, y = rand(shape, dtype, 7), rand(shape, dtype, 8)  # (N, C, H, W)
     if act in (1, 2):  # sigmoid's output lies in (0, 1)
         y = numpy.abs(y) % 1
+    z = rand((shape[1], shape[0]) + shape[2:], dtype, 9)  # (C, N, H, W): gelu and swish read it, the rest ignore it
     db_ref = numpy.zeros(shape[1], dtype)
-    want = ref.conv_act_backward(dout, y, act, 0.1, db=db_ref)
+    want = ref.conv_act_backward(dout, y, act, 0.1, db=db_ref, z=z)
     assert want.shape == (shape[1], shape[0]) + shape[2:]
     db = ops.asarray(numpy.full(shape[1], 7, dtype))
     out = ops.asarray(numpy.zeros(want.shape, dtype))
-    got = ops.conv_act_backward(ops.asarray(dout), ops.asarray(y), act, 0.1, out=out, db=db)
+    zd = ops.asarray(z)
+    got = ops.conv_act_backward(ops.asarray(dout), ops.asarray(y), act, 0.1, out=out, db=db, z=zd)
     assert got is out and host(got).dtype == dtype
     numpy.testing.assert_allclose(host(got), want, rtol=RTOL[dtype], atol=ATOL[dtype])
     numpy.testing.assert_allclose(host(db), db_ref, rtol=SUM_RTOL[dtype] * 10, atol=SUM_RTOL[dtype] * 10)
-    numpy.testing.assert_allclose(host(ops.conv_act_backward(ops.asarray(dout), ops.asarray(y), act, 0.1)), want,
-                                  rtol=RTOL[dtype], atol=ATOL[dtype])
+    numpy.testing.assert_allclose(host(ops.conv_act_backward(ops.asarray(dout), ops.asarray(y), act, 0.1, z=zd)),
+                                  want, rtol=RTOL[dtype], atol=ATOL[dtype])
 
 
 def test_conv_primitives_are_the_transposed_bias_act(ref):

@@ -94,10 +94,12 @@ def test_bias_act_copies_non_contiguous_input(gpu, ref, dtype):
 def test_act_backward_matches_reference(gpu, ref, dtype, shape, act):
     rng = numpy.random.default_rng(4)
     alpha = ALPHA.get(act, 0.0)
-    y = ref.bias_act(randn(rng, shape, dtype, 3.0), None, act, alpha)
+    z = randn(rng, shape, dtype, 3.0)  # read by gelu's and swish's derivative, ignored by the others
+    y = ref.bias_act(z, None, act, alpha)
     dout = randn(rng, shape, dtype)
     dout_d = gpu.asarray(dout)
-    close(gpu.act_backward(dout_d, gpu.asarray(y), act, alpha), ref.act_backward(dout, y, act, alpha), dtype)
+    close(gpu.act_backward(dout_d, gpu.asarray(y), act, alpha, z=gpu.asarray(z)),
+          ref.act_backward(dout, y, act, alpha, z=z), dtype)
     numpy.testing.assert_array_equal(host(dout_d), dout)  # dout is not written
 
 
@@ -121,12 +123,14 @@ def test_bias_grad_exact_on_integers(gpu, ref, dtype, shape):
 def test_act_backward_bias_grad_matches_reference(gpu, ref, dtype, shape, act):
     rng = numpy.random.default_rng(7)
     alpha = ALPHA.get(act, 0.0)
-    y = ref.bias_act(randn(rng, shape, dtype, 3.0), None, act, alpha)
+    z = randn(rng, shape, dtype, 3.0)
+    y = ref.bias_act(z, None, act, alpha)
     dout = randn(rng, shape, dtype)
     db_ref = numpy.empty(shape[1], dtype)
-    dz_ref = ref.act_backward_bias_grad(dout, y, act, alpha, db=db_ref)
+    dz_ref = ref.act_backward_bias_grad(dout, y, act, alpha, db=db_ref, z=z)
     out, db = gpu.alloc(shape, dtype), gpu.alloc(shape[1], dtype)
-    assert gpu.act_backward_bias_grad(gpu.asarray(dout), gpu.asarray(y), act, alpha, out=out, db=db) is out
+    assert gpu.act_backward_bias_grad(gpu.asarray(dout), gpu.asarray(y), act, alpha, out=out, db=db,
+                                      z=gpu.asarray(z)) is out
     close(out, dz_ref, dtype)
     close(db, db_ref, dtype, reduction=True)
 
@@ -310,8 +314,10 @@ def test_batchnorm_backward_matches_reference(gpu, ref, dtype, shape):
 # ---------------------------------------------------------------------------- optimizers
 SIZES = [1, 7, 1000, 128 * 128 * 2 * 17 + 3]
 SIZE_IDS = ["1", "7", "1000", "big"]
-OPTIONS = [dict(), dict(weight_decay=0.01), dict(scale=0.5), dict(weight_decay=0.01, scale=2.0)]
-OPTION_IDS = ["plain", "wd", "scale", "wd+scale"]
+# clipvalue 0.3 clips most elements of a standard-normal gradient (and, with scale 2.0, more of them)
+OPTIONS = [dict(), dict(weight_decay=0.01), dict(scale=0.5), dict(weight_decay=0.01, scale=2.0), dict(clipvalue=0.3),
+           dict(weight_decay=0.01, scale=2.0, clipvalue=0.3)]
+OPTION_IDS = ["plain", "wd", "scale", "wd+scale", "clip", "wd+scale+clip"]
 
 
 def _state(rng, n, dtype, positive=False):
@@ -400,24 +406,69 @@ def test_adam_step_matches_reference(gpu, ref, dtype, n, opts, decoupled, t):
     _compare_all(got, want, dtype, ["p", "g", "m", "v"])
 
 
+@pytest.mark.parametrize("n", SIZES, ids=SIZE_IDS)
+@pytest.mark.parametrize("opts", OPTIONS, ids=OPTION_IDS)
+@pytest.mark.parametrize("decoupled", [False, True], ids=["adam", "adamw"])
+@pytest.mark.parametrize("t", [1, 10])
+def test_amsgrad_step_matches_reference(gpu, ref, dtype, n, opts, decoupled, t):
+    rng = numpy.random.default_rng(31)
+    arrays = [randn(rng, n, dtype), randn(rng, n, dtype, 0.3), _state(rng, n, dtype),
+              _state(rng, n, dtype, positive=True), _state(rng, n, dtype, positive=True)]
+    # half the v_hat entries above the new v (the max keeps them), half below
+    arrays[4][::2] *= dtype.type(10)
+    got, want = _run_both(gpu, ref, arrays, lambda ops, p, g, m, v, vh: ops.amsgrad_step(
+        p, g, m, v, vh, 1e-3, 0.9, 0.999, 1e-8, t, decoupled=decoupled, **opts))
+    _compare_all(got, want, dtype, ["p", "g", "m", "v", "v_hat"])
+
+
+@pytest.mark.parametrize("n", SIZES, ids=SIZE_IDS)
+@pytest.mark.parametrize("opts", OPTIONS, ids=OPTION_IDS)
+@pytest.mark.parametrize("t", [1, 10])
+def test_nadam_step_matches_reference(gpu, ref, dtype, n, opts, t):
+    rng = numpy.random.default_rng(32)
+    arrays = [randn(rng, n, dtype), randn(rng, n, dtype), _state(rng, n, dtype), _state(rng, n, dtype, positive=True)]
+    mu_product = float(numpy.prod([0.9 * (1 - 0.5 * 0.96 ** i) for i in range(1, t + 1)]))
+    got, want = _run_both(gpu, ref, arrays, lambda ops, p, g, m, v: ops.nadam_step(
+        p, g, m, v, 1e-3, 0.9, 0.999, 1e-7, t, mu_product, **opts))
+    _compare_all(got, want, dtype, ["p", "g", "m", "v"])
+
+
+@pytest.mark.parametrize("n", SIZES, ids=SIZE_IDS)
+@pytest.mark.parametrize("opts", OPTIONS, ids=OPTION_IDS)
+@pytest.mark.parametrize("t", [1, 10])
+def test_adamax_step_matches_reference(gpu, ref, dtype, n, opts, t):
+    rng = numpy.random.default_rng(33)
+    arrays = [randn(rng, n, dtype), randn(rng, n, dtype), _state(rng, n, dtype), _state(rng, n, dtype, positive=True)]
+    got, want = _run_both(gpu, ref, arrays, lambda ops, p, g, m, u: ops.adamax_step(
+        p, g, m, u, 2e-3, 0.9, 0.999, 1e-7, t, **opts))
+    _compare_all(got, want, dtype, ["p", "g", "m", "u"])
+
+
 def test_optimizer_state_below_smallest_normal_is_flushed(gpu, ref, dtype):
     """A zero gradient lets state decay into the subnormal range: both backends flush it to 0."""
     n = 1000
     tiny = numpy.finfo(dtype).tiny
     p, g = numpy.ones(n, dtype), numpy.zeros(n, dtype)
     state = numpy.full(n, tiny * dtype.type(1.01), dtype)  # decays below tiny in one step
-    cases = [
-        (lambda ops, p, g, v: ops.momentum_step(p, g, v, 0.1, 0.9), [p, g, state]),
-        (lambda ops, p, g, h: ops.rmsprop_step(p, g, h, 0.01, 0.9, 1e-7), [p, g, state]),
-        (lambda ops, p, g, m, v: ops.adam_step(p, g, m, v, 1e-3, 0.9, 0.9, 1e-8, 1), [p, g, state, state]),
+    cases = [  # (call, arrays, how many state arrays decay; AMSGrad's v_hat is a maximum: it keeps 1.01 tiny)
+        (lambda ops, p, g, v: ops.momentum_step(p, g, v, 0.1, 0.9), [p, g, state], 1),
+        (lambda ops, p, g, h: ops.rmsprop_step(p, g, h, 0.01, 0.9, 1e-7), [p, g, state], 1),
+        (lambda ops, p, g, m, v: ops.adam_step(p, g, m, v, 1e-3, 0.9, 0.9, 1e-8, 1), [p, g, state, state], 2),
+        (lambda ops, p, g, m, v, vh: ops.amsgrad_step(p, g, m, v, vh, 1e-3, 0.9, 0.9, 1e-8, 1),
+         [p, g, state, state, state], 2),
+        (lambda ops, p, g, m, v: ops.nadam_step(p, g, m, v, 1e-3, 0.9, 0.9, 1e-8, 1, 0.9 * 0.52), [p, g, state, state],
+         2),
+        (lambda ops, p, g, m, u: ops.adamax_step(p, g, m, u, 1e-3, 0.9, 0.9, 1e-8, 1), [p, g, state, state], 2),
     ]
-    for call, arrays in cases:
+    for call, arrays, decaying in cases:
         got, want = _run_both(gpu, ref, arrays, call)
-        for a in want[2:]:
+        for a in want[2:2 + decaying]:
             assert (a == 0).all()
-        for a in got[2:]:
+        for a in got[2:2 + decaying]:
             numpy.testing.assert_array_equal(host(a), numpy.zeros(n, dtype))
-        _compare_all(got, want, dtype, ["p", "g", "state", "state2"])
+        for a in got[2 + decaying:]:
+            numpy.testing.assert_array_equal(host(a), state)
+        _compare_all(got, want, dtype, ["p", "g", "state", "state2", "state3"])
 
 
 # ---------------------------------------------------------------------------- graph-capture (dev) variants
@@ -436,9 +487,17 @@ DEV_RULES = [  # (id, rule, state arrays (True: positive), hyperparameters)
     ("adam-t7", "adam", [False, True], dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, t=7)),
     ("adamw-t1", "adam", [False, True], dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, t=1, decoupled=True)),
     ("adamw-t7", "adam", [False, True], dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, t=7, decoupled=True)),
+    ("amsgrad-t1", "amsgrad", [False, True, True], dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, t=1)),
+    ("amsgradw-t7", "amsgrad", [False, True, True], dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, t=7,
+                                                         decoupled=True)),
+    ("nadam-t1", "nadam", [False, True], dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7, t=1, mu_product=0.9 * 0.52)),
+    ("nadam-t7", "nadam", [False, True], dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7, t=7, mu_product=0.27)),
+    ("adamax-t1", "adamax", [False, True], dict(lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-7, t=1)),
+    ("adamax-t7", "adamax", [False, True], dict(lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-7, t=7)),
 ]
 DEV_RULE_IDS = [r[0] for r in DEV_RULES]
-SCALAR_COUNTS = {"sgd": 5, "momentum": 7, "adagrad": 6, "rmsprop": 8, "adam": 13}
+SCALAR_COUNTS = {"sgd": 7, "momentum": 9, "adagrad": 8, "rmsprop": 10, "adam": 15, "amsgrad": 15, "nadam": 14,
+                 "adamax": 11}
 
 
 def _step_args(rule, nslots, **given):
@@ -497,27 +556,30 @@ def test_optimizer_step_dev_bitwise_equal_to_by_value(gpu, dtype, n, opts, case)
         numpy.testing.assert_array_equal(host(s), s_host)  # s is only read
 
 
-@pytest.mark.parametrize("rule", ["momentum", "adam"])
+@pytest.mark.parametrize("rule", ["momentum", "adam", "amsgrad", "nadam", "adamax"])
 def test_optimizer_step_dev_rereads_rewritten_scalars(gpu, dtype, rule):
-    """As in a graph replay: one fixed device buffer, rewritten before each step (changing lr and t)."""
+    """As in a graph replay: one fixed device buffer, rewritten before each step (changing lr, t and
+    whether the gradient is clipped)."""
     cupy = gpu.xp
     n = 5003
-    state = [False] if rule == "momentum" else [False, True]
+    state = {"momentum": [False], "amsgrad": [False, True, True]}.get(rule, [False, True])
     arrays = _dev_arrays(numpy.random.default_rng(27), n, dtype, state)
     want = [gpu.asarray(a.copy()) for a in arrays]
     got = [gpu.asarray(a.copy()) for a in arrays]
     buf = cupy.zeros(2 + SCALAR_COUNTS[rule], dtype=numpy.float64)
     s = buf[2:]
     for t in range(1, 6):
-        lr = 0.05 / t
-        if rule == "momentum":  # the primitive's arguments after its slots, in its order
-            args = (lr, 0.9, 0.001 * t, 1.0, t % 2 == 0)
-        else:
-            args = (lr, 0.9, 0.999, 1e-8, t, 0.01, 1.0, t > 2)
+        lr, clip = 0.05 / t, (0.5 if t % 2 else float("inf"))
+        # the primitive's arguments after its slots, in its order
+        args = {"momentum": (lr, 0.9, 0.001 * t, 1.0, t % 2 == 0, clip),
+                "adam": (lr, 0.9, 0.999, 1e-8, t, 0.01, 1.0, t > 2, clip),
+                "amsgrad": (lr, 0.9, 0.999, 1e-8, t, 0.01, 1.0, t > 2, clip),
+                "nadam": (lr, 0.9, 0.999, 1e-7, t, 0.5 ** t, 0.01 * (t > 2), 1.0, clip),
+                "adamax": (lr, 0.9, 0.999, 1e-7, t, 0.01 * (t > 2), 1.0, clip)}[rule]
         getattr(gpu, f"{rule}_step")(*want, *args)
         s[...] = cupy.asarray(gpu.step_scalars(rule, dtype, *args))
         gpu.step_dev(rule, got[0], got[1], got[2:], s)
-        _assert_bitwise(got, want, ["p", "g", "state0", "state1"])
+        _assert_bitwise(got, want, ["p", "g", "state0", "state1", "state2"])
 
 
 def test_optimizer_step_dev_matches_reference(gpu, ref, dtype):
@@ -525,7 +587,7 @@ def test_optimizer_step_dev_matches_reference(gpu, ref, dtype):
     rng = numpy.random.default_rng(28)
     n = 1003
     p, g, m, v = _dev_arrays(rng, n, dtype, [False, True])
-    args = (1e-3, 0.9, 0.999, 1e-8, 3, 0.01, 1.0, True)  # lr, beta1, beta2, eps, t, weight_decay, scale, decoupled
+    args = (1e-3, 0.9, 0.999, 1e-8, 3, 0.01, 1.0, True, 0.5)  # lr, b1, b2, eps, t, wd, scale, decoupled, clip
     want = [a.copy() for a in (p, g, m, v)]
     ref.adam_step(*want, *args)
     got = [gpu.asarray(a.copy()) for a in (p, g, m, v)]
@@ -535,27 +597,34 @@ def test_optimizer_step_dev_matches_reference(gpu, ref, dtype):
 
 def test_optimizer_step_dev_checks_scalars(gpu, dtype):
     cupy = gpu.xp
+    inf = float("inf")
     p, g, h = (gpu.asarray(numpy.ones(8, dtype)) for _ in range(3))
-    s = cupy.asarray(gpu.step_scalars("adagrad", dtype, 0.01, 1e-7, 0.0, 1.0))
-    with pytest.raises(ValueError, match=r"adagrad_step_dev: s must hold the 6 scalars.*got length 5"):
-        gpu.step_dev("adagrad", p, g, (h,), s[:5])
-    with pytest.raises(ValueError, match=r"adagrad_step_dev: s must hold the 6 scalars.*got length 7"):
-        gpu.step_dev("adagrad", p, g, (h,), cupy.zeros(7, numpy.float64))
+    s = cupy.asarray(gpu.step_scalars("adagrad", dtype, 0.01, 1e-7, 0.0, 1.0, inf))
+    with pytest.raises(ValueError, match=r"adagrad_step_dev: s must hold the 8 scalars.*got length 7"):
+        gpu.step_dev("adagrad", p, g, (h,), s[:7])
+    with pytest.raises(ValueError, match=r"adagrad_step_dev: s must hold the 8 scalars.*got length 9"):
+        gpu.step_dev("adagrad", p, g, (h,), cupy.zeros(9, numpy.float64))
     with pytest.raises(TypeError, match=r"adagrad_step_dev: s must have dtype float64.*float32"):
         gpu.step_dev("adagrad", p, g, (h,), s.astype(numpy.float32))
     with pytest.raises(ValueError, match=r"adagrad_step_dev: s must be C-contiguous"):
-        gpu.step_dev("adagrad", p, g, (h,), cupy.zeros(12, numpy.float64)[::2])
+        gpu.step_dev("adagrad", p, g, (h,), cupy.zeros(16, numpy.float64)[::2])
     with pytest.raises(ValueError, match=r"adagrad_step_dev: s must be 1-D"):
-        gpu.step_dev("adagrad", p, g, (h,), cupy.zeros((2, 3), numpy.float64))
+        gpu.step_dev("adagrad", p, g, (h,), cupy.zeros((2, 4), numpy.float64))
     with pytest.raises(TypeError, match=r"adagrad_step_dev: s must be a device \(CuPy\) array"):
-        gpu.step_dev("adagrad", p, g, (h,), gpu.step_scalars("adagrad", dtype, 0.01, 1e-7, 0.0, 1.0))
-    with pytest.raises(ValueError, match=r"sgd_step_dev: s must hold the 5 scalars"):
-        gpu.step_dev("sgd", p, g, (), cupy.asarray(gpu.step_scalars("momentum", dtype, 0.1, 0.9, 0.0, 1.0, False)))
+        gpu.step_dev("adagrad", p, g, (h,), gpu.step_scalars("adagrad", dtype, 0.01, 1e-7, 0.0, 1.0, inf))
+    with pytest.raises(ValueError, match=r"sgd_step_dev: s must hold the 7 scalars"):
+        gpu.step_dev("sgd", p, g, (), cupy.asarray(gpu.step_scalars("momentum", dtype, 0.1, 0.9, 0.0, 1.0, False, inf)))
     with pytest.raises(ValueError, match=r"adam_step_dev: m must have shape \(8,\)"):
         gpu.step_dev("adam", p, g, (gpu.asarray(numpy.ones(7, dtype)), h),
-                     cupy.asarray(gpu.step_scalars("adam", dtype, 1e-3, 0.9, 0.999, 1e-8, 1, 0.0, 1.0, False)))
-    with pytest.raises(ValueError, match=r"adam_scalars: the step number t counts from 1"):
-        gpu.step_scalars("adam", dtype, 1e-3, 0.9, 0.999, 1e-8, 0, 0.0, 1.0, False)
+                     cupy.asarray(gpu.step_scalars("adam", dtype, 1e-3, 0.9, 0.999, 1e-8, 1, 0.0, 1.0, False, inf)))
+    with pytest.raises(ValueError, match=r"amsgrad_step_dev: v_hat must have shape \(8,\)"):
+        gpu.step_dev("amsgrad", p, g, (h, h, gpu.asarray(numpy.ones(7, dtype))),
+                     cupy.asarray(gpu.step_scalars("amsgrad", dtype, 1e-3, 0.9, 0.999, 1e-8, 1, 0.0, 1.0, False, inf)))
+    for rule, args in (("adam", (1e-3, 0.9, 0.999, 1e-8, 0, 0.0, 1.0, False, inf)),
+                       ("nadam", (1e-3, 0.9, 0.999, 1e-7, 0, 1.0, 0.0, 1.0, inf)),
+                       ("adamax", (1e-3, 0.9, 0.999, 1e-7, 0, 0.0, 1.0, inf))):
+        with pytest.raises(ValueError, match=rf"{rule}_scalars: the step number t counts from 1"):
+            gpu.step_scalars(rule, dtype, *args)
 
 
 DEV_MASK_SHAPES = [(1, 1), (7, 13), (257, 33), BIG]
