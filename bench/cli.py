@@ -16,9 +16,11 @@ Sections (positional, default: all of them):
     Models A, B512, B64 (see ``MODELS``) on synthetic MNIST-shaped float32 data (fixed seed),
     one epoch per repeat per implementation, interleaved (numpy, numba, ..., torch, GEMM floor,
     then again), through ``Sequential.train_on_batch`` over pre-sliced batches; PyTorch eager
-    (same architecture, same initial weights, same batches) when ``import torch`` works. Reports
-    samples/s (median, min, max), the ratios to NumPy and to PyTorch, and epoch time over the
-    GEMM floor (the same matmuls alone; the first layer's input gradient excluded).
+    (same architecture, same initial weights, same batches) when ``import torch`` works, and
+    ``torch.compile``; JAX with the step jitted and with the whole epoch in one jitted ``lax.scan``
+    when ``import jax`` works (a row says "not installed" otherwise). Reports samples/s (median, min,
+    max), the ratios to NumPy, PyTorch and JAX's epoch, and epoch time over the GEMM floor (the same
+    matmuls alone; the first layer's input gradient excluded), itself a row with its samples/s.
 ``coldstart``
     ``python -c "import fastnn; build B512 on numba; one train step"`` timed end to end in a
     fresh process, first with an empty Numba cache (``NUMBA_CACHE_DIR`` pointed at a new
@@ -27,7 +29,9 @@ Sections (positional, default: all of them):
 Timing: ``time.perf_counter`` on CPUs, CUDA events on GPUs (CuPy's, or PyTorch's for PyTorch
 CUDA); everything is warmed up first (Numba compilation excluded), implementations are
 interleaved within each repeat, and medians are reported. Thread counts and BLAS settings are
-never changed here: the machine line says what ran.
+never changed here, except that ``FASTNN_NUM_THREADS``, when set, holds PyTorch
+(``torch.set_num_threads``) and XLA (``PJRT_NPROC``) to the same count as BLAS and Numba: the
+machine line says what ran.
 
 This module is the command line (arguments, the record's head, one section after another); the
 package holds the rest, one module per concern: ``models`` (the benchmark models, their data and
@@ -82,6 +86,9 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes: under a minute")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 5, quick 3)")
     p.add_argument("--no-torch", action="store_true", help="do not compare with PyTorch even when it imports")
+    p.add_argument("--no-torch-compile", action="store_true",
+                   help="train: no torch.compile row (its first compilation takes a minute or more per model)")
+    p.add_argument("--no-jax", action="store_true", help="train: do not compare with JAX even when it imports")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                    help="first wait up to SECONDS for other processes to use under 10%% of the CPUs")
     p.add_argument("--max-other-load", type=float, default=0.15, metavar="FRACTION",
@@ -136,7 +143,9 @@ def main(argv=None):
         settings.train_samples = args.train_samples
     if args.gpu_only and "cupy" not in backends:
         p.error("--gpu-only needs the cupy backend, which is not available here")
-    with_torch = not args.no_torch
+    # the optional peers of the train section (each row says why when it does not run)
+    peers = {"torch": not args.no_torch, "torch_compile": not (args.no_torch or args.no_torch_compile),
+             "jax": not args.no_jax}
     if args.wait_quiet > 0:
         waited, load = wait_quiet(args.wait_quiet)
         print(f"waited {waited:.0f} s for a quiet machine (other processes' CPU use now {100 * load:.0f}%)"
@@ -145,11 +154,11 @@ def main(argv=None):
     timing.POLICY = QuietPolicy(None if args.max_other_load >= 1 else args.max_other_load,
                                 factor=1 if mode != "full" else 2)
     t_start = time.perf_counter()
-    record = start_record(argv, args, sections, backends, settings, with_torch)
+    record = start_record(argv, args, sections, backends, settings, peers)
     ctx = {}
     for section in SECTIONS:
         if section in sections:
-            record["sections"][section] = run_section(section, args, settings, backends, ctx, with_torch)
+            record["sections"][section] = run_section(section, args, settings, backends, ctx, peers)
     record["total_s"] = time.perf_counter() - t_start
     record["loadavg_end"] = loadavg()
     print(f"\n(total {record['total_s']:.1f} s)")
@@ -158,7 +167,7 @@ def main(argv=None):
     return 0
 
 
-def start_record(argv, args, sections, backends, settings, with_torch):
+def start_record(argv, args, sections, backends, settings, peers):
     """Print the machine line and the plan; the record's head: command, machine, ``fastnn info``, settings."""
     from fastnn.backend import get_matmul_precision
     from fastnn.info import report
@@ -166,7 +175,7 @@ def start_record(argv, args, sections, backends, settings, with_torch):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         info = report()
-    m = machine(with_torch=with_torch and "train" in sections)
+    m = machine(with_torch=peers["torch"] and "train" in sections, with_jax=peers["jax"] and "train" in sections)
     line = machine_line(m)
     print(line, flush=True)
     print(f"backends: {', '.join(backends)}; mode {settings.mode}, {settings.repeats} repeats; "
@@ -180,17 +189,19 @@ def start_record(argv, args, sections, backends, settings, with_torch):
                          "copy_bytes": settings.copy_bytes, "min_block_s": settings.min_block_s,
                          "train_samples": settings.train_samples, "warmup_steps": settings.warmup_steps,
                          "max_other_load": args.max_other_load,
-                         "models": args.models, "batch_size": args.batch_size, "torch": with_torch,
+                         "models": args.models, "batch_size": args.batch_size, "torch": peers["torch"],
+                         "torch_compile": peers["torch_compile"], "jax": peers["jax"],
                          "gpu_only": args.gpu_only, "matmul_precision": get_matmul_precision()},
             "sections": {}}
 
 
-def run_section(section, args, settings, backends, ctx, with_torch):
+def run_section(section, args, settings, backends, ctx, peers):
     """Run one section, print its table and the load other processes put on the machine meanwhile."""
     runs = {
         "hardware": lambda: run_hardware(settings, backends, ctx, args.models),
         "ops": lambda: run_ops(settings, backends, ctx),
-        "train": lambda: run_train(settings, backends, ctx, args.models, with_torch, args.batch_size, args.gpu_only),
+        "train": lambda: run_train(settings, backends, ctx, args.models, peers["torch"], args.batch_size, args.gpu_only,
+                                   with_jax=peers["jax"], with_compile=peers["torch_compile"]),
         "distributed": lambda: bench_distributed.run(quick=settings.mode != "full"),
         "coldstart": lambda: run_coldstart(settings, backends),
     }

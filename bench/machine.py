@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 
 import numpy
@@ -47,16 +48,69 @@ def blas_info():
             for p in threadpoolctl.threadpool_info() if p.get("user_api") == "blas"]
 
 
+def peer_threads():
+    """The thread count every implementation is held to: ``FASTNN_NUM_THREADS``, or None (each library's
+    own default, which is every core for BLAS, Numba, PyTorch and XLA alike)."""
+    from fastnn import config
+
+    return config.NUM_THREADS
+
+
 def torch_module():
-    """``torch`` when it imports, else None (torch is never a dependency of fastnn)."""
+    """``torch`` when it imports, else None (torch is never a dependency of fastnn); held to
+    ``FASTNN_NUM_THREADS`` intra-op threads when that is set, like BLAS and Numba."""
     try:
         import torch  # noqa: F401
     except Exception:
         return None
+    n = peer_threads()
+    if n is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
     return torch
 
 
-def versions(with_torch=True):
+def jax_module():
+    """``jax`` when it imports, else None (never a dependency of fastnn), float32 by default.
+
+    With ``FASTNN_NUM_THREADS=N``, XLA's CPU client gets ``PJRT_NPROC=N`` (set before jax is imported;
+    the client sizes its intra-op thread pool from it when it starts). The older recipe
+    ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=N`` does not cap the
+    threads of XLA's current CPU runtime: measured with jax 0.10, a jitted matmul loop still kept two
+    threads busy under it, and one under ``PJRT_NPROC=1``. A ``PJRT_NPROC`` already set is kept.
+    """
+    n = peer_threads()
+    if n is not None and "jax" not in sys.modules:
+        os.environ.setdefault("PJRT_NPROC", str(n))
+    try:
+        import jax
+    except Exception:
+        return None
+    jax.config.update("jax_enable_x64", False)
+    return jax
+
+
+def jax_threads():
+    """XLA's CPU intra-op threads: ``PJRT_NPROC`` (or ``NPROC``) when set, else the CPUs this process may use."""
+    for var in ("PJRT_NPROC", "NPROC"):
+        raw = os.environ.get(var, "").strip()
+        if raw.isdigit() and int(raw) > 0:
+            return int(raw)
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
+
+
+def why_missing(module):
+    """``"not installed"`` with the import error, for a peer row that cannot run."""
+    try:
+        __import__(module)
+    except Exception as exc:  # noqa: BLE001 - any import failure means the row cannot run
+        return f"not installed ({type(exc).__name__}: {exc})"
+    return None
+
+
+def versions(with_torch=True, with_jax=False):
     import fastnn
 
     v = {"python": platform.python_version(), "fastnn": fastnn.__version__, "numpy": numpy.__version__}
@@ -74,6 +128,12 @@ def versions(with_torch=True):
         v["threadpoolctl"] = None
     torch = torch_module() if with_torch else None
     v["torch"] = torch.__version__ if torch is not None else None
+    jax = jax_module() if with_jax else None
+    v["jax"] = jax.__version__ if jax is not None else None
+    if jax is not None:
+        import jaxlib
+
+        v["jaxlib"] = jaxlib.__version__
     from fastnn.backend import select
 
     dist = select.cupy_distribution()
@@ -81,15 +141,18 @@ def versions(with_torch=True):
     return v
 
 
-def machine(with_torch=True):
+def machine(with_torch=True, with_jax=False):
+    vers = versions(with_torch, with_jax)  # first: importing the peers applies FASTNN_NUM_THREADS to them
     env = {k: v for k, v in sorted(os.environ.items())
-           if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "NUMBA_", "FASTNN_", "GOTO", "BLIS_"))}
+           if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "NUMBA_", "FASTNN_", "GOTO", "BLIS_", "XLA_", "PJRT_"))}
     m = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "physical_cores": physical_cores(),
-         "platform": platform.platform(), "versions": versions(with_torch), "blas": blas_info(),
+         "platform": platform.platform(), "versions": vers, "blas": blas_info(),
          "env": env}
     torch = torch_module() if with_torch else None
     if torch is not None:
         m["torch_threads"] = torch.get_num_threads()
+    if vers.get("jax"):
+        m["jax_threads"] = jax_threads()
     try:
         import numba
 
@@ -108,6 +171,8 @@ def machine_line(m):
     parts = [m["cpu"], cores, f"Python {v['python']}", f"numpy {v['numpy']}", f"numba {v['numba']}",
              f"torch {v['torch']}" + (f" ({m['torch_threads']} threads)" if m.get("torch_threads") else ""),
              blas_s]
+    if v.get("jax"):
+        parts.insert(-1, f"jax {v['jax']}" + (f" ({m['jax_threads']} threads)" if m.get("jax_threads") else ""))
     if v.get("cupy"):
         parts.append(v["cupy"])
     blas_env = [f"{k}={val}" for k, val in m["env"].items() if k.startswith("OPENBLAS_")]

@@ -1,6 +1,7 @@
 """What fastnn's training rows are timed against: the book's network class on fastnn's kernels, a plain
-NumPy "from scratch" network, PyTorch eager (CPU or CUDA), PyTorch with the step in one CUDA graph, and
-the GEMM floor (the epoch's matmuls alone). Each has ``name``, ``clock``, ``first_loss``, ``epoch()``
+NumPy "from scratch" network, PyTorch eager (CPU or CUDA), PyTorch with ``torch.compile`` (CPU),
+PyTorch with the step in one CUDA graph, and the GEMM floor (the epoch's matmuls alone); the JAX peers
+are in ``fastnn.bench.peers_jax``. Each has ``name``, ``clock``, ``first_loss``, ``epoch()``
 and (all but the floor) ``batches`` and ``step(x, y)``."""
 from __future__ import annotations
 
@@ -158,6 +159,28 @@ class TorchImpl:
     def epoch(self):
         for x, y in self.batches:
             self.step(x, y)
+
+
+class TorchCompileImpl(TorchImpl):
+    """PyTorch on the CPU with ``torch.compile`` (TorchInductor, default mode): the forward pass and
+    the loss compiled as one function (AOTAutograd compiles its backward too) and the optimizer's
+    ``step`` compiled, as PyTorch's "compiled optimizer" recipe does; same weights and batches as
+    ``torch``. Compilation happens in the warm-up steps (a minute or more per model on 2 cores the
+    first time; TorchInductor caches it on disk for later runs), never in the timed rounds."""
+
+    def __init__(self, name, spec, weights, batches):
+        super().__init__(name, spec, weights, batches)
+        torch = self.torch
+        model, loss_fn = self.model, self.loss_fn
+        self.fwd_loss = torch.compile(lambda x, y: loss_fn(model(x), y))
+        self.opt_step = torch.compile(self.opt.step)
+
+    def step(self, x, y):
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.fwd_loss(x, y)
+        loss.backward()
+        self.opt_step()
+        return loss.item()
 
 
 class TorchGraphImpl(TorchImpl):

@@ -64,29 +64,48 @@ def print_ops(res):
 
 def print_train(res):
     rows = []
-    gpu = any("vs_torch_cuda" in r for m in res["models"].values() for r in m["impls"].values())
+    models = res["models"].values()
+    gpu = any("vs_torch_cuda" in r for m in models for r in m["impls"].values())
+    jax = any("vs_jax_epoch" in r for m in models for r in m["impls"].values())
+
+    def ratio(r, key):
+        return fmt(r.get(key)) + "x" if r.get(key) else "-"
+
+    def ratios(r):
+        return ([ratio(r, "vs_numpy"), ratio(r, "vs_torch")] + ([ratio(r, "vs_torch_cuda")] if gpu else [])
+                + ([ratio(r, "vs_jax_epoch")] if jax else []))
+
     for name, m in res["models"].items():
         for impl, r in m["impls"].items():
             s = r["samples_per_s"]
-            row = [name, impl, f"{s['median']:,.0f}", f"{s['min']:,.0f}-{s['max']:,.0f}",
-                   fmt(r.get("vs_numpy")) + "x" if r.get("vs_numpy") else "-",
-                   fmt(r.get("vs_torch")) + "x" if r.get("vs_torch") else "-"]
-            if gpu:
-                row.append(fmt(r.get("vs_torch_cuda")) + "x" if r.get("vs_torch_cuda") else "-")
-            rows.append(row + [fmt(r["epoch_over_gemm_floor"]) + "x" if r["epoch_over_gemm_floor"] else "-",
-                               fmt(r["first_loss"], 6)])
+            rows.append([name, impl, f"{s['median']:,.0f}", f"{s['min']:,.0f}-{s['max']:,.0f}"] + ratios(r)
+                        + [fmt(r["epoch_over_gemm_floor"]) + "x" if r["epoch_over_gemm_floor"] else "-",
+                           fmt(r["first_loss"], 6)])
+        for impl, why in (m.get("unavailable") or {}).items():  # "not installed (...)": the short reason here
+            rows.append([name, impl, why.split(" (")[0], ""] + [""] * len(ratios({})) + ["", ""])
         if m.get("gemm_floor_s"):
-            floor = [name, "gemm-floor", "", "", "", ""] + ([""] if gpu else [])
-            rows.append(floor + [f"{1e3 * m['gemm_floor_s']:.1f} ms", f"{fmt(m['gemm_floor_gflops'])} GFLOP/s"])
+            f = m.get("gemm_floor")
+            speed = [f"{f['samples_per_s']['median']:,.0f}",
+                     f"{f['samples_per_s']['min']:,.0f}-{f['samples_per_s']['max']:,.0f}"] if f else ["", ""]
+            rows.append([name, "gemm-floor"] + speed + (ratios(f) if f else [""] * len(ratios({})))
+                        + [f"{1e3 * m['gemm_floor_s']:.1f} ms", f"{fmt(m['gemm_floor_gflops'])} GFLOP/s"])
         if m.get("gemm_floor_gpu_s"):
-            floor = [name, "gemm-floor-gpu", "", "", "", ""] + ([""] if gpu else [])
+            floor = [name, "gemm-floor-gpu", "", ""] + [""] * len(ratios({}))
             rows.append(floor + [f"{1e3 * m['gemm_floor_gpu_s']:.2f} ms", ""])
     d = res["data"]
     head = (f"== train (synthetic MNIST-shaped float32, {d['samples']} samples, seed {d['seed']}; one epoch of "
             f"full batches per repeat, interleaved; samples/s median and min-max)")
     for what, why in (res.get("skipped") or {}).items():
         head += f"\n   skipped {what}: {why}"
-    cols = ["model", "impl", "samples/s", "min-max", "vs numpy", "vs torch"] + (["vs torch-cuda"] if gpu else [])
+    reasons = {}  # the full reason once, with the rows it applies to
+    for m in models:
+        for impl, why in (m.get("unavailable") or {}).items():
+            if " (" in why and impl not in reasons.setdefault(why, []):
+                reasons[why].append(impl)
+    for why, impls in reasons.items():
+        head += f"\n   {', '.join(impls)}: {why}"
+    cols = (["model", "impl", "samples/s", "min-max", "vs numpy", "vs torch"] + (["vs torch-cuda"] if gpu else [])
+            + (["vs jax-epoch"] if jax else []))
     return table(cols + ["epoch/GEMM floor", "first loss"], rows, head)
 
 

@@ -1,5 +1,7 @@
 """The ``train`` section: models A, B512, B64 (or those asked for) trained one epoch per repeat by every
-implementation, interleaved with its peers (``fastnn.bench.peers``) and the GEMM floor."""
+implementation, interleaved with its peers (``fastnn.bench.peers``, ``fastnn.bench.peers_jax``) and the
+GEMM floor. A peer whose package is not installed (PyTorch, JAX: never dependencies of fastnn), that a
+flag turns off, or that fails to compile is listed with the reason instead of a time."""
 from __future__ import annotations
 
 import math
@@ -8,10 +10,11 @@ import statistics
 import numpy
 
 from fastnn.bench import timing
-from fastnn.bench.machine import torch_module
+from fastnn.bench.machine import jax_module, torch_module, why_missing
 from fastnn.bench.models import (CLASSES, DATA_SEED, IN_FEATURES, MODELS, build_model, layer_dims, model_gemms,
                                  param_count, synthetic_mnist)
-from fastnn.bench.peers import BookImpl, GemmFloor, ScratchImpl, TorchGraphImpl, TorchImpl
+from fastnn.bench.peers import BookImpl, GemmFloor, ScratchImpl, TorchCompileImpl, TorchGraphImpl, TorchImpl
+from fastnn.bench.peers_jax import JaxEpochImpl, JaxStepImpl
 from fastnn.bench.timing import Clock, clock_for, stats
 
 
@@ -44,11 +47,17 @@ class FastnnImpl:
 
 
 GPU_IMPLS = ("cupy", "cupy-graph", "torch-cuda", "torch-cuda-graph")
+CPU_PEERS = ("torch", "torch-compile", "jax-step", "jax-epoch")  # optional: a row with a reason when absent
+RATIOS = (("vs_numpy", "numpy"), ("vs_torch", "torch"), ("vs_torch_cuda", "torch-cuda"), ("vs_jax_epoch", "jax-epoch"))
 
 
-def run_train(settings, backends, ctx, models, with_torch=True, batch_override=None, gpu_only=False):
+def run_train(settings, backends, ctx, models, with_torch=True, batch_override=None, gpu_only=False,
+              with_jax=True, with_compile=True):
     torch = torch_module() if with_torch else None
-    out = {"data": None, "models": {}, "torch": torch.__version__ if torch is not None else None}
+    jax = jax_module() if with_jax else None
+    out = {"data": None, "models": {}, "torch": torch.__version__ if torch is not None else None,
+           "jax": jax.__version__ if jax is not None else None}
+    absent = {} if gpu_only else peers_absent(torch, jax, with_torch, with_jax, with_compile)
     x_all, y_all = synthetic_mnist(settings.train_samples)
     out["data"] = {"samples": settings.train_samples, "features": IN_FEATURES, "classes": CLASSES,
                    "seed": DATA_SEED, "dtype": "float32",
@@ -60,13 +69,29 @@ def run_train(settings, backends, ctx, models, with_torch=True, batch_override=N
         batches = epoch_batches(x_all, y_all, spec["batch"], settings.train_samples)
         weights = build_model(spec, "numpy").get_weights()
         cpu = not gpu_only  # --gpu-only: no CPU rows (they would take minutes at GPU sizes)
-        impls = implementations(name, spec, backends, weights, batches, torch, cpu, out)
+        impls = implementations(name, spec, backends, weights, batches, torch, cpu, out, jax, with_compile)
         floors = gemm_floors(spec, backends, len(batches), cpu)
-        warm_up(impls, floors, settings.warmup_steps)
+        unavailable = dict(absent)
+        impls = warm_up(impls, floors, settings.warmup_steps, unavailable)
         samples, loads = timing.POLICY.run(settings.repeats, lambda: {
             impl.name: impl.clock.time(impl.epoch, 1) for impl in impls + floors})
         out["models"][name] = model_record(spec, len(batches), impls, samples, loads)
+        out["models"][name]["unavailable"] = unavailable
     return out
+
+
+def peers_absent(torch, jax, with_torch, with_jax, with_compile):
+    """``{row: reason}`` for the optional CPU peers that will not run: not installed, or turned off."""
+    absent = {}
+    if torch is None:
+        why = "off (--no-torch)" if not with_torch else why_missing("torch") or "not installed"
+        absent["torch"] = absent["torch-compile"] = why
+    elif not with_compile:
+        absent["torch-compile"] = "off (--no-torch-compile)"
+    if jax is None:
+        why = "off (--no-jax)" if not with_jax else why_missing("jax") or "not installed"
+        absent["jax-step"] = absent["jax-epoch"] = why
+    return absent
 
 
 def epoch_batches(x_all, y_all, bs, train_samples):
@@ -80,7 +105,7 @@ def epoch_batches(x_all, y_all, bs, train_samples):
     return batches
 
 
-def implementations(name, spec, backends, weights, batches, torch, cpu, out):
+def implementations(name, spec, backends, weights, batches, torch, cpu, out, jax=None, with_compile=True):
     """fastnn on each backend (and ``cupy-graph``) and its peers, from the same weights and batches; a
     PyTorch CUDA graph that cannot capture lands in ``out["skipped"]``."""
     impls = [FastnnImpl(be, spec, be, weights, batches) for be in backends if cpu or be == "cupy"]
@@ -93,12 +118,17 @@ def implementations(name, spec, backends, weights, batches, torch, cpu, out):
     if torch is not None:
         if cpu:
             impls.append(TorchImpl("torch", spec, weights, batches))
+            if with_compile:
+                impls.append(TorchCompileImpl("torch-compile", spec, weights, batches))
         if "cupy" in backends and torch.cuda.is_available():
             impls.append(TorchImpl("torch-cuda", spec, weights, batches, device="cuda"))
             try:
                 impls.append(TorchGraphImpl("torch-cuda-graph", spec, weights, batches))
             except Exception as exc:  # noqa: BLE001 - a peer that cannot capture is reported, not fatal
                 out.setdefault("skipped", {})[f"{name}/torch-cuda-graph"] = f"{type(exc).__name__}: {exc}"
+    if jax is not None and cpu:
+        impls.append(JaxStepImpl("jax-step", spec, weights, batches))
+        impls.append(JaxEpochImpl("jax-epoch", spec, weights, batches))
     return impls
 
 
@@ -111,19 +141,33 @@ def gemm_floors(spec, backends, n_batches, cpu):
     return floors
 
 
-def warm_up(impls, floors, steps):
-    """Compile, allocate workspaces and record each implementation's first loss; capture CUDA graphs."""
+def warm_up(impls, floors, steps, unavailable):
+    """Compile, allocate workspaces and record each implementation's first loss; capture CUDA graphs,
+    compile whole epochs (``prepare``). Returns the implementations that can be timed: an optional peer
+    (``CPU_PEERS``) that fails here (torch.compile without a working C++ compiler, say) goes into
+    ``unavailable`` with the error instead of ending the run."""
+    ready = []
     for impl in impls:
-        for i in range(steps):
-            xb, yb = impl.batches[i % len(impl.batches)]
-            loss = impl.step(xb, yb)
-            if i == 0:
-                impl.first_loss = float(loss)
-    for impl in impls:
+        try:
+            for i in range(steps):
+                xb, yb = impl.batches[i % len(impl.batches)]
+                loss = impl.step(xb, yb)
+                if i == 0:
+                    impl.first_loss = float(loss)
+            if hasattr(impl, "prepare"):
+                impl.prepare()
+        except Exception as exc:  # noqa: BLE001 - an optional peer that cannot run is reported, not fatal
+            if impl.name not in CPU_PEERS:
+                raise
+            unavailable[impl.name] = f"failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]})"
+            continue
+        ready.append(impl)
+    for impl in ready:
         if getattr(impl, "cuda_graph", False):
             impl.epoch()  # captures the step (and checks it against eager) outside the timed rounds
     for f in floors:
         f.epoch()
+    return ready
 
 
 def model_record(spec, n_batches, impls, samples, loads):
@@ -140,9 +184,14 @@ def model_record(spec, n_batches, impls, samples, loads):
         floor = floor_gpu if impl.name in GPU_IMPLS else floor_cpu
         rows[impl.name] = {"samples_per_s": stats(sps), "epoch_s": stats(ts), "first_loss": impl.first_loss,
                            "epoch_over_gemm_floor": statistics.median(ts) / floor if floor else None}
-    for key, cmp in (("vs_numpy", "numpy"), ("vs_torch", "torch"), ("vs_torch_cuda", "torch-cuda")):
+    floor_row = None
+    if floor_cpu:  # the floor as a row of its own: samples/s if the step cost only its GEMMs
+        ts = samples["gemm-floor"]
+        floor_row = {"samples_per_s": stats([n_samples / t for t in ts]), "epoch_s": stats(ts),
+                     "gflops": gflop / floor_cpu}
+    for key, cmp in RATIOS:
         if cmp in rows:
-            for r in rows.values():
+            for r in list(rows.values()) + ([floor_row] if floor_row else []):
                 r[key] = r["samples_per_s"]["median"] / rows[cmp]["samples_per_s"]["median"]
     losses = [r["first_loss"] for r in rows.values() if r["first_loss"] is not None]
     return {
@@ -150,7 +199,7 @@ def model_record(spec, n_batches, impls, samples, loads):
         "batch": bs, "batches_per_epoch": n_batches, "samples_per_epoch": n_samples,
         "params": param_count(spec), "gemm_gflop_per_epoch": gflop,
         "gemm_floor_s": floor_cpu, "gemm_floor_gflops": gflop / floor_cpu if floor_cpu else None,
-        "gemm_floor_gpu_s": floor_gpu,
+        "gemm_floor_gpu_s": floor_gpu, "gemm_floor": floor_row,
         "first_loss_spread": (max(losses) - min(losses)) if losses else None,
         "other_cpu_load_per_round": loads,
         "impls": rows, "raw_epoch_s": samples}

@@ -57,6 +57,11 @@ def test_train_and_ops_smoke_run_writes_the_record(tmp_path):
             assert math.isfinite(r["first_loss"])
         if cli.torch_module() is not None:
             assert "torch" in impls and _positive(impls["numpy"]["vs_torch"])
+        # the optional peers (torch, torch.compile, JAX): each a timed row or a row saying why not
+        for peer in ("torch", "torch-compile", "jax-step", "jax-epoch"):
+            assert (peer in impls) != (peer in m["unavailable"]), peer
+        assert _positive(m["gemm_floor"]["samples_per_s"]["median"]) and _positive(m["gemm_floor"]["vs_numpy"])
+    assert "gemm-floor" in stdout
     # same initial weights and data, no dropout: every implementation starts from the same loss
     assert train["models"]["A"]["first_loss_spread"] < 1e-4
 
