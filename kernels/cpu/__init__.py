@@ -13,7 +13,11 @@ def flush_if_stale(module_name, *deps):
     from numba.core.caching import FunctionCache
 
     module = _sys.modules[module_name]
-    digest = _hashlib.sha256(b"".join(open(m.__file__, "rb").read() for m in (*deps, module))).hexdigest()
+    sha = _hashlib.sha256()
+    for m in (*deps, module):
+        with open(m.__file__, "rb") as f:
+            sha.update(f.read())
+    digest = sha.hexdigest()
     cached = [d for d in vars(module).values() if isinstance(getattr(d, "_cache", None), FunctionCache)]
     if not cached:
         return
