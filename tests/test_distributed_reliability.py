@@ -100,3 +100,17 @@ def test_an_exception_on_every_rank_at_the_same_step_raises_everywhere_and_the_j
         assert f"rank {rank}: caught rank {rank} fails on purpose at step 3" in out, out[-3000:]
         assert f"rank {rank}: recovered" in out, out[-3000:]
     assert "aborting" not in out, out[-3000:]
+
+
+@pytest.mark.parametrize("where, epochs, steps", [("epoch", 2, None), ("batch", 1, 5)])
+def test_stop_training_on_one_rank_stops_every_rank_at_the_same_point(where, epochs, steps):
+    """A callback that stops training on one rank only used to leave the other ranks waiting in the next
+    step's all-reduce forever; now every rank stops after the same batch (or epoch), replicas equal."""
+    rc, out, _ = run2("stop", where)
+    assert rc == 0, out
+    lines = sorted(line for line in out.splitlines() if "stopped after" in line)
+    assert len(lines) == 2, out
+    for rank, line in enumerate(lines):
+        assert line.startswith(f"rank {rank}: stopped after {epochs} epochs"), out
+        if steps is not None:
+            assert line.endswith(f"and {steps} steps"), out

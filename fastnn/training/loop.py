@@ -274,6 +274,8 @@ def _run(model, sampler, train_step, cbs, state, epochs, initial_epoch, epoch_en
                 end_logs = BatchLogs(sums, batch)
                 for hook in end_hooks:
                     hook(batch, end_logs)
+            if begin_hooks or end_hooks:
+                _agree_stop(model, comm)
             if model.stop_training:  # set by any hook: stop after this batch, as Keras
                 break
         skip = 0
@@ -284,10 +286,20 @@ def _run(model, sampler, train_step, cbs, state, epochs, initial_epoch, epoch_en
         state.epoch_start_state = sampler.rng.bit_generator.state
         state.finished = (epoch, dict(logs))
         cbs.on_epoch_end(epoch, logs)
+        _agree_stop(model, comm)
         if model.stop_training:
             break
     cbs.on_train_end(logs)
     return logs
+
+
+def _agree_stop(model, comm):
+    """Under data parallelism a callback may stop training on one rank only (its own logs, a file, a
+    signal): every rank stops when any rank does, after the same batch, instead of the others
+    waiting forever in the next step's all-reduce. One tiny all-reduce, only where hooks ran."""
+    if comm is not None and comm.size > 1:
+        flag = comm.allreduce_host(numpy.array([1.0 if model.stop_training else 0.0]))
+        model.stop_training = bool(flag[0] > 0)
 
 
 def _train_runs(model, state, batches, skip, many, sums, end_hooks):

@@ -8,6 +8,8 @@ Modes (``python dist_reliability.py MODE [ARG]``):
 - ``caught STEP``: the last rank raises at optimizer step STEP inside a ``try`` that catches it, then returns
   normally (the job must end within seconds, non-zero).
 - ``everywhere STEP``: every rank raises at step STEP and catches it; then a matching ``fit`` (exit 0).
+- ``stop WHERE``: only the last rank sets ``model.stop_training`` (``epoch``: at the end of epoch 1;
+  ``batch``: after optimizer step 5); every rank must stop at the same point with the same weights.
 """
 import os
 import sys
@@ -111,8 +113,28 @@ def failing(step, everywhere):
         say(comm, "returns normally after catching")
 
 
+def stop(where):
+    (x, t), val = data()
+    comm = distributed.init()
+    model = build("adam", "float64")
+    last = comm.rank == comm.size - 1
+
+    def at_epoch(epoch, logs):
+        if last and epoch == 1:
+            model.stop_training = True
+
+    def at_batch(batch, logs):
+        if last and model.optimizer.iterations == 5:
+            model.stop_training = True
+    cb = LambdaCallback(on_epoch_end=at_epoch) if where == "epoch" else LambdaCallback(on_batch_end=at_batch)
+    history = model.fit(x, t, batch_size=BATCH, epochs=50, verbose=0, seed=3, callbacks=[cb])
+    digests = comm.allgather_obj(distributed.checksum(*model.get_weights()))
+    assert len(set(digests)) == 1, digests
+    say(comm, f"stopped after {len(history.epoch)} epochs and {model.optimizer.iterations} steps")
+
+
 if __name__ == "__main__":
     fastnn.use(os.environ.get("FASTNN_TEST_BACKEND", "numpy"))
     mode, args = sys.argv[1], sys.argv[2:]
     {"differ": differ, "early": early, "caught": lambda step: failing(step, False),
-     "everywhere": lambda step: failing(step, True)}[mode](*args)
+     "everywhere": lambda step: failing(step, True), "stop": stop}[mode](*args)
