@@ -114,3 +114,13 @@ def test_stop_training_on_one_rank_stops_every_rank_at_the_same_point(where, epo
         assert line.startswith(f"rank {rank}: stopped after {epochs} epochs"), out
         if steps is not None:
             assert line.endswith(f"and {steps} steps"), out
+
+
+def test_a_final_backup_that_fails_on_rank_0_only_raises_on_every_rank_and_the_job_goes_on():
+    """Rank 0 could not write the completed backup (a full disk): every rank raises it from fit (rank 0's
+    own error, the others naming rank 0 and the folder), and a matching fit afterwards still works."""
+    rc, out, _ = run2("savefail")
+    assert rc == 0, out
+    assert "rank 0: caught OSError: [Errno 28] No space left on device" in out, out
+    assert "rank 1: caught OSError: rank 0 could not write the backup in" in out, out
+    assert out.count("recovered") == 2, out

@@ -85,9 +85,23 @@ class BackupAndRestore(Callback):
             self._folder.clear()
 
     def _save(self, completed=False):
+        """Write a backup (rank 0 writes; every rank takes part). Under data parallelism a write that
+        fails on rank 0 (a full disk, a read-only folder) raises the same error on every rank, so all
+        of them leave ``fit`` alike instead of rank 0 failing alone after the others finished."""
         state = self.model.training_loop.snapshot()  # every rank: the partial sums are reduced
+        comm = distributed.get()
+        error = None
         if is_chief(self.model):
-            self._folder.write(self.model, state, completed)
+            try:
+                self._folder.write(self.model, state, completed)
+            except OSError as exc:
+                error = exc
+        if comm.size > 1:
+            message = comm.bcast_obj(None if error is None else f"{type(error).__name__}: {error}")
+            if message is not None and error is None:
+                error = OSError(f"rank 0 could not write the backup in {self.backup_dir}: {message}")
+        if error is not None:
+            raise error
 
     def on_batch_end(self, batch, logs=None):
         if self.save_freq != "epoch" and self.model.optimizer.iterations % self.save_freq == 0:

@@ -8,6 +8,8 @@ Modes (``python dist_reliability.py MODE [ARG]``):
 - ``caught STEP``: the last rank raises at optimizer step STEP inside a ``try`` that catches it, then returns
   normally (the job must end within seconds, non-zero).
 - ``everywhere STEP``: every rank raises at step STEP and catches it; then a matching ``fit`` (exit 0).
+- ``savefail``: rank 0's final backup write fails (OSError); every rank must raise it from ``fit``
+  and the job go on.
 - ``stop WHERE``: only the last rank sets ``model.stop_training`` (``epoch``: at the end of epoch 1;
   ``batch``: after optimizer step 5); every rank must stop at the same point with the same weights.
 """
@@ -133,8 +135,36 @@ def stop(where):
     say(comm, f"stopped after {len(history.epoch)} epochs and {model.optimizer.iterations} steps")
 
 
+def savefail():
+    import tempfile
+
+    from fastnn.callbacks import BackupAndRestore
+
+    (x, t), val = data()
+    comm = distributed.init()
+    model = build("adam", "float64")
+    folder = comm.bcast_obj(tempfile.mkdtemp() if comm.rank == 0 else None)
+    if comm.rank == 0:  # only the final (completed) backup fails, and only where rank 0 writes
+        import fastnn.checkpoint as ck
+
+        real = ck.BackupFolder.write
+
+        def full_disk(self, model, training, completed=False):
+            if completed:
+                raise OSError(28, "No space left on device")
+            return real(self, model, training, completed)
+        ck.BackupFolder.write = full_disk
+    try:
+        model.fit(x, t, batch_size=BATCH, epochs=2, verbose=0, seed=3, callbacks=[BackupAndRestore(folder)])
+    except OSError as e:
+        say(comm, f"caught OSError: {e}")
+    else:
+        say(comm, "fit returned")
+    recover(comm)
+
+
 if __name__ == "__main__":
     fastnn.use(os.environ.get("FASTNN_TEST_BACKEND", "numpy"))
     mode, args = sys.argv[1], sys.argv[2:]
     {"differ": differ, "early": early, "caught": lambda step: failing(step, False),
-     "everywhere": lambda step: failing(step, True), "stop": stop}[mode](*args)
+     "everywhere": lambda step: failing(step, True), "stop": stop, "savefail": savefail}[mode](*args)
