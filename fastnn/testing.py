@@ -292,3 +292,24 @@ def scripts_no_test_names(folder, tests_dir):
             with open(os.path.join(tests_dir, name), encoding="utf-8") as f:
                 text += f.read()
     return sorted(s for s in scripts if f'"{s}"' not in text)
+
+
+# ---------------------------------------------------------------- optimizers
+def flat_steps(backend, make_optimizer, dtype, steps=5):
+    """``[parameters, *slots]`` as host arrays after ``steps`` ``step_flat`` updates of a fresh optimizer
+    (``make_optimizer()``) on the flat buffer of a ``Dense(7)`` built for 9 inputs on ``backend``, each
+    step with its own seeded random gradient: what the backends' optimizer kernels are compared on."""
+    import fastnn
+    from fastnn.layers import Dense
+    from fastnn.params import FlatParams
+
+    with fastnn.using(backend) as ops:
+        layer = Dense(7, dtype=dtype)
+        layer.rng = numpy.random.default_rng(3)
+        layer.build((None, 9))
+        flat = FlatParams([layer], ops, dtype)
+        opt = make_optimizer()
+        for step in range(steps):
+            flat.g[...] = ops.asarray(numpy.random.default_rng(step).standard_normal(flat.size).astype(dtype))
+            opt.step_flat(flat)
+        return [host(flat.p)] + [host(slot) for slot in opt.flat_slots]

@@ -16,7 +16,7 @@ from fastnn import optimizers as O
 from fastnn.layers import Dense
 from fastnn.models import Sequential, load_model
 from fastnn.params import FlatParams
-from fastnn.testing import has_numba, host
+from fastnn.testing import flat_steps, has_numba, host
 
 
 def rand(shape, seed, dtype=numpy.float64):
@@ -318,18 +318,7 @@ def test_flat_dict_and_captured_paths_agree_bitwise(backend, name, dtype):
 
 @pytest.mark.parametrize("name", NEW + ["sgd-clip"])
 def test_backend_flat_step_matches_reference(fast_backend, name, dtype):
-    results = {}
-    for backend in ("numpy", fast_backend):
-        with fastnn.using(backend) as ops:
-            layer = Dense(7, dtype=dtype)
-            layer.rng = numpy.random.default_rng(3)
-            layer.build((None, 9))
-            flat = FlatParams([layer], ops, dtype)
-            opt = CASES[name][0]()
-            for step in range(5):
-                flat.g[...] = ops.asarray(rand(flat.size, step, dtype))
-                opt.step_flat(flat)
-            results[backend] = [host(flat.p)] + [host(s) for s in opt.flat_slots]
+    results = {backend: flat_steps(backend, CASES[name][0], dtype) for backend in ("numpy", fast_backend)}
     for got, want in zip(results[fast_backend], results["numpy"]):
         assert got.dtype == dtype
         numpy.testing.assert_allclose(got, want, rtol=3e-5 if dtype == numpy.float32 else 1e-12,

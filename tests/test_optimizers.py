@@ -8,7 +8,7 @@ import fastnn
 from fastnn import optimizers as O
 from fastnn.layers import Dense
 from fastnn.params import FlatParams
-from fastnn.testing import assert_close, host
+from fastnn.testing import flat_steps, assert_close, host
 
 ALL = {
     "sgd": lambda: O.SGD(lr=0.1),
@@ -110,18 +110,7 @@ def test_flat_path_equals_dict_path_bitwise(backend, name, dtype):
 
 @pytest.mark.parametrize("name", list(ALL))
 def test_backend_flat_step_matches_reference(fast_backend, name, dtype):
-    results = {}
-    for backend in ("numpy", fast_backend):
-        with fastnn.using(backend) as ops:
-            layer = Dense(7, dtype=dtype)
-            layer.rng = numpy.random.default_rng(3)
-            layer.build((None, 9))
-            flat = FlatParams([layer], ops, dtype)
-            opt = ALL[name]()
-            for step in range(5):
-                flat.g[...] = ops.asarray(rand(flat.size, step, dtype))
-                opt.step_flat(flat)
-            results[backend] = [host(flat.p)] + [host(s) for s in opt.flat_slots]
+    results = {backend: flat_steps(backend, ALL[name], dtype) for backend in ("numpy", fast_backend)}
     for got, want in zip(results[fast_backend], results["numpy"]):
         assert got.dtype == dtype
         assert_close(got, want, rtol=3e-5 if dtype == numpy.float32 else 1e-12,

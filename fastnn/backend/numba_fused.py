@@ -256,7 +256,7 @@ class FusedPlan:
 
     def run(self, x, t, order, sc=None, stats=None, check=True):
         """Train on the batches of ``order`` (one step per ``batch_size`` indices); see the class."""
-        model, flat = self.model, self.model.flat
+        model = self.model
         order = np.ascontiguousarray(order, np.int64)
         t_idx, t_dense = self.targets(t)
         if check:
@@ -269,11 +269,16 @@ class FusedPlan:
         if sc.shape[1:] != (len(self.pieces), NSCALARS) or sc.shape[0] < steps or stats.shape != (steps, 2):
             raise ValueError(f"{model.name}: {steps} steps need sc of shape ({steps}, {len(self.pieces)}, "
                              f"{NSCALARS}) and stats of shape ({steps}, 2), got {sc.shape} and {stats.shape}")
+        return self._launch(x, t_idx, t_dense, order, sc, stats)
+
+    def _launch(self, x, t_idx, t_dense, order, sc, stats):
+        """One ``train_steps`` call on the model's buffers; advances its step counters as ``fit`` does."""
+        model, flat = self.model, self.model.flat
         self.cfg[C_STEP0] = model._step
         train_steps(x, t_idx, t_dense, order, self.net, self.netf, self.cfg, self.clipnorm, self.pieces,
                     self.runs, sc, flat.p, flat.g, self.s1, self.s2, self.ws, self.ti, stats)
-        model.optimizer.iterations += steps
-        model._step += steps
+        model.optimizer.iterations += stats.shape[0]
+        model._step += stats.shape[0]
         return stats
 
     # -- fit's way in: check the data once, then one call per batch
@@ -289,15 +294,9 @@ class FusedPlan:
         """Train the batches of ``idx`` (int64 row indices from fit's sampler, valid by construction;
         one step per ``batch_size`` of them, the last may be short) in one call and return each
         step's sums as ``fit``'s eager step does: ``[{names[0]: loss * n, names[1]: metric sum}]``."""
-        x, t_idx, t_dense = prepared
         steps = -(-len(idx) // self.batch_size)
-        stats = np.empty((steps, 2), self.dtype)
-        self.cfg[C_STEP0] = self.model._step
-        train_steps(x, t_idx, t_dense, np.ascontiguousarray(idx, np.int64), self.net, self.netf, self.cfg,
-                    self.clipnorm, self.pieces, self.runs, self.scalars(steps), self.model.flat.p,
-                    self.model.flat.g, self.s1, self.s2, self.ws, self.ti, stats)
-        self.model.optimizer.iterations += steps
-        self.model._step += steps
+        stats = self._launch(*prepared, np.ascontiguousarray(idx, np.int64), self.scalars(steps),
+                             np.empty((steps, 2), self.dtype))
         return [{name: row[i] for i, name in enumerate(names)} for row in stats]
 
     def still_valid(self):
