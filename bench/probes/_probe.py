@@ -232,12 +232,9 @@ def _md_table(headers, rows):
     return "\n".join(out)
 
 
-def gpu_check_report(work, out, meta):
-    work, out = Path(work), Path(out)
-    steps = _read_steps(work)
-    by_name = {s["step"]: s for s in steps}
-    dry = meta.get("dry_run", "0") not in ("", "0")
-    rec = {"schema": 1, "meta": meta, "steps": steps, "tests": {}, "sanitizer": {}}
+def _test_results(work, by_name):
+    """Per test step that ran: its JUnit counts (or the log's pytest counts) and pytest's summary line."""
+    tests = {}
     for name in TEST_STEPS:
         if name not in by_name or not isinstance(by_name[name]["rc"], int):
             continue
@@ -250,91 +247,122 @@ def gpu_check_report(work, out, meta):
         if res is None:
             res = {"junit": "missing (the step did not finish, or did not run)", **_pytest_counts_from_log(log_text)}
         res["summary_line"] = _pytest_summary_line(log_text)
-        rec["tests"][name] = res
+        tests[name] = res
+    return tests
+
+
+def _sanitizer_results(work, by_name):
+    results = {}
     for name in SANITIZER_STEPS:
         if name in by_name and isinstance(by_name[name]["rc"], int):
             try:
                 text = (work / f"{name}.log").read_text(encoding="utf-8", errors="replace")
             except OSError:
                 text = ""
-            rec["sanitizer"][name] = _sanitizer(text)
+            results[name] = _sanitizer(text)
+    return results
+
+
+def _add_probes(rec, out):
+    """The probes' summaries (or skip/error) and their failed parts into ``rec``; returns their records."""
     probes = {n: _read_json(out / f"{n}.json") for n in ("graph_capture", "kernel_cache", "optimizer_bandwidth")}
     for n, p in probes.items():
         if p is not None:
             rec[n] = p.get("summary") or {k: p.get(k) for k in ("skipped", "error") if p.get(k)}
             rec[n + "_parts_not_ok"] = {k: (v.get("error") or "")[:500] for k, v in p.items()
                                         if isinstance(v, dict) and v.get("ok") is False}
-    bench = _read_json(out / "bench-gpu.json")
-    rec["bench"], rec["bench_skipped"] = _bench_rows(bench)
-    if bench:
-        rec["bench_machine"] = bench.get("machine_line")
+    return probes
 
-    # verdict
+
+def _problems(rec, steps, dry):
     problems = []
-    if meta.get("no_gpu"):
-        verdict, code = f"NO GPU: {meta['no_gpu']}", 3
-    else:
-        for s in steps:
-            rc = s["rc"]
-            if isinstance(rc, int) and rc != 0:
-                problems.append(f"{s['step']}: rc={rc}" + (f" ({s['note']})" if s["note"] else ""))
-            elif rc == "skipped" and (s["step"] in TEST_STEPS or s["step"].startswith("collect")):
-                problems.append(f"{s['step']}: not run ({s['note']})")
-            if dry and s["step"].startswith("collect") and "collected 0 tests" in s["note"]:
-                problems.append(f"{s['step']}: the selection is empty")
-        for name, res in rec["tests"].items():
-            if res.get("failed") or res.get("errors"):
-                problems.append(f"{name}: {res.get('failed', 0)} failed, {res.get('errors', 0)} errors")
-        if (rec.get("graph_capture") or {}).get("q5_fit_modes_all_correct") is False:
-            problems.append("graph_capture: fit(cuda_graph=True) did not train as eager in full and split mode")
-        notes = [f"{n} part {k} failed" for n in probes for k in rec.get(n + "_parts_not_ok") or {}]
-        if notes:
-            rec["notes"] = notes
-        code = 1 if problems else 0
-        verdict = ("DRY RUN: " if dry else "") + ("FAILED: " + "; ".join(dict.fromkeys(problems)) if problems
-                                                 else "green" if not dry else "plan printed, selections collected"
-                                                 if any(s["step"].startswith("collect") for s in steps) else "plan printed")
-    rec["verdict"], rec["exit"] = verdict, code
+    for s in steps:
+        rc = s["rc"]
+        if isinstance(rc, int) and rc != 0:
+            problems.append(f"{s['step']}: rc={rc}" + (f" ({s['note']})" if s["note"] else ""))
+        elif rc == "skipped" and (s["step"] in TEST_STEPS or s["step"].startswith("collect")):
+            problems.append(f"{s['step']}: not run ({s['note']})")
+        if dry and s["step"].startswith("collect") and "collected 0 tests" in s["note"]:
+            problems.append(f"{s['step']}: the selection is empty")
+    for name, res in rec["tests"].items():
+        if res.get("failed") or res.get("errors"):
+            problems.append(f"{name}: {res.get('failed', 0)} failed, {res.get('errors', 0)} errors")
+    if (rec.get("graph_capture") or {}).get("q5_fit_modes_all_correct") is False:
+        problems.append("graph_capture: fit(cuda_graph=True) did not train as eager in full and split mode")
+    return problems
 
-    # markdown
-    md = [f"# fastnn GPU check: {meta.get('gpu') or meta.get('no_gpu') or '(no GPU probed)'}", "",
-          f"{meta.get('started', '?')}, commit `{meta.get('commit', '?')}` on `{meta.get('host', '?')}`; "
-          f"{meta.get('total_s', '?')} s of a {meta.get('budget_s', '?')} s budget. Command: "
-          f"`bash bench/probes/gpu_check.sh` (FASTNN_EXPECT_GPU=1).", "", f"**Verdict: {verdict}** (exit {code})", "",
-          "## Steps", "",
-          _md_table(["step", "rc", "s", "limit s", "note"],
-                    [[s["step"], s["rc"], s["seconds"], s["limit_s"], s["note"][:200]] for s in steps])]
-    if rec["tests"]:
-        md += ["", "## Tests", "", _md_table(
-            ["selection", "passed", "failed", "errors", "skipped", "s"],
-            [[n, r.get("passed", "-"), r.get("failed", "-"), r.get("errors", "-"), r.get("skipped", "-"),
-              r.get("seconds", "-")] for n, r in rec["tests"].items()])]
-        for n, r in rec["tests"].items():
-            if r.get("failures"):
-                md += ["", f"Failures in {n} (first {min(30, len(r['failures']))}):", ""]
-                md += [f"- `{f['id']}` ({f['kind']}): {f['message'][:240]}" for f in r["failures"][:30]]
-            if r.get("skip_reasons"):
-                md += ["", f"Skip reasons in {n}:", ""]
-                md += [f"- {s['count']} x {s['reason'][:200]}" for s in r["skip_reasons"][:10]]
-    if rec["sanitizer"]:
-        md += ["", "## compute-sanitizer", "", _md_table(
-            ["tool", "rc", "tests", "summary", "first findings"],
-            [[n, by_name[n]["rc"], ", ".join(f"{v} {k}" for k, v in r["pytest"].items()) or "-",
-              "; ".join(r["summary"]) or "-", " / ".join(f.strip("= ")[:120] for f in r["findings"][:3]) or "-"]
-             for n, r in rec["sanitizer"].items()])]
+
+def _verdict(rec, steps, meta, probes):
+    """``(verdict, exit code)``; also notes the probes' failed parts in ``rec["notes"]``."""
+    if meta.get("no_gpu"):
+        return f"NO GPU: {meta['no_gpu']}", 3
+    dry = meta.get("dry_run", "0") not in ("", "0")
+    problems = _problems(rec, steps, dry)
+    notes = [f"{n} part {k} failed" for n in probes for k in rec.get(n + "_parts_not_ok") or {}]
+    if notes:
+        rec["notes"] = notes
+    code = 1 if problems else 0
+    verdict = ("DRY RUN: " if dry else "") + ("FAILED: " + "; ".join(dict.fromkeys(problems)) if problems
+                                             else "green" if not dry else "plan printed, selections collected"
+                                             if any(s["step"].startswith("collect") for s in steps) else "plan printed")
+    return verdict, code
+
+
+def _md_head(rec, meta, steps):
+    return [f"# fastnn GPU check: {meta.get('gpu') or meta.get('no_gpu') or '(no GPU probed)'}", "",
+            f"{meta.get('started', '?')}, commit `{meta.get('commit', '?')}` on `{meta.get('host', '?')}`; "
+            f"{meta.get('total_s', '?')} s of a {meta.get('budget_s', '?')} s budget. Command: "
+            f"`bash bench/probes/gpu_check.sh` (FASTNN_EXPECT_GPU=1).", "",
+            f"**Verdict: {rec['verdict']}** (exit {rec['exit']})", "",
+            "## Steps", "",
+            _md_table(["step", "rc", "s", "limit s", "note"],
+                      [[s["step"], s["rc"], s["seconds"], s["limit_s"], s["note"][:200]] for s in steps])]
+
+
+def _md_tests(rec):
+    if not rec["tests"]:
+        return []
+    md = ["", "## Tests", "", _md_table(
+        ["selection", "passed", "failed", "errors", "skipped", "s"],
+        [[n, r.get("passed", "-"), r.get("failed", "-"), r.get("errors", "-"), r.get("skipped", "-"),
+          r.get("seconds", "-")] for n, r in rec["tests"].items()])]
+    for n, r in rec["tests"].items():
+        if r.get("failures"):
+            md += ["", f"Failures in {n} (first {min(30, len(r['failures']))}):", ""]
+            md += [f"- `{f['id']}` ({f['kind']}): {f['message'][:240]}" for f in r["failures"][:30]]
+        if r.get("skip_reasons"):
+            md += ["", f"Skip reasons in {n}:", ""]
+            md += [f"- {s['count']} x {s['reason'][:200]}" for s in r["skip_reasons"][:10]]
+    return md
+
+
+def _md_sanitizer(rec, by_name):
+    if not rec["sanitizer"]:
+        return []
+    return ["", "## compute-sanitizer", "", _md_table(
+        ["tool", "rc", "tests", "summary", "first findings"],
+        [[n, by_name[n]["rc"], ", ".join(f"{v} {k}" for k, v in r["pytest"].items()) or "-",
+          "; ".join(r["summary"]) or "-", " / ".join(f.strip("= ")[:120] for f in r["findings"][:3]) or "-"]
+         for n, r in rec["sanitizer"].items()])]
+
+
+def _md_fit_modes(gc):
+    rows = []
+    for model, variants in gc["q5_fit_us_per_step"].items():
+        eager = (variants.get("eager") or {}).get("us_per_step_median")
+        for v, r in variants.items():
+            us = r.get("us_per_step_median")
+            rows.append([model, v, r.get("mode", "-") if v != "eager" else "-", _fmt(us),
+                         _fmt(eager / us) + "x" if (eager and us) else "-",
+                         _fmt(r.get("weights_rel_err_vs_eager")), r.get("correct", "-"),
+                         (r.get("disabled") or "")[:80] or "-"])
+    return ["", "## fit(cuda_graph=True): full and split mode (graph_capture.py, fit_modes)", "", _md_table(
+        ["model", "variant", "mode", "µs/step", "vs eager", "weights rel. err", "correct", "gave up"], rows)]
+
+
+def _md_graph_capture(rec):
     gc = rec.get("graph_capture") or {}
-    if gc.get("q5_fit_us_per_step"):
-        rows = []
-        for model, variants in gc["q5_fit_us_per_step"].items():
-            eager = (variants.get("eager") or {}).get("us_per_step_median")
-            for v, r in variants.items():
-                us = r.get("us_per_step_median")
-                rows.append([model, v, r.get("mode", "-") if v != "eager" else "-", _fmt(us),
-                             _fmt(eager / us) + "x" if (eager and us) else "-",
-                             _fmt(r.get("weights_rel_err_vs_eager")), r.get("correct", "-"),
-                             (r.get("disabled") or "")[:80] or "-"])
-        md += ["", "## fit(cuda_graph=True): full and split mode (graph_capture.py, fit_modes)", "", _md_table(
-            ["model", "variant", "mode", "µs/step", "vs eager", "weights rel. err", "correct", "gave up"], rows)]
+    md = _md_fit_modes(gc) if gc.get("q5_fit_us_per_step") else []
     if gc:
         md += ["", "graph_capture answers: " + ", ".join(
             f"{k}={json.dumps(v, default=str)[:160]}" for k, v in gc.items()
@@ -346,35 +374,64 @@ def gpu_check_report(work, out, meta):
     if rec.get("graph_capture_parts_not_ok"):
         md += ["", "graph_capture parts that failed: " + "; ".join(
             f"{k}: {v[:200]}" for k, v in rec["graph_capture_parts_not_ok"].items())]
+    return md
+
+
+def _md_kernel_cache(rec):
     kc = rec.get("kernel_cache") or {}
-    if kc.get("families"):
-        md += ["", "## Kernel modules through NVRTC (kernel_cache.py)", "", _md_table(
-            ["family", "cold s", "warm s", "ok"],
-            [[f, _fmt(r.get("cold_s")), _fmt(r.get("warm_s")), r.get("ok")] for f, r in kc["families"].items()]),
-            "", f"all: cold {_fmt(kc.get('cold_all_s'))} s, warm {_fmt(kc.get('warm_all_s'))} s; the warm run added no "
-                f"cache files: {kc.get('warm_run_added_no_cache_files')}"]
-    if rec["bench"]:
-        md += ["", "## Training throughput (fastnn-bench train, float32, synthetic MNIST-shaped data)", "",
-               f"{rec.get('bench_machine') or ''}", "", _md_table(
-                   ["model", "impl", "batch", "samples/s", "min-max", "µs/step", "vs torch-cuda", "epoch/GEMM floor",
-                    "first loss"],
-                   [[r["model"], r["impl"], r["batch"], _fmt(r["samples_per_s"]),
-                     f"{_fmt(r['min'])}-{_fmt(r['max'])}", _fmt(r["us_per_step"]),
-                     _fmt(r["vs_torch_cuda"]) + ("x" if r["vs_torch_cuda"] else ""),
-                     _fmt(r["epoch_over_gemm_floor"]) + ("x" if r["epoch_over_gemm_floor"] else ""),
-                     _fmt(r["first_loss"], 6)] for r in rec["bench"]])]
-        for what, why in rec["bench_skipped"].items():
-            md += [f"- skipped {what}: {why}"]
+    if not kc.get("families"):
+        return []
+    return ["", "## Kernel modules through NVRTC (kernel_cache.py)", "", _md_table(
+        ["family", "cold s", "warm s", "ok"],
+        [[f, _fmt(r.get("cold_s")), _fmt(r.get("warm_s")), r.get("ok")] for f, r in kc["families"].items()]),
+        "", f"all: cold {_fmt(kc.get('cold_all_s'))} s, warm {_fmt(kc.get('warm_all_s'))} s; the warm run added no "
+            f"cache files: {kc.get('warm_run_added_no_cache_files')}"]
+
+
+def _md_bench(rec):
+    if not rec["bench"]:
+        return []
+    md = ["", "## Training throughput (fastnn-bench train, float32, synthetic MNIST-shaped data)", "",
+          f"{rec.get('bench_machine') or ''}", "", _md_table(
+              ["model", "impl", "batch", "samples/s", "min-max", "µs/step", "vs torch-cuda", "epoch/GEMM floor",
+               "first loss"],
+              [[r["model"], r["impl"], r["batch"], _fmt(r["samples_per_s"]),
+                f"{_fmt(r['min'])}-{_fmt(r['max'])}", _fmt(r["us_per_step"]),
+                _fmt(r["vs_torch_cuda"]) + ("x" if r["vs_torch_cuda"] else ""),
+                _fmt(r["epoch_over_gemm_floor"]) + ("x" if r["epoch_over_gemm_floor"] else ""),
+                _fmt(r["first_loss"], 6)] for r in rec["bench"]])]
+    return md + [f"- skipped {what}: {why}" for what, why in rec["bench_skipped"].items()]
+
+
+def _md_optimizer_bandwidth(rec):
     ob = rec.get("optimizer_bandwidth") or {}
-    if ob:
-        md += ["", "## Optimizer bandwidth (optimizer_bandwidth.py)", "",
-               "summary: " + json.dumps(ob, default=str)[:1500]]
+    if not ob:
+        return []
+    return ["", "## Optimizer bandwidth (optimizer_bandwidth.py)", "", "summary: " + json.dumps(ob, default=str)[:1500]]
+
+
+def gpu_check_report(work, out, meta):
+    """Read what gpu_check.sh left in ``work`` and ``out``; write OUT/gpu_check.json and OUT/gpu_check.md,
+    print the markdown and return the exit code (0 green, 1 failures, 3 no GPU)."""
+    work, out = Path(work), Path(out)
+    steps = _read_steps(work)
+    by_name = {s["step"]: s for s in steps}
+    rec = {"schema": 1, "meta": meta, "steps": steps, "tests": _test_results(work, by_name),
+           "sanitizer": _sanitizer_results(work, by_name)}
+    probes = _add_probes(rec, out)
+    bench = _read_json(out / "bench-gpu.json")
+    rec["bench"], rec["bench_skipped"] = _bench_rows(bench)
+    if bench:
+        rec["bench_machine"] = bench.get("machine_line")
+    rec["verdict"], rec["exit"] = _verdict(rec, steps, meta, probes)
+    md = _md_head(rec, meta, steps) + _md_tests(rec) + _md_sanitizer(rec, by_name) + _md_graph_capture(rec)
+    md += _md_kernel_cache(rec) + _md_bench(rec) + _md_optimizer_bandwidth(rec)
     text = "\n".join(md) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps(rec, indent=1, default=_default) + "\n", encoding="utf-8")
     (out / "gpu_check.md").write_text(text, encoding="utf-8")
     print(text)
-    return code
+    return rec["exit"]
 
 
 def main(argv=None):

@@ -43,9 +43,8 @@ def cache_listing(folder):
 
 
 # ------------------------------------------------------------------------------ child
-def child():
-    """Time import, context creation and each family's module; print the record as the last line."""
-    rec = {"pid": os.getpid(), "CUPY_CACHE_DIR": os.environ.get("CUPY_CACHE_DIR")}
+def start_cupy(rec):
+    """Import CuPy and create the CUDA context, each timed into ``rec``, with NVRTC's and CuPy's versions."""
     t0 = time.perf_counter()
     import cupy
 
@@ -61,37 +60,46 @@ def child():
     except Exception as exc:
         rec["nvrtc_version"] = f"{type(exc).__name__}: {exc}"
     rec["cupy"] = cupy.__version__
+    return cupy
+
+
+def time_family(cupy, L, fam):
+    """Build one family's ``RawModule`` and fetch its float and double functions: seconds, or the error."""
     import importlib
 
     import numpy
 
+    r = {}
+    try:
+        mod = importlib.import_module(f"fastnn.kernels.gpu.{fam}")
+        r["kernels"] = len(mod.KERNELS)
+        t0 = time.perf_counter()
+        L.module(mod.FAMILY, mod.KERNELS)
+        t1 = time.perf_counter()
+        for k in mod.KERNELS:
+            for dt in (numpy.float32, numpy.float64):
+                L.function(mod.FAMILY, mod.KERNELS, k, dt)
+        cupy.cuda.Device(0).synchronize()
+        t2 = time.perf_counter()
+        r.update({"module_s": t1 - t0, "get_functions_s": t2 - t1, "total_s": t2 - t0,
+                  "functions": 2 * len(mod.KERNELS), "ok": True})
+    except Exception as exc:
+        r["ok"] = False
+        r["error"] = f"{type(exc).__name__}: {exc}"[:8000]
+        r["traceback"] = traceback.format_exc()[-2000:]
+    return r
+
+
+def child():
+    """Time import, context creation and each family's module; print the record as the last line."""
+    rec = {"pid": os.getpid(), "CUPY_CACHE_DIR": os.environ.get("CUPY_CACHE_DIR")}
+    cupy = start_cupy(rec)
     from fastnn.kernels.gpu import _loader as L
 
     rec["compile_options"] = list(L.COMPILE_OPTIONS)
-    fams = {}
-    total = 0.0
-    for fam in FAMILIES:
-        r = fams[fam] = {}
-        try:
-            mod = importlib.import_module(f"fastnn.kernels.gpu.{fam}")
-            r["kernels"] = len(mod.KERNELS)
-            t0 = time.perf_counter()
-            L.module(mod.FAMILY, mod.KERNELS)
-            t1 = time.perf_counter()
-            for k in mod.KERNELS:
-                for dt in (numpy.float32, numpy.float64):
-                    L.function(mod.FAMILY, mod.KERNELS, k, dt)
-            cupy.cuda.Device(0).synchronize()
-            t2 = time.perf_counter()
-            r.update({"module_s": t1 - t0, "get_functions_s": t2 - t1, "total_s": t2 - t0,
-                      "functions": 2 * len(mod.KERNELS), "ok": True})
-            total += t2 - t0
-        except Exception as exc:
-            r["ok"] = False
-            r["error"] = f"{type(exc).__name__}: {exc}"[:8000]
-            r["traceback"] = traceback.format_exc()[-2000:]
+    fams = {fam: time_family(cupy, L, fam) for fam in FAMILIES}
     rec["families"] = fams
-    rec["all_families_s"] = total
+    rec["all_families_s"] = sum((r["total_s"] for r in fams.values() if r.get("ok")), 0.0)
     rec["all_ok"] = all(r.get("ok") for r in fams.values())
     print(json.dumps(rec, default=_default))
 

@@ -177,6 +177,56 @@ def check_once(ops, ref, cupy, s, name, n, seed):
     return {"max_abs_diff": diffs, "allclose": bool(ok)}
 
 
+def time_graph(cupy, s, fn, block):
+    """Seconds per call of ``fn``: ``block`` calls captured once as a CUDA graph and replayed (GPU time only)."""
+    with s:
+        s.begin_capture()
+        try:
+            for _ in range(block):
+                fn()
+        finally:
+            graph = s.end_capture()
+        graph.upload(s)
+        graph.launch(s)
+    s.synchronize()
+    ts = time_blocks(cupy, s, lambda: graph.launch(s), 1, 7)
+    return [t / block for t in ts]
+
+
+def measure(ops, cupy, s, name, n, ref_gbs):
+    """One optimizer over ``n`` parameters: eager and graph timings, as GB/s and as fractions of the copies."""
+    names, bpp = OPTIMIZERS[name]
+    r = {"params": n, "bytes_per_step": bpp * n}
+    try:
+        _, dev = make_state(cupy, s, n, names, 20)
+        block = 200 if n < 5_000_000 else 20
+        with s:
+            for _ in range(5):
+                call(ops, name, dev)
+        s.synchronize()
+        eager = time_blocks(cupy, s, lambda: call(ops, name, dev), block, 7)
+        r["eager_us"] = summary_stats([t * 1e6 for t in eager])
+        r["eager_gbs"] = bpp * n / statistics.median(eager) / 1e9
+        # the same block captured as one graph: GPU time without the Python launch cost
+        try:
+            graph_t = time_graph(cupy, s, lambda: call(ops, name, dev), block)
+            r["graph_us"] = summary_stats([t * 1e6 for t in graph_t])
+            r["graph_gbs"] = bpp * n / statistics.median(graph_t) / 1e9
+        except Exception as exc:
+            r["graph_error"] = f"{type(exc).__name__}: {exc}"
+        finite = bool(cupy.isfinite(dev["p"]).all())
+        r["p_finite_after"] = finite
+        same, _, _ = copy_gbs(cupy, s, bpp * n // 2, reps=7, block=block)
+        r["same_size_copy_gbs"] = same
+        best = r.get("graph_gbs", r["eager_gbs"])
+        r["fraction_of_copy"] = best / ref_gbs if ref_gbs else None
+        r["fraction_of_same_size_copy"] = best / same
+        r["eager_fraction_of_copy"] = r["eager_gbs"] / ref_gbs if ref_gbs else None
+    except Exception as exc:
+        record_error(r, exc)
+    return r
+
+
 def part_optimizers(rec, sizes, ref_gbs, s):
     import cupy
 
@@ -186,52 +236,14 @@ def part_optimizers(rec, sizes, ref_gbs, s):
     ops, ref = CupyOps(0), Ops()
     rec["sizes"] = list(sizes)
     out = rec["results"] = {}
-    for name, (names, bpp) in OPTIMIZERS.items():
+    for name in OPTIMIZERS:
         out[name] = {}
         try:
             out[name]["check_vs_numpy"] = check_once(ops, ref, cupy, s, name, min(sizes), 10)
         except Exception as exc:
             out[name]["check_vs_numpy"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         for n in sizes:
-            r = out[name][str(n)] = {"params": n, "bytes_per_step": bpp * n}
-            try:
-                _, dev = make_state(cupy, s, n, names, 20)
-                block = 200 if n < 5_000_000 else 20
-                with s:
-                    for _ in range(5):
-                        call(ops, name, dev)
-                s.synchronize()
-                eager = time_blocks(cupy, s, lambda: call(ops, name, dev), block, 7)
-                r["eager_us"] = summary_stats([t * 1e6 for t in eager])
-                r["eager_gbs"] = bpp * n / statistics.median(eager) / 1e9
-                # the same block captured as one graph: GPU time without the Python launch cost
-                try:
-                    with s:
-                        s.begin_capture()
-                        try:
-                            for _ in range(block):
-                                call(ops, name, dev)
-                        finally:
-                            graph = s.end_capture()
-                        graph.upload(s)
-                        graph.launch(s)
-                    s.synchronize()
-                    ts = time_blocks(cupy, s, lambda: graph.launch(s), 1, 7)
-                    graph_t = [t / block for t in ts]
-                    r["graph_us"] = summary_stats([t * 1e6 for t in graph_t])
-                    r["graph_gbs"] = bpp * n / statistics.median(graph_t) / 1e9
-                except Exception as exc:
-                    r["graph_error"] = f"{type(exc).__name__}: {exc}"
-                finite = bool(cupy.isfinite(dev["p"]).all())
-                r["p_finite_after"] = finite
-                same, _, _ = copy_gbs(cupy, s, bpp * n // 2, reps=7, block=block)
-                r["same_size_copy_gbs"] = same
-                best = r.get("graph_gbs", r["eager_gbs"])
-                r["fraction_of_copy"] = best / ref_gbs if ref_gbs else None
-                r["fraction_of_same_size_copy"] = best / same
-                r["eager_fraction_of_copy"] = r["eager_gbs"] / ref_gbs if ref_gbs else None
-            except Exception as exc:
-                record_error(r, exc)
+            out[name][str(n)] = measure(ops, cupy, s, name, n, ref_gbs)
             save()
         log(f"{name}: " + ", ".join(f"{n}: {out[name].get(str(n), {}).get('fraction_of_copy')}" for n in sizes))
 
