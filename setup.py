@@ -25,6 +25,8 @@ setup(
         "fastnn.layers",
         "fastnn.callbacks",
         "fastnn.training",
+        "fastnn.models",
+        "fastnn.keras",
         "fastnn.book",
         "fastnn.kernels",
         "fastnn.kernels.cpu",

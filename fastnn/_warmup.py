@@ -110,11 +110,12 @@ def _compiled_step(ops, dtype):
     one: that compiles the step itself and the kernel variants it calls."""
     from fastnn.layers import Dense, Dropout
     from fastnn.models import Sequential
+    from fastnn.training.fused_plan import train_plan
 
     rng = numpy.random.default_rng(0)
     model = Sequential([Dense(4, activation="relu", input_shape=(5,)), Dropout(0.5), Dense(3, activation="softmax")],
                        dtype=dtype, seed=0, backend=ops.name)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.build()
-    if ops.train_plan(model, 4)[0] is not None:
+    if train_plan(model, 4)[0] is not None:
         model.fit(rng.random((6, 5)).astype(dtype), numpy.arange(6) % 3, batch_size=4, epochs=1, verbose=0)

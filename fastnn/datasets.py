@@ -13,6 +13,7 @@ import zlib
 
 import numpy
 
+from fastnn.backend import follow, is_device_array
 from fastnn.functions import check_int, check_number
 
 __all__ = ["load_digits", "load_mnist", "make_spiral", "train_test_split", "one_hot", "to_categorical", "read_idx",
@@ -254,11 +255,9 @@ class DataLoader:
     def __iter__(self):
         n = len(self.x)
         order = self.rng.permutation(n) if self.shuffle else numpy.arange(n)
-        on_device = type(self.x).__module__.split(".")[0] == "cupy"
+        ops = follow(self.x) if is_device_array(self.x) else None  # gather where the data lives
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            if on_device:
-                import cupy
-
-                idx = cupy.asarray(idx)
+            if ops is not None:
+                idx = ops.asarray(idx)
             yield self.x[idx], self.t[idx]

@@ -7,10 +7,11 @@ batch travels separately: ``HostBatches.get(idx)`` gathers the rows on the host 
 staging slots and two device slots, gathering batch ``i + 1`` and copying it overlap the GPU's
 compute on batch ``i``; CUDA events, never host syncs on the compute stream, keep them ordered.
 
-The stream and event calls are behind a small *transfer* object so that the protocol can be
-tested without a GPU: ``CupyTransfer`` is the real one, ``NumpyTransfer`` does the same steps with
-plain NumPy copies (events are ``None``). CuPy is imported only inside ``CupyTransfer`` and
-``fits_on_device``, so this module imports where CuPy cannot.
+The stream and event calls are behind a small *transfer* object, the backend's
+(``ops.make_transfer()``, from ``fastnn.backend.transfer``), so that the protocol can be tested
+without a GPU: ``CupyTransfer`` is the real one, ``NumpyTransfer`` does the same steps with plain
+NumPy copies (events are ``None``). This module knows no backend: it asks ``ops`` whether its arrays
+live on a device (``device_arrays``) and how much memory is left there (``available_memory()``).
 
 Environment (read at call time, so tests and long-lived processes can change it):
 
@@ -23,7 +24,9 @@ import os
 
 import numpy
 
-__all__ = ["DEFAULT_FRACTION", "PLACEMENTS", "data_placement", "device_data_fraction", "fits_on_device",
+from fastnn.backend.transfer import CupyTransfer, NumpyTransfer  # noqa: F401  (re-exported)
+
+__all__ = ["Inputs", "DEFAULT_FRACTION", "PLACEMENTS", "data_placement", "device_data_fraction", "fits_on_device",
            "feeds_from_host", "make_transfer", "HostBatches", "CupyTransfer", "NumpyTransfer"]
 
 DEFAULT_FRACTION = 0.5
@@ -65,18 +68,16 @@ def device_data_fraction() -> float:
 def fits_on_device(ops, nbytes, fraction=None) -> bool:
     """Whether ``nbytes`` of training data may be moved to ``ops``'s device once.
 
-    Free memory counts the driver's free bytes plus the bytes CuPy's pool holds but does not use
-    (they are ours to reuse). Only ``fraction`` of it is granted because the model's parameters,
-    activations and workspaces need the rest. Host backends always fit: host memory is their device.
+    Free memory is ``ops.available_memory()`` (on CuPy: the driver's free bytes plus the bytes its
+    pool holds but does not use, which are ours to reuse). Only ``fraction`` of it is granted because
+    the model's parameters, activations and workspaces need the rest. Host backends always fit: host
+    memory is their device.
     """
-    if getattr(ops, "name", None) != "cupy":
+    if not getattr(ops, "device_arrays", False):
         return True
     fraction = device_data_fraction() if fraction is None else _check_fraction(float(fraction), "fraction")
-    import cupy
-
-    with cupy.cuda.Device(ops.device_id):
-        free = cupy.cuda.runtime.memGetInfo()[0] + cupy.get_default_memory_pool().free_bytes()
-    return int(nbytes) <= fraction * free
+    free = ops.available_memory()
+    return free is None or int(nbytes) <= fraction * free
 
 
 def feeds_from_host(ops, nbytes) -> bool:
@@ -89,8 +90,9 @@ def feeds_from_host(ops, nbytes) -> bool:
 
 
 def make_transfer(ops):
-    """The transfer for ``ops``: ``CupyTransfer`` on a CuPy backend, ``NumpyTransfer`` elsewhere."""
-    return CupyTransfer(ops) if getattr(ops, "name", None) == "cupy" else NumpyTransfer(ops)
+    """The transfer for ``ops`` (``ops.make_transfer()``): ``CupyTransfer`` on a CuPy backend,
+    ``NumpyTransfer`` elsewhere."""
+    return ops.make_transfer()
 
 
 # ------------------------------------------------------------------ batches gathered on the host
@@ -225,88 +227,24 @@ def _gather(src, idx, out):
         out[...] = numpy.take(src, idx, axis=0, mode="clip")
 
 
-# ------------------------------------------------------------------ transfers
-class CupyTransfer:
-    """Pinned host buffers, device buffers and a non-blocking copy stream on ``ops``'s device.
+class Inputs:
+    """The input arrays of a model with several inputs, selected by rows together: ``rows[idx]``
+    selects the same samples of every array, ``shape[0]`` is the sample count."""
 
-    The copy stream is made with ``non_blocking=True`` so it never synchronizes implicitly with
-    the legacy default stream that the model's kernels usually run on; ordering comes only from
-    the events ``HostBatches`` records and waits on. Events are made with ``disable_timing=True``,
-    the cheap kind for synchronization only.
-    """
+    __slots__ = ("arrays",)
 
-    def __init__(self, ops):
-        import cupy
+    def __init__(self, arrays):
+        self.arrays = tuple(arrays)
 
-        self._cupy = cupy
-        self.device_id = int(ops.device_id)
-        with cupy.cuda.Device(self.device_id):
-            self.stream = cupy.cuda.Stream(non_blocking=True)
+    @property
+    def shape(self):
+        return (self.arrays[0].shape[0],)
 
-    def _event(self, stream):
-        with self._cupy.cuda.Device(self.device_id):
-            return stream.record(self._cupy.cuda.Event(disable_timing=True))
+    def __len__(self):
+        return self.arrays[0].shape[0]
 
-    def host_empty(self, shape, dtype):
-        import cupyx
+    def __getitem__(self, rows):
+        return Inputs(a[rows] for a in self.arrays)
 
-        return cupyx.empty_pinned(shape, dtype=dtype)
-
-    def device_empty(self, shape, dtype):
-        with self._cupy.cuda.Device(self.device_id):
-            return self._cupy.empty(shape, dtype=dtype)
-
-    def record_compute(self):
-        return self._event(self._cupy.cuda.get_current_stream(self.device_id))
-
-    def copy_wait(self, event):
-        if event is not None:
-            with self._cupy.cuda.Device(self.device_id):
-                self.stream.wait_event(event)
-
-    def copy_async(self, dst, src):
-        dst.set(src, stream=self.stream)  # async: src is pinned
-        return self._event(self.stream)
-
-    def compute_wait(self, event):
-        if event is not None:  # the null stream's handle (0) means the *current device's*: enter it
-            with self._cupy.cuda.Device(self.device_id):
-                self._cupy.cuda.get_current_stream().wait_event(event)
-
-    def host_wait(self, event):
-        if event is not None:
-            event.synchronize()
-
-
-class NumpyTransfer:
-    """The same steps with plain NumPy arrays and no events (``None``): host backends and tests.
-
-    Copies are immediate, so the protocol is trivially ordered here; ``copies`` counts them so
-    tests can check how many ``HostBatches`` issued.
-    """
-
-    def __init__(self, ops=None):
-        self.copies = 0
-
-    def host_empty(self, shape, dtype):
-        return numpy.empty(shape, dtype=dtype)
-
-    def device_empty(self, shape, dtype):
-        return numpy.empty(shape, dtype=dtype)
-
-    def record_compute(self):
-        return None
-
-    def copy_wait(self, event):
-        pass
-
-    def copy_async(self, dst, src):
-        dst[...] = src
-        self.copies += 1
-        return None
-
-    def compute_wait(self, event):
-        pass
-
-    def host_wait(self, event):
-        pass
+    def map(self, fn):
+        return Inputs(fn(a) for a in self.arrays)

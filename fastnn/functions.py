@@ -17,7 +17,7 @@ import numbers
 
 import numpy
 
-from fastnn.backend import is_device_array
+from fastnn.backend import array_module, is_device_array, to_host
 
 __all__ = [
     "step_function", "sigmoid", "relu", "tanh", "leaky_relu", "elu", "softplus", "softmax",
@@ -26,13 +26,9 @@ __all__ = [
 ]
 
 
-def get_array_module(x):
-    """``cupy`` for a CuPy array, else ``numpy`` (CuPy is never imported for host arrays)."""
-    if is_device_array(x):
-        import cupy
-
-        return cupy
-    return numpy
+# ``cupy`` for a CuPy array, else ``numpy`` (CuPy is never imported for host arrays): the book's name
+# for ``fastnn.backend.array_module``.
+get_array_module = array_module
 
 
 # ---------------------------------------------------------------- argument checks
@@ -68,7 +64,7 @@ def check_real(owner, arg, a):
 def check_finite(owner, arg, a):
     """No NaN or inf in the float array ``a`` (one reduction); the first bad index and value are named."""
     if a.dtype.kind == "f" and not bool(get_array_module(a).isfinite(a).all()):
-        h = a.get() if is_device_array(a) else numpy.asarray(a)
+        h = to_host(a)
         idx = tuple(int(i) for i in numpy.argwhere(~numpy.isfinite(h))[0])
         raise ValueError(f"{owner}: {arg} contains NaN or infinite values (first at index {idx}: {float(h[idx])!r})")
     return a
@@ -220,7 +216,7 @@ def _value(v, idx, sign):
     """``f``'s value as a host float64 array (one host sync per evaluation): a real, finite number,
     or one per row."""
     if is_device_array(v):
-        v = v.get()
+        v = to_host(v)
     a = v if isinstance(v, numpy.ndarray) else numpy.asarray(v)
     if a.dtype.kind not in "fiub":
         of = f" of dtype {a.dtype}" if isinstance(v, numpy.ndarray) else ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy
 
+from fastnn.backend import follow, is_device_array
 from fastnn.functions import check_finite, check_number, check_real, numerical_gradient
 from fastnn.layers.base import StepContext
 
@@ -56,9 +57,10 @@ def check_layer(layer, x, *, dout=None, seed=0, h=1e-4, rtol=1e-5, atol=1e-7, tr
 
 def _check_layer(layer, x, dout, seed, h, rtol, atol, train_flg):
     y = layer.forward(x, train_flg=train_flg)
-    xp = type(y).__module__.split(".")[0] == "cupy" and __import__("cupy") or numpy
     if dout is None:
-        dout = xp.asarray(numpy.random.default_rng(seed).standard_normal(y.shape))
+        dout = numpy.random.default_rng(seed).standard_normal(y.shape)
+        if is_device_array(y):
+            dout = follow(y).asarray(dout)
     elif tuple(dout.shape) != tuple(y.shape):
         raise ValueError(f"check_layer: dout must have the forward output's shape {tuple(y.shape)}, "
                          f"got {tuple(dout.shape)}")

@@ -44,11 +44,8 @@ def _cupy():
     lines = [f"CuPy: {dist[0]} {dist[1]}"]
     probe = select.probe_cupy(0)
     if probe.ok:
-        import cupy
-
-        rt = cupy.cuda.runtime
-        lines.append(f"CUDA runtime {rt.runtimeGetVersion()}, driver {rt.driverGetVersion()}, "
-                     f"device: {probe.detail.get('device_name')}")
+        runtime, driver = select.cuda_versions()
+        lines.append(f"CUDA runtime {runtime}, driver {driver}, device: {probe.detail.get('device_name')}")
     return lines
 
 

@@ -76,6 +76,16 @@ def ones(shape, rng=None, dtype=numpy.float32):
     return numpy.ones(shape, dtype=dtype)
 
 
+def orthogonal(shape, rng, dtype=numpy.float32, gain=1.0):
+    """Keras's ``Orthogonal`` initializer: Q of the QR decomposition of a normal matrix, its signs
+    fixed by R's diagonal, so the rows (or the columns, whichever are fewer) are orthonormal. The recurrent
+    layers' default ``recurrent_initializer``."""
+    rows, cols = math.prod(shape[:-1]), shape[-1]
+    q, r = numpy.linalg.qr(rng.standard_normal((max(rows, cols), min(rows, cols))))
+    q = q * numpy.where(numpy.diag(r) < 0, -1.0, 1.0)
+    return (gain * (q.T if rows < cols else q)).reshape(shape).astype(dtype)
+
+
 _NAMED = {
     "he_normal": he_normal,
     "he_uniform": he_uniform,
@@ -86,6 +96,7 @@ _NAMED = {
     "normal": normal(),
     "zeros": zeros,
     "ones": ones,
+    "orthogonal": orthogonal,
 }
 
 

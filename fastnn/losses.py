@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import numpy
 
-from fastnn.backend import follow, is_device_array
+from fastnn.backend import array_module, follow, is_device_array
 
 __all__ = [
     "SoftmaxWithLoss", "SigmoidWithLoss", "MeanSquaredLoss", "check_labels", "Loss", "CategoricalCrossentropy",
-    "SparseCategoricalCrossentropy", "BinaryCrossentropy", "MeanSquaredError", "get", "LOSS_NAMES",
+    "SparseCategoricalCrossentropy", "BinaryCrossentropy", "MeanSquaredError", "MeanAbsoluteError", "Huber",
+    "FunctionLoss", "get", "LOSS_NAMES", "mean_squared_error", "mean_absolute_error", "mse", "mae", "huber",
+    "categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy",
 ]
 
 
@@ -165,8 +167,26 @@ class Loss:
     def compute(self, ops, out, t, dx):
         raise NotImplementedError
 
+    def per_sample(self, ops, out, t):
+        """Each sample's loss ``(N,)`` (whose mean is ``compute``'s value): what sample weights weigh."""
+        raise ValueError(f"loss {self.name!r} has no per-sample form, so sample_weight and class_weight cannot "
+                         f"weigh it; use one of fastnn's named losses")
+
+    def compute_weighted(self, ops, out, t, dx, w):
+        """Keras's weighted loss ``sum_i w_i l_i / N`` (``w``: ``(N,)`` on the device), with its gradient
+        in ``dx``: each sample's row of the unweighted gradient scaled by its weight."""
+        self.compute(ops, out, t, dx)
+        if dx is not None:
+            dx *= w.reshape((-1,) + (1,) * (dx.ndim - 1))
+        per = self.per_sample(ops, out, t)
+        return ops.xp.asarray((per * w).sum() / out.dtype.type(out.shape[0]), dtype=out.dtype)
+
     def get_config(self):
         return {"name": self.name, "from_logits": self.from_logits}
+
+
+def _row_means(a):
+    return a.reshape(a.shape[0], -1).mean(axis=1)
 
 
 class CategoricalCrossentropy(Loss):
@@ -191,6 +211,16 @@ class CategoricalCrossentropy(Loss):
         if dx is not None:
             dx[...] = -dense / p / n
         return xp.asarray(-(dense * xp.log(p)).sum() / n, dtype=out.dtype)
+
+    def per_sample(self, ops, out, t):
+        xp = ops.xp
+        dense = ops._targets(t, out.shape, out.dtype)
+        if self.fused or self.from_logits:
+            m = out.max(axis=1, keepdims=True)
+            lse = m[:, 0] + xp.log(xp.exp(out - m).sum(axis=1))
+            return lse * dense.sum(axis=1) - (dense * out).sum(axis=1)
+        eps = out.dtype.type(1e-7)
+        return -(dense * xp.log(xp.clip(out, eps, out.dtype.type(1) - eps))).sum(axis=1)
 
 
 class SparseCategoricalCrossentropy(CategoricalCrossentropy):
@@ -224,6 +254,15 @@ class BinaryCrossentropy(Loss):
             dx[...] = (p - t) / (p * (1 - p)) / size
         return xp.asarray(-(t * xp.log(p) + (1 - t) * xp.log1p(-p)).sum() / size, dtype=out.dtype)
 
+    def per_sample(self, ops, out, t):
+        xp = ops.xp
+        t = t.reshape(out.shape).astype(out.dtype, copy=False)
+        if self.fused or self.from_logits:
+            return _row_means(xp.maximum(out, 0) - out * t + xp.log1p(xp.exp(-xp.abs(out))))
+        eps = out.dtype.type(1e-7)
+        p = xp.clip(out, eps, out.dtype.type(1) - eps)
+        return _row_means(-(t * xp.log(p) + (1 - t) * xp.log1p(-p)))
+
 
 class MeanSquaredError(Loss):
     """Keras's ``"mse"``: the mean of ``(y - t)^2`` over every element (no 0.5)."""
@@ -232,6 +271,10 @@ class MeanSquaredError(Loss):
 
     def compute(self, ops, out, t, dx):
         return ops.mse(out, t, 1.0 / out.size, dx=dx)
+
+    def per_sample(self, ops, out, t):
+        e = out - t.reshape(out.shape).astype(out.dtype, copy=False)
+        return _row_means(e * e)
 
 
 class MeanAbsoluteError(Loss):
@@ -246,6 +289,9 @@ class MeanAbsoluteError(Loss):
         if dx is not None:
             dx[...] = ops.xp.sign(e) / size
         return ops.xp.asarray(ops.xp.abs(e).sum() / size, dtype=out.dtype)
+
+    def per_sample(self, ops, out, t):
+        return _row_means(ops.xp.abs(out - t.reshape(out.shape).astype(out.dtype, copy=False)))
 
 
 class Huber(Loss):
@@ -266,12 +312,19 @@ class Huber(Loss):
         xp = ops.xp
         e = out - t.astype(out.dtype, copy=False)
         d = out.dtype.type(self.delta)
-        a = xp.abs(e)
         size = out.dtype.type(out.size)
         if dx is not None:
             dx[...] = xp.clip(e, -d, d) / size
-        per = xp.where(a <= d, out.dtype.type(0.5) * e * e, d * (a - out.dtype.type(0.5) * d))
-        return xp.asarray(per.sum() / size, dtype=out.dtype)
+        return xp.asarray(self._elements(xp, e, d).sum() / size, dtype=out.dtype)
+
+    @staticmethod
+    def _elements(xp, e, d):
+        a = xp.abs(e)
+        return xp.where(a <= d, e.dtype.type(0.5) * e * e, d * (a - e.dtype.type(0.5) * d))
+
+    def per_sample(self, ops, out, t):
+        e = out - t.reshape(out.shape).astype(out.dtype, copy=False)
+        return _row_means(self._elements(ops.xp, e, out.dtype.type(self.delta)))
 
     def get_config(self):
         return {**super().get_config(), "delta": self.delta}
@@ -293,6 +346,121 @@ class CustomLoss(Loss):
         if dx is not None:
             dx[...] = self.obj.backward()
         return ops.xp.asarray(loss, dtype=out.dtype)
+
+
+class FunctionLoss(Loss):
+    """A Keras-style loss function ``fn(y_true, y_pred)`` returning each sample's loss (``(N,)``, or
+    ``(N, ...)`` averaged per sample); the loss is their mean. It must treat samples independently
+    (every Keras loss does).
+
+    fastnn has no automatic differentiation, so the gradient with respect to the outputs comes from
+    central differences (the book's ``numerical_gradient``), in float64, one output column at a time
+    for the whole batch: two calls of ``fn`` per output column per batch, relative error about 1e-8.
+    Fine for a handful of outputs; for wide ones write a ``Loss`` with its own gradient."""
+
+    labels = "any"
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+        self.name = getattr(fn, "__name__", type(fn).__name__)
+
+    def _rows(self, xp, t, y):
+        v = xp.asarray(self.fn(t, y), dtype=xp.float64)
+        if v.ndim == 0 or v.shape[0] != y.shape[0]:
+            raise ValueError(f"loss {self.name}: the function must return each sample's loss, shape ({y.shape[0]},) "
+                             f"or ({y.shape[0]}, ...), got shape {tuple(v.shape)}")
+        return v.reshape(v.shape[0], -1).mean(axis=1)
+
+    def per_sample(self, ops, out, t):
+        return self._rows(ops.xp, t, out.astype(ops.xp.float64)).astype(out.dtype)
+
+    def compute(self, ops, out, t, dx):
+        xp = ops.xp
+        y = out.astype(xp.float64)
+        loss = self._rows(xp, t, y).mean()
+        if dx is not None:
+            flat, n = y.reshape(y.shape[0], -1), y.shape[0]
+            grad = xp.empty_like(flat)
+            for j in range(flat.shape[1]):
+                col = flat[:, j].copy()
+                h = 1e-5 * xp.maximum(1.0, xp.abs(col))
+                flat[:, j] = col + h
+                up = self._rows(xp, t, y)
+                flat[:, j] = col - h
+                down = self._rows(xp, t, y)
+                flat[:, j] = col
+                grad[:, j] = (up - down) / (2 * h) / n
+            dx[...] = grad.reshape(out.shape)
+        return xp.asarray(loss, dtype=out.dtype)
+
+
+# ---------------------------------------------------------------- Keras's loss functions
+def _module(a):
+    """The array module of ``a``: NumPy for host arrays, CuPy for device arrays."""
+    return array_module(a)
+
+
+def _row_mean_last(v):
+    return v.mean(axis=-1)
+
+
+def mean_squared_error(y_true, y_pred):
+    """Keras's ``mean_squared_error``: each sample's mean of ``(y_pred - y_true)^2`` over the last axis."""
+    d = y_pred - y_true
+    return _row_mean_last(d * d)
+
+
+def mean_absolute_error(y_true, y_pred):
+    """Keras's ``mean_absolute_error``: each sample's mean of ``|y_pred - y_true|`` over the last axis."""
+    return _row_mean_last(_module(y_pred).abs(y_pred - y_true))
+
+
+def huber(y_true, y_pred, delta=1.0):
+    """Keras's ``huber``: each sample's mean Huber loss over the last axis."""
+    xp = _module(y_pred)
+    return _row_mean_last(Huber._elements(xp, y_pred - y_true, y_pred.dtype.type(delta)))
+
+
+def categorical_crossentropy(y_true, y_pred, from_logits=False):
+    """Keras's ``categorical_crossentropy`` of one-hot ``y_true``: each sample's loss."""
+    xp = _module(y_pred)
+    if from_logits:
+        m = y_pred.max(axis=-1, keepdims=True)
+        logp = y_pred - m - xp.log(xp.exp(y_pred - m).sum(axis=-1, keepdims=True))
+    else:
+        eps = y_pred.dtype.type(1e-7)
+        p = xp.clip(y_pred / y_pred.sum(axis=-1, keepdims=True), eps, 1 - eps)
+        logp = xp.log(p)
+    return -(y_true * logp).sum(axis=-1)
+
+
+def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False):
+    """Keras's ``sparse_categorical_crossentropy`` of class indices ``y_true``: each sample's loss."""
+    xp = _module(y_pred)
+    onehot = xp.zeros(y_pred.shape, dtype=y_pred.dtype)
+    onehot[xp.arange(y_pred.shape[0]), xp.asarray(y_true).reshape(-1).astype(xp.int64)] = 1
+    return categorical_crossentropy(onehot, y_pred, from_logits)
+
+
+def binary_crossentropy(y_true, y_pred, from_logits=False):
+    """Keras's ``binary_crossentropy``: each sample's mean over the last axis."""
+    xp = _module(y_pred)
+    y_true = y_true.reshape(y_pred.shape)
+    if from_logits:
+        return _row_mean_last(xp.maximum(y_pred, 0) - y_pred * y_true + xp.log1p(xp.exp(-xp.abs(y_pred))))
+    eps = y_pred.dtype.type(1e-7)
+    p = xp.clip(y_pred, eps, 1 - eps)
+    return _row_mean_last(-(y_true * xp.log(p) + (1 - y_true) * xp.log1p(-p)))
+
+
+mse, mae = mean_squared_error, mean_absolute_error
+# the functions compile() maps to its exact losses (own gradients, fused kernels); any other function
+# becomes a FunctionLoss
+_LOSS_FUNCTIONS = {mean_squared_error: "mse", mean_absolute_error: "mae", huber: "huber",
+                   categorical_crossentropy: "categorical_crossentropy",
+                   sparse_categorical_crossentropy: "sparse_categorical_crossentropy",
+                   binary_crossentropy: "binary_crossentropy"}
 
 
 _NAMED_LOSSES = {
@@ -322,5 +490,8 @@ def get(loss):
         loss = loss()
     if hasattr(loss, "forward") and hasattr(loss, "backward"):
         return CustomLoss(loss)
-    raise TypeError(f"loss must be a name ({', '.join(LOSS_NAMES)}), a Loss, or an object with forward(y, t) "
-                    f"and backward(); got {type(loss).__name__}")
+    if callable(loss):
+        name = _LOSS_FUNCTIONS.get(loss)
+        return _NAMED_LOSSES[name]() if name is not None else FunctionLoss(loss)
+    raise TypeError(f"loss must be a name ({', '.join(LOSS_NAMES)}), a Loss, a function (y_true, y_pred), or an "
+                    f"object with forward(y, t) and backward(); got {type(loss).__name__}")

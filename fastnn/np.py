@@ -7,7 +7,7 @@ in one thread is not seen by another. Beyond the module's own names it always ha
 
 NumPy idioms that CuPy lacks are translated or refused with the replacement named:
 
-- ``np.add.at(a, idx, v)`` (scatter-add): on CuPy it runs ``cupyx.scatter_add``.
+- ``np.add.at(a, idx, v)`` (scatter-add): on CuPy it runs ``cupyx.scatter_add`` (``fastnn.backend.scatter_add``).
 - ``int(x)``, ``range(x)``, ``f"{x}"`` on a device array: use ``int(x.item())`` or ``np.asnumpy(x)``;
   CuPy raises for implicit host conversions of arrays with more than one element.
 - ``np.random.choice(n, k, replace=False)`` with a large ``n``: draws a permutation; prefer
@@ -118,9 +118,7 @@ class _AddWithAt:
         return self._ufunc(*args, **kwargs)
 
     def at(self, a, indices, b=None):
-        import cupyx
-
-        cupyx.scatter_add(a, indices, b)
+        _backend.scatter_add(a, indices, b)
 
     def __getattr__(self, name):
         return getattr(self._ufunc, name)
@@ -128,15 +126,14 @@ class _AddWithAt:
 
 def asnumpy(x):
     """A host ``numpy.ndarray`` copy of ``x`` (from any backend)."""
-    return x.get() if hasattr(x, "get") and not isinstance(x, numpy.ndarray) else numpy.asarray(x)
+    return _backend.to_host(x)
 
 
 def asarray(a, dtype=None, **kwargs):
     """``a`` as an array of the current backend, on its device."""
     ops = _ops()
     if ops.xp is numpy:  # a host backend: exactly numpy.asarray (a device array is copied over first)
-        return numpy.asarray(asnumpy(a) if hasattr(a, "get") and not isinstance(a, numpy.ndarray) else a,
-                             dtype=dtype, **kwargs)
+        return numpy.asarray(asnumpy(a) if _backend.is_device_array(a) else a, dtype=dtype, **kwargs)
     if kwargs:  # order=, copy=, ...: NumPy applies them on the host, then the backend moves the result
         a = numpy.asarray(asnumpy(a), dtype=dtype, **kwargs)
     return ops.asarray(a, dtype=dtype)

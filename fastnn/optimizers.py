@@ -28,7 +28,7 @@ import sys
 
 import numpy
 
-from fastnn import schedules
+from fastnn import registry, schedules
 from fastnn.backend import follow
 from fastnn.schedules import (CosineDecay, CosineDecayRestarts, ExponentialDecay, InverseTimeDecay,
                               LearningRateSchedule, PiecewiseConstantDecay, PolynomialDecay, Schedule, StepDecay,
@@ -208,7 +208,7 @@ class Optimizer:
                 pieces.append((start, stop, wd))
         return pieces
 
-    # -- captured path (fit(cuda_graph=True); see fastnn.graphs and Ops' graph-capture variants)
+    # -- captured path (fit(cuda_graph=True); see fastnn.backend.graphs and Ops' graph-capture variants)
     def graph_capturable(self):
         """Whether a CUDA graph can hold this optimizer's update: not with ``clipnorm``, whose scale
         is a host value computed from the gradient's norm every step."""
@@ -247,6 +247,7 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
+@registry.register_optimizer
 class SGD(Optimizer):
     """Stochastic gradient descent: ``p -= lr * g``.
 
@@ -276,6 +277,7 @@ class SGD(Optimizer):
         return {"momentum": self.momentum, "nesterov": self.nesterov}
 
 
+@registry.register_optimizer
 class Momentum(SGD):
     """Momentum SGD, the book's form: ``v = momentum*v - lr*g; p += v`` (Polyak 1964)."""
 
@@ -286,6 +288,7 @@ class Momentum(SGD):
         return {"momentum": self.momentum}
 
 
+@registry.register_optimizer
 class Nesterov(SGD):
     """Nesterov momentum as ``torch.optim.SGD(nesterov=True)`` (Sutskever et al. 2013):
     ``v = momentum*v + g; p -= lr*(g + momentum*v)``."""
@@ -297,6 +300,7 @@ class Nesterov(SGD):
         return {"momentum": self.momentum}
 
 
+@registry.register_optimizer
 class AdaGrad(Optimizer):
     """AdaGrad (Duchi et al. 2011), as Keras 3's ``keras.optimizers.Adagrad``, formula and defaults::
 
@@ -329,6 +333,7 @@ class AdaGrad(Optimizer):
         return {"eps": self.eps, "initial_accumulator_value": self.initial_accumulator_value}
 
 
+@registry.register_optimizer
 class RMSprop(Optimizer):
     """RMSprop (Tieleman & Hinton 2012), as Keras 3's ``keras.optimizers.RMSprop``, formula and defaults::
 
@@ -379,6 +384,7 @@ class _Moments(Optimizer):
         return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
 
 
+@registry.register_optimizer
 class Adam(_Moments):
     """Adam (Kingma & Ba 2015), as ``torch.optim.Adam``::
 
@@ -414,6 +420,7 @@ class Adam(_Moments):
         return super()._hyper() | {"amsgrad": self.amsgrad}
 
 
+@registry.register_optimizer
 class AdamW(Adam):
     """AdamW (Loshchilov & Hutter 2019), as ``torch.optim.AdamW``: ``p *= 1 - lr*weight_decay``, then
     the Adam update without the decay term in the gradient. ``weight_decay`` defaults to 0.01;
@@ -425,6 +432,7 @@ class AdamW(Adam):
         super().__init__(lr, weight_decay=weight_decay, **kwargs)
 
 
+@registry.register_optimizer
 class Nadam(_Moments):
     """Nadam (Dozat 2016), Adam with Nesterov momentum, as Keras 3's ``keras.optimizers.Nadam``,
     formula and defaults (``lr=0.001``, ``beta1=0.9``, ``beta2=0.999``, ``eps=1e-7``)::
@@ -461,6 +469,7 @@ class Nadam(_Moments):
         return lr, self.beta1, self.beta2, self.eps, t, self.mu_product(t), weight_decay, scale
 
 
+@registry.register_optimizer
 class Adamax(_Moments):
     """Adamax (Kingma & Ba 2015, section 7.1: Adam with the infinity norm), as Keras 3's
     ``keras.optimizers.Adamax``, formula and defaults (``lr=0.001``, ``beta1=0.9``, ``beta2=0.999``,

@@ -2,12 +2,17 @@
 
 Loading maps every class name in a file through these tables; nothing in a file is ever imported
 or executed. ``fastnn.register(cls)`` adds a user's ``Layer`` subclass (or a ``Loss``) by its class
-name, so a model that uses it can be loaded in a process that registered it.
+name, so a model that uses it can be loaded in a process that registered it. fastnn's own models,
+optimizers and schedules register themselves where they are defined (``register_model``,
+``register_optimizer``, ``register_schedule``), so this module imports none of them.
 """
 from __future__ import annotations
 
 _LAYERS: dict = {}
 _LOSSES: dict = {}
+_MODELS: dict = {}
+_OPTIMIZERS: dict = {}
+_SCHEDULES: dict = {}
 
 
 def register(cls):
@@ -28,40 +33,55 @@ def register(cls):
 def layer_class(name):
     import fastnn.layers as layers
 
-    builtin = {n: getattr(layers, n) for n in layers.__all__ if isinstance(getattr(layers, n), type)}
+    builtin = {n: getattr(layers, n) for n in layers.__all__
+               if isinstance(getattr(layers, n), type) and issubclass(getattr(layers, n), layers.Layer)}
     cls = builtin.get(name) or _LAYERS.get(name)
     if cls is None:
         raise KeyError(f"unknown layer class {name!r}; known: {', '.join(sorted(set(builtin) | set(_LAYERS)))}")
     return cls
 
 
-def model_class(name):
-    """The model class a file's ``config.json`` names (``Sequential``)."""
-    from fastnn import models
+def register_model(cls):
+    """Called by ``fastnn.models`` for its model classes (``Sequential``, ``Model``): the names a file's
+    ``config.json`` may give its model, without this table importing the models."""
+    _MODELS[cls.__name__] = cls
+    return cls
 
-    table = {"Sequential": models.Sequential}
-    if name not in table:
-        raise KeyError(f"unknown model class {name!r}; known: {', '.join(sorted(table))}")
-    return table[name]
+
+def model_class(name):
+    """The model class a file's ``config.json`` names (``Sequential`` or ``Model``)."""
+    if name not in _MODELS:
+        known = ", ".join(sorted(_MODELS)) or "none: import fastnn.models first"
+        raise KeyError(f"unknown model class {name!r}; known: {known}")
+    return _MODELS[name]
+
+
+def register_optimizer(cls):
+    """Called by ``fastnn.optimizers`` for its optimizer classes: the names a file may give its optimizer."""
+    _OPTIMIZERS[cls.__name__] = cls
+    return cls
 
 
 def optimizer_class(name):
-    from fastnn import optimizers
+    """The optimizer class a file names (``SGD``, ``Adam``, ...)."""
+    return _builtin(_OPTIMIZERS, "optimizer", name, "fastnn.optimizers")
 
-    table = {c.__name__: c for c in (optimizers.SGD, optimizers.Momentum, optimizers.Nesterov, optimizers.AdaGrad,
-                                     optimizers.RMSprop, optimizers.Adam, optimizers.AdamW, optimizers.Nadam,
-                                     optimizers.Adamax)}
-    if name not in table:
-        raise KeyError(f"unknown optimizer class {name!r}; known: {', '.join(sorted(table))}")
-    return table[name]
+
+def register_schedule(cls):
+    """Called by ``fastnn.schedules`` for its learning-rate schedules: the names a file may give a schedule."""
+    _SCHEDULES[cls.__name__] = cls
+    return cls
 
 
 def schedule_class(name):
-    from fastnn import schedules
+    """The learning-rate schedule class a file names (``ExponentialDecay``, ...)."""
+    return _builtin(_SCHEDULES, "schedule", name, "fastnn.schedules")
 
-    table = {c.__name__: c for c in schedules.SCHEDULES}
+
+def _builtin(table, what, name, module):
     if name not in table:
-        raise KeyError(f"unknown schedule class {name!r}; known: {', '.join(sorted(table))}")
+        known = ", ".join(sorted(table)) or f"none: import {module} first"
+        raise KeyError(f"unknown {what} class {name!r}; known: {known}")
     return table[name]
 
 

@@ -49,6 +49,10 @@ def model_config(model):
     config = {"class_name": "Sequential", "config": {
         "name": model.name, "dtype": str(model.dtype), "layers": layers,
         "input_shape": _input_shape(model)}}
+    graph = getattr(model, "graph_config", None)
+    if graph is not None:  # a functional (or traced subclassed) model: its graph, loadable without its class
+        config["class_name"] = "Model"
+        config["config"]["graph"] = graph()
     compile_cfg = None
     if model.optimizer is not None and model.loss is not None and not isinstance(model.loss, CustomLoss):
         compile_cfg = {
@@ -142,8 +146,8 @@ def architecture(reader):
         raise FormatError(f"{reader.path}: format version {meta['format_version']} is newer than this fastnn "
                           f"reads ({FORMAT_VERSION}); upgrade fastnn-engine")
     config = reader.json("config.json")
-    if config.get("class_name") != "Sequential" or not isinstance(config.get("config"), dict):
-        raise FormatError(f"{what}: expected a Sequential model")
+    if config.get("class_name") not in ("Sequential", "Model") or not isinstance(config.get("config"), dict):
+        raise FormatError(f"{what}: expected a Sequential or functional Model")
     body = config["config"]
     if not isinstance(body.get("layers"), list) or not body["layers"]:
         raise FormatError(f"{what}: 'layers' must be a non-empty list")
@@ -168,20 +172,35 @@ def _make_layers(what, specs):
     return layers
 
 
-def _weight_shapes(reader, dtype, input_shape, specs):
+def _assemble(what, body, layers, **kwargs):
+    """The (unbuilt) model ``body`` describes over ``layers``: a ``Sequential``, or a functional
+    ``Model`` when ``body`` has a graph. A bad graph raises ``FormatError``."""
+    graph = body.get("graph")
+    if graph is None:
+        return registry.model_class("Sequential")(layers, **kwargs)
+    try:
+        return registry.model_class("Model").from_graph(layers, graph, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise FormatError(f"{what}: the graph does not connect: {exc}") from None
+
+
+def _weight_shapes(reader, dtype, input_shape, specs, body):
     """``{key: shape}`` of every weight the config's architecture makes, in ``get_weights`` order,
     from a dry pass that allocates nothing: throwaway layers whose ``add_weight`` only records
     shapes (zero-memory placeholders), and no random draws from any shared generator."""
     what = f"{reader.path}: member 'config.json'"
     layers = _make_layers(what, specs)
-    shape = (None,) + input_shape
+
+    def dry_build(layer, shape):
+        layer.dtype = numpy.dtype(dtype)
+        layer.rng = numpy.random.default_rng(0)
+        layer.build(shape)
+
     try:
         with weights_without_initializers("shapes"):
-            for layer in layers:
-                layer.dtype = numpy.dtype(dtype)
-                layer.rng = numpy.random.default_rng(0)
-                layer.build(shape)
-                shape = layer.compute_output_shape(shape)
+            model = _assemble(what, body, layers, dtype=dtype, seed=0)  # a throwaway: no draw from any generator
+            model.input_shape = input_shape
+            model.layer_shapes(dry_build)
     except FormatError:
         raise
     except Exception as exc:
@@ -216,7 +235,7 @@ def _build_model(reader, backend, config, dtype, input_shape, specs, optimizer):
     body = config["config"]
     layers = _make_layers(what, specs)
     name = body.get("name") if isinstance(body.get("name"), str) else "sequential"
-    model = registry.model_class("Sequential")(layers, dtype=dtype, name=name, backend=backend)
+    model = _assemble(what, body, layers, dtype=dtype, name=name, backend=backend)
     try:
         with weights_without_initializers("empty"):
             model.build(input_shape)
@@ -244,7 +263,8 @@ def model_from_config(spec, cls):
     layers by class name through ``fastnn.registry`` (nothing imported or executed), built when the
     config has an input shape, with fresh weights. A bad config raises ``ValueError`` naming what."""
     what = "from_config"
-    if not isinstance(spec, dict) or spec.get("class_name") != cls.__name__ or not isinstance(spec.get("config"), dict):
+    if not isinstance(spec, dict) or spec.get("class_name") not in (cls.__name__, "Sequential", "Model") or \
+            not isinstance(spec.get("config"), dict):
         raise ValueError(f"{what}: expected {{'class_name': {cls.__name__!r}, 'config': {{...}}}}, got "
                          f"{str(spec)[:80]!r}")
     body = spec["config"]
@@ -254,7 +274,10 @@ def model_from_config(spec, cls):
         layers = _make_layers(what, body["layers"])
     except FormatError as exc:
         raise ValueError(str(exc)) from None
-    model = cls(layers, dtype=body.get("dtype", "float32"), name=body.get("name"))
+    try:
+        model = _assemble(what, body, layers, dtype=body.get("dtype", "float32"), name=body.get("name"))
+    except FormatError as exc:
+        raise ValueError(str(exc)) from None
     if body.get("input_shape"):
         model.build(tuple(body["input_shape"]))
     return model
@@ -316,7 +339,7 @@ def load_model(path, backend=None, _with_training=False):
     try:
         reader = _Reader(path)
         config, dtype, input_shape, specs = architecture(reader)
-        shapes = _weight_shapes(reader, dtype, input_shape, specs)
+        shapes = _weight_shapes(reader, dtype, input_shape, specs, config["config"])
         optimizer = _optimizer_spec(reader, config)
         _bound_members(reader, shapes, optimizer)
         step = metadata_step(reader)

@@ -13,6 +13,8 @@ import bisect
 import math
 import numbers
 
+from fastnn import registry
+
 __all__ = [
     "LearningRateSchedule", "Schedule", "StepDecay", "ExponentialDecay", "PiecewiseConstantDecay",
     "PolynomialDecay", "InverseTimeDecay", "CosineDecay", "CosineDecayRestarts", "serialize", "deserialize",
@@ -71,6 +73,7 @@ class Schedule:
 LearningRateSchedule = Schedule  # Keras's name
 
 
+@registry.register_schedule
 class StepDecay(Schedule):
     """``lr = initial_learning_rate * decay_rate ** floor(step / decay_steps)`` (fastnn's; Keras spells
     it ``ExponentialDecay(..., staircase=True)``)."""
@@ -84,6 +87,7 @@ class StepDecay(Schedule):
         return self.initial_learning_rate * self.decay_rate ** (step // self.decay_steps)
 
 
+@registry.register_schedule
 class ExponentialDecay(Schedule):
     """``lr = initial_learning_rate * decay_rate ** (step / decay_steps)`` (integer division when
     ``staircase``), as Keras's ``ExponentialDecay``."""
@@ -101,6 +105,7 @@ class ExponentialDecay(Schedule):
         return self.initial_learning_rate * self.decay_rate ** (math.floor(p) if self.staircase else p)
 
 
+@registry.register_schedule
 class PiecewiseConstantDecay(Schedule):
     """Keras's ``PiecewiseConstantDecay``: ``values[0]`` while ``step <= boundaries[0]``, ``values[i]``
     while ``boundaries[i-1] < step <= boundaries[i]``, ``values[-1]`` after ``boundaries[-1]``.
@@ -137,6 +142,7 @@ class PiecewiseConstantDecay(Schedule):
         return {"boundaries": list(self.boundaries), "values": list(self.values), "name": self.name}
 
 
+@registry.register_schedule
 class PolynomialDecay(Schedule):
     """Keras's ``PolynomialDecay``::
 
@@ -165,6 +171,7 @@ class PolynomialDecay(Schedule):
         return (self.initial_learning_rate - self.end_learning_rate) * frac ** self.power + self.end_learning_rate
 
 
+@registry.register_schedule
 class InverseTimeDecay(Schedule):
     """Keras's ``InverseTimeDecay``: ``lr = initial_learning_rate / (1 + decay_rate * step / decay_steps)``
     (``floor(step / decay_steps)`` when ``staircase``)."""
@@ -183,6 +190,7 @@ class InverseTimeDecay(Schedule):
         return self.initial_learning_rate / (1.0 + self.decay_rate * (math.floor(p) if self.staircase else p))
 
 
+@registry.register_schedule
 class CosineDecay(Schedule):
     """Cosine decay with an optional linear warmup, as Keras's ``CosineDecay``.
 
@@ -216,6 +224,7 @@ class CosineDecay(Schedule):
         return target * ((1 - self.alpha) * 0.5 * (1 + math.cos(math.pi * s / self.decay_steps)) + self.alpha)
 
 
+@registry.register_schedule
 class CosineDecayRestarts(Schedule):
     """Cosine decay with warm restarts (SGDR, Loshchilov & Hutter 2017), as Keras's ``CosineDecayRestarts``.
 
@@ -267,8 +276,6 @@ def serialize(schedule):
 def deserialize(config):
     """A schedule from ``serialize``'s dict (or Keras's: ``{"class_name", "config"}``), by class name
     from fastnn's fixed table (nothing is imported)."""
-    from fastnn import registry
-
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
         raise ValueError(f"deserialize: expected {{'class_name': ..., 'config': {{...}}}}, got {config!r}")
     return registry.schedule_class(config.get("class_name"))(**config["config"])

@@ -7,7 +7,7 @@ import os
 
 import numpy
 
-from fastnn.backend import select
+from fastnn.backend import select, to_host
 
 # Python source that makes every later ``import cupy`` (cupyx, cupy_backends) fail: prepended to a
 # subprocess's code, it shows which fastnn modules import without CuPy.
@@ -105,7 +105,7 @@ def pytest_runtest_makereport(item, call):
 
 def host(a):
     """A host NumPy copy of any backend's array (or scalar)."""
-    return a.get() if hasattr(a, "get") and not isinstance(a, numpy.ndarray) else numpy.asarray(a)
+    return to_host(a)
 
 
 def assert_sum_close(actual, terms, reference, axis=0, c=2.0, err_msg=""):

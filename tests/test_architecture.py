@@ -216,3 +216,18 @@ def test_fit_refuses_bad_loop_arguments_before_training(kwargs, error, match):
         m.fit(x, **args)
     for u, v in zip(before, m.get_weights()):
         numpy.testing.assert_array_equal(u, v)
+
+
+# ---------------------------------------------------------------- packaging
+def test_setup_lists_every_package_of_the_library():
+    """A package folder missing from setup.py's ``packages`` works in the editable test install but
+    is left out of the wheel: every folder with an ``__init__.py`` under fastnn/ must be listed."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    tree = ast.parse((root / "setup.py").read_text())
+    listed = next(ast.literal_eval(k.value) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                  for k in node.keywords if k.arg == "packages")
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "fastnn").rglob("__init__.py")}
+    assert found - set(listed) == set()

@@ -20,6 +20,7 @@ BOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"
 CHAPTER_SCRIPTS = {
     "ch03_neuralnet_batch.py": ["ch03_predictions.png"],
     "ch04_train_neuralnet.py": ["ch04_train_neuralnet.png"],
+    "ch05_buy_apple_orange.py": [],
     "ch05_gradient_check.py": ["ch05_gradient_check.png"],
     "ch05_train_neuralnet.py": ["ch05_train_neuralnet.png"],
     "ch06_optimizer_compare.py": ["ch06_optimizer_compare.png"],
@@ -114,6 +115,17 @@ def test_ch04_numerical_gradient_training_lowers_the_loss(ran):
     assert value(stdout, "loss_first") > 2.1  # near ln 10 at the start
     assert value(stdout, "loss_last") < value(stdout, "loss_first") - 1.0  # seeds 0-9: a drop of 1.5-1.7
     assert value(stdout, "test_acc") >= 0.65  # seeds 0-9: 0.75-0.82
+
+
+def test_ch05_buy_apple_orange_gives_the_books_numbers(ran):
+    """The book's figures 5-16 and 5-17 (its printed values, not fastnn's output)."""
+    stdout = output(ran, "ch05_buy_apple_orange.py")
+    assert value(stdout, "price", "apple") == pytest.approx(220)
+    assert value(stdout, "price", "apple_orange") == pytest.approx(715)
+    book = {("apple", "dapple"): 2.2, ("apple", "dapple_num"): 110, ("apple", "dtax"): 200,
+            ("apple_orange", "dapple_num"): 110, ("apple_orange", "dapple"): 2.2, ("apple_orange", "dorange"): 3.3,
+            ("apple_orange", "dorange_num"): 165, ("apple_orange", "dtax"): 650}
+    assert values(stdout, "grad") == pytest.approx(book)
 
 
 def test_ch05_backprop_matches_numerical_gradient(ran):

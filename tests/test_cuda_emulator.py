@@ -36,7 +36,7 @@ if CXX is not None:
 EMULATED = ["tests/kernels", "tests/test_gpu_dev_launchers.py", "tests/test_layers.py", "tests/test_optimizers.py",
             "tests/test_models.py", "tests/test_conv_layers.py", "tests/test_cupy_structure.py", "tests/book",
             "tests/test_np_proxy.py", "tests/test_keras_wrong_results.py", "tests/test_keras_losses.py",
-            "tests/test_keras_optimizers.py"]
+            "tests/test_keras_optimizers.py", "tests/test_keras_layers_more.py", "tests/test_channels_last.py"]
 SELECT = "(cupy or gpu) and not big and not wide"
 
 

@@ -182,7 +182,7 @@ def _history_close(h_graph, h_eager, rtol):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("optimizer", ["adam", "sgd", "nesterov", "rmsprop-schedule", "adam-clipnorm"])
 def test_graph_training_equals_eager(mode, dtype, optimizer, monkeypatch):
-    from fastnn.graphs import StepGraphs
+    from fastnn.backend.graphs import StepGraphs
 
     if mode == "split":
         def no_handle(self, *args):

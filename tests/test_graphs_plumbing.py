@@ -11,7 +11,7 @@ by value (a dropout stream start, a scheduled learning rate, Adam's step count) 
 replay here as it would on a GPU, and the planted-bug tests below show that this fails the "trains
 exactly as eager" check.
 
-The training tests run in both capture modes of ``fastnn.graphs``: "full" (the GEMMs captured through
+The training tests run in both capture modes of ``fastnn.backend.graphs``: "full" (the GEMMs captured through
 fastnn's own ``Cublas`` code on the stand-in ``libcublas``) and "split" (no handle: eager GEMMs
 between graphs). What is shown: the warm-up step, the capture, the input slots filled by
 ``take(out=)``, each step's dropout masks and optimizer scalars through the staging buffer, the
@@ -27,9 +27,9 @@ import warnings
 import numpy
 import pytest
 
-from fastnn import feeding, graphs, optimizers, regularizers
-from fastnn.backend import cupy_ops
-from fastnn.graphs import StepGraphs
+from fastnn import optimizers, regularizers
+from fastnn.backend import cupy_ops, graphs
+from fastnn.backend.graphs import StepGraphs
 from fastnn.kernels.gpu import cublas
 from fastnn.layers import BatchNormalization, Dense, Dropout
 from fastnn.models import Sequential
@@ -38,15 +38,15 @@ from helpers import fake_cuda  # tests/helpers/fake_cuda.py
 
 @pytest.fixture(params=["full", "split"])
 def fake_gpu(request, monkeypatch):
-    """A ``FakeGpuOps`` backend, with ``fastnn.graphs`` in the mode of the parameter; its
+    """A ``FakeGpuOps`` backend, with ``fastnn.backend.graphs`` in the mode of the parameter; its
     ``replays`` list grows by one per replayed step.
 
-    Nothing here needs CuPy: split mode's eager GEMMs (``fastnn.graphs._eager_gemm``) go through
+    Nothing here needs CuPy: split mode's eager GEMMs (``fastnn.backend.graphs._eager_gemm``) go through
     ``cupy_ops.cupy_matmul``, which sets the real CuPy's compute type, so the stand-in's replaces it;
-    the cuBLAS handle ``fastnn.graphs`` makes is the stand-in's (full) or one that cannot be made
+    the cuBLAS handle ``fastnn.backend.graphs`` makes is the stand-in's (full) or one that cannot be made
     (split), whatever the machine has."""
     monkeypatch.setenv("FASTNN_DEVICE_DATA", "device")
-    monkeypatch.setattr(feeding, "make_transfer", fake_cuda.Transfer)   # the staging copies
+    monkeypatch.setattr(fake_cuda.FakeGpuOps, "make_transfer", lambda ops: fake_cuda.Transfer(ops))  # staging copies
     monkeypatch.setattr(cupy_ops, "cupy_matmul", fake_cuda.cupy_matmul)
     monkeypatch.setattr(cublas, "Cublas", fake_cuda.FakeCublas if request.param == "full" else fake_cuda.NoCublas)
     monkeypatch.setattr(fake_cuda.Graph, "launches", 0)

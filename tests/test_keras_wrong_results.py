@@ -161,13 +161,12 @@ def test_stop_evaluating_and_stop_predicting_stop_after_the_batch():
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """The CPU stand-in for CuPy's streams and CUDA graphs (see tests/test_graphs_plumbing.py)."""
-    from fastnn import feeding, graphs
-    from fastnn.backend import cupy_ops
+    from fastnn.backend import cupy_ops, graphs
     from fastnn.kernels.gpu import cublas
     from helpers import fake_cuda
 
     monkeypatch.setenv("FASTNN_DEVICE_DATA", "device")
-    monkeypatch.setattr(feeding, "make_transfer", fake_cuda.Transfer)
+    monkeypatch.setattr(fake_cuda.FakeGpuOps, "make_transfer", lambda ops: fake_cuda.Transfer(ops))
     monkeypatch.setattr(cupy_ops, "cupy_matmul", fake_cuda.cupy_matmul)
     monkeypatch.setattr(cublas, "Cublas", fake_cuda.FakeCublas)
     monkeypatch.setattr(fake_cuda.Graph, "launches", 0)

@@ -10,7 +10,7 @@ rounds (fit, fused K=1, fused K=all, GEMM floor, with 0.3 s pauses), medians:
 - ``fit``: ``model.fit(x, y, batch_size, epochs=1, shuffle=False, verbose=0)``, what users run;
 - ``fused-k1``: one ``train_steps`` call per batch from a Python loop (what ``fit`` would do when a
   callback needs every batch), after one bounds check and the epoch's optimizer scalars;
-- ``fused-epoch``: ``FusedPlan.run`` over the whole epoch, one call;
+- ``fused-epoch``: ``TrainPlan.run`` over the whole epoch, one call;
 - ``gemm-floor``: only the step's matrix products with numpy (``fastnn.bench.peers.GemmFloor``; full
   batches only).
 
@@ -61,16 +61,16 @@ class Fit:
 
 
 class FusedEpoch:
-    """The whole epoch in one ``train_steps`` call (``FusedPlan.run``: checks, scalars, the call)."""
+    """The whole epoch in one ``train_steps`` call (``TrainPlan.run``: checks, scalars, the call)."""
 
     name = "fused-epoch"
 
     def __init__(self, spec, x, y):
         from fastnn.bench.models import build_model
-        from fastnn.backend import numba_fused as host
+        from fastnn.training.fused_plan import train_plan
 
         self.model = build_model(spec, "numba")
-        self.plan = host.FusedPlan(self.model, spec["batch"])
+        self.plan = train_plan(self.model, spec["batch"])[0]
         self.x, self.y = x, y
         self.order = numpy.arange(len(x), dtype=numpy.int64)
 
@@ -86,12 +86,12 @@ class FusedK1(FusedEpoch):
     def epoch(self):
         from fastnn.kernels.cpu import fused
 
-        plan, model = self.plan, self.model
+        plan, model = self.plan.plan, self.model  # the backend's tables
         bs, n = plan.batch_size, len(self.order)
         steps = -(-n // bs)
         t_idx, t_dense = plan.targets(self.y)
         plan.check(self.x, t_idx, self.order)
-        sc = plan.scalars(steps)
+        sc = self.plan.scalars(steps)
         stats = numpy.empty((steps, 2), plan.dtype)
         cfg, p, g = plan.cfg, model.flat.p, model.flat.g
         step0 = model._step
@@ -120,19 +120,20 @@ class Floor:
 
 # ------------------------------------------------------------------------------ measurements
 def dispatch_cost(x, y, spec, reps=20000):
-    """Microseconds per ``train_steps`` call that runs no step (K = 0), and per ``FusedPlan.run`` call
+    """Microseconds per ``train_steps`` call that runs no step (K = 0), and per ``TrainPlan.run`` call
     of no step (its checks on an empty order, scalars, bookkeeping), and per 1-argument njit call."""
     from numba import njit
 
     from fastnn.bench.models import build_model
     from fastnn.kernels.cpu import fused
-    from fastnn.backend import numba_fused as host
+    from fastnn.training.fused_plan import train_plan
 
     model = build_model(spec, "numba")
-    plan = host.FusedPlan(model, spec["batch"])
+    step = train_plan(model, spec["batch"])[0]
+    plan = step.plan  # the backend's tables
     t_idx, t_dense = plan.targets(y)
     args = (x, t_idx, t_dense, numpy.arange(0, dtype=numpy.int64), plan.net, plan.netf, plan.cfg, plan.clipnorm,
-            plan.pieces, plan.runs, plan.scalars(1), model.flat.p, model.flat.g, plan.s1, plan.s2, plan.ws,
+            plan.pieces, plan.runs, step.scalars(1), model.flat.p, model.flat.g, plan.s1, plan.s2, plan.ws,
             plan.ti, numpy.empty((0, 2), plan.dtype))
 
     @njit
@@ -154,7 +155,7 @@ def dispatch_cost(x, y, spec, reps=20000):
     return {"train_steps_empty_us": per_call(lambda: fused.train_steps(*args), reps),
             "args": len(args),
             "njit_1arg_noop_us": per_call(lambda: noop(x), reps),
-            "plan_run_empty_us": per_call(lambda: plan.run(small_x, y[:256], empty), reps // 10)}
+            "plan_run_empty_us": per_call(lambda: step.run(small_x, y[:256], empty), reps // 10)}
 
 
 COMPILE_SNIPPET = r"""
@@ -164,11 +165,11 @@ import numpy
 from fastnn.bench.models import build_model, synthetic_mnist
 t1 = time.perf_counter()
 from fastnn.kernels.cpu import fused
-from fastnn.backend import numba_fused as host
+from fastnn.training.fused_plan import train_plan
 t2 = time.perf_counter()
 m = build_model("B64", "numba")
 x, y = synthetic_mnist(256)
-plan = host.FusedPlan(m, 128)
+plan = train_plan(m, 128)[0]
 t3 = time.perf_counter()
 plan.run(x, y, numpy.arange(128, dtype=numpy.int64))
 t4 = time.perf_counter()

@@ -14,14 +14,18 @@ import logging
 import threading
 import warnings
 
+import numpy
+
 from fastnn import config
 from fastnn.backend import select
 from fastnn.backend.ops import HOT_PRIMITIVES, Ops
+from fastnn.backend.precision import get_matmul_precision, set_matmul_precision
 from fastnn.errors import BackendUnavailableError
 
 __all__ = [
     "Ops", "HOT_PRIMITIVES", "use", "using", "current", "get_ops", "available", "describe",
-    "follow", "is_device_array", "BACKEND_NAMES", "set_matmul_precision", "get_matmul_precision",
+    "follow", "is_device_array", "array_module", "to_host", "scatter_add", "communicator_kind", "BACKEND_NAMES",
+    "set_matmul_precision", "get_matmul_precision",
 ]
 
 log = logging.getLogger("fastnn")
@@ -144,23 +148,6 @@ def using(name):
         _scoped.reset(token)
 
 
-_precision = config.MATMUL_PRECISION
-
-
-def set_matmul_precision(precision):
-    """How float32 GEMMs compute on CUDA: ``"float32"`` (default, exact, as NumPy) or ``"tf32"``
-    (TF32 tensor cores: 10-bit mantissa products, float32 accumulation; several times faster on
-    large GEMMs). Process-wide, like ``torch.set_float32_matmul_precision``. CPU backends compute
-    float32 exactly whatever it says (their BLAS has no TF32); float64 is never affected."""
-    global _precision
-    _precision = config.check_precision(precision)
-
-
-def get_matmul_precision() -> str:
-    """``"float32"`` or ``"tf32"``: see ``set_matmul_precision`` (``FASTNN_MATMUL_PRECISION`` sets the start value)."""
-    return _precision
-
-
 def current() -> Ops:
     """The active backend: ``using`` > ``use`` > ``FASTNN_BACKEND`` > ``auto``."""
     scoped = _scoped.get()
@@ -197,6 +184,43 @@ def available() -> dict:
 def is_device_array(x) -> bool:
     """True for a CuPy array (checked without importing CuPy)."""
     return type(x).__module__.split(".")[0] == "cupy"
+
+
+def array_module(x):
+    """``x``'s array module: ``cupy`` for a CuPy array, else ``numpy`` (CuPy is never imported for host arrays)."""
+    if is_device_array(x):
+        import cupy
+
+        return cupy
+    return numpy
+
+
+def to_host(x):
+    """A host ``numpy.ndarray`` holding ``x``'s values, whatever its backend: a device array is copied
+    to the host, anything else goes through ``numpy.asarray`` (no copy for a host array)."""
+    return x.get() if is_device_array(x) else numpy.asarray(x)
+
+
+def scatter_add(a, indices, b):
+    """NumPy's ``add.at(a, indices, b)`` (unbuffered scatter-add into ``a``) for any backend's arrays:
+    ``cupyx.scatter_add`` on a device array."""
+    if is_device_array(a):
+        import cupyx
+
+        cupyx.scatter_add(a, indices, b)
+    else:
+        numpy.add.at(a, indices, b)
+
+
+def communicator_kind(backend) -> str:
+    """The communicator that all-reduces a backend's arrays under a multi-rank launcher (what
+    ``fastnn.distributed.init("auto")`` makes there): ``"nccl"`` or ``"mpi"``. ``backend`` is an
+    ``Ops`` (its ``communicator``) or a backend name, answered without probing (``auto`` and ``cpu``,
+    which resolve only at first use, and ``None`` answer ``"mpi"``)."""
+    if isinstance(backend, Ops):
+        return backend.communicator
+    key = "numpy" if backend is None else _canonical(backend)
+    return "nccl" if key.startswith("cupy:") else "mpi"
 
 
 def follow(*arrays) -> Ops:

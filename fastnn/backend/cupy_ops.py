@@ -9,9 +9,9 @@ import math
 
 import numpy
 
-from fastnn import backend as _backend
 from fastnn.backend import ops as _ops
 from fastnn.backend.ops import HOT_PRIMITIVES, Ops
+from fastnn.backend.precision import get_matmul_precision
 from fastnn.kernels.gpu import _loader as _L
 from fastnn.kernels.gpu import activations as _act
 from fastnn.kernels.gpu import conv as _conv
@@ -25,6 +25,7 @@ class CupyOps(Ops):
     name = "cupy"
     device_arrays = True
     captures_graphs = True
+    communicator = "nccl"
     # FASTNN_STRICT_KERNELS=1 (the test suite): a hot primitive that this class does not define (or
     # that calls super()) raises KernelFallbackError instead of running the reference on CuPy arrays,
     # and so does one whose launcher returns without launching a fastnn kernel (see the end of this file).
@@ -37,7 +38,7 @@ class CupyOps(Ops):
         self.device_id = int(device_id)
         self.device = f"cuda:{self.device_id}"
         self._cupy = cupy
-        # While ``fastnn.graphs`` captures a training step, GEMMs go to its recorder (CuPy's own
+        # While ``fastnn.backend.graphs`` captures a training step, GEMMs go to its recorder (CuPy's own
         # cuBLAS calls are refused during a capture); None otherwise.
         self.capture = None
 
@@ -70,6 +71,17 @@ class CupyOps(Ops):
         with self._cupy.cuda.Device(self.device_id):
             pool = self._cupy.get_default_memory_pool()
             return pool.used_bytes(), pool.total_bytes()
+
+    def available_memory(self):
+        """The driver's free bytes plus those CuPy's pool holds unused (they are ours to reuse)."""
+        with self._cupy.cuda.Device(self.device_id):
+            return self._cupy.cuda.runtime.memGetInfo()[0] + self._cupy.get_default_memory_pool().free_bytes()
+
+    def make_transfer(self):
+        """Pinned staging buffers and a non-blocking copy stream on this device (``CupyTransfer``)."""
+        from fastnn.backend.transfer import CupyTransfer
+
+        return CupyTransfer(self)
 
     # ------------------------------------------------------------------ GEMM (cuBLAS)
     def gemm(self, a, b, *, trans_a=False, trans_b=False, out=None):
@@ -185,7 +197,7 @@ class CupyOps(Ops):
     # memory: the dropout stream start (a one-element uint64 array holding dropout_base(seed,
     # step)) and each optimizer's scalars (a float64 array; step_scalars(rule, ...) computes them on the
     # host, as <rule>_step does, for the caller to copy to the device before each replay). Results
-    # are bitwise equal to the by-value primitives. Not hot primitives: fastnn.graphs calls them.
+    # are bitwise equal to the by-value primitives. Not hot primitives: fastnn.backend.graphs calls them.
     def dropout_mask_dev(self, shape, rate, base, row0=0, *, dtype=numpy.float32, out=None):
         with self._cupy.cuda.Device(self.device_id):
             return _drop.dropout_mask_dev(shape, rate, base, row0, dtype=dtype, out=out)
@@ -276,7 +288,7 @@ def cupy_matmul(cupy, a, b, out=None, precision=None):
         return cupy.matmul(a, b, out=out)
     from cupy._core import _routines_linalg as la
 
-    want = la.COMPUTE_TYPE_TF32 if (precision or _backend.get_matmul_precision()) == "tf32" \
+    want = la.COMPUTE_TYPE_TF32 if (precision or get_matmul_precision()) == "tf32" \
         else la.COMPUTE_TYPE_DEFAULT
     before = la.get_compute_type(numpy.float32)
     if before == want:

@@ -16,9 +16,13 @@ import math
 
 import numpy
 
+from fastnn.backend.numba_args import (
+    _FLOATS, _NO_BIAS, _NONE2D, _2d, _adam_args, _c, _check_act, _clip_arg, _decay_args, _fast, _finish,
+    _flush_args, _inplace, _step_args, _target, _write_back,
+)
 from fastnn.backend.ops import Ops, conv_geometry, pool_geometry, require_z
 from fastnn.backend.ops_optim import nadam_coefficients
-from fastnn.kernels import ACTIVATION_NAMES, NEEDS_Z, dropout_base
+from fastnn.kernels import NEEDS_Z, SIGMOID, TANH, dropout_base
 from fastnn.kernels.cpu import activations as _ka
 from fastnn.kernels.cpu import conv as _kc
 from fastnn.kernels.cpu import dropout as _kd
@@ -26,76 +30,23 @@ from fastnn.kernels.cpu import losses as _kl
 from fastnn.kernels.cpu import normalization as _kn
 from fastnn.kernels.cpu import optimizers as _ko
 
-_FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
-_NO_BIAS = {dt: numpy.zeros(1, dt) for dt in _FLOATS}  # never read (has_b=False)
-_NONE2D = {dt: numpy.zeros((0, 0), dt) for dt in _FLOATS}  # stands in for an absent buffer
 
-
-def _fast(*arrays):
-    """True when the kernels handle these arrays: non-empty NumPy arrays of one float dtype."""
-    first = arrays[0]
-    if not isinstance(first, numpy.ndarray):
-        return False
-    dt = first.dtype
-    if dt not in _FLOATS:
-        return False
-    for a in arrays:  # a plain loop: this runs on every primitive call
-        if not isinstance(a, numpy.ndarray) or a.dtype != dt or a.size == 0:
-            return False
-    return True
-
-
-def _c(a):
-    """``a`` itself when C-contiguous, else a contiguous copy (inputs only)."""
-    return a if a.flags.c_contiguous else numpy.ascontiguousarray(a)
-
-
-def _2d(a):
-    """A 2-D view of a C-contiguous array: rows of its last axis."""
-    if a.ndim == 2:
-        return a
-    if a.ndim < 2:
-        return a.reshape(1, -1)
-    return a.reshape(-1, a.shape[-1])
-
-
-def _target(out, shape, dtype):
-    """The C-contiguous array a kernel writes, and the caller's ``out`` to copy it into (or None).
-
-    ``out`` itself when it has the result's shape and dtype and is C-contiguous; otherwise a new
-    array (then ``out[...] = result`` casts or broadcasts as the reference's assignment does).
-    """
-    if out is None:
-        return numpy.empty(shape, dtype), None
-    if (isinstance(out, numpy.ndarray) and out.shape == tuple(shape) and out.dtype == dtype
-            and out.flags.c_contiguous):
-        return out, None
-    return numpy.empty(shape, dtype), out
-
-
-def _finish(buf, back):
-    if back is None:
-        return buf
-    back[...] = buf
-    return back
-
-
-def _inplace(a):
-    """A flat C-contiguous view of an array updated in place, and the array to copy it back into."""
-    if a.flags.c_contiguous:
-        return a.reshape(-1), None
-    return numpy.ascontiguousarray(a).reshape(-1), a
-
-
-def _write_back(flat, back):
-    if back is not None:
-        back[...] = flat.reshape(back.shape)
-
-
-def _check_act(act):
-    if act not in ACTIVATION_NAMES:
-        raise ValueError(f"unknown activation code {act!r}")
-    return int(act)
+def _tanh_family(x, b, act, out):
+    """``out = tanh(x + b)`` or ``sigmoid(x + b)`` (as ``0.5 tanh(0.5 z) + 0.5``, the reference's formula,
+    bit for bit) through NumPy's vectorised ``tanh``: on x86 its SIMD loop is 10-40x faster than a
+    compiled loop calling the C library's scalar ``tanh`` (float32, 1024x512: 0.24 ms against 9.5 ms)."""
+    if b is None:
+        numpy.copyto(out, x)
+    else:
+        numpy.add(x, b, out=out)
+    if act == SIGMOID:
+        half = out.dtype.type(0.5)
+        out *= half
+        numpy.tanh(out, out=out)
+        out *= half
+        out += half
+    else:
+        numpy.tanh(out, out=out)
 
 
 class NumbaOps(Ops):
@@ -104,11 +55,11 @@ class NumbaOps(Ops):
     # of running, unless the test allows it (fastnn.testing.allow_fallback); see fastnn.backend.ops.
     reference_is_fallback = True
 
-    def train_plan(self, model, batch_size):
+    def train_plan(self, spec, batch_size):
         from fastnn.backend.numba_fused import FusedPlan, unsupported_reason
 
-        reason = unsupported_reason(model)
-        return (None, reason) if reason is not None else (FusedPlan(model, batch_size), None)
+        reason = unsupported_reason(spec)
+        return (None, reason) if reason is not None else (FusedPlan(spec, batch_size), None)
 
     # ------------------------------------------------------------------ activations
     # A NEEDS_Z code (gelu, gelu_tanh, swish) takes its derivative from the pre-activation z: the
@@ -121,7 +72,9 @@ class NumbaOps(Ops):
         dt = x.dtype.type
         buf, back = _target(out, x.shape, x.dtype)
         bias = _NO_BIAS[x.dtype] if b is None else _c(b)
-        if z_out is None:
+        if z_out is None and act in (TANH, SIGMOID):
+            _tanh_family(x, b, act, buf)
+        elif z_out is None:
             _ka.bias_act(_2d(_c(x)), bias, b is not None, act, dt(alpha), dt(1), _2d(buf))
         else:
             zbuf, zback = _target(z_out, x.shape, x.dtype)
@@ -410,33 +363,12 @@ class NumbaOps(Ops):
             return super().sq_norm(x)
         return numpy.asarray(_ko.sq_norm(_c(x).reshape(-1), x.dtype.type(0)), dtype=x.dtype)
 
-    @staticmethod
-    def _step_args(p, weight_decay, scale):
-        dt = p.dtype.type
-        return dt(weight_decay), dt(scale), bool(weight_decay), scale != 1.0
-
-    @staticmethod
-    def _decay_args(p, lr, weight_decay, scale):
-        """``(decay, scale, use_decay, use_scale)`` for the Keras-style decoupled decay ``p *= 1 - lr*wd``."""
-        dt = p.dtype.type
-        return dt(1.0 - lr * weight_decay), dt(scale), bool(weight_decay), scale != 1.0
-
-    @staticmethod
-    def _flush_args(p):
-        return p.dtype.type(numpy.finfo(p.dtype).tiny), p.dtype.type(0)
-
-    @staticmethod
-    def _clip_arg(p, clipvalue):
-        """The kernels' trailing ``clip``: absent (the compiled kernel has no clipping branch) unless
-        ``clipvalue`` is finite, as the reference decides (``clipvalue < inf``)."""
-        return (p.dtype.type(clipvalue),) if clipvalue < math.inf else ()
-
     def sgd_step(self, p, g, lr, weight_decay=0.0, scale=1.0, clipvalue=math.inf):
         if not (_fast(p, g) and p.shape == g.shape):
             return super().sgd_step(p, g, lr, weight_decay, scale, clipvalue)
         pf, pb = _inplace(p)
-        _ko.sgd_step(pf, _c(g).reshape(-1), p.dtype.type(lr), *self._step_args(p, weight_decay, scale),
-                     *self._clip_arg(p, clipvalue))
+        _ko.sgd_step(pf, _c(g).reshape(-1), p.dtype.type(lr), *_step_args(p, weight_decay, scale),
+                     *_clip_arg(p, clipvalue))
         _write_back(pf, pb)
 
     def momentum_step(self, p, g, v, lr, momentum, weight_decay=0.0, scale=1.0, nesterov=False, clipvalue=math.inf):
@@ -445,8 +377,8 @@ class NumbaOps(Ops):
         dt = p.dtype.type
         (pf, pb), (vf, vb) = _inplace(p), _inplace(v)
         _ko.momentum_step(pf, _c(g).reshape(-1), vf, dt(lr), dt(momentum),
-                          *self._step_args(p, weight_decay, scale), bool(nesterov),
-                          *self._flush_args(p), *self._clip_arg(p, clipvalue))
+                          *_step_args(p, weight_decay, scale), bool(nesterov),
+                          *_flush_args(p), *_clip_arg(p, clipvalue))
         _write_back(pf, pb)
         _write_back(vf, vb)
 
@@ -456,8 +388,8 @@ class NumbaOps(Ops):
         dt = p.dtype.type
         (pf, pb), (hf, hb) = _inplace(p), _inplace(h)
         _ko.adagrad_step(pf, _c(g).reshape(-1), hf, dt(lr), dt(eps),
-                         *self._decay_args(p, lr, weight_decay, scale), *self._flush_args(p),
-                         *self._clip_arg(p, clipvalue))
+                         *_decay_args(p, lr, weight_decay, scale), *_flush_args(p),
+                         *_clip_arg(p, clipvalue))
         _write_back(pf, pb)
         _write_back(hf, hb)
 
@@ -467,21 +399,10 @@ class NumbaOps(Ops):
         dt = p.dtype.type
         (pf, pb), (hf, hb) = _inplace(p), _inplace(h)
         _ko.rmsprop_step(pf, _c(g).reshape(-1), hf, dt(lr), dt(rho), dt(1 - rho), dt(eps),
-                         *self._decay_args(p, lr, weight_decay, scale), *self._flush_args(p),
-                         *self._clip_arg(p, clipvalue))
+                         *_decay_args(p, lr, weight_decay, scale), *_flush_args(p),
+                         *_clip_arg(p, clipvalue))
         _write_back(pf, pb)
         _write_back(hf, hb)
-
-    def _adam_args(self, p, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled, clipvalue):
-        """The scalars of ``_ko.adam_step``/``amsgrad_step`` after the arrays."""
-        dt = p.dtype.type
-        # bias corrections on the host in float64, then cast (as the reference)
-        step_size = dt(lr / (1.0 - beta1 ** t))
-        inv_sqrt_bc2 = dt(1.0 / numpy.sqrt(1.0 - beta2 ** t))
-        wd, sc, use_wd, use_scale = self._step_args(p, weight_decay, scale)
-        return (dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps), step_size, inv_sqrt_bc2,
-                wd, sc, dt(1.0 - lr * weight_decay), use_wd, use_scale, bool(decoupled), *self._flush_args(p),
-                *self._clip_arg(p, clipvalue))
 
     def adam_step(self, p, g, m, v, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0,
                   decoupled=False, clipvalue=math.inf):
@@ -490,7 +411,7 @@ class NumbaOps(Ops):
                                      decoupled, clipvalue)
         (pf, pb), (mf, mb), (vf, vb) = _inplace(p), _inplace(m), _inplace(v)
         _ko.adam_step(pf, _c(g).reshape(-1), mf, vf,
-                      *self._adam_args(p, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled, clipvalue))
+                      *_adam_args(p, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled, clipvalue))
         _write_back(pf, pb)
         _write_back(mf, mb)
         _write_back(vf, vb)
@@ -502,7 +423,7 @@ class NumbaOps(Ops):
                                         decoupled, clipvalue)
         (pf, pb), (mf, mb), (vf, vb), (hf, hb) = _inplace(p), _inplace(m), _inplace(v), _inplace(v_hat)
         _ko.amsgrad_step(pf, _c(g).reshape(-1), mf, vf, hf,
-                         *self._adam_args(p, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled, clipvalue))
+                         *_adam_args(p, lr, beta1, beta2, eps, t, weight_decay, scale, decoupled, clipvalue))
         for flat, back in ((pf, pb), (mf, mb), (vf, vb), (hf, hb)):
             _write_back(flat, back)
 
@@ -515,8 +436,8 @@ class NumbaOps(Ops):
         c_m, c_g, inv_sqrt_bc2 = nadam_coefficients(lr, beta1, beta2, t, mu_product)
         (pf, pb), (mf, mb), (vf, vb) = _inplace(p), _inplace(m), _inplace(v)
         _ko.nadam_step(pf, _c(g).reshape(-1), mf, vf, dt(c_m), dt(c_g), dt(beta1), dt(1 - beta1), dt(beta2),
-                       dt(1 - beta2), dt(eps), dt(inv_sqrt_bc2), *self._decay_args(p, lr, weight_decay, scale),
-                       *self._flush_args(p), *self._clip_arg(p, clipvalue))
+                       dt(1 - beta2), dt(eps), dt(inv_sqrt_bc2), *_decay_args(p, lr, weight_decay, scale),
+                       *_flush_args(p), *_clip_arg(p, clipvalue))
         for flat, back in ((pf, pb), (mf, mb), (vf, vb)):
             _write_back(flat, back)
 
@@ -526,7 +447,7 @@ class NumbaOps(Ops):
         dt = p.dtype.type
         (pf, pb), (mf, mb), (uf, ub) = _inplace(p), _inplace(m), _inplace(u)
         _ko.adamax_step(pf, _c(g).reshape(-1), mf, uf, dt(lr / (1.0 - beta1 ** t)), dt(beta1), dt(1 - beta1),
-                        dt(beta2), dt(eps), *self._decay_args(p, lr, weight_decay, scale), *self._flush_args(p),
-                        *self._clip_arg(p, clipvalue))
+                        dt(beta2), dt(eps), *_decay_args(p, lr, weight_decay, scale), *_flush_args(p),
+                        *_clip_arg(p, clipvalue))
         for flat, back in ((pf, pb), (mf, mb), (uf, ub)):
             _write_back(flat, back)

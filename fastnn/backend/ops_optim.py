@@ -173,7 +173,7 @@ class OptimizerReference:
         self._flush(u)
 
     # ------------------------------------------------------------------ graph-capture variants
-    # ``fit(cuda_graph=True)`` (fastnn.graphs) replays a captured step, and a captured kernel's
+    # ``fit(cuda_graph=True)`` (fastnn.backend.graphs) replays a captured step, and a captured kernel's
     # scalar arguments are frozen at capture. So the values that change every step travel in a
     # small device buffer instead: ``s = ops.step_scalars(rule, dtype, ...)`` on the host, copied to
     # the device before each replay, and the captured ``ops.step_dev(rule, p, g, slots, s)`` does

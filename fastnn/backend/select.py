@@ -83,6 +83,14 @@ def probe_cupy(device_id=0):
                  detail={"device_name": name, "version": cupy.__version__})
 
 
+def cuda_versions():
+    """``(runtime, driver)``: the CUDA runtime and driver versions CuPy reports (after a successful ``probe_cupy``)."""
+    import cupy
+
+    rt = cupy.cuda.runtime
+    return rt.runtimeGetVersion(), rt.driverGetVersion()
+
+
 def clear_cache():
     """Forget every probe result (tests use this to re-probe in one process)."""
     probe_numba.cache_clear()

@@ -37,6 +37,8 @@ Modules, as in the book's ``common``: ``functions``, ``gradient``, ``layers``, `
 - ``fastnn.book.simple_convnet.SimpleConvNet`` (``fastnn.book.ch07``) and
   ``fastnn.book.deep_convnet.DeepConvNet`` (``fastnn.book.ch08``); ``load_params(file)`` reads
   the book's ``.pkl`` files, admitting only dicts of NumPy arrays (never arbitrary objects).
+- ``fastnn.book.layer_naive``: chapter 5's ``MulLayer`` and ``AddLayer`` (``ch05/layer_naive.py``,
+  the shopping example's computational graph).
 
 Randomness: without ``seed=``, weights, batches and dropout seeds come from NumPy's global
 generator, as in the book, so ``np.random.seed(n)`` makes a script repeatable (and gives the

@@ -9,7 +9,7 @@ import numpy
 
 from fastnn.callbacks.base import Callback, is_chief
 
-__all__ = ["History", "PlotCurves", "ProgressBar", "plot_history"]
+__all__ = ["History", "PlotCurves", "ProgressBar", "StepProgress", "plot_history"]
 
 
 def plot_history(history, path, title=None):
@@ -170,3 +170,51 @@ class ProgressBar(Callback):
         done = min(width, int(width * self._seen / total))
         bar = "=" * done + (">" if done < width else "") + "." * max(0, width - done - 1)
         return f"{head} [{bar}] {tail}"
+
+
+class StepProgress:
+    """``evaluate``'s and ``predict``'s progress on stdout, as Keras prints it:
+    ``12/12 - 0.1s 8ms/step - loss: 0.3012 - accuracy: 0.9111``.
+
+    ``verbose=1`` (``"auto"``): on a terminal a live line refreshed as batches finish, ending in the
+    full line; elsewhere the full line only. ``verbose=2``: the full line only. ``0``: nothing.
+    ``steps``: the batch count when known."""
+
+    def __init__(self, verbose, steps=None, stream=None, refresh_seconds=0.5):
+        if verbose == "auto":
+            verbose = 1
+        if verbose not in (0, 1, 2, True, False):
+            raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
+        self.verbose, self.steps, self.stream = int(verbose), steps, stream
+        self.refresh_seconds = refresh_seconds
+        self._start = time.perf_counter()
+        self._last = 0.0
+        self._done = 0
+        out = self._out
+        self._live = self.verbose == 1 and hasattr(out, "isatty") and out.isatty()
+
+    @property
+    def _out(self):
+        return self.stream if self.stream is not None else sys.stdout
+
+    def _line(self, logs=None):
+        elapsed = time.perf_counter() - self._start
+        per = elapsed / self._done * 1000 if self._done else 0.0
+        text = f"{self._done}/{self.steps or self._done} - {elapsed:.1f}s {per:.0f}ms/step"
+        return text + (f" - {_fmt_logs(logs)}" if logs else "")
+
+    def __call__(self, done, size=None):
+        """Batch ``done`` (counting from 1) has finished."""
+        self._done = done
+        if self._live:
+            now = time.perf_counter()
+            if now - self._last >= self.refresh_seconds:
+                self._last = now
+                self._out.write("\r" + self._line())
+                self._out.flush()
+
+    def finish(self, logs=None):
+        if not self.verbose:
+            return
+        self._out.write(("\r" if self._live else "") + self._line(logs) + "\n")
+        self._out.flush()

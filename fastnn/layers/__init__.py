@@ -10,9 +10,20 @@ from fastnn.layers.core import (
     Selu, Sigmoid, Softmax, Softplus, Swish, Tanh,
 )
 from fastnn.layers.conv import (
-    AveragePooling2D, Conv2D, Convolution, GlobalAveragePooling2D, MaxPooling2D, Pooling,
+    AveragePooling2D, Conv2D, Convolution, MaxPooling2D, Pooling,
+)
+from fastnn.layers.conv1d import AveragePooling1D, Conv1D, MaxPooling1D
+from fastnn.layers.embedding import Embedding
+from fastnn.layers.layout import image_data_format, set_image_data_format
+from fastnn.layers.merge import (
+    Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract, add, average, concatenate, maximum, minimum,
+    multiply, subtract,
 )
 from fastnn.layers.normalization import BatchNormalization
+from fastnn.layers.recurrent import GRU, LSTM, SimpleRNN
+from fastnn.layers.pooling import GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D
+from fastnn.layers.reshaping import Reshape
+from fastnn.layers.symbolic import Input, KerasTensor
 from fastnn.losses import MeanSquaredLoss, SigmoidWithLoss, SoftmaxWithLoss
 
 __all__ = [
@@ -20,4 +31,8 @@ __all__ = [
     "Softplus", "Selu", "Gelu", "Swish", "Softmax", "Dropout", "Flatten", "BatchNormalization",
     "SoftmaxWithLoss", "SigmoidWithLoss", "MeanSquaredLoss", "ACTIVATION_NAMES",
     "Conv2D", "Convolution", "MaxPooling2D", "Pooling", "AveragePooling2D", "GlobalAveragePooling2D",
+    "Conv1D", "MaxPooling1D", "AveragePooling1D", "GlobalAveragePooling1D", "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D", "Embedding", "Reshape", "image_data_format", "set_image_data_format",
+    "SimpleRNN", "LSTM", "GRU", "Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
+    "concatenate", "add", "subtract", "multiply", "average", "maximum", "minimum", "Input", "KerasTensor",
 ]

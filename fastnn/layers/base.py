@@ -17,6 +17,7 @@ import threading
 import numpy
 
 from fastnn import initializers
+from fastnn.layers import symbolic
 from fastnn.backend import current, follow, is_device_array
 from fastnn.random import make_rng
 
@@ -77,7 +78,9 @@ def weights_without_initializers(mode="empty"):
 
 
 def _auto_name(cls_name):
-    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", cls_name).lower()
+    """Keras's automatic layer name: ``Dense`` -> ``"dense_1"``, ``MaxPooling2D`` -> ``"max_pooling2d_1"``,
+    ``SimpleRNN`` -> ``"simple_rnn_1"``, ``LSTM`` -> ``"lstm_1"``."""
+    snake = re.sub(r"([a-z])([A-Z])", r"\1_\2", re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", cls_name)).lower()
     counter = _counters.setdefault(snake, itertools.count(1))
     return f"{snake}_{next(counter)}"
 
@@ -301,6 +304,11 @@ class Layer:
         raise NotImplementedError(f"{type(self).__name__} must define backward(dout)")
 
     def __call__(self, x, training=False):
+        """``forward(x, train_flg=training)`` on arrays; on symbolic tensors (``fastnn.Input`` and the
+        layers called on it) it records the call for a functional ``Model`` and returns the output's
+        symbolic tensor."""
+        if symbolic.is_symbolic(x):
+            return symbolic.connect(self, x)
         return self.forward(x, train_flg=training)
 
     def compute_output_shape(self, input_shape):

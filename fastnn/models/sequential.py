@@ -1,62 +1,26 @@
 """``Sequential``: Keras's model API (``compile``, ``fit``, ``evaluate``, ``predict``) on fastnn's layers.
 
-The model describes the network: its layers, its build on one backend with its parameters in one
-flat buffer (``fastnn.params.FlatParams``) whose views the layers hold, its compile settings, the
-forward and backward passes and what a batch reports, and its ``state()``. How it trains lives in
-``fastnn.training`` (``fit``, the step, the loop, the evaluation and prediction loops); files in
-``fastnn.saving`` and ``fastnn.checkpoint``. ``predict``, ``evaluate``, ``get_weights`` and the
-``History`` give host NumPy values, as Keras does.
+The package docstring (``fastnn.models``) says what a model is and where its training lives.
 """
 from __future__ import annotations
 
-import sys
-
 import numpy
 
-from fastnn import distributed, feeding, saving, validation
+from fastnn import feeding, saving, validation
 from fastnn import losses as _losses
 from fastnn import metrics as _metrics
 from fastnn import optimizers as _optimizers
 from fastnn.backend import current, get_ops
-from fastnn.callbacks import CallbackList
 from fastnn.kernels import SIGMOID
 from fastnn.layers.base import Layer, shape_str
 from fastnn.layers.core import SOFTMAX, Activation, Dense, Dropout
+from fastnn.layers.symbolic import KerasTensor
+from fastnn.models.training_api import TrainingAPI
 from fastnn.params import FlatParams
 from fastnn.random import make_rng
-from fastnn.training import fit as _fit
-from fastnn.training.inference import evaluate_arrays, predict_arrays
-from fastnn.training.step import TrainStep
 
-__all__ = ["Sequential", "load_model", "model_from_json", "clone_model"]
+__all__ = ["Sequential"]
 
-
-def model_from_json(text):
-    """Keras's ``model_from_json``: the model ``to_json()`` describes, with fresh weights."""
-    import json
-
-    try:
-        spec = json.loads(text)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"model_from_json: not JSON ({exc})") from None
-    return saving.model_from_config(spec, Sequential)
-
-
-def clone_model(model):
-    """Keras's ``clone_model``: a new model of the same architecture with freshly drawn weights (not
-    compiled; copy weights with ``clone.set_weights(model.get_weights())``)."""
-    return Sequential.from_config(model.get_config())
-
-
-def load_model(path, backend=None):
-    """Rebuild a model written by ``model.save(path)``, on ``backend`` (default: the active one).
-
-    Nothing in the file is executed; any problem raises ``fastnn.FormatError``.
-    """
-    return saving.load_model(path, backend=backend)
-
-
-_positive_int = _fit.positive_int
 
 
 def _seed_record(seed):
@@ -71,7 +35,7 @@ def _seed_record(seed):
     return type(seed).__name__
 
 
-class Sequential:
+class Sequential(TrainingAPI):
     """A linear stack of layers.
 
     Parameters
@@ -110,12 +74,17 @@ class Sequential:
         self.head = None  # "softmax"/"sigmoid": the last activation, fused into the loss
         self.training_loop = None  # the running fit's fastnn.training.LoopState (None outside fit)
         self._train_step = None  # fastnn.training.TrainStep: per-step buffers, captured graphs
+        self._declared_input = None  # the shape of a leading fastnn.Input(shape) (Keras's Sequential form)
         for layer in layers or []:
             self.add(layer)
 
     # ------------------------------------------------------------------ structure
     def add(self, layer):
-        """Append a layer (before the model is built)."""
+        """Append a layer (before the model is built). A first ``fastnn.Input(shape)`` declares the
+        input shape, as in Keras."""
+        if isinstance(layer, KerasTensor) and layer.layer is None and not self.layers and not self.built:
+            self._declared_input = layer.shape[1:]
+            return
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential.add: expected a fastnn Layer, got {type(layer).__name__}")
         if self.built:
@@ -130,7 +99,7 @@ class Sequential:
         if not self.layers:
             raise ValueError(f"{self.name}: the model has no layers")
         if input_shape is None:
-            input_shape = self.layers[0].input_shape
+            input_shape = self._declared_input or self.layers[0].input_shape
         if input_shape is None:
             raise ValueError(f"{self.name}: the input shape is unknown; give the first layer input_shape=(...) "
                              f"or call fit/build with data first")
@@ -149,23 +118,35 @@ class Sequential:
                              f"got {input_shape!r}")
         self.ops = get_ops(self._backend) if self._backend is not None else current()
         self.input_shape = tuple(int(s) for s in input_shape)
-        shape = (None,) + self.input_shape
-        for layer in self.layers:
+
+        def make(layer, shape):
             layer._ops = self.ops
             if not layer.built:
                 layer.dtype = self.dtype
                 layer.rng = self.rng
                 layer.build(shape)  # the public signature; built-in layers draw from layer.rng
-            shape = layer.compute_output_shape(shape)
-        self.output_shape = shape
+
+        self.output_shape = self.layer_shapes(make)[-1][2]
         self.flat = FlatParams(self.layers, self.ops, self.dtype)
         self.layers[0].skip_input_grad = True
         self.built = True
         if self.optimizer is not None:
             self.optimizer.build(self.flat)
 
+    def layer_shapes(self, build=None):
+        """``[(layer, input shape, output shape)]`` (batch axis ``None``) in the order the layers run,
+        from the model's input shape; ``build(layer, input shape)`` is called on each layer first."""
+        shape, rows = (None,) + self.input_shape, []
+        for layer in self.layers:
+            if build is not None:
+                build(layer, shape)
+            out = layer.compute_output_shape(shape)
+            rows.append((layer, shape, out))
+            shape = out
+        return rows
+
     def _require_built(self, what):
-        if not self.built and self.layers and self.layers[0].input_shape is not None:
+        if not self.built and self.layers and (self._declared_input or self.layers[0].input_shape) is not None:
             self.build()  # Keras builds a model whose first layer knows its input shape
         if not self.built:
             raise ValueError(f"{self.name}: {what} needs a built model; give the first layer input_shape=(...) "
@@ -183,19 +164,20 @@ class Sequential:
     def summary(self, print_fn=None):
         """Print a table of layers, output shapes and parameter counts."""
         self._require_built("summary()")
+        self._print_table([(f"{layer.name} ({type(layer).__name__})", out, layer.count_params(), None)
+                           for layer, _, out in self.layer_shapes()], print_fn)
+
+    def _print_table(self, rows, print_fn=None, connected=False):
+        """``rows`` of (layer, output shape, parameter count, what it is connected to) as Keras prints them."""
         print_fn = print_fn or print
-        rows = []
-        shape = (None,) + self.input_shape
-        for layer in self.layers:
-            shape = layer.compute_output_shape(shape)
-            rows.append((f"{layer.name} ({type(layer).__name__})", shape_str(shape).replace("N", "None"),
-                         layer.count_params()))
+        rows = [(a, shape_str(b).replace("N", "None"), c, d or "") for a, b, c, d in rows]
         w0 = max(len("Layer (type)"), *(len(r[0]) for r in rows)) + 2
         w1 = max(len("Output Shape"), *(len(r[1]) for r in rows)) + 2
-        line = "-" * (w0 + w1 + 12)
-        out = [f'Model: "{self.name}" (backend {self.ops.name}, {self.dtype})', line,
-               f"{'Layer (type)':<{w0}}{'Output Shape':<{w1}}{'Param #':>10}", "=" * len(line)]
-        out += [f"{a:<{w0}}{b:<{w1}}{c:>10,}" for a, b, c in rows]
+        w3 = max(len("Connected to"), *(len(r[3]) for r in rows)) + 2 if connected else 0
+        line = "-" * (w0 + w1 + 12 + w3)
+        head = f"{'Layer (type)':<{w0}}{'Output Shape':<{w1}}{'Param #':>10}" + (f"  {'Connected to':<{w3}}" if w3 else "")
+        out = [f'Model: "{self.name}" (backend {self.ops.name}, {self.dtype})', line, head.rstrip(), "=" * len(line)]
+        out += [(f"{a:<{w0}}{b:<{w1}}{c:>10,}" + (f"  {d:<{w3}}" if w3 else "")).rstrip() for a, b, c, d in rows]
         trainable = sum(e.size for e in self.flat.entries if e.trainable)
         out += ["=" * len(line), f"Total params: {self.flat.size:,}", f"Trainable params: {trainable:,}",
                 f"Non-trainable params: {self.flat.size - trainable:,}", line]
@@ -270,6 +252,11 @@ class Sequential:
         if isinstance(metrics, str):
             metrics = [metrics]
         metrics = [_metrics.get(m, loss) for m in (metrics or [])]
+        names = [m.name for m in metrics]
+        clash = sorted({n for n in names if names.count(n) > 1} | ({"loss"} & set(names)))
+        if clash:
+            raise ValueError(f"{self.name}.compile: more than one metric (or the loss) is named {clash[0]!r}; "
+                             f"give the metric objects distinct name= values")
         self.optimizer, self.loss, self.metrics = opt, loss, metrics
         last = self.layers[-1] if self.layers else None
         head = None
@@ -296,6 +283,9 @@ class Sequential:
             first = self.layers[0].input_shape if self.layers else None
             self.build(first if first is not None else tuple(x.shape[1:]))
         validation.check_input_shape(self, x, what[0])
+        check = getattr(self.layers[0], "check_input", None)  # e.g. Embedding's index range, once per call
+        if check is not None:
+            check(x, what[0])
         if y is not None:
             y = validation.check_targets(self, y, x.shape[0], what[1])
         if not move:
@@ -383,33 +373,6 @@ class Sequential:
             return self.ops.bias_act(out, None, SIGMOID)
         return out
 
-    @distributed.collective("fit")  # under MPI: ranks that disagree or fail never leave the others hanging
-    def fit(self, x, y=None, batch_size=32, epochs=1, verbose="auto", validation_data=None, validation_split=0.0,
-            shuffle=True, callbacks=None, initial_epoch=0, seed=None, checkpoint_dir=None, resume=True, keep=3,
-            save_freq="epoch", cuda_graph=False):
-        """Train for ``epochs`` epochs of mini-batches; returns a ``History``.
-
-        ``validation_split`` holds out the last fraction of ``x``/``y`` (before shuffling, as Keras);
-        ``validation_data=(x_val, y_val)`` gives a set explicitly. ``seed`` fixes the batch order
-        (default: the model's generator). ``checkpoint_dir`` is the short form of
-        ``callbacks=[BackupAndRestore(checkpoint_dir, save_freq, keep)]``: the training state is
-        backed up there and, with ``resume=True``, an interrupted run continues from its newest
-        backup exactly.
-
-        On the CuPy backend the training set moves to the GPU once when it fits (half the free
-        device memory; ``FASTNN_DEVICE_DATA`` and ``FASTNN_DEVICE_DATA_FRACTION`` change that);
-        otherwise batches are gathered on the host into pinned buffers and copied asynchronously
-        (``fastnn.feeding``). ``cuda_graph=True`` replays each full-size step as a captured CUDA
-        graph (``fastnn.graphs``: the ragged last batch runs eagerly; on a CPU backend it warns and
-        runs eagerly).
-        """
-        return _fit.fit(self, x, y, batch_size, epochs, verbose, validation_data, validation_split, shuffle, callbacks,
-                        initial_epoch, seed, checkpoint_dir, resume, keep, save_freq, cuda_graph)
-
-    def evaluate_arrays(self, x, y, batch_size, comm=None, cbs=None):
-        """``{loss, *metrics}`` means over prepared arrays (``fastnn.training.inference``)."""
-        return evaluate_arrays(self, x, y, batch_size, comm, cbs)
-
     def seed_record(self, seed=None):
         """What a run fingerprint records of the seed: ``fit(seed=)``'s, else the model's."""
         if seed is None:
@@ -485,55 +448,12 @@ class Sequential:
         raise ValueError(f"{self.name}.get_layer: no layer named {name!r}; layers: "
                          f"{', '.join(layer.name for layer in self.layers)}")
 
-    def evaluate(self, x, y, batch_size=32, verbose="auto", return_dict=False, callbacks=None):
-        """``[loss, *metrics]`` on ``(x, y)`` (just the loss when there are no metrics), as host floats.
-
-        ``callbacks``: their ``on_test_begin``, ``on_test_batch_begin/end`` and ``on_test_end`` hooks
-        are called, as in Keras."""
-        self.require_compiled("evaluate()")
-        batch_size = _positive_int(self.name, "batch_size", 32 if batch_size is None else batch_size)  # Keras
-        x, y = self.prepare(x, y, move="auto")
-        cbs = CallbackList(callbacks, self) if callbacks else None
-        logs = evaluate_arrays(self, x, y, batch_size, cbs=cbs)
-        if verbose not in (0, "auto", False) and verbose:
-            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), file=sys.stdout, flush=True)
-        if return_dict:
-            return logs
-        values = list(logs.values())
-        return values[0] if len(values) == 1 else values
-
-    def predict(self, x, batch_size=32, verbose=0, callbacks=None):
-        """Outputs for ``x`` as a host NumPy array (probabilities when the model ends in softmax/sigmoid).
-
-        ``callbacks``: their ``on_predict_begin``, ``on_predict_batch_begin``,
-        ``on_predict_batch_end(batch, {"outputs": host array})`` and ``on_predict_end`` hooks are
-        called, as in Keras; ``model.stop_predicting = True`` stops after the current batch."""
-        batch_size = _positive_int(self.name, "batch_size", 32 if batch_size is None else batch_size)  # Keras
-        x, _ = self.prepare(x, move="auto")
-        return predict_arrays(self, x, batch_size, CallbackList(callbacks, self) if callbacks else None)
-
     def on_device(self, a, dtype="model"):
         """One batch on the model's device (a no-op for arrays already there): the inference loops'
         per-batch copy when ``_prepare(move="auto")`` left a too-large set on the host."""
         if self.ops.owns(a):
             return a
         return self.ops.asarray(a, dtype=self.dtype if dtype == "model" else dtype)
-
-    def train_on_batch(self, x, y):
-        """One optimizer step on ``(x, y)``; returns ``[loss, *metrics]`` for that batch."""
-        self.require_compiled("train_on_batch()")
-        x, y = self.prepare(x, y)
-        stats = TrainStep.of(self).step(x, y)
-        host = self.ops.asnumpy(self.ops.xp.stack(list(stats.values())))
-        values = [float(v) / x.shape[0] for v in host]
-        return values[0] if len(values) == 1 else values
-
-    def test_on_batch(self, x, y):
-        """``[loss, *metrics]`` on one batch without training."""
-        self.require_compiled("test_on_batch()")
-        x, y = self.prepare(x, y)
-        values = list(evaluate_arrays(self, x, y, x.shape[0]).values())
-        return values[0] if len(values) == 1 else values
 
     # ------------------------------------------------------------------ saving
     def save(self, path, include_optimizer=True):
@@ -552,7 +472,9 @@ class Sequential:
         saving.load_weights(self, path)
 
     def __call__(self, x):
-        return self.predict(x)
+        if isinstance(x, KerasTensor) or (isinstance(x, (list, tuple)) and any(isinstance(t, KerasTensor) for t in x)):
+            raise TypeError(f"{self.name}: a model used as a layer is not supported by fastnn yet")
+        return self.predict(x, verbose=0)
 
     def __repr__(self):
         return f"Sequential(name={self.name!r}, layers={[layer.name for layer in self.layers]})"

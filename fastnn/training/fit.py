@@ -17,9 +17,10 @@ from fastnn.layers.core import Dropout
 from fastnn.random import draw_seed, make_rng
 from fastnn.training.loop import ShuffleSampler, progress_callbacks, run_loop
 from fastnn.training.replicas import sync_replicas
+from fastnn.training import weights
 from fastnn.training.step import TrainStep
 
-__all__ = ["fit", "positive_int", "place_training_data"]
+__all__ = ["fit", "positive_int", "place_training_data", "with_backup", "validation_end", "dropout_streams"]
 
 log = logging.getLogger("fastnn")
 
@@ -49,21 +50,38 @@ def _check_args(model, x, y, batch_size, epochs, validation_split, shuffle, init
     return batch_size
 
 
-def _split(model, x, y, validation_data, validation_split):
-    """``(x, y, val)``: the training arrays (checked, on the host or where given) and the validation set."""
+def _split(model, x, y, validation_data, validation_split, sample_weight=None, class_weight=None):
+    """``(x, y, w, val)``: the training arrays (checked, on the host or where given), their weights
+    (host, or None) and the validation set ``(x, y, w)``."""
     x, y = model.prepare(x, y, move=False)
+    w = weights.sample_weights(model, y, x.shape[0], sample_weight, class_weight)
     val = None
     if validation_data is not None:
-        if len(validation_data) != 2:
-            raise ValueError(f"{model.name}: validation_data must be (x_val, y_val)")
-        val = model.prepare(*validation_data, what=("validation x", "validation y"), move="auto")
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError(f"{model.name}: validation_data must be (x_val, y_val) or (x_val, y_val, "
+                             f"sample_weight_val)")
+        xv, yv = model.prepare(*validation_data[:2], what=("validation x", "validation y"), move="auto")
+        wv = None
+        if len(validation_data) == 3 and validation_data[2] is not None:
+            wv = weights.sample_weights(model, yv, xv.shape[0], validation_data[2], None)
+        val = (xv, yv, _device_weights(model, xv, wv))
     elif validation_split:
         n_val = int(x.shape[0] * validation_split)
         if n_val == 0 or n_val == x.shape[0]:
             raise ValueError(f"{model.name}: validation_split={validation_split} of {x.shape[0]} samples leaves "
                              f"{n_val} for validation and {x.shape[0] - n_val} for training")
-        x, y, val = x[:-n_val], y[:-n_val], model.prepare(x[-n_val:], y[-n_val:], move="auto")
-    return x, y, val
+        xv, yv = model.prepare(x[-n_val:], y[-n_val:], move="auto")
+        val = (xv, yv, None if w is None else _device_weights(model, xv, w[-n_val:]))
+        x, y, w = x[:-n_val], y[:-n_val], None if w is None else w[:-n_val]
+    return x, y, w, val
+
+
+def _device_weights(model, x, w):
+    """Evaluation weights beside ``x``: on the device when ``x`` is, else host arrays of the model's dtype."""
+    if w is None:
+        return None
+    rows = x.arrays[0] if isinstance(x, feeding.Inputs) else x
+    return model.ops.asarray(w, dtype=model.dtype) if model.ops.owns(rows) else w.astype(model.dtype)
 
 
 def place_training_data(model, x, y, batch_size):
@@ -72,6 +90,9 @@ def place_training_data(model, x, y, batch_size):
     ``FASTNN_DEVICE_DATA=host`` asks for the feeder on any backend (on a CPU backend it only
     copies batches, which is how its path through ``fit`` is tested without a GPU)."""
     ops, dtype = model.ops, model.dtype
+    if isinstance(x, feeding.Inputs):  # a model with several inputs: each array moves once, no feeder
+        x = x.map(lambda a: a if ops.owns(a) and a.dtype == dtype else ops.asarray(a, dtype=dtype))
+        return x, (y if ops.owns(y) else ops.asarray(y)), None
     gpu = ops.device_arrays
     resident = gpu and ops.owns(x)  # the caller's device data stays put (its labels follow it)
     if not resident and (gpu or feeding.data_placement() == "host"):
@@ -88,7 +109,7 @@ def place_training_data(model, x, y, batch_size):
     return x, y, None
 
 
-def _dropout_streams(model, seed):
+def dropout_streams(model, seed):
     """``fit(seed=n)`` fixes every stream fit draws: the batch order and dropout's. Dropout gets its
     own stream ("drop"), so the batch order is the same as without dropout."""
     streams = numpy.random.default_rng(seed.bit_generator.seed_seq.spawn(1)[0] if isinstance(
@@ -98,6 +119,11 @@ def _dropout_streams(model, seed):
             layer.seed = draw_seed(streams)
 
 
+def _digests(ops, x, y):
+    arrays = x.arrays if isinstance(x, feeding.Inputs) else (x,)
+    return tuple(distributed.sample_digest(ops, a) for a in (*arrays, y))
+
+
 def _agree(model, comm, rng, x, y, val, callbacks, **settings):
     """Under data parallelism: every rank runs the same fit on the same data (checked), from rank
     0's parameters, optimizer state and seeds."""
@@ -105,32 +131,35 @@ def _agree(model, comm, rng, x, y, val, callbacks, **settings):
     settings.update({
         "training samples": x.shape[0], "validation samples": None if val is None else val[0].shape[0],
         "callbacks": [type(cb).__name__ for cb in callbacks],
-        "training data (digest of sampled rows)": (distributed.sample_digest(ops, x), distributed.sample_digest(ops, y)),
-        "validation data (digest of sampled rows)": None if val is None else (
-            distributed.sample_digest(ops, val[0]), distributed.sample_digest(ops, val[1]))})
+        "training data (digest of sampled rows)": _digests(ops, x, y),
+        "validation data (digest of sampled rows)": None if val is None else _digests(ops, val[0], val[1])})
     sync_replicas(model, comm, rng, {k: repr(v.item() if isinstance(v, numpy.generic) else v)
                                                  for k, v in settings.items()})
 
 
-def fit(model, x, y, batch_size=32, epochs=1, verbose="auto", validation_data=None, validation_split=0.0,
+def fit(model, x, y, batch_size=None, epochs=1, verbose="auto", validation_data=None, validation_split=0.0,
         shuffle=True, callbacks=None, initial_epoch=0, seed=None, checkpoint_dir=None, resume=True, keep=3,
-        save_freq="epoch", cuda_graph=False):
-    """``Sequential.fit`` (see its docstring); returns the ``History``."""
+        save_freq="epoch", cuda_graph=False, sample_weight=None, class_weight=None, steps_per_epoch=None):
+    """``Sequential.fit`` on arrays (see its docstring; ``fastnn.training.streams`` takes generators);
+    returns the ``History``."""
     model.require_compiled("fit()")
+    if steps_per_epoch is not None:
+        raise ValueError(f"{model.name}: steps_per_epoch is for a generator or iterable of batches; with arrays an "
+                         f"epoch is one pass over x (fastnn.datasets.DataLoader(x, y) is an iterable)")
     batch_size = _check_args(model, x, y, batch_size, epochs, validation_split, shuffle, initial_epoch, cuda_graph)
-    x, y, val = _split(model, x, y, validation_data, validation_split)
+    x, y, w, val = _split(model, x, y, validation_data, validation_split, sample_weight, class_weight)
     x, y, feeder = place_training_data(model, x, y, batch_size)
+    if w is not None:
+        w = w.astype(model.dtype) if feeder is not None else model.ops.asarray(w, dtype=model.dtype)
     n = x.shape[0]
     rng = make_rng(seed) if seed is not None else model.rng
     if seed is not None:
-        _dropout_streams(model, seed)
-    callbacks = list(callbacks or [])
-    if checkpoint_dir is not None:
-        callbacks.append(BackupAndRestore(checkpoint_dir, save_freq=save_freq, keep=keep, resume=resume))
+        dropout_streams(model, seed)
+    callbacks = with_backup(callbacks, checkpoint_dir, save_freq, keep, resume)
     comm = distributed.get()
     if comm.size > 1:
         _agree(model, comm, rng, x, y, val, callbacks, batch_size=batch_size, epochs=epochs,
-               initial_epoch=initial_epoch, shuffle=shuffle, cuda_graph=cuda_graph)
+               initial_epoch=initial_epoch, shuffle=shuffle, cuda_graph=cuda_graph, weighted=w is not None)
         if comm.rank != 0:
             verbose = 0
     history, cbs = progress_callbacks(callbacks, verbose, epochs, n, steps=-(-n // batch_size))
@@ -139,28 +168,40 @@ def fit(model, x, y, batch_size=32, epochs=1, verbose="auto", validation_data=No
     run_info = {"samples": int(n), "batch_size": int(batch_size), "shuffle": bool(shuffle), "seed": model.seed_record(
         seed)}
     trainer = TrainStep.of(model)
-    graphs = trainer.graphs_for(cuda_graph, batch_size, comm, x, y)
+    graphs = trainer.graphs_for(cuda_graph, batch_size, comm, x, y, weighted=w is not None)
     plan = None
-    if comm.size == 1 and graphs is None and feeder is None:  # one compiled call per batch, where the backend has one
-        plan, prepared = trainer.plan_for(batch_size, x, y)
+    if comm.size == 1 and graphs is None and feeder is None and w is None and not isinstance(x, feeding.Inputs):
+        plan, prepared = trainer.plan_for(batch_size, x, y)  # one compiled call per batch, where the backend has one
     if plan is not None:
         step = CompiledSteps(trainer, plan, prepared, model.stat_names(), batch_size, x, y)
     else:
-        step = functools.partial(_step, trainer, graphs, comm, x, y, feeder, batch_size)
-
-    def epoch_end(epoch, logs):
-        if val is not None:
-            for k, v in model.evaluate_arrays(val[0], val[1], batch_size, comm, cbs).items():
-                logs["val_" + k] = v
-
+        step = functools.partial(_step, trainer, graphs, comm, Batches(x, y, w, feeder), batch_size)
     with contextlib.ExitStack() as stack:
         if graphs is not None:
             stack.enter_context(graphs.ordered())  # the whole fit on the capture stream
         if feeder is not None:
             stack.enter_context(feeder)
         run_loop(model, ShuffleSampler(n, batch_size, shuffle, rng), step, epochs=epochs, initial_epoch=initial_epoch,
-                 callbacks=cbs, epoch_end=epoch_end, history=history, comm=comm, run_info=run_info)
+                 callbacks=cbs, epoch_end=validation_end(model, val, batch_size, comm, cbs), history=history,
+                 comm=comm, run_info=run_info)
     return history
+
+
+def with_backup(callbacks, checkpoint_dir, save_freq, keep, resume):
+    """The user's callbacks, plus ``BackupAndRestore`` for ``checkpoint_dir``."""
+    callbacks = list(callbacks or [])
+    if checkpoint_dir is not None:
+        callbacks.append(BackupAndRestore(checkpoint_dir, save_freq=save_freq, keep=keep, resume=resume))
+    return callbacks
+
+
+def validation_end(model, val, batch_size, comm, cbs):
+    """The loop's ``epoch_end``: ``val_*`` logs from the validation arrays ``(x, y, w)`` (or none)."""
+    def epoch_end(epoch, logs):
+        if val is not None:
+            for k, v in model.evaluate_arrays(val[0], val[1], batch_size, comm, cbs, weights=val[2]).items():
+                logs["val_" + k] = v
+    return epoch_end
 
 
 class CompiledSteps:
@@ -196,27 +237,41 @@ def _gather(ops, x, y, idx):
     return x[sel], y[sel]
 
 
-def _step(trainer, graphs, comm, x, y, feeder, batch_size, idx):
+class Batches:
+    """The training arrays of an eager ``fit``: ``get(rows)`` gives ``(x, y, weights or None)`` of
+    those rows on the device (from the device arrays, or through the host feeder)."""
+
+    def __init__(self, x, y, w, feeder):
+        self.x, self.y, self.w, self.feeder = x, y, w, feeder
+
+    def get(self, ops, rows):
+        if self.feeder is not None:
+            xb, yb = self.feeder.get(rows)
+            wb = None if self.w is None else ops.asarray(self.w[rows])
+            return xb, yb, wb
+        xb, yb = _gather(ops, self.x, self.y, rows)
+        wb = None if self.w is None else self.w[ops.asarray(rows) if ops.device_arrays else rows]
+        return xb, yb, wb
+
+
+def _step(trainer, graphs, comm, data, batch_size, idx):
     """One batch of ``fit``: this rank's shard of ``idx``, through the captured graph when there is
     one for its shape, else eagerly; retried once after freeing memory on an out-of-memory error."""
-    return trainer.guarded(lambda: _shard_step(trainer, graphs, comm, x, y, feeder, batch_size, idx), len(idx))
+    return trainer.guarded(lambda: _shard_step(trainer, graphs, comm, data, batch_size, idx), len(idx))
 
 
-def _shard_step(trainer, graphs, comm, x, y, feeder, batch_size, idx):
+def _shard_step(trainer, graphs, comm, data, batch_size, idx):
     if comm.size == 1:
         local, lo = idx, 0
     else:
         lo, hi = distributed.shard(len(idx), comm.rank, comm.size)
         local = idx[lo:hi]
     if graphs is not None and len(idx) == batch_size and len(local):
-        stats = graphs.step(functools.partial(trainer.fill_slots, x, y, local, feeder), len(idx), lo,
+        stats = graphs.step(functools.partial(trainer.fill_slots, data.x, data.y, local, data.feeder), len(idx), lo,
                             comm if comm.size > 1 else None)
         if stats is not None:
             return stats
-    if feeder is not None:
-        xb, yb = feeder.get(local)
-    else:
-        xb, yb = _gather(trainer.model.ops, x, y, local)
+    xb, yb, wb = data.get(trainer.model.ops, local)
     if comm.size == 1:
-        return trainer.step(xb, yb)
-    return trainer.step(xb, yb, len(idx), lo, comm)
+        return trainer.step(xb, yb, weights=wb)
+    return trainer.step(xb, yb, len(idx), lo, comm, weights=wb)

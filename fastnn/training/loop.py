@@ -44,13 +44,44 @@ class ReplacementSampler:
             yield self.rng.choice(self.n, self.batch_size)
 
 
-class _Sums:
-    """Per-epoch sums kept on the device: ``{name: 0-d array}`` plus the sample count; with a
-    communicator, ``result`` sums them over the ranks."""
+def finalizers(model):
+    """``{name: metric.result}`` of the model's metrics whose batch values are counts, not sums to
+    average (``fastnn.metrics.Precision``, ``AUC``, ...)."""
+    return {m.name: m.result for m in getattr(model, "metrics", ()) if getattr(m, "size", None)}
 
-    def __init__(self, ops, comm=None):
+
+def host_values(ops, sums, names):
+    """The device sums ``sums[name]`` (0-d, or 1-d counts) as host float64 values, in one transfer:
+    ``[float or 1-d array]`` in the order of ``names``."""
+    if not names:
+        return []
+    xp = ops.xp
+    flat = ops.asnumpy(xp.concatenate([xp.reshape(sums[k], (-1,)).astype(xp.float64) for k in names]))
+    return split_values(flat, [int(sums[k].size) if sums[k].ndim else None for k in names])
+
+
+def split_values(flat, sizes):
+    """``flat`` cut into a float per ``None`` in ``sizes`` and an array per count."""
+    out, i = [], 0
+    for size in sizes:
+        out.append(float(flat[i]) if size is None else numpy.array(flat[i:i + size]))
+        i += 1 if size is None else size
+    return out
+
+
+def means(names, values, count, finals):
+    """The logs: each value over ``count``, or the metric's own ``result`` for counts."""
+    return {k: finals[k](v, count) if k in finals else float(v) / count for k, v in zip(names, values)}
+
+
+class _Sums:
+    """Per-epoch sums kept on the device: ``{name: 0-d array or 1-d counts}`` plus the sample count;
+    with a communicator, ``result`` sums them over the ranks. ``finals``: see ``finalizers``."""
+
+    def __init__(self, ops, comm=None, finals=None):
         self.ops = ops
         self.comm = comm
+        self.finals = finals or {}
         self.sums = {}
         self.count = 0
         self.last = None
@@ -66,22 +97,24 @@ class _Sums:
         self.count += size
 
     def host_sums(self, local=False):
-        """``(names, host float64 sums, count)``, summed over ranks under data parallelism unless
-        ``local`` (a collective must be called by every rank; per-batch logs stay local)."""
+        """``(names, host float64 values, count)`` (a float per sum, an array per metric's counts),
+        summed over ranks under data parallelism unless ``local`` (a collective must be called by
+        every rank; per-batch logs stay local)."""
         names = list(self.sums)
-        host = (self.ops.asnumpy(self.ops.xp.stack(list(self.sums.values()))).astype(numpy.float64)
-                if names else numpy.zeros(0))
+        values = host_values(self.ops, self.sums, names)
         count = self.count
         if not local and self.comm is not None and self.comm.size > 1:
-            reduced = self.comm.allreduce_host(numpy.append(host, count))
-            host, count = reduced[:-1], int(reduced[-1])
-        return names, host, count
+            flat = numpy.concatenate([numpy.ravel(v) for v in values] + [[count]])
+            reduced = self.comm.allreduce_host(flat)
+            values = split_values(reduced[:-1], [None if numpy.ndim(v) == 0 else len(v) for v in values])
+            count = int(reduced[-1])
+        return names, values, count
 
     def result(self, local=False):
-        names, host, count = self.host_sums(local)
+        names, values, count = self.host_sums(local)
         if not count or not names:
             return {}
-        return {k: float(v) / count for k, v in zip(names, host)}
+        return means(names, values, count, self.finals)
 
 
 class _LazyLogs(collections.abc.Mapping):
@@ -143,13 +176,12 @@ class EvalLogs(_LazyLogs):
     """Logs for ``on_test_batch_end``: the running means of ``evaluate`` so far (``loss`` and metrics,
     as Keras), computed only when read (one device sync on first access)."""
 
-    def __init__(self, ops, sums, count):
-        self._ops, self._sums, self._count = ops, dict(sums), count
+    def __init__(self, ops, sums, count, finals=None):
+        self._ops, self._sums, self._count, self._finals = ops, dict(sums), count, finals or {}
 
     def _read(self):
         names = list(self._sums)
-        host = self._ops.asnumpy(self._ops.xp.stack([self._sums[k] for k in names])).astype(numpy.float64)
-        return {k: float(v) / self._count for k, v in zip(names, host)}
+        return means(names, host_values(self._ops, self._sums, names), self._count, self._finals)
 
 
 class LoopState:
@@ -176,7 +208,7 @@ class LoopState:
         host, count = {}, 0
         if sums is not None:
             names, values, count = sums.host_sums()
-            host = {k: float(v) for k, v in zip(names, values)}
+            host = {k: v if numpy.ndim(v) == 0 else v.tolist() for k, v in zip(names, values)}
         history = None
         if self.history is not None:
             history = {"history": {k: list(v) for k, v in self.history.history.items()},
@@ -195,11 +227,11 @@ class LoopState:
         self.resume = snapshot
 
 
-def restore_sums(ops, saved, comm=None, dtype=numpy.float64):
+def restore_sums(ops, saved, comm=None, dtype=numpy.float64, finals=None):
     """The interrupted epoch's running sums. In one process they were sums in the model's dtype,
     saved exactly as float64: restored in that dtype, the epoch's logs continue bit for bit. Under
     data parallelism they are sums over the ranks, kept in float64."""
-    sums = _Sums(ops, comm)
+    sums = _Sums(ops, comm, finals)
     if comm is not None and comm.size > 1:
         dtype = numpy.float64
     for k, v in (saved.get("sums") or {}).items():
@@ -256,9 +288,10 @@ def _run(model, sampler, train_step, cbs, state, epochs, initial_epoch, epoch_en
         state.epoch, state.batch = epoch, 0
         state.epoch_start_state = sampler.rng.bit_generator.state
         cbs.on_epoch_begin(epoch, {})
-        sums = state.sums = _Sums(model.ops, comm)
+        sums = state.sums = _Sums(model.ops, comm, finalizers(model))
         if skip and (comm is None or comm.rank == 0):  # saved sums are global: one rank carries them
-            sums = state.sums = restore_sums(model.ops, resume, comm, getattr(model, "dtype", numpy.float64))
+            sums = state.sums = restore_sums(model.ops, resume, comm, getattr(model, "dtype", numpy.float64),
+                                             finalizers(model))
         if runs:
             _train_runs(model, state, sampler.epoch(epoch), skip, runs, sums, end_hooks)
         for batch, idx in enumerate(() if runs else sampler.epoch(epoch)):

@@ -2,7 +2,7 @@
 optimizer update; the out-of-memory retry; and the captured CUDA-graph step when ``fit`` asks for it.
 
 A ``TrainStep`` belongs to one model (``TrainStep.of(model)``) and owns what a step needs between
-steps: the loss gradient's buffer per output shape and the captured graph (``fastnn.graphs``),
+steps: the loss gradient's buffer per output shape and the captured graph (``fastnn.backend.graphs``),
 which later ``fit`` calls replay while what it was captured from is unchanged. The model says what
 the network computes (``Sequential.forward_pass``/``backward_pass``/``batch_stats``); this module
 says how a step runs it. Per-step layer settings travel in one ``fastnn.layers.base.StepContext``.
@@ -16,8 +16,10 @@ import warnings
 from fastnn import distributed
 from fastnn.backend import get_matmul_precision
 from fastnn.errors import OutOfMemoryError
+from fastnn.feeding import Inputs
 from fastnn.layers.base import StepContext
 from fastnn.layers.core import Dropout
+from fastnn.training.fused_plan import train_plan
 
 __all__ = ["TrainStep"]
 
@@ -30,7 +32,7 @@ class TrainStep:
     def __init__(self, model):
         self.model = model
         self.dx = {}  # the loss gradient's buffer per output shape
-        self.graphs = None  # fastnn.graphs.StepGraphs of the last fit(cuda_graph=True)
+        self.graphs = None  # fastnn.backend.graphs.StepGraphs of the last fit(cuda_graph=True)
         self._graph_owners = self._graph_key = None
 
     @staticmethod
@@ -42,16 +44,17 @@ class TrainStep:
         return step
 
     # ------------------------------------------------------------------ one step
-    def step(self, xb, tb, n_global=None, row0=0, comm=None):
+    def step(self, xb, tb, n_global=None, row0=0, comm=None, weights=None):
         """One optimizer step. Under data parallelism ``xb`` is this rank's shard (rows ``row0`` onward
         of a global batch of ``n_global``): its gradient is scaled by its share before the all-reduce,
-        so the summed gradient is the whole batch's mean."""
+        so the summed gradient is the whole batch's mean. ``weights``: the samples' weights ``(n,)``
+        on the device (Keras's ``sample_weight``), or None."""
         model = self.model
         n = xb.shape[0]
         n_global = n if n_global is None else n_global
         with StepContext(model._step, row0):  # this step's activations are internal: workspaces, no allocation
             if n:
-                stats = self.grad(xb, tb, n, n_global)
+                stats = self.grad(xb, tb, n, n_global, weights)
             else:  # more ranks than samples in this batch: contribute nothing, but take part
                 model.flat.g[...] = 0
                 stats = {k: model.ops.xp.zeros((), dtype=model.dtype) for k in model.stat_names()}
@@ -59,17 +62,20 @@ class TrainStep:
         model._step += 1  # only once the step went through: an out-of-memory retry redraws the same masks
         return stats
 
-    def grad(self, xb, tb, n, n_global):
+    def grad(self, xb, tb, n, n_global, weights=None):
         """Forward, loss, metrics and backward of one batch: the gradients land in ``flat.g``.
 
         Everything here runs on the device without a host sync or a value that changes from step
-        to step, so it is what ``fit(cuda_graph=True)`` captures (``fastnn.graphs``)."""
+        to step, so it is what ``fit(cuda_graph=True)`` captures (``fastnn.backend.graphs``)."""
         model = self.model
         out = model.forward_pass(xb, True)
         dx = self.dx.get(out.shape)
         if dx is None or dx.dtype != out.dtype:
             dx = self.dx[out.shape] = model.ops.xp.empty_like(out)
-        loss = model.loss.compute(model.ops, out, tb, dx)
+        if weights is None:
+            loss = model.loss.compute(model.ops, out, tb, dx)
+        else:
+            loss = model.loss.compute_weighted(model.ops, out, tb, dx, weights)
         if n != n_global:
             dx *= dx.dtype.type(n / n_global)
         model.backward_pass(dx)
@@ -92,7 +98,7 @@ class TrainStep:
         as ``(plan, prepared)``; ``(None, None)`` where the model trains primitive by primitive. Says
         once per fit, at info level, why a backend that has such a step cannot use it."""
         model = self.model
-        plan, why = model.ops.train_plan(model, batch_size)
+        plan, why = train_plan(model, batch_size)
         if plan is None:
             if why is not None:
                 log.info("%s: fit runs the step primitive by primitive: %s", model.name, why)
@@ -130,10 +136,7 @@ class TrainStep:
         item = model.dtype.itemsize
         params = model.flat.size * item
         slots = len(model.optimizer.slots) * params if model.optimizer is not None else 0
-        shape, units = (None,) + model.input_shape, 0
-        for layer in model.layers:
-            shape = layer.compute_output_shape(shape)
-            units += math.prod(shape[1:])
+        units = sum(math.prod(out[1:]) for _, _, out in model.layer_shapes())
         activations = 3 * units * batch_size * item  # outputs, gradients and workspaces
         usage = model.ops.memory_usage()
         pool = "" if usage is None else f"; memory pool: {usage[0]:,} bytes in use of {usage[1]:,} held"
@@ -143,18 +146,23 @@ class TrainStep:
                 f"or train on the CPU with backend='cpu'; fastnn never switches device by itself.")
 
     # ------------------------------------------------------------------ captured steps
-    def graphs_for(self, cuda_graph, batch_size, comm, x, y):
-        """``fastnn.graphs.StepGraphs`` for ``fit(cuda_graph=True)`` on a backend that captures graphs;
+    def graphs_for(self, cuda_graph, batch_size, comm, x, y, weighted=False):
+        """``fastnn.backend.graphs.StepGraphs`` for ``fit(cuda_graph=True)`` on a backend that captures graphs;
         None otherwise."""
         model = self.model
         if not cuda_graph:
+            return None
+        if isinstance(x, Inputs) or weighted:
+            what = "models with several inputs" if weighted is False else "steps with sample or class weights"
+            warnings.warn(f"{model.name}: fit(cuda_graph=True) does not capture {what} yet; its steps run eagerly",
+                          RuntimeWarning, stacklevel=4)
             return None
         if not model.ops.captures_graphs:
             warnings.warn(f"{model.name}: fit(cuda_graph=True) needs the CuPy backend, and this model runs on "
                           f"{model.ops.name} ({model.ops.device}); its steps run eagerly", RuntimeWarning,
                           stacklevel=4)
             return None
-        from fastnn.graphs import StepGraphs
+        from fastnn.backend.graphs import StepGraphs
 
         lo, hi = distributed.shard(batch_size, comm.rank, comm.size)
         x_spec = (tuple(x.shape[1:]), model.dtype)

@@ -17,8 +17,9 @@ at any thread count, and keeps one BLAS thread pool in the process. Where those 
 found (another numpy build), ``np.dot`` is used instead: Numba's, on SciPy's BLAS, which agrees
 with numpy's only to rounding (``GEMM_BACKEND`` says which one is live).
 
-The host side (``fastnn.backend.numba_fused.FusedPlan``) turns a compiled ``Sequential`` into the
-tables, or says why it cannot; ``fit`` uses it on the numba backend.
+The host side (``fastnn.backend.numba_fused.FusedPlan``) turns a model's plain description
+(``fastnn.training.fused_plan.describe``) into the tables, or says why it cannot; ``fit`` uses it on
+the numba backend.
 
 Numba keys this file's on-disk cache on this file alone, while the kernels it inlines live in the
 other files of ``kernels/cpu/``: a hash of all their sources, kept beside the cache, flushes this

@@ -259,3 +259,31 @@ def test_smooth_curve_and_shuffle_dataset():
     perm = numpy.random.permutation(10)
     numpy.testing.assert_array_equal(a, xs[perm])
     numpy.testing.assert_array_equal(b, ts[perm])
+
+
+# ---------------------------------------------------------------- ch05/layer_naive.py
+def test_mul_and_add_layers_on_scalars_and_arrays(ops):
+    from fastnn.book.layer_naive import AddLayer, MulLayer
+
+    mul, add = MulLayer(), AddLayer()
+    assert mul.forward(100, 2) == 200 and mul.backward(1.1) == pytest.approx((2.2, 110))
+    assert add.forward(200, 450) == 650 and add.backward(1.1) == (1.1, 1.1)
+    x, y, dout = (away_from_zero((3, 4), seed=s) for s in (1, 2, 3))
+    xd, yd, dd = (ops.asarray(a) for a in (x, y, dout))
+    numpy.testing.assert_allclose(host(mul.forward(xd, yd)), x * y)
+    dx, dy = mul.backward(dd)
+    numpy.testing.assert_allclose(host(dx), dout * y)  # d(x*y)/dx = y: the book's swap
+    numpy.testing.assert_allclose(host(dy), dout * x)
+    numpy.testing.assert_allclose(host(add.forward(xd, yd)), x + y)
+    assert all(numpy.allclose(host(g), dout) for g in add.backward(dd))
+
+
+def test_naive_layers_refuse_bad_values():
+    from fastnn.book.layer_naive import AddLayer, MulLayer
+
+    with pytest.raises(ValueError, match="MulLayer.backward: called before forward"):
+        MulLayer().backward(1.0)
+    with pytest.raises(TypeError, match="MulLayer.forward: y must be a real number .* got '2'"):
+        MulLayer().forward(100, "2")
+    with pytest.raises(TypeError, match="AddLayer.forward: x must hold real numbers.*complex"):
+        AddLayer().forward(numpy.ones(2, complex), 1.0)

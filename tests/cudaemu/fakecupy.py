@@ -424,5 +424,8 @@ def __getattr__(name):
     if isinstance(obj, type) or not callable(obj):
         return obj       # dtypes (cupy.float32), constants (cupy.nan)
     wrapped = _wrap(obj)
+    if isinstance(obj, numpy.ufunc):  # CuPy's ufuncs have at() (cupy.add.at is cupyx.scatter_add)
+        wrapped.at = lambda a, indices, b=None: _scatter_add(a, indices, b) if obj is numpy.add else obj.at(
+            a.view(numpy.ndarray), indices, *(() if b is None else (b,)))
     globals()[name] = wrapped
     return wrapped

@@ -1,6 +1,6 @@
 """A strict stand-in for CuPy's streams, CUDA graphs and private memory pools, and for fastnn's
 direct cuBLAS handle, on NumPy: what ``tests/test_graphs_plumbing.py`` runs ``fit(cuda_graph=True)``
-(``fastnn.graphs``) against on a machine without a GPU, with or without CuPy installed.
+(``fastnn.backend.graphs``) against on a machine without a GPU, with or without CuPy installed.
 
 What a real capture does, and how this copies it
 ------------------------------------------------
@@ -646,7 +646,7 @@ CUBLAS_REFUSED = "calling cuBLAS API during stream capture is currently unsuppor
 
 class FakeGpuOps(Ops):
     """The NumPy reference kernels behind a CuPy-shaped backend (``name == "cupy"``): each primitive
-    is one kernel launch; GEMMs go to ``fastnn.graphs``' recorder while it captures (``capture``),
+    is one kernel launch; GEMMs go to ``fastnn.backend.graphs``' recorder while it captures (``capture``),
     as ``CupyOps.gemm`` does, and CuPy's own cuBLAS path is refused during a capture."""
 
     name = "cupy"
@@ -689,7 +689,7 @@ for _name in HOT_PRIMITIVES + ("dropout_mask_dev", "step_dev"):
 
 def cupy_matmul(cupy, a, b, out=None, precision=None):
     """Stands for ``fastnn.backend.cupy_ops.cupy_matmul`` (CuPy's GEMM with fastnn's precision),
-    which ``fastnn.graphs`` runs between the graphs in "split" mode."""
+    which ``fastnn.backend.graphs`` runs between the graphs in "split" mode."""
     assert isinstance(cupy, FakeCupy) and precision in (None, "float32", "tf32")
     if _tape() is not None:
         raise NotImplementedError(CUBLAS_REFUSED)
@@ -827,7 +827,7 @@ class FakeCublas(_cublas.Cublas):
 
 
 class NoCublas(_cublas.Cublas):
-    """No usable cuBLAS handle (as without a GPU): ``fastnn.graphs`` takes "split" mode."""
+    """No usable cuBLAS handle (as without a GPU): ``fastnn.backend.graphs`` takes "split" mode."""
 
     def __init__(self, stream, path=None):
         raise _cublas.CublasError("no libcublas (the stand-in's split mode)")

@@ -59,7 +59,7 @@ def no_handle(self, *args, **kwargs):   # what StepGraphs._handle does when fast
 def fit_variant(variant, hidden, x, y, events, weights):
     """One model fitted eagerly, or with CUDA graphs in full or (forced) split mode: its timings, warnings
     and graph facts; its final weights go into ``weights[variant]``."""
-    from fastnn.graphs import StepGraphs
+    from fastnn.backend.graphs import StepGraphs
 
     original_handle = StepGraphs._handle
     r = {}

@@ -140,14 +140,12 @@ def _dropout_units(model):
 class _Staging:
     """The per-step scalars' way to the device: two pinned host buffers used in turn, one device
     buffer that the graph reads (64-bit words: dropout stream starts as uint64, optimizer scalars
-    as float64), copied through ``fastnn.feeding``'s transfer protocol so that a copy never
-    overwrites what the previous replay still reads, and the host never overwrites a pinned
-    buffer whose copy has not finished."""
+    as float64), copied through the backend's transfer protocol (``ops.make_transfer()``) so that a
+    copy never overwrites what the previous replay still reads, and the host never overwrites a
+    pinned buffer whose copy has not finished."""
 
     def __init__(self, ops, words):
-        from fastnn import feeding
-
-        self.transfer = feeding.make_transfer(ops)
+        self.transfer = ops.make_transfer()
         self.host = [self.transfer.host_empty((words,), numpy.uint64) for _ in range(2)]
         self.device = self.transfer.device_empty((words,), numpy.uint64)
         self.device[...] = 0

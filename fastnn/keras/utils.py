@@ -1,0 +1,4 @@
+"""``keras.utils``: ``to_categorical``."""
+from fastnn.datasets import to_categorical
+
+__all__ = ["to_categorical"]
