@@ -41,8 +41,21 @@ def asarray(x, dtype=None):
     return current().asarray(x, dtype=dtype)
 
 
+_LAZY = {"Sequential": "fastnn.models", "Model": "fastnn.models", "Input": "fastnn.layers.symbolic"}
+
+
+def __getattr__(name):
+    """``fastnn.Sequential``, ``fastnn.Model`` and ``fastnn.Input`` (Keras's top-level names), imported on
+    first use so that ``import fastnn`` stays light."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
+
+
 __all__ = [
-    "__version__", "use", "using", "current", "get_ops", "available", "describe", "set_seed",
+    "__version__", "Sequential", "Model", "Input", "use", "using", "current", "get_ops", "available", "describe", "set_seed",
     "get_array_module", "asnumpy", "asarray", "np", "xp", "register", "warmup", "BackendUnavailableError", "FormatError",
     "FolderInUseError", "CheckpointMismatchError",
     "OutOfMemoryError", "set_matmul_precision", "get_matmul_precision",

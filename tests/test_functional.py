@@ -277,3 +277,14 @@ def test_graph_errors_name_what_is_wrong():
         Input(shape=(None, 10))
     with pytest.raises(TypeError, match="symbolic"):
         numpy.asarray(inp)
+
+
+def test_top_level_names_are_lazy_and_keras_like():
+    import subprocess
+    import sys
+
+    code = ("import sys, fastnn; assert 'fastnn.models' not in sys.modules; "
+            "assert fastnn.Sequential.__name__ == 'Sequential' and fastnn.Model.__name__ == 'Model'; "
+            "assert fastnn.Input((3,)).shape == (None, 3); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr
