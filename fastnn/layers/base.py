@@ -41,15 +41,17 @@ class StepContext:
     global index of the batch's first sample (a data-parallel shard), ``reuse_buffers`` lets
     training outputs go to workspaces kept per shape (the step consumes them before the next), and
     ``premade_masks`` makes ``Dropout`` use the mask already in its workspace (a captured CUDA
-    graph fills it before each replay). Outside any such block a layer allocates fresh outputs
+    graph fills it before each replay). ``retry`` marks a step run again after an out-of-memory
+    error: a layer that already folded this step's batch into running statistics (batch
+    normalization) does not fold it in twice. Outside any such block a layer allocates fresh outputs
     and a ``Dropout`` counts its own calls. Per thread; blocks nest.
     """
 
-    __slots__ = ("step", "row0", "reuse_buffers", "premade_masks", "_outer")
+    __slots__ = ("step", "row0", "reuse_buffers", "premade_masks", "retry", "_outer")
 
-    def __init__(self, step, row0=0, reuse_buffers=True, premade_masks=False):
+    def __init__(self, step, row0=0, reuse_buffers=True, premade_masks=False, retry=False):
         self.step, self.row0 = step, row0
-        self.reuse_buffers, self.premade_masks = reuse_buffers, premade_masks
+        self.reuse_buffers, self.premade_masks, self.retry = reuse_buffers, premade_masks, retry
 
     def __enter__(self):
         self._outer = getattr(_STEP, "ctx", None)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy
 
-from fastnn.layers.base import Layer, train_flag
+from fastnn.layers.base import Layer, step_context, train_flag
 
 
 class BatchNormalization(Layer):
@@ -45,6 +45,7 @@ class BatchNormalization(Layer):
         self.axis = axis
         self.gamma = self.beta = self.dgamma = self.dbeta = None
         self.running_mean = self.running_var = None
+        self._stats_step = None  # the training step whose batch the running statistics last took in
         if self.book:
             if getattr(gamma, "shape", None) is None or gamma.shape != beta.shape or gamma.ndim != 1:
                 raise ValueError(f"{self.name}: gamma and beta must be 1-D arrays of one shape, got "
@@ -123,8 +124,14 @@ class BatchNormalization(Layer):
         if train and x2.shape[0] < 2 and self.book and not self.single_sample_batches:
             raise ValueError(f"{self.name}: training-mode batch normalization needs at least 2 values per feature, "
                              f"got a batch of shape {tuple(x.shape)}")
+        momentum = self.momentum
+        ctx = step_context()
+        if train and ctx is not None:
+            if ctx.retry and self._stats_step == ctx.step:
+                momentum = 1.0  # the failed attempt of this step already took this batch in: keep the statistics
+            self._stats_step = ctx.step
         y, xhat, inv_std = ops.batchnorm_forward(x2, self.gamma, self.beta, self.running_mean, self.running_var,
-                                                 self.momentum, self.eps, train)
+                                                 momentum, self.eps, train)
         self.cache = (xhat, inv_std, how) if train else None
         return self._from_2d(y, how)
 

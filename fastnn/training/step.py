@@ -34,6 +34,7 @@ class TrainStep:
         self.dx = {}  # the loss gradient's buffer per output shape
         self.graphs = None  # fastnn.backend.graphs.StepGraphs of the last fit(cuda_graph=True)
         self._graph_owners = self._graph_key = None
+        self._retry = False  # the step runs again after an out-of-memory error (StepContext.retry)
 
     @staticmethod
     def of(model):
@@ -52,7 +53,7 @@ class TrainStep:
         model = self.model
         n = xb.shape[0]
         n_global = n if n_global is None else n_global
-        with StepContext(model._step, row0):  # this step's activations are internal: workspaces, no allocation
+        with StepContext(model._step, row0, retry=self._retry):  # activations are internal: workspaces
             if n:
                 stats = self.grad(xb, tb, n, n_global, weights)
             else:  # more ranks than samples in this batch: contribute nothing, but take part
@@ -119,12 +120,15 @@ class TrainStep:
         if self.graphs is not None:
             self.graphs.reset()  # its graph kept the cleared workspaces: capture again later
         ops.free_memory()
+        self._retry = True
         try:
             return fn()
         except MemoryError as exc:
             if not ops.is_out_of_memory(exc):
                 raise
             raise OutOfMemoryError(self.oom_message(batch_size)) from exc
+        finally:
+            self._retry = False
 
     def free_buffers(self):
         for layer in self.model.layers:
