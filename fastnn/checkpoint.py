@@ -60,8 +60,8 @@ def validate_training(path, training):
     what = f"{path}: member 'training.json'"
     for key in ("epoch", "batch", "count", "model_step"):
         value = training.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise FormatError(f"{what}: {key} must be a non-negative integer, got {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+            raise FormatError(f"{what}: {key} must be a non-negative integer (below 2**63), got {value!r}")
     if not isinstance(training.get("completed", False), bool):
         raise FormatError(f"{what}: completed must be true or false, got {training.get('completed')!r}")
     state = training.get("sampler_state")
@@ -75,8 +75,10 @@ def validate_training(path, training):
         except Exception as exc:
             raise FormatError(f"{what}: sampler_state is not a valid {name} state ({type(exc).__name__}: {exc})") from None
     sums = training.get("sums") or {}
-    if not isinstance(sums, dict) or not all(isinstance(k, str) and _is_number(v) for k, v in sums.items()):
-        raise FormatError(f"{what}: sums must map metric names to numbers, got {str(sums)[:80]!r}")
+    if not isinstance(sums, dict) or not all(isinstance(k, str) and (_is_number(v) or isinstance(v, list) and v and all(
+            _is_number(x) for x in v)) for k, v in sums.items()):
+        raise FormatError(f"{what}: sums must map metric names to numbers (or, for a metric that counts, such as "
+                          f"AUC, lists of numbers), got {str(sums)[:80]!r}")
     history = training.get("history")
     if history is not None:
         ok = (isinstance(history, dict) and isinstance(history.get("history"), dict)
@@ -86,9 +88,29 @@ def validate_training(path, training):
                       for k, v in history["history"].items()))
         if not ok:
             raise FormatError(f"{what}: history must be {{'history': {{name: [numbers]}}, 'epoch': [integers]}}")
+        long = [k for k, v in history["history"].items() if len(v) > len(history["epoch"])]
+        if long:
+            raise FormatError(f"{what}: history[{long[0]!r}] has {len(history['history'][long[0]])} values for "
+                              f"{len(history['epoch'])} epochs")
     if training.get("run") is not None and not isinstance(training["run"], dict):
         raise FormatError(f"{what}: run must be an object")
     return training
+
+
+def _check_sums(path, model, training):
+    """The saved partial sums fit ``model``'s metrics: a list of counts exactly for a metric that
+    counts (``AUC``, ``Precision``, ...), of the size it counts, a number for anything else."""
+    sizes = {m.name: getattr(m, "size", None) for m in getattr(model, "metrics", ())}
+    if training.get("sums") and hasattr(model, "stat_names"):  # a metric compiled no more is not carried on
+        known = set(model.stat_names())
+        training["sums"] = {k: v for k, v in training["sums"].items() if k in known}
+    for name, value in (training.get("sums") or {}).items():
+        want = sizes.get(name)
+        got = len(value) if isinstance(value, list) else None
+        if got != want:
+            raise FormatError(f"{path}: member 'training.json': sums[{name!r}] holds "
+                              f"{'a number' if got is None else f'{got} counts'}, but the model's metric {name!r} "
+                              f"needs {'a number' if want is None else f'{want} counts'}")
 
 
 class Checkpoint:
@@ -134,6 +156,7 @@ def read_checkpoint(model, path):
                           f"{type(opt).__name__}'s step count and {len(opt.slots)} slot(s)")
         step = metadata_step(reader)
         training = validate_training(path, reader.json("training.json"))
+        _check_sums(path, model, training)
         weights = reader.arrays("weights.npz", expected)
         bad = [k for k, w in weights.items() if not numpy.isfinite(w).all()]
         if bad:
@@ -217,6 +240,23 @@ def check_fingerprint(path, saved, mine, folder):
             f"which starts this run anew and replaces that folder's backups")
 
 
+def check_position(path, training, run):
+    """A backup's place in its epoch fits the run (``run``: its fingerprint, with the number of training
+    samples and the batch size when ``fit`` was given arrays): the next batch is one of the epoch's, and
+    the partial sums count exactly the samples of the batches before it."""
+    samples, batch_size = (run or {}).get("samples"), (run or {}).get("batch_size")
+    if not isinstance(samples, int) or not isinstance(batch_size, int) or batch_size <= 0:
+        return  # a generator's run: its epochs have no known length
+    what = f"{path}: member 'training.json'"
+    steps = -(-samples // batch_size)
+    if training["batch"] > steps:
+        raise FormatError(f"{what}: batch {training['batch']} is past the end of an epoch of {steps} batches "
+                          f"({samples} samples, batch size {batch_size})")
+    if training["count"] != min(training["batch"] * batch_size, samples):
+        raise FormatError(f"{what}: count {training['count']} is not the number of samples in the epoch's first "
+                          f"{training['batch']} batches ({min(training['batch'] * batch_size, samples)})")
+
+
 # ---------------------------------------------------------------- one run's folder of backups
 # Exactly the names a BackupFolder writes (ckpt-e<epoch>-b<batch>.fastnn): anything else in the
 # folder (a model saved as ckpt-best.fastnn, notes) is never read, pruned or deleted.
@@ -273,13 +313,19 @@ class BackupFolder:
             except FormatError as exc:
                 bad.append(f"{os.path.basename(path)} ({exc})")
                 continue
+            if not ckpt.training.get("completed"):
+                check_fingerprint(path, ckpt.training.get("run"), self.fingerprint, self.folder)
+                try:
+                    check_position(path, ckpt.training, self.fingerprint)
+                except FormatError as exc:
+                    bad.append(f"{os.path.basename(path)} ({exc})")
+                    continue
             if bad:
                 warnings.warn(f"BackupAndRestore: skipped unreadable newer backup(s) {'; '.join(bad)}; resuming "
                               f"from {path}", RuntimeWarning, stacklevel=5)
             if ckpt.training.get("completed"):
                 self.clear()
                 return None, None
-            check_fingerprint(path, ckpt.training.get("run"), self.fingerprint, self.folder)
             return path, ckpt
         if bad:
             raise FormatError(f"{self.folder}: no backup can be read: {'; '.join(bad)}. Delete the folder "

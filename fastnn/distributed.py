@@ -205,6 +205,14 @@ def collective(what):
     return wrap
 
 
+def raising_everywhere(comm):
+    """Mark the guarded call on ``comm`` as failing on every rank alike: each rank raises the same error
+    right after one collective, so none waits for the others or aborts the job."""
+    stack = _guard_stack()
+    if stack and stack[-1].comm is comm:
+        stack[-1].everywhere = True
+
+
 def _describe(exc):
     return f"{type(exc).__name__}: {exc}"
 

@@ -89,6 +89,13 @@ def check_int(owner, arg, v, low=1):
     return int(v)
 
 
+def check_flag(owner, arg, v):
+    """``True`` or ``False`` (a NumPy bool too), as a ``bool``: a string such as ``"False"`` would be true."""
+    if not isinstance(v, (bool, numpy.bool_)):
+        raise TypeError(f"{owner}: {arg} must be True or False, got {v!r}")
+    return bool(v)
+
+
 def real_array(owner, x, arg="x"):
     """``x`` as an array of its own backend after ``check_real`` (skipped, for speed, when the dtype is fine)."""
     dtype = getattr(x, "dtype", None)
@@ -246,14 +253,17 @@ def numerical_gradient(f, x, h=1e-4):
                         f"got {type(x).__name__} of dtype {getattr(x, 'dtype', None)}")
     check_number("numerical_gradient", "h", h, low=0, strict=True)
     check_finite("numerical_gradient", "x", x)
+    if not getattr(getattr(x, "flags", None), "writeable", True):
+        raise ValueError("numerical_gradient: x is read-only; it is perturbed in place, so pass a writeable array")
+    plus, minus, steps = _steps(x, h)
     grad = xp.zeros_like(x)
     flat_shape = x.shape
     for idx in numpy.ndindex(*flat_shape):
         saved = x[idx].copy() if hasattr(x[idx], "copy") else x[idx]
         try:
-            x[idx] = saved + h
+            x[idx] = plus[idx]
             f_plus = _value(f(x), idx, "+")
-            x[idx] = saved - h
+            x[idx] = minus[idx]
             f_minus = _value(f(x), idx, "-")
         finally:  # f may raise (a bad label): x, often a network's weights, is left as it was
             x[idx] = saved
@@ -264,8 +274,24 @@ def numerical_gradient(f, x, h=1e-4):
         else:
             raise ValueError(f"numerical_gradient: f must return a scalar (or one value per row of a 2-D x), "
                              f"got shape {f_plus.shape} for x of shape {x.shape}")
-        grad[idx] = diff / (2 * h)
+        grad[idx] = diff / steps[idx]
     return grad
+
+
+def _steps(x, h):
+    """``(x + h, x - h, step)`` on the host, in ``x``'s dtype, and the step each element really takes:
+    ``2 h``, the book's divisor, unless ``x``'s dtype cannot hold ``x + h`` and ``x - h`` that precisely
+    (float32 or float16 ``x`` far from 0), where the difference of the two values is the step. A step
+    of 0 (``h`` below the spacing of ``x``'s values) is refused before ``x`` is touched."""
+    host = to_host(x)
+    plus, minus = host + h, host - h  # as the element loop computes them (x's dtype)
+    steps = plus.astype(numpy.float64) - minus.astype(numpy.float64)
+    if (steps == 0).any():
+        i = tuple(int(k) for k in numpy.argwhere(steps == 0)[0])
+        raise ValueError(f"numerical_gradient: h={h!r} is below the precision of {x.dtype} at x[{i}] = "
+                         f"{float(host[i])!r} (x + h rounds back to x); use a float64 x or a larger h")
+    exact = numpy.abs(steps - 2 * h) <= 1e-6 * (2 * h)
+    return plus, minus, numpy.where(exact, 2 * h, steps)
 
 
 def gradient_descent(f, init_x, lr=0.01, step_num=100):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy
 
 from fastnn.backend import array_module, follow, is_device_array
+from fastnn.functions import check_flag
 
 __all__ = [
     "SoftmaxWithLoss", "SigmoidWithLoss", "MeanSquaredLoss", "check_labels", "Loss", "CategoricalCrossentropy",
@@ -158,7 +159,7 @@ class Loss:
     target_range = None  # (low, high): the targets fit/evaluate accept, checked once per call
 
     def __init__(self, from_logits=False):
-        self.from_logits = bool(from_logits)
+        self.from_logits = check_flag(type(self).__name__, "from_logits", from_logits)
         self.fused = False
 
     def fuse(self, last_activation):

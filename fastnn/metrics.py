@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy
 
+from fastnn.functions import check_flag
+
 __all__ = ["get", "METRIC_NAMES", "Metric", "BinaryAccuracy", "CategoricalAccuracy",
            "SparseCategoricalAccuracy", "TopKCategoricalAccuracy", "SparseTopKCategoricalAccuracy", "MeanSquaredError",
            "MeanAbsoluteError", "Precision", "Recall", "AUC"]
@@ -32,13 +34,21 @@ def _binary_accuracy(ops, out, t, logits):
     return (hit.mean(axis=tuple(range(1, out.ndim))) if out.ndim > 1 else hit).sum().astype(out.dtype)
 
 
+def _difference(out, t, name):
+    """``out - t`` for a metric that compares outputs with dense targets of the same shape."""
+    if t.size != out.size:
+        raise ValueError(f"{name}: needs targets of the output's shape {tuple(out.shape)}, got {tuple(t.shape)} (class "
+                         f"indices? use an accuracy metric, or one-hot targets)")
+    return out - t.reshape(out.shape).astype(out.dtype, copy=False)
+
+
 def _mse(ops, out, t, logits):
-    d = out - t.reshape(out.shape).astype(out.dtype, copy=False)
+    d = _difference(out, t, "mean_squared_error")
     return (d * d).reshape(out.shape[0], -1).mean(axis=1).sum()
 
 
 def _mae(ops, out, t, logits):
-    d = out - t.reshape(out.shape).astype(out.dtype, copy=False)
+    d = _difference(out, t, "mean_absolute_error")
     return ops.xp.abs(d).reshape(out.shape[0], -1).mean(axis=1).sum()
 
 
@@ -214,6 +224,9 @@ class Recall(_Confusion):
         return float(sums[0] / sums[2]) if sums[2] else 0.0
 
 
+MAX_THRESHOLDS = 1_000_000  # AUC's counts: 2 per threshold, per batch, on the device
+
+
 class AUC(Metric):
     """Keras's ``AUC``: the area under the ROC (``curve="ROC"``) or precision-recall (``"PR"``) curve,
     from confusion counts at ``num_thresholds`` evenly spaced thresholds in [0, 1] (Keras's
@@ -226,8 +239,9 @@ class AUC(Metric):
                  multi_label=False, from_logits=False):
         super().__init__(_check_name("AUC", name), on_logits=False)
         if isinstance(num_thresholds, bool) or not isinstance(num_thresholds, (int, numpy.integer)) or \
-                num_thresholds < 2:
-            raise ValueError(f"AUC: num_thresholds must be an integer > 1, got {num_thresholds!r}")
+                not 2 <= num_thresholds <= MAX_THRESHOLDS:
+            raise ValueError(f"AUC: num_thresholds must be an integer from 2 to {MAX_THRESHOLDS} (its counts are "
+                             f"summed every batch), got {num_thresholds!r}")
         if str(curve).upper() not in ("ROC", "PR"):
             raise ValueError(f"AUC: curve must be 'ROC' or 'PR', got {curve!r}")
         if summation_method != "interpolation":
@@ -236,10 +250,11 @@ class AUC(Metric):
         if multi_label:
             raise ValueError("AUC: multi_label=True is not supported; every output element counts as one "
                              "prediction (Keras's multi_label=False)")
-        self.num_thresholds, self.curve, self.from_logits = int(num_thresholds), str(curve).upper(), bool(from_logits)
+        self.num_thresholds, self.curve = int(num_thresholds), str(curve).upper()
+        self.from_logits = check_flag("AUC", "from_logits", from_logits)
         eps = 1e-7
-        inner = [(i + 1) / (self.num_thresholds - 1) for i in range(self.num_thresholds - 2)]
-        self.thresholds = numpy.array([-eps] + inner + [1 + eps])
+        inner = numpy.arange(1, self.num_thresholds - 1) / (self.num_thresholds - 1)
+        self.thresholds = numpy.concatenate([[-eps], inner, [1 + eps]])
         self.size = 2 * self.num_thresholds + 2
 
     def fn(self, ops, out, t, logits):

@@ -30,6 +30,7 @@ import numpy
 
 from fastnn import registry, schedules
 from fastnn.backend import follow
+from fastnn.functions import check_flag
 from fastnn.schedules import (CosineDecay, CosineDecayRestarts, ExponentialDecay, InverseTimeDecay,
                               LearningRateSchedule, PiecewiseConstantDecay, PolynomialDecay, Schedule, StepDecay,
                               _check_fraction, _check_positive)
@@ -53,6 +54,27 @@ def _alias(owner, value, default, **synonyms):
     if given:
         return next(iter(given.values()))
     return default if value is None else value
+
+
+def scheduled_lr(opt, schedule, step):
+    """``schedule(step)`` as a float, refused by name unless it is a finite non-negative real number (a
+    user's function returning NaN, a negative or complex number or a string, or a growing schedule that
+    overflows), so no update runs with it."""
+    try:
+        value = schedule(step)
+    except OverflowError:
+        value = math.inf
+    rate = None
+    if not isinstance(value, (bool, str, bytes)) and not numpy.iscomplexobj(value):
+        try:
+            rate = float(value)
+        except (TypeError, ValueError):
+            rate = None
+    if rate is None or not math.isfinite(rate) or rate < 0:
+        name = getattr(schedule, "__name__", type(schedule).__name__)
+        raise ValueError(f"{type(opt).__name__}: lr={name} gave {value!r} at step {step}; a learning rate must be a "
+                         f"finite non-negative number")
+    return rate
 
 
 # ---------------------------------------------------------------- optimizers
@@ -90,13 +112,23 @@ class Optimizer:
     @property
     def lr(self):
         """The learning rate of the next update (a schedule is evaluated at the step count)."""
-        return float(self._lr(self.iterations)) if callable(self._lr) else self._lr
+        return scheduled_lr(self, self._lr, self.iterations) if callable(self._lr) else self._lr
 
     @lr.setter
     def lr(self, value):
         self._lr = value if callable(value) else _check_positive(type(self).__name__, "lr", value, allow_zero=True)
 
     learning_rate = lr
+
+    def rate_for(self, dtypes):
+        """This step's learning rate, refused when a parameter's dtype cannot hold it (a rate of 1e39,
+        given or grown by a schedule, becomes inf in float32 and turns the weights into NaN)."""
+        lr = self.lr
+        for dtype in dtypes:
+            if lr > float(numpy.finfo(dtype).max):
+                raise ValueError(f"{type(self).__name__}: lr={lr!r} at step {self.iterations} is beyond "
+                                 f"{numpy.dtype(dtype)}'s range; it would become inf in the parameters' dtype")
+        return lr
 
     def exclude_from_weight_decay(self, var_names=()):
         """Keys (book path) or ``"layer/name"`` keys whose parameters get no ``weight_decay``."""
@@ -148,7 +180,7 @@ class Optimizer:
         scale = 1.0
         if self.clipnorm is not None:
             scale = self._clip_scale(ops, [ops.sq_norm(grads[k].reshape(-1)) for k in params])
-        lr = self.lr
+        lr = self.rate_for(p.dtype for p in params.values())
         self.iterations += 1
         for key, p in params.items():
             g = grads[key]
@@ -189,7 +221,7 @@ class Optimizer:
         scale = 1.0
         if self.clipnorm is not None:
             scale = self._clip_scale(ops, [ops.sq_norm(flat.g[a:b]) for a, b, _ in flat.runs()])
-        lr = self.lr
+        lr = self.rate_for([flat.dtype])
         self.iterations += 1
         for a, b, piece_wd in self._pieces(flat):
             self._apply(ops, flat.p[a:b], flat.g[a:b], tuple(s[a:b] for s in self.flat_slots), lr, piece_wd,
@@ -262,7 +294,7 @@ class SGD(Optimizer):
         self.momentum = _check_positive(type(self).__name__, "momentum", momentum, allow_zero=True)
         if self.momentum >= 1:
             raise ValueError(f"{type(self).__name__}: momentum must be in [0, 1), got {momentum}")
-        self.nesterov = bool(nesterov)
+        self.nesterov = check_flag(type(self).__name__, "nesterov", nesterov)
         if self.nesterov and self.momentum == 0:
             raise ValueError(f"{type(self).__name__}: nesterov=True needs momentum > 0")
         self.slots = ("v",) if self.momentum > 0 else ()

@@ -38,6 +38,18 @@ class Entry:
         return bool(self.info.get("decay", True))
 
 
+def _check_fits(what, a, dtype):
+    """Refuse finite values of ``a`` that would become inf in ``dtype`` (float64 1e39 in float32)."""
+    dtype = numpy.dtype(dtype)
+    if a.dtype.kind != "f" or dtype.kind != "f" or numpy.finfo(a.dtype).max <= numpy.finfo(dtype).max:
+        return
+    over = numpy.isfinite(a) & (numpy.abs(a) > numpy.finfo(dtype).max)
+    if over.any():
+        where = tuple(int(i) for i in numpy.argwhere(over)[0])
+        raise ValueError(f"{what} has values beyond {dtype}'s range (first at index {where}: {float(a[where])!r}); "
+                         f"they would become inf in the model's dtype {dtype}")
+
+
 class FlatParams:
     """Parameters and gradients of a list of layers, packed into two flat arrays of one dtype."""
 
@@ -119,6 +131,9 @@ class FlatParams:
             a = numpy.asarray(a)
             if a.shape != e.shape:
                 raise ValueError(f"set_weights: {e.key} has shape {e.shape}, got an array of shape {a.shape}")
+            if a.dtype.kind not in "biuf":
+                raise TypeError(f"set_weights: {e.key} must hold real numbers, got dtype {a.dtype}")
+            _check_fits(f"set_weights: {e.key}", a, self.dtype)
         return entries
 
     def set_host(self, arrays):

@@ -1,4 +1,4 @@
-"""The fixed table of names a saved model may mention: layers, optimizers, schedules, losses.
+"""The fixed table of names a saved model may mention: layers, optimizers, schedules, losses, metrics.
 
 Loading maps every class name in a file through these tables; nothing in a file is ever imported
 or executed. ``fastnn.register(cls)`` adds a user's ``Layer`` subclass (or a ``Loss``) by its class
@@ -94,4 +94,15 @@ def loss_class(name):
     table.update(_LOSSES)
     if name not in table:
         raise KeyError(f"unknown loss {name!r}; known: {', '.join(sorted(table))}")
+    return table[name]
+
+
+def metric_class(name):
+    """The metric class a file names (``AUC``, ``Precision``, ...): ``fastnn.metrics``' own classes only."""
+    from fastnn import metrics
+
+    table = {n: getattr(metrics, n) for n in metrics.__all__ if isinstance(getattr(metrics, n), type)
+             and issubclass(getattr(metrics, n), metrics.Metric) and getattr(metrics, n) is not metrics.Metric}
+    if name not in table:
+        raise KeyError(f"unknown metric class {name!r}; known: {', '.join(sorted(table))}")
     return table[name]

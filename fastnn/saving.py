@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import warnings
 import zipfile
 
 import numpy
@@ -59,10 +60,29 @@ def model_config(model):
             "optimizer": {"class_name": type(model.optimizer).__name__, "config": model.optimizer.get_config()},
             "loss": {"class_name": model.loss.name,
                      "config": {k: v for k, v in model.loss.get_config().items() if k != "name"}},
-            "metrics": [m.name for m in model.metrics],
+            "metrics": [spec for spec in (metric_config(model, m) for m in model.metrics) if spec is not None],
         }
     config["compile"] = compile_cfg
     return config
+
+
+def metric_config(model, metric):
+    """A compiled metric as a file records it: its name for one compiled by name (``"accuracy"``),
+    ``{"class_name", "config"}`` for a ``fastnn.metrics`` object (so its settings and its name load
+    back), or None, with a warning, for a metric no file can rebuild (a user's function or class)."""
+    from fastnn import metrics as _metrics
+
+    cls = type(metric)
+    if cls is _metrics.Metric and metric.name in _metrics.METRIC_NAMES:
+        return metric.name
+    try:
+        if registry.metric_class(cls.__name__) is cls:
+            return {"class_name": cls.__name__, "config": metric.get_config()}
+    except KeyError:
+        pass
+    warnings.warn(f"{model.name}: metric {metric.name!r} ({cls.__name__}) is not a fastnn.metrics metric and is "
+                  f"not saved; compile the loaded model again to use it", RuntimeWarning, stacklevel=4)
+    return None
 
 
 def optimizer_arrays(state):
@@ -248,14 +268,30 @@ def _build_model(reader, backend, config, dtype, input_shape, specs, optimizer):
             raise FormatError(f"{what}: 'loss' must be {{'class_name', 'config'}}")
         loss_cls = _lookup(what, registry.loss_class, loss_spec.get("class_name"))
         loss = _construct(what, loss_cls, loss_spec.get("config") or {})
-        metrics = compile_cfg.get("metrics") or []
-        if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
-            raise FormatError(f"{what}: 'metrics' must be a list of names")
+        metrics = _metrics_from_config(what, compile_cfg.get("metrics") or [])
         try:
             model.compile(optimizer=optimizer, loss=get_loss(loss), metrics=metrics)
         except Exception as exc:
             raise FormatError(f"{what}: cannot compile ({type(exc).__name__}: {exc})") from None
     return model
+
+
+def _metrics_from_config(what, specs):
+    """The metrics a file's ``compile`` lists: names, and ``{"class_name", "config"}`` of
+    ``fastnn.metrics`` classes (looked up in a fixed table, never imported)."""
+    if not isinstance(specs, list):
+        raise FormatError(f"{what}: 'metrics' must be a list, got {type(specs).__name__}")
+    metrics = []
+    for i, spec in enumerate(specs):
+        if isinstance(spec, str):
+            metrics.append(spec)
+        elif isinstance(spec, dict) and isinstance(spec.get("config"), dict):
+            cls = _lookup(f"{what}: metric {i}", registry.metric_class, spec.get("class_name"))
+            metrics.append(_construct(f"{what}: metric {i}", cls, spec["config"]))
+        else:
+            raise FormatError(f"{what}: metric {i} must be a name or {{'class_name', 'config'}}, got "
+                              f"{str(spec)[:80]!r}")
+    return metrics
 
 
 def model_from_config(spec, cls):

@@ -14,6 +14,7 @@ import math
 import numbers
 
 from fastnn import registry
+from fastnn.functions import check_flag
 
 __all__ = [
     "LearningRateSchedule", "Schedule", "StepDecay", "ExponentialDecay", "PiecewiseConstantDecay",
@@ -97,7 +98,7 @@ class ExponentialDecay(Schedule):
         self.decay_steps = _check_positive("ExponentialDecay", "decay_steps", decay_steps)
         # Keras allows a rate above 1 (a growing learning rate); it must be a positive finite number.
         self.decay_rate = _check_positive("ExponentialDecay", "decay_rate", decay_rate)
-        self.staircase = bool(staircase)
+        self.staircase = check_flag("ExponentialDecay", "staircase", staircase)
         self.name = _check_name("ExponentialDecay", name)
 
     def __call__(self, step):
@@ -158,7 +159,7 @@ class PolynomialDecay(Schedule):
         self.decay_steps = _check_positive(owner, "decay_steps", decay_steps)
         self.end_learning_rate = _check_positive(owner, "end_learning_rate", end_learning_rate, True)
         self.power = _check_positive(owner, "power", power, True)
-        self.cycle = bool(cycle)
+        self.cycle = check_flag(owner, "cycle", cycle)
         self.name = _check_name(owner, name)
 
     def __call__(self, step):
@@ -182,7 +183,7 @@ class InverseTimeDecay(Schedule):
         self.decay_steps = _check_positive(owner, "decay_steps", decay_steps)
         # A negative rate would divide by zero (and then flip the sign) a finite number of steps in.
         self.decay_rate = _check_positive(owner, "decay_rate", decay_rate, True)
-        self.staircase = bool(staircase)
+        self.staircase = check_flag(owner, "staircase", staircase)
         self.name = _check_name(owner, name)
 
     def __call__(self, step):

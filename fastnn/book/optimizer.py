@@ -29,6 +29,7 @@ As in fastnn's primitives, state values below the smallest normal float are flus
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy
@@ -70,6 +71,7 @@ class _BookOptimizer:
             raise KeyError(f"{type(self).__name__}.update: grads has no entry for {missing} "
                            f"(params keys: {list(params)})")
         owner = type(self).__name__
+        self._check_hyper()
         prepared = {key: _check(owner, key, params[key], grads[key]) for key in list(params)}  # all keys first
         self._begin()
         for key, (ops, g) in prepared.items():
@@ -94,11 +96,29 @@ class _BookOptimizer:
         value = arr[0]
         return type(p)(value) if isinstance(p, (float, numpy.floating)) else float(value)
 
+    def _check_hyper(self):
+        """The settings (``lr``, ``momentum``, ...) as ``update`` will use them: finite real numbers in
+        range, or an error naming the setting, before anything changes (they may be set at any time)."""
+        for name, (low, high, closed) in _HYPER.items():
+            if name not in vars(self):
+                continue
+            v = getattr(self, name)
+            ok = not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v) and v >= low and (
+                high is None or v < high or (closed and v == high))
+            if not ok:
+                where = ">= 0" if high is None else f"in [0, {high}{']' if closed else ')'}"
+                raise ValueError(f"{type(self).__name__}: {name} must be a finite number {where}, got {v!r}")
+
     def _begin(self):
         """Once per ``update`` call, before the first array."""
 
     def _step(self, ops, p, g, state):
         raise NotImplementedError
+
+
+# name -> (low, high or None, whether high itself is allowed): beta 1 would divide by zero in Adam's correction
+_HYPER = {"lr": (0, None, False), "momentum": (0, 1, True), "decay_rate": (0, 1, True), "beta1": (0, 1, False),
+          "beta2": (0, 1, False)}
 
 
 def _dtype(p):
@@ -113,6 +133,10 @@ def _check(owner, key, p, g):
                 getattr(getattr(g, "dtype", None), "kind", "f") == "c":
             raise TypeError(f"{owner}.update: params[{key!r}] and grads[{key!r}] must be real numbers, got "
                             f"{p!r} and {g!r}")
+        if not _is_number(g) and (getattr(getattr(g, "dtype", None), "kind", None) not in ("f", "i", "u", "b")
+                                  or numpy.size(g) != 1):
+            raise TypeError(f"{owner}.update: params[{key!r}] is a number, so grads[{key!r}] must be one too, got "
+                            f"{type(g).__name__} of shape {numpy.shape(g)}")
         return None, g
     if not hasattr(p, "dtype") or not hasattr(p, "shape"):
         raise TypeError(f"{owner}.update: params[{key!r}] must be an array or a number, got {type(p).__name__}")
@@ -126,6 +150,9 @@ def _check(owner, key, p, g):
         raise ValueError(f"{owner}.update: params[{key!r}] is read-only; pass a writeable array")
     if getattr(getattr(g, "dtype", None), "kind", None) == "c" or isinstance(g, complex):
         raise TypeError(f"{owner}.update: grads[{key!r}] is complex; its imaginary part would be dropped")
+    if not _is_number(g) and getattr(getattr(g, "dtype", None), "kind", None) not in ("f", "i", "u", "b"):
+        raise TypeError(f"{owner}.update: grads[{key!r}] must be a real numeric array, got {type(g).__name__} of "
+                        f"dtype {getattr(g, 'dtype', None)}")
     return ops, _like(ops, p, g, key, owner)
 
 
@@ -138,7 +165,12 @@ def _like(ops, p, g, key, owner):
     if tuple(g.shape) != tuple(p.shape):
         raise ValueError(f"{owner}.update: params[{key!r}] has shape {tuple(p.shape)} but grads[{key!r}] has "
                          f"{tuple(g.shape)}")
-    return g if g.dtype == p.dtype else g.astype(p.dtype)
+    if g.dtype != p.dtype:
+        from fastnn.validation import check_in_range
+
+        check_in_range(f"{owner}.update", g, f"grads[{key!r}]", p.dtype)  # 1e39 would become inf in float32
+        g = g.astype(p.dtype)
+    return g
 
 
 def _divide_step(ops, p, g, h, lr):

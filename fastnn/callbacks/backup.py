@@ -7,6 +7,7 @@ import os
 import sys
 
 from fastnn import checkpoint, distributed
+from fastnn.functions import check_flag
 from fastnn.callbacks.base import Callback, is_chief
 from fastnn.callbacks.control import monitor_mode
 
@@ -52,7 +53,8 @@ class BackupAndRestore(Callback):
             raise ValueError(f"BackupAndRestore: keep must be a positive integer, got {keep!r}")
         self.backup_dir = os.fspath(backup_dir)
         self.save_freq, self.keep, self.delete_checkpoint = save_freq, keep, delete_checkpoint
-        self.resume = bool(resume)  # False (fit(resume=False)): start anew, replacing the folder's backups
+        # False (fit(resume=False)): start anew, replacing the folder's backups
+        self.resume = check_flag("BackupAndRestore", "resume", resume)
         self._folder = checkpoint.BackupFolder(self.backup_dir, keep)
 
     def set_model(self, model):
@@ -135,7 +137,7 @@ class ModelCheckpoint(Callback):
         super().__init__()
         self.filepath, self.monitor, self.verbose = os.fspath(filepath), monitor, verbose
         self.save_best_only, self.save_weights_only = save_best_only, save_weights_only
-        self.mode = monitor_mode(mode, monitor)
+        self.mode = monitor_mode(mode, monitor, "ModelCheckpoint")
         if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq <= 0):
             raise ValueError(f"ModelCheckpoint: save_freq must be 'epoch' or a positive integer, got {save_freq!r}")
         self.save_freq = save_freq

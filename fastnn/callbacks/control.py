@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import numbers
 import os
 import sys
 
@@ -14,12 +15,30 @@ __all__ = ["EarlyStopping", "LearningRateScheduler", "ReduceLROnPlateau", "Termi
            "LambdaCallback"]
 
 
-def monitor_mode(mode, monitor):
+def monitor_mode(mode, monitor, owner=None):
+    where = f"{owner}: " if owner else ""
+    if not isinstance(monitor, str) or not monitor:
+        raise TypeError(f"{where}monitor must be the name of a logged value such as 'val_loss', got {monitor!r}")
     if mode not in ("auto", "min", "max"):
-        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+        raise ValueError(f"{where}mode must be 'auto', 'min' or 'max', got {mode!r}")
     if mode == "auto":
         mode = "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
     return mode
+
+
+def _number(owner, arg, v, low=None):
+    """A finite real number (not a bool or a string), ``>= low``, as a float."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or (low is not None and v < low):
+        what = "a finite number" + ("" if low is None else f" >= {low:g}")
+        raise ValueError(f"{owner}: {arg} must be {what}, got {v!r}")
+    return float(v)
+
+
+def _count(owner, arg, v):
+    """A non-negative whole number (an int, or a float holding one), as an int."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0 or v != int(v):
+        raise ValueError(f"{owner}: {arg} must be a non-negative integer, got {v!r}")
+    return int(v)
 
 
 class EarlyStopping(Callback):
@@ -33,13 +52,13 @@ class EarlyStopping(Callback):
                  restore_best_weights=False, start_from_epoch=0):
         super().__init__()
         self.monitor = monitor
-        self.min_delta = abs(float(min_delta))
-        self.patience = int(patience)
+        self.mode = monitor_mode(mode, monitor, "EarlyStopping")
+        self.min_delta = abs(_number("EarlyStopping", "min_delta", min_delta))
+        self.patience = _count("EarlyStopping", "patience", patience)
         self.verbose = verbose
-        self.mode = monitor_mode(mode, monitor)
-        self.baseline = baseline
+        self.baseline = None if baseline is None else _number("EarlyStopping", "baseline", baseline)
         self.restore_best_weights = restore_best_weights
-        self.start_from_epoch = int(start_from_epoch)
+        self.start_from_epoch = _count("EarlyStopping", "start_from_epoch", start_from_epoch)
 
     def _improved(self, value, reference):
         if self.mode == "min":
@@ -102,6 +121,9 @@ class LearningRateScheduler(Callback):
     def on_epoch_begin(self, epoch, logs=None):
         opt = self.model.optimizer
         lr = self.schedule(epoch, opt.lr) if self._takes_lr() else self.schedule(epoch)
+        if isinstance(lr, (bool, str, bytes)) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr < 0:
+            raise ValueError(f"LearningRateScheduler: schedule returned lr={lr!r} for epoch {epoch + 1}; a learning "
+                             f"rate must be a finite non-negative number")
         opt.lr = float(lr)
         if self.verbose:
             print(f"LearningRateScheduler: epoch {epoch + 1}: lr = {opt.lr:.6g}", file=sys.stdout)
@@ -117,11 +139,14 @@ class ReduceLROnPlateau(Callback):
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto", min_delta=1e-4,
                  cooldown=0, min_lr=0.0):
         super().__init__()
-        if not 0 < factor < 1:
-            raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor}")
-        self.monitor, self.factor, self.patience = monitor, float(factor), int(patience)
-        self.verbose, self.mode = verbose, monitor_mode(mode, monitor)
-        self.min_delta, self.cooldown, self.min_lr = float(min_delta), int(cooldown), float(min_lr)
+        owner = "ReduceLROnPlateau"
+        self.mode = monitor_mode(mode, monitor, owner)
+        if not 0 < _number(owner, "factor", factor) < 1:
+            raise ValueError(f"{owner}: factor must be in (0, 1), got {factor!r}")
+        self.monitor, self.factor, self.patience = monitor, float(factor), _count(owner, "patience", patience)
+        self.verbose = verbose
+        self.min_delta, self.cooldown = _number(owner, "min_delta", min_delta), _count(owner, "cooldown", cooldown)
+        self.min_lr = _number(owner, "min_lr", min_lr, low=0)
 
     def on_train_begin(self, logs=None):
         self.wait = self.cooldown_counter = 0

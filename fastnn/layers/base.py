@@ -19,6 +19,7 @@ import numpy
 from fastnn import initializers
 from fastnn.layers import symbolic
 from fastnn.backend import current, follow, is_device_array
+from fastnn.params import _check_fits
 from fastnn.random import make_rng
 
 _counters: dict = {}
@@ -213,6 +214,10 @@ class Layer:
                     f"{ops.name} backend; move it with fastnn.asnumpy(x)")
             x = ops.asarray(x)
         if dtype is not None and x.dtype != dtype:
+            if x.dtype.kind == "f" and x.dtype.itemsize > numpy.dtype(dtype).itemsize:
+                from fastnn.validation import check_in_range  # here: fastnn.validation imports the layers
+
+                check_in_range(self.name, x, "x", dtype)  # float64 1e39 would become inf in float32 weights' dtype
             x = x.astype(dtype)
         elif x.dtype.kind not in "fc":
             x = x.astype(numpy.float64)
@@ -295,6 +300,7 @@ class Layer:
             if tuple(numpy.shape(new)) != tuple(w.shape):
                 raise ValueError(f"{self.name}.set_weights: {name} has shape {tuple(w.shape)}, got an array of "
                                  f"shape {tuple(numpy.shape(new))}")
+            _check_fits(f"{self.name}.set_weights: {name}", numpy.asarray(new), w.dtype)
         for w, new in zip(mine, weights):
             w[...] = self.ops.asarray(numpy.asarray(new, dtype=w.dtype))
 

@@ -22,6 +22,7 @@ import warnings
 import numpy
 
 from fastnn import regularizers
+from fastnn.functions import check_flag
 from fastnn.kernels import NEEDS_Z
 from fastnn.kernels.geometry import conv_geometry, pool_geometry
 from fastnn.layers.base import _auto_name, check_book_bias, shape_str, step_context, train_flag
@@ -148,7 +149,7 @@ class Conv2D(SpatialLayer):
         self.bias_initializer = self._check_initializer("bias_initializer", bias_initializer)
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
         self.bias_regularizer = regularizers.get(bias_regularizer)
-        self.use_bias = bool(use_bias)
+        self.use_bias = check_flag(f"{self.name} ({type(self).__name__})", "use_bias", use_bias)
         self.W = self.b = self.dW = self.db = None
         self.x_shape = self.colT = self.y = None
         self._z = None  # the pre-activation (filters, N, OH, OW), kept only for an activation in NEEDS_Z

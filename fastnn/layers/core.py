@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy
 
 from fastnn import regularizers
+from fastnn.functions import check_number
 from fastnn.kernels import ACTIVATIONS, ELU, GELU_TANH, LEAKY_RELU, LINEAR, NEEDS_Z
 from fastnn.layers.base import Layer, check_book_bias, shape_str, step_context, train_flag
 from fastnn.random import draw_seed, make_rng
@@ -228,7 +229,8 @@ class Activation(Layer):
         super().__init__(name=name, **kwargs)
         self.activation = _gelu_code(activation, approximate)
         self.act, default_alpha = activation_code(self.activation)
-        self.alpha = default_alpha if alpha is None else float(alpha)
+        self.alpha = default_alpha if alpha is None else float(check_number(f"{self.name} ({type(self).__name__})",
+                                                                             "alpha", alpha))
         self.y = self.x = None
         self._train = False
 
@@ -293,8 +295,7 @@ class LeakyRelu(_Named):
     """``x`` where positive, ``alpha * x`` elsewhere (``alpha > 0``)."""
 
     def __init__(self, alpha=0.01, name=None, **kwargs):
-        if not alpha > 0:
-            raise ValueError(f"LeakyRelu: alpha must be > 0, got {alpha!r}")
+        check_number("LeakyRelu", "alpha", alpha, low=0, strict=True)
         super().__init__("leaky_relu", name=name, alpha=alpha, **kwargs)
 
 
@@ -302,8 +303,7 @@ class Elu(_Named):
     """``x`` where positive, ``alpha * (e^x - 1)`` elsewhere."""
 
     def __init__(self, alpha=1.0, name=None, **kwargs):
-        if not alpha > 0:
-            raise ValueError(f"Elu: alpha must be > 0, got {alpha!r}")
+        check_number("Elu", "alpha", alpha, low=0, strict=True)
         super().__init__("elu", name=name, alpha=alpha, **kwargs)
 
 

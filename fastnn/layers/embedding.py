@@ -7,6 +7,7 @@ from fastnn import regularizers
 from fastnn.backend import is_device_array
 from fastnn.functions import get_array_module
 from fastnn.layers.base import Layer, train_flag
+from fastnn.params import _check_fits
 
 __all__ = ["Embedding"]
 
@@ -93,6 +94,11 @@ class Embedding(Layer):
                              f"{self.output_dim}) (input_dim, output_dim), got {host.dtype} of shape {host.shape}")
         return host
 
+    def _pretrained(self, shape, rng=None, dtype=numpy.float32):
+        """The ``weights=`` given, in the layer's dtype (a value beyond its range is refused, not made inf)."""
+        _check_fits(f"{self.name} (Embedding): weights", self._initial, dtype)
+        return self._initial.astype(dtype)
+
     @property
     def embeddings(self):
         """Keras's name for ``W``."""
@@ -103,7 +109,7 @@ class Embedding(Layer):
             self.rng = rng
         init = self.embeddings_initializer
         if self._initial is not None:
-            init = lambda shape, rng=None, dtype=numpy.float32: self._initial.astype(dtype)  # noqa: E731
+            init = self._pretrained
         elif isinstance(init, str) and init.lower() in _INITIALIZERS:
             init = _INITIALIZERS[init.lower()]
         self.add_weight("W", (self.input_dim, self.output_dim), init, regularizer=self.embeddings_regularizer)

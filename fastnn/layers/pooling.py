@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy
 
+from fastnn.functions import check_flag
 from fastnn.layers.base import shape_str, train_flag
 from fastnn.layers.conv import check_nchw
 from fastnn.layers.base import _auto_name
@@ -25,7 +26,7 @@ class _GlobalPooling(SpatialLayer):
 
     def __init__(self, data_format=None, keepdims=False, name=None, **kwargs):
         super().__init__(name=name or _auto_name(type(self).__name__), data_format=data_format, **kwargs)
-        self.keepdims = bool(keepdims)
+        self.keepdims = check_flag(f"{self.name} ({type(self).__name__})", "keepdims", keepdims)
         self.x_shape = None
         self._train = False
 

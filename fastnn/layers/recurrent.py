@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy
 
 from fastnn import initializers, regularizers
+from fastnn.functions import check_flag
 from fastnn.kernels import LINEAR, NEEDS_Z
 from fastnn.layers.base import Layer, _auto_name, shape_str, train_flag
 from fastnn.layers.core import SOFTMAX, activation_code
@@ -68,7 +69,7 @@ class _Recurrent(Layer):
         self.units = int(units)
         self.activation = activation
         self.act, self.alpha = self._activation("activation", activation)
-        self.use_bias = bool(use_bias)
+        self.use_bias = check_flag(who, "use_bias", use_bias)
         self.kernel_initializer = kernel_initializer
         self.recurrent_initializer = recurrent_initializer
         self.bias_initializer = bias_initializer
@@ -85,9 +86,9 @@ class _Recurrent(Layer):
                                       f"return_sequences=True to get every step's output")
         if stateful:
             raise NotImplementedError(f"{who}: stateful=True is not supported: every batch starts from zero states")
-        self.return_sequences = bool(return_sequences)
-        self.go_backwards = bool(go_backwards)
-        self.unroll = bool(unroll)  # Keras's compile-time choice; the same computation here
+        self.return_sequences = check_flag(who, "return_sequences", return_sequences)
+        self.go_backwards = check_flag(who, "go_backwards", go_backwards)
+        self.unroll = check_flag(who, "unroll", unroll)  # Keras's compile-time choice; the same computation here
         self.kernel = self.recurrent_kernel = self.bias = None
         self.dkernel = self.drecurrent_kernel = self.dbias = None
         self.xt = self.hs = self.y = None
@@ -322,7 +323,7 @@ class LSTM(_Gated):
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True, *,
                  unit_forget_bias=True, **kwargs):
         super().__init__(units, activation, recurrent_activation, use_bias, **kwargs)
-        self.unit_forget_bias = bool(unit_forget_bias)
+        self.unit_forget_bias = check_flag(self._who(), "unit_forget_bias", unit_forget_bias)
         self.cs = self.gate_values = self.act_c = None
 
     def _bias_initializer(self):
@@ -389,7 +390,7 @@ class GRU(_Gated):
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True, *,
                  reset_after=True, **kwargs):
         super().__init__(units, activation, recurrent_activation, use_bias, **kwargs)
-        self.reset_after = bool(reset_after)
+        self.reset_after = check_flag(self._who(), "reset_after", reset_after)
         self.gate_values = self.rec_h = None
 
     def _bias_shape(self):

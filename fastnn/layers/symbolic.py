@@ -72,7 +72,13 @@ def Input(shape=None, batch_size=None, name=None, dtype=None, batch_shape=None, 
     if name is not None and not isinstance(name, str):
         raise TypeError(f"Input: name must be a string, got {name!r}")
     if dtype is not None:
-        dtype = numpy.dtype(dtype)
+        given = dtype
+        try:
+            dtype = numpy.dtype(dtype)
+        except TypeError:
+            dtype = None
+        if dtype is None or dtype.kind not in "biuf":
+            raise TypeError(f"Input: dtype must be a real numeric dtype such as 'float32' or 'int32', got {given!r}")
     return KerasTensor((None,) + tuple(shape), name=name or f"input_layer_{next(_input_names)}", dtype=dtype)
 
 

@@ -124,15 +124,18 @@ def _digests(ops, x, y):
     return tuple(distributed.sample_digest(ops, a) for a in (*arrays, y))
 
 
-def _agree(model, comm, rng, x, y, val, callbacks, **settings):
+def _agree(model, comm, rng, x, y, val, callbacks, w=None, **settings):
     """Under data parallelism: every rank runs the same fit on the same data (checked), from rank
     0's parameters, optimizer state and seeds."""
     ops = model.ops
     settings.update({
         "training samples": x.shape[0], "validation samples": None if val is None else val[0].shape[0],
-        "callbacks": [type(cb).__name__ for cb in callbacks],
+        # BackupAndRestore's writes are collectives: its save_freq must agree too
+        "callbacks": [type(cb).__name__ + (f"(save_freq={cb.save_freq!r})" if isinstance(cb, BackupAndRestore)
+                                           else "") for cb in callbacks],
         "training data (digest of sampled rows)": _digests(ops, x, y),
-        "validation data (digest of sampled rows)": None if val is None else _digests(ops, val[0], val[1])})
+        "validation data (digest of sampled rows)": None if val is None else _digests(ops, val[0], val[1]),
+        "sample weights (digest)": None if w is None else distributed.checksum(numpy.asarray(ops.asnumpy(w)))})
     sync_replicas(model, comm, rng, {k: repr(v.item() if isinstance(v, numpy.generic) else v)
                                                  for k, v in settings.items()})
 
@@ -158,7 +161,7 @@ def fit(model, x, y, batch_size=None, epochs=1, verbose="auto", validation_data=
     callbacks = with_backup(callbacks, checkpoint_dir, save_freq, keep, resume)
     comm = distributed.get()
     if comm.size > 1:
-        _agree(model, comm, rng, x, y, val, callbacks, batch_size=batch_size, epochs=epochs,
+        _agree(model, comm, rng, x, y, val, callbacks, w, batch_size=batch_size, epochs=epochs,
                initial_epoch=initial_epoch, shuffle=shuffle, cuda_graph=cuda_graph, weighted=w is not None)
         if comm.rank != 0:
             verbose = 0

@@ -11,6 +11,8 @@ optimizer's learning-rate schedule, and whether a callback changed what the tabl
 """
 from __future__ import annotations
 
+import numpy
+
 from fastnn import losses as L
 from fastnn import metrics as M
 from fastnn import optimizers as O
@@ -127,7 +129,12 @@ class TrainPlan:
         """The optimizer's arguments for the next ``steps`` updates (a schedule read at each)."""
         opt = self.model.optimizer
         it0, lr = opt.iterations, opt._lr
-        lrs = [float(lr(it)) for it in range(it0, it0 + steps)] if callable(lr) else [lr] * steps
+        lrs = [O.scheduled_lr(opt, lr, it) for it in range(it0, it0 + steps)] if callable(lr) else [lr] * steps
+        top = float(numpy.finfo(self.model.dtype).max)
+        if any(rate > top for rate in lrs):  # as Optimizer.rate_for: inf in the model's dtype
+            bad = next(i for i, rate in enumerate(lrs) if rate > top)
+            raise ValueError(f"{type(opt).__name__}: lr={lrs[bad]!r} at step {it0 + bad} is beyond "
+                             f"{numpy.dtype(self.model.dtype)}'s range; it would become inf in the parameters' dtype")
         return self.plan.scalars(lrs, it0)
 
     def _advance(self, stats):

@@ -288,6 +288,7 @@ def _run(model, sampler, train_step, cbs, state, epochs, initial_epoch, epoch_en
         state.epoch, state.batch = epoch, 0
         state.epoch_start_state = sampler.rng.bit_generator.state
         cbs.on_epoch_begin(epoch, {})
+        _agree_lr(model, comm, epoch)
         sums = state.sums = _Sums(model.ops, comm, finalizers(model))
         if skip and (comm is None or comm.rank == 0):  # saved sums are global: one rank carries them
             sums = state.sums = restore_sums(model.ops, resume, comm, getattr(model, "dtype", numpy.float64),
@@ -324,6 +325,22 @@ def _run(model, sampler, train_step, cbs, state, epochs, initial_epoch, epoch_en
             break
     cbs.on_train_end(logs)
     return logs
+
+
+def _agree_lr(model, comm, epoch):
+    """Under data parallelism every rank must step with the same learning rate: a callback that sets it
+    differently on one rank (a ``LearningRateScheduler`` whose function reads the rank) would let the
+    replicas drift apart silently. One small gather per epoch, after ``on_epoch_begin``; when the rates
+    differ, every rank raises the same error before the epoch trains, and the job goes on."""
+    opt = getattr(model, "optimizer", None)
+    if comm is None or comm.size <= 1 or opt is None or not hasattr(opt, "lr"):
+        return
+    rates = comm.allgather_obj(float(opt.lr))
+    if len(set(rates)) > 1:
+        distributed.raising_everywhere(comm)
+        raise ValueError(f"{model.name}: the ranks would train epoch {epoch + 1} with different learning rates "
+                         f"({distributed._group(rates)}); a callback that sets the learning rate must set the same "
+                         f"value on every rank, or the replicas drift apart")
 
 
 def _agree_stop(model, comm):

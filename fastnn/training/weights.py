@@ -10,7 +10,7 @@ import numpy
 
 from fastnn.backend import to_host
 from fastnn.losses import Loss
-from fastnn.validation import as_array
+from fastnn.validation import as_array, check_in_range
 
 __all__ = ["sample_weights", "class_weights"]
 
@@ -31,7 +31,7 @@ def _check_weights(owner, w, n, what):
     return w
 
 
-def class_weights(owner, y, class_weight, loss):
+def class_weights(owner, y, class_weight, loss, dtype=None):
     """``(N,)`` weights from a ``{class: weight}`` dict and the targets ``y`` (class indices, one-hot
     rows, or one 0/1 column for a binary output)."""
     if not isinstance(class_weight, dict) or not class_weight:
@@ -43,6 +43,9 @@ def class_weights(owner, y, class_weight, loss):
             raise ValueError(f"{owner}: class_weight keys must be class indices (non-negative integers), got {k!r}")
         if isinstance(v, bool) or not isinstance(v, (int, float, numpy.number)) or not numpy.isfinite(v) or v < 0:
             raise ValueError(f"{owner}: class_weight[{k}] must be a finite non-negative number, got {v!r}")
+        if dtype is not None and abs(float(v)) > float(numpy.finfo(dtype).max):
+            raise ValueError(f"{owner}: class_weight[{k}] = {v!r} is beyond {numpy.dtype(dtype)}'s range; it would "
+                             f"become inf in the model's dtype {numpy.dtype(dtype)}")
         table[int(k)] = float(v)
     y = to_host(y)
     if loss.labels == "dense" and loss.name != "binary_crossentropy":
@@ -66,7 +69,13 @@ def sample_weights(model, y, n, sample_weight, class_weight):
         raise ValueError(f"{model.name}: loss {model.loss.name!r} has no per-sample form, so sample_weight and "
                          f"class_weight cannot weigh it; use one of fastnn's named losses")
     w = None if sample_weight is None else _check_weights(model.name, sample_weight, n, "sample_weight")
+    if w is not None:  # checked in float64: a weight of 1e39 would become inf in a float32 model
+        check_in_range(model.name, w, "sample_weight", model.dtype)
     if class_weight is not None:
-        cw = class_weights(model.name, y, class_weight, model.loss)
-        w = cw if w is None else w * cw
+        cw = class_weights(model.name, y, class_weight, model.loss, model.dtype)
+        if w is not None:
+            w = w * cw
+            check_in_range(model.name, w, "sample_weight * class_weight", model.dtype)
+        else:
+            w = cw
     return w
