@@ -13,19 +13,31 @@ NumPy idioms that CuPy lacks are translated or refused with the replacement name
 - ``np.random.choice(n, k, replace=False)`` with a large ``n``: draws a permutation; prefer
   ``np.random.permutation(n)[:k]`` (the same on both, and cheaper to read).
 
-How a lookup stays cheap (a book loop does millions of them): the first ``np.exp`` goes through the
-module's ``__getattr__``, which installs a ``property`` named ``exp`` on this module's class. From
-then on ``np.exp`` is that property: it reads the ``using`` scope (a ``ContextVar``, so per thread
-and per context) and, outside any scope, compares the process default set by ``use(...)`` by
-identity with the one it resolved last (``FASTNN_BACKEND`` is read once, at import); only when that
-changed does it ask ``fastnn.backend.current()`` again. The value is then one lookup in the array
-module's own ``__dict__`` (live: patching ``numpy.exp`` shows through). That is about 75 ns against
-20 ns for ``numpy.exp`` (one Python call, where resolving the backend at every access cost 2-7 µs);
-the book's loops run within a few percent of NumPy (``bench/test_bench_np_proxy.py`` measures both).
-Assigning ``np.exp = f`` shadows the backend's name as on any module; assigning the backend's own
-value back (``monkeypatch``'s undo) or ``del np.exp`` makes it follow the backend again.
+How a lookup stays cheap (a book loop does millions of them), in two stages:
+
+- While every backend ever made active computes with NumPy (numpy and numba, in any mix of
+  ``use`` and ``using``: the CPU case), every answer is NumPy's, so the first ``np.exp`` stores
+  ``numpy.exp`` in this module's own ``__dict__`` and from then on ``np.exp`` costs what
+  ``numpy.exp`` does (about 20-40 ns). ``fastnn.backend`` tells this module (``_on_foreign``)
+  before a backend with another array module (CuPy) becomes active through ``use`` or ``using``,
+  or when code writes ``fastnn.backend._default`` directly; the stored names then move, for the
+  rest of the process, to the second stage. (A name stored this way is NumPy's value when first
+  used: reassigning ``numpy.exp`` itself afterwards does not show through ``np.exp``.)
+- From then on, the first ``np.exp`` goes through the module's ``__getattr__``, which installs a
+  ``property`` named ``exp`` on this module's class. That property reads the ``using`` scope (a
+  ``ContextVar``, so per thread and per context) and, outside any scope, compares the process
+  default set by ``use(...)`` by identity with the one it resolved last (``FASTNN_BACKEND`` is read
+  once, at import); only when that changed does it ask ``fastnn.backend.current()`` again. The
+  value is then one lookup in the array module's own ``__dict__`` (live: patching ``cupy.exp``
+  shows through). That is about 75-130 ns against 20-40 ns for ``numpy.exp`` (one Python call,
+  where resolving the backend at every access cost 2-7 µs).
+
+``bench/test_bench_np_proxy.py`` measures both the lookups and a book loop. Assigning
+``np.exp = f`` shadows the backend's name as on any module; assigning the backend's own value
+back (``monkeypatch``'s undo) or ``del np.exp`` makes it follow the backend again.
 """
 import sys
+import threading
 import types
 
 import numpy
@@ -38,6 +50,12 @@ _UNSET = object()
 # whole, so a thread never pairs one field of a newer state with one of an older.
 # ``FASTNN_BACKEND`` (``config.BACKEND``) is read once at import, so the default name alone decides.
 _state = (_UNSET, None, None)
+# The first stage (module docstring): True until a backend whose array module is not NumPy may be
+# active; ``_stored`` names the entries of this module's ``__dict__`` that hold NumPy's values (a
+# user's own ``np.x = ...`` is never among them). ``_stage_lock`` orders storing against leaving.
+_numpy_only = True
+_stored = set()
+_stage_lock = threading.RLock()
 
 
 def _refresh():
@@ -61,9 +79,9 @@ def _ops():
     return state[2]
 
 
-def _lookup(name):
+def _lookup(name, xp=None):
     """``np.<name>`` the slow way: the active backend's attribute, translated where CuPy needs it."""
-    xp = _ops().xp
+    xp = _ops().xp if xp is None else xp
     value = getattr(xp, name)
     if name == "add" and xp is not numpy and not hasattr(value, "at"):
         value = _add_with_at(value)
@@ -139,13 +157,44 @@ def asarray(a, dtype=None, **kwargs):
     return ops.asarray(a, dtype=dtype)
 
 
+def _property(name):
+    return property(_add_getter if name == "add" else _getter(name))
+
+
+def _leave_numpy_only():
+    """A backend with another array module may become active (``fastnn.backend._on_foreign``): every
+    stored name gets its property (which wins over the stored value at once), then the values go."""
+    global _numpy_only
+    with _stage_lock:
+        if not _numpy_only:
+            return
+        _numpy_only = False
+        for name in _stored:
+            if name not in _ArrayModule.__dict__:
+                setattr(_ArrayModule, name, _property(name))
+        own = globals()
+        for name in _stored:
+            own.pop(name, None)
+        _stored.clear()
+
+
+_backend._on_foreign.append(_leave_numpy_only)
+
+
 def __getattr__(name):
-    """First access to ``np.<name>``: resolve it, then install its fast property for the next time."""
+    """First access to ``np.<name>``: resolve it, then store it (NumPy only) or install its property."""
     if name.startswith("__") and name != "__version__":  # module protocol names stay fastnn.np's
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = _lookup(name)  # AttributeError (the backend module's own message) when it has no such name
-    if name not in _ArrayModule.__dict__:
-        setattr(_ArrayModule, name, property(_add_getter if name == "add" else _getter(name)))
+    xp = _ops().xp
+    value = _lookup(name, xp)  # AttributeError (the backend module's own message) when it has no such name
+    if xp is not numpy:  # e.g. auto resolved to CuPy at this first use
+        _leave_numpy_only()
+    with _stage_lock:
+        if _numpy_only:
+            globals()[name] = value
+            _stored.add(name)
+        elif name not in _ArrayModule.__dict__:
+            setattr(_ArrayModule, name, _property(name))
     return value
 
 
@@ -156,17 +205,24 @@ class _ArrayModule(types.ModuleType):
         # ``np.exp = f`` (monkeypatching, mock.patch) shadows the backend's name: drop the property
         # so the module's own dict answers. Setting the backend's own value (monkeypatch's undo)
         # clears the shadow instead, so ``np.exp`` follows the backend again.
-        if not name.startswith("__") and name not in ("asnumpy", "asarray"):
-            try:
-                restore = value is _lookup(name)
-            except Exception:  # no such name, or no backend can run: a plain assignment
-                restore = False
-            if restore:
-                self.__dict__.pop(name, None)
-                return
-        if isinstance(_ArrayModule.__dict__.get(name), property):
-            delattr(_ArrayModule, name)
-        super().__setattr__(name, value)
+        with _stage_lock:
+            _stored.discard(name)  # from now on the value is the user's (or gone)
+            if not name.startswith("__") and name not in ("asnumpy", "asarray"):
+                try:
+                    restore = value is _lookup(name)
+                except Exception:  # no such name, or no backend can run: a plain assignment
+                    restore = False
+                if restore:
+                    self.__dict__.pop(name, None)
+                    return
+            if isinstance(_ArrayModule.__dict__.get(name), property):
+                delattr(_ArrayModule, name)
+            super().__setattr__(name, value)
+
+    def __delattr__(self, name):
+        with _stage_lock:
+            _stored.discard(name)
+            super().__delattr__(name)
 
     def __dir__(self):
         return sorted(set(dir(_ops().xp)) | {"asnumpy", "asarray"})

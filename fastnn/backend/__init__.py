@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import sys
 import threading
+import types
 import warnings
 
 import numpy
@@ -37,6 +39,18 @@ _scoped: contextvars.ContextVar = contextvars.ContextVar("fastnn_backend", defau
 _instances: dict = {}
 _lock = threading.RLock()
 _choice_reason: dict = {}  # canonical request -> the sentence explaining what it resolved to
+# Called, without arguments, before a backend whose array module is not NumPy becomes active (by
+# use() or using()), and when code writes ``_default`` directly: ``fastnn.np`` then leaves its
+# fastest path, which holds only while every backend ever active computes with NumPy.
+_on_foreign: list = []
+
+
+def _activate(ops):
+    """``ops``, after telling ``_on_foreign`` when its array module is not NumPy (see above)."""
+    if ops.xp is not numpy:
+        for hook in _on_foreign:
+            hook()
+    return ops
 
 
 def _canonical(name) -> str:
@@ -128,7 +142,7 @@ def use(name, precision=None) -> Ops:
     global _default
     if precision is not None:
         config.check_precision(precision)  # checked before anything changes
-    ops = get_ops(name)
+    ops = _activate(get_ops(name))
     if precision is not None:
         set_matmul_precision(precision)
     _default = _canonical(name) if not isinstance(name, Ops) else name
@@ -141,7 +155,7 @@ def using(name):
 
     The scope is a ``contextvars.ContextVar``, so it never leaks into other threads.
     """
-    token = _scoped.set(get_ops(name))
+    token = _scoped.set(_activate(get_ops(name)))
     try:
         yield _scoped.get()
     finally:
@@ -259,3 +273,17 @@ def _apply_thread_limit():
         import numba
 
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+class _BackendModule(types.ModuleType):
+    """This module's class: code that writes ``_default`` directly (a test harness restoring it)
+    bypasses use(), so what it resolves to is unknown here: ``_on_foreign`` is told, to be safe."""
+
+    def __setattr__(self, name, value):
+        if name == "_default":
+            for hook in _on_foreign:
+                hook()
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _BackendModule

@@ -22,7 +22,7 @@ from fastnn.backend.numba_args import (
 )
 from fastnn.backend.ops import Ops, conv_geometry, pool_geometry, require_z
 from fastnn.backend.ops_optim import nadam_coefficients
-from fastnn.kernels import NEEDS_Z, SIGMOID, TANH, dropout_base
+from fastnn.kernels import LINEAR, NEEDS_Z, SIGMOID, TANH, dropout_base
 from fastnn.kernels.cpu import activations as _ka
 from fastnn.kernels.cpu import conv as _kc
 from fastnn.kernels.cpu import dropout as _kd
@@ -34,11 +34,15 @@ from fastnn.kernels.cpu import optimizers as _ko
 def _tanh_family(x, b, act, out):
     """``out = tanh(x + b)`` or ``sigmoid(x + b)`` (as ``0.5 tanh(0.5 z) + 0.5``, the reference's formula,
     bit for bit) through NumPy's vectorised ``tanh``: on x86 its SIMD loop is 10-40x faster than a
-    compiled loop calling the C library's scalar ``tanh`` (float32, 1024x512: 0.24 ms against 9.5 ms)."""
+    compiled loop calling the C library's scalar ``tanh`` (float32, 1024x512: 0.24 ms against 9.5 ms).
+    ``LINEAR`` is the add (or copy) alone: one SIMD pass, without a kernel call's argument checks
+    (about 2 us, as long as the whole add for a book-sized batch)."""
     if b is None:
         numpy.copyto(out, x)
     else:
         numpy.add(x, b, out=out)
+    if act == LINEAR:
+        return
     if act == SIGMOID:
         half = out.dtype.type(0.5)
         out *= half
@@ -72,7 +76,7 @@ class NumbaOps(Ops):
         dt = x.dtype.type
         buf, back = _target(out, x.shape, x.dtype)
         bias = _NO_BIAS[x.dtype] if b is None else _c(b)
-        if z_out is None and act in (TANH, SIGMOID):
+        if z_out is None and act in (TANH, SIGMOID, LINEAR):
             _tanh_family(x, b, act, buf)
         elif z_out is None:
             _ka.bias_act(_2d(_c(x)), bias, b is not None, act, dt(alpha), dt(1), _2d(buf))

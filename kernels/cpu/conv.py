@@ -10,7 +10,7 @@ Scalars of the data's type (``neg_inf``) arrive cast to its dtype.
 from numba import njit
 from numba import uint64 as u64
 
-from fastnn.kernels import RELU
+from fastnn.kernels import LINEAR, RELU
 from fastnn.kernels.cpu import activations as _ka
 from fastnn.kernels.cpu import flush_if_stale
 from fastnn.kernels.cpu.activations import _act, _act_grad, _act_grad_z
@@ -227,10 +227,13 @@ def conv_bias_act(z, b, has_b, act, alpha, one, out):
     for ch in range(c):
         bc = b[ch] if has_b else zero
         for i in range(n):
-            if act == RELU:  # the hot case gets its own loop, which LLVM vectorises
+            if act == RELU:  # the hot cases get loops of their own, which LLVM vectorises
                 for k in range(p):
                     v = z[ch, i, k] + bc
                     out[i, ch, k] = zero if v < zero else v
+            elif act == LINEAR:  # the book's Convolution (its Relu is a layer of its own)
+                for k in range(p):
+                    out[i, ch, k] = z[ch, i, k] + bc
             else:
                 for k in range(p):
                     out[i, ch, k] = _act(z[ch, i, k] + bc, act, alpha, zero, half)
@@ -267,6 +270,11 @@ def conv_act_backward(dout, y, act, alpha, one, out, has_db, db):
             if act == RELU:
                 for k in range(p):
                     d = dout[i, ch, k] * (one if y[i, ch, k] > zero else zero)
+                    out[ch, i, k] = d
+                    s += d
+            elif act == LINEAR:
+                for k in range(p):
+                    d = dout[i, ch, k] * one
                     out[ch, i, k] = d
                     s += d
             else:
