@@ -41,9 +41,10 @@ def _layer(backend, W, b):
     return layer
 
 
-def _step(layer, x, dout):
-    y = layer.forward(x)
-    return y, layer.backward(dout)
+def _step(layer, x, dout, backend):
+    with fastnn.using(backend):   # the layer's backend, whichever is the default on this machine
+        y = layer.forward(x)
+        return y, layer.backward(dout)
 
 
 _REF = {}
@@ -54,7 +55,7 @@ def _reference(filters):
     if filters not in _REF:
         x, W, b, dout = _data(filters)
         layer = _layer("numpy", W, b)
-        y, dx = _step(layer, x, dout)
+        y, dx = _step(layer, x, dout, "numpy")
         _REF[filters] = (y, dx, layer.dW.copy(), layer.db.copy())
     return _REF[filters]
 
@@ -65,7 +66,7 @@ def test_conv2d_forward_backward(benchmark, ops, timed, filters):
     layer = _layer(ops.name, W, b)
     xd, dd = ops.asarray(x), ops.asarray(dout)
     benchmark.group = f"conv2d 3x3 fwd+bwd B{BATCH} 1x28x28 -> {filters}"
-    y, dx = benchmark(timed(lambda: _step(layer, xd, dd)))
+    y, dx = benchmark(timed(lambda: _step(layer, xd, dd, ops.name)))
     for got, want in zip((y, dx, layer.dW, layer.db), _reference(filters)):
         _close(host(got), want)
 

@@ -116,11 +116,12 @@ def test_dropout_premade_mask_uses_the_filled_buffer():
     ops = fastnn.get_ops("numpy")
     layer = Dropout(0.5, seed=11)
     x = numpy.random.default_rng(0).standard_normal((6, 10))
-    with StepContext(0):
-        fresh = layer.forward(x, True).copy()   # draws the mask for step 0
-        mask = layer.fill_mask(ops, (6, 10), x.dtype, StepContext(7))   # step 7's mask into the workspace
-    with StepContext(0, premade_masks=True):
-        y = layer.forward(x, True)
+    with fastnn.using("numpy"):   # NumPy arrays throughout, whichever backend is the default here
+        with StepContext(0):
+            fresh = layer.forward(x, True).copy()   # draws the mask for step 0
+            mask = layer.fill_mask(ops, (6, 10), x.dtype, StepContext(7))   # step 7's mask into the workspace
+        with StepContext(0, premade_masks=True):
+            y = layer.forward(x, True)
     numpy.testing.assert_array_equal(y, x * mask)
     assert not numpy.array_equal(y, fresh)
 

@@ -386,8 +386,9 @@ def test_a_user_loss_function_trains_by_numerical_gradients(backend):
     x, t = rng.standard_normal((9, 64)), rng.standard_normal((9, 3))
     scale = numpy.array([1.0, 2.0, 0.5])
 
-    def weighted_squares(y_true, y_pred):
-        return ((y_pred - y_true) ** 2 * scale).sum(axis=-1)
+    def weighted_squares(y_true, y_pred):   # called with the backend's arrays (CuPy's on cupy), as Keras's
+        s = scale if isinstance(y_pred, numpy.ndarray) else fastnn.get_ops(backend).asarray(scale)
+        return ((y_pred - y_true) ** 2 * s).sum(axis=-1)
 
     with fastnn.using(backend):
         model = mlp(seed=12, dtype="float64", out=3, head=None)

@@ -146,7 +146,7 @@ def _check(owner, key, p, g):
     if p.dtype.kind != "f":
         raise TypeError(f"{owner}.update: params[{key!r}] has dtype {p.dtype}; only float arrays can be "
                         f"trained (cast it with .astype(float) first)")
-    if not p.flags.writeable:
+    if not getattr(p.flags, "writeable", True):   # CuPy's flags have no writeable: device arrays always are
         raise ValueError(f"{owner}.update: params[{key!r}] is read-only; pass a writeable array")
     if getattr(getattr(g, "dtype", None), "kind", None) == "c" or isinstance(g, complex):
         raise TypeError(f"{owner}.update: grads[{key!r}] is complex; its imaginary part would be dropped")
