@@ -54,8 +54,9 @@ def _dev(a):
 def _bias_grad(module, dz, block=_loader.COL_BLOCK, grid=None):
     n, d = dz.shape
     db = fakecupy.zeros(d, dtype=dz.dtype)
-    module.get_function(f"fastnn_bias_grad<{_loader.CTYPES[dz.dtype]}>")(
-        (grid or -(-d // 32),), block, (_dev(dz), db, numpy.int64(n), numpy.int64(d)))
+    module.get_function(f"fastnn_bias_grad<{_loader.CTYPES[dz.dtype]}>")(   # one row tile of n rows
+        (grid or -(-d // 32),), block, (_dev(dz), db, numpy.int64(n), numpy.int64(d), numpy.int64(n),
+                                        fakecupy.zeros(1, dtype=numpy.float64)))
     return db.get()
 
 
@@ -101,19 +102,21 @@ def test_planted_wrong_argument_type_is_refused():
     the bytes along; the emulator names the argument and the kernel's signature."""
     k = _module("activations").get_function("fastnn_bias_grad<float>")
     dz, db = fakecupy.zeros((4, 3), dtype=numpy.float32), fakecupy.zeros(3, dtype=numpy.float32)
+    tile, part = numpy.int64(4), fakecupy.zeros(1, dtype=numpy.float64)
     with pytest.raises(build.EmulatorError, match=r"argument 2 is int32 .* parameter 2 is int64 "
-                                                  r"\(signature: float\*, float\*, int64, int64\)"):
-        k((1,), (32, 8), (dz, db, numpy.int32(4), numpy.int64(3)))
+                                                  r"\(signature: float\*, float\*, int64, int64, int64, double\*\)"):
+        k((1,), (32, 8), (dz, db, numpy.int32(4), numpy.int64(3), tile, part))
     with pytest.raises(build.EmulatorError, match=r"argument 3 is double"):
-        k((1,), (32, 8), (dz, db, numpy.int64(4), 3.0))
+        k((1,), (32, 8), (dz, db, numpy.int64(4), 3.0, tile, part))
     with pytest.raises(build.EmulatorError, match=r"argument 1 is an array of float64 \(double\*\)"):
-        k((1,), (32, 8), (dz, fakecupy.zeros(3, dtype=numpy.float64), numpy.int64(4), numpy.int64(3)))
-    with pytest.raises(build.EmulatorError, match=r"2 arguments given, the kernel takes 4"):
+        k((1,), (32, 8), (dz, fakecupy.zeros(3, dtype=numpy.float64), numpy.int64(4), numpy.int64(3), tile, part))
+    with pytest.raises(build.EmulatorError, match=r"2 arguments given, the kernel takes 6"):
         k((1,), (32, 8), (dz, db))
     with pytest.raises(build.EmulatorError, match=r"non-contiguous"):
-        k((1,), (32, 8), (fakecupy.zeros((3, 4), dtype=numpy.float32).T, db, numpy.int64(4), numpy.int64(3)))
+        k((1,), (32, 8), (fakecupy.zeros((3, 4), dtype=numpy.float32).T, db, numpy.int64(4), numpy.int64(3),
+                          tile, part))
     with pytest.raises(build.EmulatorError, match=r"host NumPy array"):
-        k((1,), (32, 8), (numpy.zeros((4, 3), numpy.float32), db, numpy.int64(4), numpy.int64(3)))
+        k((1,), (32, 8), (numpy.zeros((4, 3), numpy.float32), db, numpy.int64(4), numpy.int64(3), tile, part))
 
 
 def test_planted_full_mask_shuffle_in_a_partial_warp_is_caught():
@@ -187,7 +190,7 @@ def test_launchers_through_the_emulated_module_match_the_reference():
     """The real launcher (kernels/gpu/activations.py) with the emulated CuPy swapped in for it."""
     saved = _loader._cupy
     _loader._cupy = lambda: fakecupy
-    _loader._modules.clear(), _loader._functions.clear(), _loader._sm_counts.clear()
+    _loader._modules.clear(), _loader._functions.clear(), _loader._sm_counts.clear(), _loader._tilings.clear()
     try:
         dz = numpy.random.default_rng(3).standard_normal((300, 45))
         got = act_launchers.bias_grad(_dev(dz)).get()
@@ -198,7 +201,40 @@ def test_launchers_through_the_emulated_module_match_the_reference():
         numpy.testing.assert_array_equal(out.get(), numpy.maximum(dz + 1, 0))
     finally:
         _loader._cupy = saved
-        _loader._modules.clear(), _loader._functions.clear(), _loader._sm_counts.clear()
+        _loader._modules.clear(), _loader._functions.clear(), _loader._sm_counts.clear(), _loader._tilings.clear()
+
+
+@pytest.mark.parametrize("n, d, tiling", [(300, 45, (4, 80)), (1000, 3, (8, 128)), (127, 45, (1, 127)),
+                                           (64 * 9 + 1, 300, (1, 577)), (0, 5, (1, 1))])
+def test_column_reductions_on_a_2d_grid_match_the_reference(n, d, tiling):
+    """The launchers split the rows into tiles when the column groups alone leave SMs idle (the
+    emulated device has 2 SMs: 8 blocks wanted), sum each tile's partials in a float64 buffer that
+    the loader keeps, and add them in tile order; the result is the reference's sum."""
+    from fastnn.kernels import GELU, RELU
+
+    saved = _loader._cupy
+    _loader._cupy = lambda: fakecupy
+    _loader._modules.clear(), _loader._functions.clear(), _loader._sm_counts.clear(), _loader._tilings.clear()
+    try:
+        assert _loader.column_tiles(n, d) == tiling
+        rng = numpy.random.default_rng(n + d)
+        dz, y = rng.standard_normal((n, d)), rng.standard_normal((n, d))
+        numpy.testing.assert_allclose(act_launchers.bias_grad(_dev(dz)).get(), dz.sum(0), rtol=1e-12, atol=1e-12)
+        db = fakecupy.zeros(d) + numpy.nan
+        g = act_launchers.act_backward_bias_grad(_dev(dz), _dev(y), RELU, db=db).get()
+        numpy.testing.assert_array_equal(g, dz * (y > 0))
+        numpy.testing.assert_allclose(db.get(), g.sum(0), rtol=1e-12, atol=1e-12)
+        db32 = fakecupy.zeros(d, dtype=numpy.float32) + numpy.float32(numpy.nan)
+        g32 = act_launchers.act_backward_bias_grad(_dev(dz.astype(numpy.float32)), _dev(y.astype(numpy.float32)),
+                                                   GELU, db=db32, z=_dev(y.astype(numpy.float32))).get()
+        numpy.testing.assert_allclose(db32.get(), g32.astype(numpy.float64).sum(0), rtol=2e-6, atol=1e-5)
+        first = _loader.column_partials(1)
+        act_launchers.bias_grad(_dev(dz))
+        assert _loader.column_partials(1) is first   # one buffer, kept: graphs hold its address
+    finally:
+        _loader._cupy = saved
+        _loader._modules.clear(), _loader._functions.clear(), _loader._sm_counts.clear(), _loader._tilings.clear()
+        _loader._partials.clear()
 
 
 @pytest.mark.parametrize("thread_order", ["index", "random:11", "random:12"])

@@ -19,7 +19,7 @@ from fastnn.backend import select
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBES = ROOT / "bench" / "probes"
-SCRIPTS = ("graph_capture", "kernel_cache", "optimizer_bandwidth")
+SCRIPTS = ("graph_capture", "kernel_cache", "optimizer_bandwidth", "column_reduce")
 
 
 @pytest.mark.parametrize("name", SCRIPTS + ("fused_step",))

@@ -42,11 +42,15 @@ COMPILE_OPTIONS = ("--fmad=false",)
 BLOCK = 256          # threads per block of the elementwise and 1-D reduction kernels
 COL_BLOCK = (32, 8)  # (columns, rows) per block of the column-reduction kernels
 BLOCKS_PER_SM = 8    # grid-stride loops: at most this many blocks per multiprocessor
+COL_TILE_MIN_ROWS = 64  # column reductions: a row tile has at least this many rows (8 per thread)
+COL_BLOCKS_PER_SM = 4   # column reductions: row tiles are added until this many blocks per SM
 
 _lock = threading.Lock()
 _modules: dict = {}    # (family, device id) -> cupy.RawModule
 _functions: dict = {}  # (family, kernel, dtype, device id) -> cupy.RawKernel
 _sm_counts: dict = {}  # device id -> multiprocessor count
+_partials: dict = {}   # (device id, stream pointer) -> float64 buffers of per-tile column sums
+_tilings: dict = {}    # (n, d, device id) -> (tiles, rows per tile)
 
 
 def source_path(family: str) -> Path:
@@ -153,6 +157,47 @@ def grid_rows(n_rows: int, block: int = BLOCK) -> int:
 def grid_cols(n_cols: int) -> int:
     """Blocks for column-reduction kernels: one per group of ``COL_BLOCK[0]`` columns, capped."""
     return grid_1d(n_cols, COL_BLOCK[0])
+
+
+def column_tiles(n: int, d: int):
+    """``(tiles, rows per tile)`` for a column reduction of an ``(n, d)`` array on a 2-D grid.
+
+    Column groups of ``COL_BLOCK[0]`` alone give ceil(d / 32) blocks: 16 of an H200's 132 SMs at
+    d = 512, one at d = 10. Row tiles multiply that until the grid has ``COL_BLOCKS_PER_SM``
+    blocks per SM, each tile at least ``COL_TILE_MIN_ROWS`` rows (a multiple of ``COL_BLOCK[1]``);
+    one tile when the columns alone fill the device or the rows are too few to split.
+    """
+    key = (n, d, _device_id())
+    tiling = _tilings.get(key)
+    if tiling is None:
+        groups = -(-d // COL_BLOCK[0])
+        target = sm_count() * COL_BLOCKS_PER_SM
+        tiles = min(-(-target // groups), n // COL_TILE_MIN_ROWS) if groups < target else 1
+        if tiles <= 1:
+            tiling = (1, max(n, 1))
+        else:
+            rows = -(-n // tiles)
+            rows = -(-rows // COL_BLOCK[1]) * COL_BLOCK[1]
+            tiling = (-(-n // rows), rows)
+        if len(_tilings) > 4096:   # shapes seen by a long-lived process: bounded
+            _tilings.clear()
+        _tilings[key] = tiling
+    return tiling
+
+
+def column_partials(size: int):
+    """A float64 device buffer of at least ``size`` elements for the per-tile sums of a column
+    reduction, one per (device, stream). Buffers only grow and are never freed: a CUDA graph keeps
+    the address it captured (GPU-NOTES §1), so a smaller one outgrown stays alive, and calls on one
+    stream run in order, so they can share it."""
+    cupy = _cupy()
+    key = (_device_id(), cupy.cuda.get_current_stream().ptr)
+    bufs = _partials.setdefault(key, [])
+    if not bufs or bufs[-1].size < size:
+        with _lock:
+            if not bufs or bufs[-1].size < size:
+                bufs.append(cupy.empty(max(size, 2 * bufs[-1].size if bufs else 4096), dtype=numpy.float64))
+    return bufs[-1]
 
 
 # ---------------------------------------------------------------------------- argument checks

@@ -30,19 +30,51 @@ __global__ void fastnn_act_backward(const T* __restrict__ dout, const T* __restr
     }
 }
 
-// db[j] = sum_i dz[i, j], accumulated in double (fastnn_acc). Block (FASTNN_COLS, FASTNN_ROWS): threadIdx.x walks a column group
-// (coalesced), threadIdx.y strides over rows; grid-stride over column groups.
+// Column reductions on a 2-D grid: blockIdx.x walks column groups of FASTNN_COLS (grid-stride),
+// blockIdx.y is a tile of `tile` rows. Block (FASTNN_COLS, FASTNN_ROWS): threadIdx.x walks the
+// columns (coalesced), threadIdx.y strides over the tile's rows; sums accumulate in double
+// (fastnn_acc). One tile (gridDim.y == 1): the block writes db[j]. Several: it writes its partial
+// sum to partial[blockIdx.y * d + j], and fastnn_col_finish adds the tiles in tile order into db
+// (no atomics: the result does not depend on the blocks' timing). The launcher picks the tiling
+// (kernels/gpu/activations.py: column_tiles) so that enough blocks keep every SM busy.
+#define FASTNN_TILE_ROWS(tile, n) \
+    const long long r0 = (long long)blockIdx.y * (tile); \
+    const long long r1 = r0 + (tile) < (n) ? r0 + (tile) : (n);
+
+// A column total: into db (one tile) or into the tile's row of partial.
 template <typename T>
-__global__ void fastnn_bias_grad(const T* __restrict__ dz, T* __restrict__ db, long long n, long long d) {
+__device__ __forceinline__ void fastnn_col_store(T* __restrict__ db, fastnn_acc* __restrict__ partial,
+                                                 long long d, long long j, fastnn_acc total) {
+    if (threadIdx.y != 0 || j >= d) return;
+    if (gridDim.y == 1) db[j] = T(total);
+    else partial[(long long)blockIdx.y * d + j] = total;
+}
+
+// db[j] = the sum over t < tiles of partial[t * d + j], in order of t.
+template <typename T>
+__global__ void fastnn_col_finish(const fastnn_acc* __restrict__ partial, T* __restrict__ db,
+                                  long long tiles, long long d) {
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x; j < d; j += stride) {
+        fastnn_acc acc = 0;
+        for (long long t = 0; t < tiles; ++t) acc += partial[t * d + j];
+        db[j] = T(acc);
+    }
+}
+
+// db[j] = sum_i dz[i, j].
+template <typename T>
+__global__ void fastnn_bias_grad(const T* __restrict__ dz, T* __restrict__ db, long long n, long long d,
+                                 long long tile, fastnn_acc* __restrict__ partial) {
     __shared__ fastnn_acc part[FASTNN_ROWS][FASTNN_COLS + 1];
+    FASTNN_TILE_ROWS(tile, n)
     for (long long c0 = (long long)blockIdx.x * FASTNN_COLS; c0 < d; c0 += (long long)gridDim.x * FASTNN_COLS) {
         const long long j = c0 + threadIdx.x;
         fastnn_acc acc = 0;
         if (j < d) {
-            for (long long i = threadIdx.y; i < n; i += FASTNN_ROWS) acc += dz[i * d + j];
+            for (long long i = r0 + threadIdx.y; i < r1; i += FASTNN_ROWS) acc += dz[i * d + j];
         }
-        const fastnn_acc total = fastnn_column_total(part, acc);
-        if (threadIdx.y == 0 && j < d) db[j] = T(total);
+        fastnn_col_store(db, partial, d, j, fastnn_column_total(part, acc));
     }
 }
 
@@ -50,21 +82,22 @@ __global__ void fastnn_bias_grad(const T* __restrict__ dz, T* __restrict__ db, l
 template <typename T>
 __global__ void fastnn_act_backward_bias_grad(const T* __restrict__ dout, const T* __restrict__ y,
                                               T* __restrict__ dz, T* __restrict__ db,
-                                              long long n, long long d, int act, T alpha) {
+                                              long long n, long long d, int act, T alpha,
+                                              long long tile, fastnn_acc* __restrict__ partial) {
     __shared__ fastnn_acc part[FASTNN_ROWS][FASTNN_COLS + 1];
+    FASTNN_TILE_ROWS(tile, n)
     for (long long c0 = (long long)blockIdx.x * FASTNN_COLS; c0 < d; c0 += (long long)gridDim.x * FASTNN_COLS) {
         const long long j = c0 + threadIdx.x;
         fastnn_acc acc = 0;
         if (j < d) {
-            for (long long i = threadIdx.y; i < n; i += FASTNN_ROWS) {
+            for (long long i = r0 + threadIdx.y; i < r1; i += FASTNN_ROWS) {
                 const long long k = i * d + j;
                 const T g = dout[k] * fastnn_act_grad(y[k], act, alpha);
                 dz[k] = g;
                 acc += g;
             }
         }
-        const fastnn_acc total = fastnn_column_total(part, acc);
-        if (threadIdx.y == 0 && j < d) db[j] = T(total);
+        fastnn_col_store(db, partial, d, j, fastnn_column_total(part, acc));
     }
 }
 
@@ -98,21 +131,22 @@ __global__ void fastnn_act_backward_z(const T* __restrict__ dout, const T* __res
 template <typename T>
 __global__ void fastnn_act_backward_z_bias_grad(const T* __restrict__ dout, const T* __restrict__ z,
                                                 T* __restrict__ dz, T* __restrict__ db,
-                                                long long n, long long d, int act) {
+                                                long long n, long long d, int act,
+                                                long long tile, fastnn_acc* __restrict__ partial) {
     __shared__ fastnn_acc part[FASTNN_ROWS][FASTNN_COLS + 1];
+    FASTNN_TILE_ROWS(tile, n)
     for (long long c0 = (long long)blockIdx.x * FASTNN_COLS; c0 < d; c0 += (long long)gridDim.x * FASTNN_COLS) {
         const long long j = c0 + threadIdx.x;
         fastnn_acc acc = 0;
         if (j < d) {
-            for (long long i = threadIdx.y; i < n; i += FASTNN_ROWS) {
+            for (long long i = r0 + threadIdx.y; i < r1; i += FASTNN_ROWS) {
                 const long long k = i * d + j;
                 const T g = dout[k] * fastnn_act_grad_z(z[k], act);
                 dz[k] = g;
                 acc += g;
             }
         }
-        const fastnn_acc total = fastnn_column_total(part, acc);
-        if (threadIdx.y == 0 && j < d) db[j] = T(total);
+        fastnn_col_store(db, partial, d, j, fastnn_column_total(part, acc));
     }
 }
 

@@ -18,7 +18,7 @@ from fastnn.kernels.gpu import _loader as L
 FAMILY = "activations"
 KERNELS = ("fastnn_bias_act", "fastnn_act_backward", "fastnn_bias_grad", "fastnn_act_backward_bias_grad",
            "fastnn_softmax", "fastnn_mul", "fastnn_bias_act_z", "fastnn_act_backward_z",
-           "fastnn_act_backward_z_bias_grad")
+           "fastnn_act_backward_z_bias_grad", "fastnn_col_finish")
 
 
 def _fn(name, dtype):
@@ -99,6 +99,19 @@ def act_backward(dout, y, act, alpha=0.0, *, out=None, z=None):
     return dz
 
 
+def _column_reduce(kernel, dtype, n, d, db, args):
+    """Launch a column-reduction ``kernel`` (arguments ``args``, then the tile size and the partial
+    sums) on the 2-D grid of ``L.column_tiles``; with several row tiles, ``fastnn_col_finish`` then
+    adds their partial sums into ``db`` in tile order."""
+    tiles, rows = L.column_tiles(n, d)
+    partial = L.column_partials(tiles * d if tiles > 1 else 1)
+    grid = (L.grid_cols(d), tiles) if tiles > 1 else (L.grid_cols(d),)
+    _fn(kernel, dtype)(grid, L.COL_BLOCK, (*args, numpy.int64(rows), partial))
+    if tiles > 1:
+        _fn("fastnn_col_finish", dtype)(
+            (L.grid_1d(d),), (L.BLOCK,), (partial, db, numpy.int64(tiles), numpy.int64(d)))
+
+
 @L.writes('out')
 def bias_grad(dz, *, out=None):
     """``out = dz.sum(axis=0)``: the bias gradient of ``dz: (N, D)``."""
@@ -107,8 +120,7 @@ def bias_grad(dz, *, out=None):
     dz = L.contiguous(dz)
     db = L.output("bias_grad", "out", out, (d,), dtype)
     if d:
-        _fn("fastnn_bias_grad", dtype)(
-            (L.grid_cols(d),), L.COL_BLOCK, (dz, db, numpy.int64(n), numpy.int64(d)))
+        _column_reduce("fastnn_bias_grad", dtype, n, d, db, (dz, db, numpy.int64(n), numpy.int64(d)))
     return db
 
 
@@ -135,12 +147,11 @@ def act_backward_bias_grad(dout, y, act, alpha=0.0, *, out=None, db=None, z=None
         dz = L.empty((n, d), dtype)
     if d:
         if z is None:
-            _fn("fastnn_act_backward_bias_grad", dtype)(
-                (L.grid_cols(d),), L.COL_BLOCK,
-                (dout, g, dz, db, numpy.int64(n), numpy.int64(d), code, L.dtype_scalar(dtype, alpha)))
+            _column_reduce("fastnn_act_backward_bias_grad", dtype, n, d, db,
+                           (dout, g, dz, db, numpy.int64(n), numpy.int64(d), code, L.dtype_scalar(dtype, alpha)))
         else:
-            _fn("fastnn_act_backward_z_bias_grad", dtype)(
-                (L.grid_cols(d),), L.COL_BLOCK, (dout, g, dz, db, numpy.int64(n), numpy.int64(d), code))
+            _column_reduce("fastnn_act_backward_z_bias_grad", dtype, n, d, db,
+                           (dout, g, dz, db, numpy.int64(n), numpy.int64(d), code))
     return dz
 
 
