@@ -204,8 +204,8 @@ def test_launchers_through_the_emulated_module_match_the_reference():
         _loader._modules.clear(), _loader._functions.clear(), _loader._sm_counts.clear(), _loader._tilings.clear()
 
 
-@pytest.mark.parametrize("n, d, tiling", [(300, 45, (4, 80)), (1000, 3, (8, 128)), (127, 45, (1, 127)),
-                                           (64 * 9 + 1, 300, (1, 577)), (0, 5, (1, 1))])
+@pytest.mark.parametrize("n, d, tiling", [(2100, 45, (4, 528)), (3000, 3, (8, 376)), (1000, 45, (1, 1000)),
+                                           (1100, 300, (1, 1100)), (0, 5, (1, 1))])
 def test_column_reductions_on_a_2d_grid_match_the_reference(n, d, tiling):
     """The launchers split the rows into tiles when the column groups alone leave SMs idle (the
     emulated device has 2 SMs: 8 blocks wanted), sum each tile's partials in a float64 buffer that

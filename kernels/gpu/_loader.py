@@ -43,6 +43,8 @@ BLOCK = 256          # threads per block of the elementwise and 1-D reduction ke
 COL_BLOCK = (32, 8)  # (columns, rows) per block of the column-reduction kernels
 BLOCKS_PER_SM = 8    # grid-stride loops: at most this many blocks per multiprocessor
 COL_TILE_MIN_ROWS = 64  # column reductions: a row tile has at least this many rows (8 per thread)
+COL_TILE_FROM_ROWS = 1024  # ... and fewer rows stay one tile: the extra launch would cost more (H200:
+                           # 2 tiles at 128 rows took 36 us a call against 23 us for one)
 COL_BLOCKS_PER_SM = 4   # column reductions: row tiles are added until this many blocks per SM
 
 _lock = threading.Lock()
@@ -165,14 +167,16 @@ def column_tiles(n: int, d: int):
     Column groups of ``COL_BLOCK[0]`` alone give ceil(d / 32) blocks: 16 of an H200's 132 SMs at
     d = 512, one at d = 10. Row tiles multiply that until the grid has ``COL_BLOCKS_PER_SM``
     blocks per SM, each tile at least ``COL_TILE_MIN_ROWS`` rows (a multiple of ``COL_BLOCK[1]``);
-    one tile when the columns alone fill the device or the rows are too few to split.
+    one tile when the columns alone fill the device or there are under ``COL_TILE_FROM_ROWS`` rows.
+    Measured on an H200 (bench/results/2026-12-04-h200.md): at 8192 x 512 the fused backward and
+    bias gradient took 46 us on 32 tiles against 415 us on one.
     """
     key = (n, d, _device_id())
     tiling = _tilings.get(key)
     if tiling is None:
         groups = -(-d // COL_BLOCK[0])
         target = sm_count() * COL_BLOCKS_PER_SM
-        tiles = min(-(-target // groups), n // COL_TILE_MIN_ROWS) if groups < target else 1
+        tiles = min(-(-target // groups), n // COL_TILE_MIN_ROWS) if groups < target and n >= COL_TILE_FROM_ROWS else 1
         if tiles <= 1:
             tiling = (1, max(n, 1))
         else:
