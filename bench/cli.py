@@ -25,6 +25,8 @@ Sections (positional, default: all of them):
     ``python -c "import fastnn; build B512 on numba; one train step"`` timed end to end in a
     fresh process, first with an empty Numba cache (``NUMBA_CACHE_DIR`` pointed at a new
     folder), then again with that cache warm.
+``host`` (only when asked)
+    fastnn's own host time and launches per eager ``cupy`` step of A and B512, CuPy stubbed (``host.py``).
 
 Timing: ``time.perf_counter`` on CPUs, CUDA events on GPUs (CuPy's, or PyTorch's for PyTorch
 CUDA); everything is warmed up first (Numba compilation excluded), implementations are
@@ -52,6 +54,7 @@ from fastnn.bench import distributed as bench_distributed
 from fastnn.bench import timing
 from fastnn.bench.coldstart import run_coldstart
 from fastnn.bench.hardware import run_hardware
+from fastnn.bench.host import print_host, run_host
 from fastnn.bench.machine import cpu_snapshot, foreign_load, loadavg, machine, machine_line, torch_module, wait_quiet
 from fastnn.bench.models import DEFAULT_MODELS, MODELS, build_model, model_gemms, param_count, synthetic_mnist
 from fastnn.bench.ops import run_ops
@@ -64,8 +67,8 @@ from fastnn.bench.train import run_train
 __all__ = ["main", "parse_args", "choose_backends", "MODELS", "build_model", "model_gemms", "param_count",
            "synthetic_mnist", "torch_module", "print_train", "_TorchImpl"]
 
-SECTIONS = ("hardware", "ops", "train", "coldstart", "distributed")
-DEFAULT_SECTIONS = ("hardware", "ops", "train", "coldstart")  # distributed launches mpiexec: ask for it
+SECTIONS = ("hardware", "ops", "train", "coldstart", "distributed", "host")
+DEFAULT_SECTIONS = ("hardware", "ops", "train", "coldstart")  # distributed launches mpiexec, host a stub CuPy: ask
 SCHEMA = 1
 
 
@@ -204,9 +207,10 @@ def run_section(section, args, settings, backends, ctx, peers):
                                    with_jax=peers["jax"], with_compile=peers["torch_compile"]),
         "distributed": lambda: bench_distributed.run(quick=settings.mode != "full"),
         "coldstart": lambda: run_coldstart(settings, backends),
+        "host": lambda: run_host(settings, args.models),
     }
     printers = {"hardware": print_hardware, "ops": print_ops, "train": print_train, "coldstart": print_coldstart,
-                "distributed": bench_distributed.format_table}
+                "distributed": bench_distributed.format_table, "host": print_host}
     t0, snap = time.perf_counter(), cpu_snapshot()
     res = runs[section]()
     res["section_s"] = time.perf_counter() - t0

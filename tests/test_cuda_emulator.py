@@ -47,6 +47,12 @@ def _module(family, code=None):
                               name_expressions=_loader.name_expressions(kernels))
 
 
+def _reset_loader():
+    """Forget the launchers' per-device caches (modules, kernels, SM counts, tilings, buffers)."""
+    for cache in (_loader._modules, _loader._functions, _loader._sm_counts, _loader._tilings, _loader._no_partials):
+        cache.clear()
+
+
 def _dev(a):
     return fakecupy.asarray(a)
 
@@ -190,7 +196,7 @@ def test_launchers_through_the_emulated_module_match_the_reference():
     """The real launcher (kernels/gpu/activations.py) with the emulated CuPy swapped in for it."""
     saved = _loader._cupy
     _loader._cupy = lambda: fakecupy
-    _loader._modules.clear(), _loader._functions.clear(), _loader._sm_counts.clear(), _loader._tilings.clear()
+    _reset_loader()
     try:
         dz = numpy.random.default_rng(3).standard_normal((300, 45))
         got = act_launchers.bias_grad(_dev(dz)).get()
@@ -201,7 +207,7 @@ def test_launchers_through_the_emulated_module_match_the_reference():
         numpy.testing.assert_array_equal(out.get(), numpy.maximum(dz + 1, 0))
     finally:
         _loader._cupy = saved
-        _loader._modules.clear(), _loader._functions.clear(), _loader._sm_counts.clear(), _loader._tilings.clear()
+        _reset_loader()
 
 
 @pytest.mark.parametrize("n, d, tiling", [(2100, 45, (4, 528)), (3000, 3, (8, 376)), (1000, 45, (1, 1000)),
@@ -214,7 +220,7 @@ def test_column_reductions_on_a_2d_grid_match_the_reference(n, d, tiling):
 
     saved = _loader._cupy
     _loader._cupy = lambda: fakecupy
-    _loader._modules.clear(), _loader._functions.clear(), _loader._sm_counts.clear(), _loader._tilings.clear()
+    _reset_loader()
     try:
         assert _loader.column_tiles(n, d) == tiling
         rng = numpy.random.default_rng(n + d)
@@ -233,7 +239,7 @@ def test_column_reductions_on_a_2d_grid_match_the_reference(n, d, tiling):
         assert _loader.column_partials(1) is first   # one buffer, kept: graphs hold its address
     finally:
         _loader._cupy = saved
-        _loader._modules.clear(), _loader._functions.clear(), _loader._sm_counts.clear(), _loader._tilings.clear()
+        _reset_loader()
         _loader._partials.clear()
 
 

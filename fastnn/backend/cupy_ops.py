@@ -281,12 +281,19 @@ def _strict_kernels(on):
 _ops.on_strict_kernels(_strict_kernels)
 
 
+_LINALG: dict = {}  # cupy module -> its cupy._core._routines_linalg (an import statement per GEMM costs)
+
+
 def cupy_matmul(cupy, a, b, out=None, precision=None):
     """``cupy.matmul(a, b, out=out)`` with CuPy's float32 compute type set to fastnn's matmul
     precision for this call and restored after it (CuPy keeps one process-wide setting)."""
     if a.dtype != numpy.float32:
         return cupy.matmul(a, b, out=out)
-    from cupy._core import _routines_linalg as la
+    la = _LINALG.get(cupy)
+    if la is None:
+        from cupy._core import _routines_linalg as la
+
+        _LINALG[cupy] = la
 
     want = la.COMPUTE_TYPE_TF32 if (precision or get_matmul_precision()) == "tf32" \
         else la.COMPUTE_TYPE_DEFAULT

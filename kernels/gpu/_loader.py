@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import sys
 import threading
 from pathlib import Path
 
@@ -53,6 +54,8 @@ _functions: dict = {}  # (family, kernel, dtype, device id) -> cupy.RawKernel
 _sm_counts: dict = {}  # device id -> multiprocessor count
 _partials: dict = {}   # (device id, stream pointer) -> float64 buffers of per-tile column sums
 _tilings: dict = {}    # (n, d, device id) -> (tiles, rows per tile)
+_no_partials: dict = {}  # device id -> float64[1], the unused partial-sum argument of one-tile reductions
+_grids: dict = {}      # (n, block, device id) -> blocks of grid_1d
 
 
 def source_path(family: str) -> Path:
@@ -106,8 +109,17 @@ def _cupy():
     return cupy
 
 
+_get_device = [None, None, None]  # [the _cupy and sys.modules["cupy"] it was read through, getDevice]
+
+
 def _device_id() -> int:
-    return _cupy().cuda.runtime.getDevice()
+    """The current CUDA device (``cudaGetDevice`` on every call: a ``with Device(n)`` block changes it);
+    only the lookup of CuPy's function is cached, made again when ``_cupy`` or the module is replaced."""
+    src, mod, get = _get_device
+    if src is not _cupy or mod is not sys.modules.get("cupy"):
+        get = _cupy().cuda.runtime.getDevice
+        _get_device[:] = (_cupy, sys.modules.get("cupy"), get)
+    return get()
 
 
 def module(family: str, kernels):
@@ -127,12 +139,16 @@ def module(family: str, kernels):
 
 def function(family: str, kernels, name: str, dtype):
     """The ``name<T>`` kernel of ``family`` for ``dtype`` (float32 -> float, float64 -> double)."""
-    dtype = numpy.dtype(dtype)
-    key = (family, name, dtype, _device_id())
-    fn = _functions.get(key)
+    dev = _device_id()
+    fn = _functions.get((family, name, dtype, dev))  # dtype as given: a dtype or a scalar type both hash
     if fn is None:
-        fn = module(family, kernels).get_function(f"{name}<{CTYPES[dtype]}>")
-        _functions[key] = fn
+        dtype = numpy.dtype(dtype)
+        key = (family, name, dtype, dev)
+        fn = _functions.get(key)
+        if fn is None:
+            fn = module(family, kernels).get_function(f"{name}<{CTYPES[dtype]}>")
+            _functions[key] = fn
+        _functions[(family, name, dtype.type, dev)] = fn
     return fn
 
 
@@ -148,7 +164,15 @@ def sm_count() -> int:
 
 def grid_1d(n: int, block: int = BLOCK) -> int:
     """Blocks for a grid-stride loop over ``n`` items: enough to cover them, capped by the device."""
-    return max(1, min(-(-n // block), sm_count() * BLOCKS_PER_SM))
+    dev = _device_id()
+    key = (n, block, dev)
+    blocks = _grids.get(key)
+    if blocks is None or dev not in _sm_counts:  # a cleared _sm_counts (tests) recomputes
+        blocks = max(1, min(-(-n // block), sm_count() * BLOCKS_PER_SM))
+        if len(_grids) > 4096:   # sizes seen by a long-lived process: bounded
+            _grids.clear()
+        _grids[key] = blocks
+    return blocks
 
 
 def grid_rows(n_rows: int, block: int = BLOCK) -> int:
@@ -161,7 +185,7 @@ def grid_cols(n_cols: int) -> int:
     return grid_1d(n_cols, COL_BLOCK[0])
 
 
-def column_tiles(n: int, d: int):
+def column_tiles(n: int, d: int, dev: int | None = None):
     """``(tiles, rows per tile)`` for a column reduction of an ``(n, d)`` array on a 2-D grid.
 
     Column groups of ``COL_BLOCK[0]`` alone give ceil(d / 32) blocks: 16 of an H200's 132 SMs at
@@ -171,7 +195,7 @@ def column_tiles(n: int, d: int):
     Measured on an H200 (bench/results/2026-12-04-h200.md): at 8192 x 512 the fused backward and
     bias gradient took 46 us on 32 tiles against 415 us on one.
     """
-    key = (n, d, _device_id())
+    key = (n, d, _device_id() if dev is None else dev)
     tiling = _tilings.get(key)
     if tiling is None:
         groups = -(-d // COL_BLOCK[0])
@@ -189,13 +213,22 @@ def column_tiles(n: int, d: int):
     return tiling
 
 
-def column_partials(size: int):
+def no_partials(dev: int):
+    """A device ``float64[1]`` passed as the partial-sum buffer of a one-tile column reduction (never
+    written: the kernel writes db itself), per device, so the argument keeps its C type."""
+    a = _no_partials.get(dev)
+    if a is None:
+        a = _no_partials[dev] = _cupy().zeros(1, dtype=numpy.float64)
+    return a
+
+
+def column_partials(size: int, dev: int | None = None):
     """A float64 device buffer of at least ``size`` elements for the per-tile sums of a column
     reduction, one per (device, stream). Buffers only grow and are never freed: a CUDA graph keeps
     the address it captured (GPU-NOTES §1), so a smaller one outgrown stays alive, and calls on one
     stream run in order, so they can share it."""
     cupy = _cupy()
-    key = (_device_id(), cupy.cuda.get_current_stream().ptr)
+    key = (_device_id() if dev is None else dev, cupy.cuda.get_current_stream().ptr)
     bufs = _partials.setdefault(key, [])
     if not bufs or bufs[-1].size < size:
         with _lock:
@@ -254,6 +287,22 @@ def _strided(a) -> bool:
     return getattr(getattr(a, "flags", None), "c_contiguous", True) is False
 
 
+_FLAGLESS = frozenset({int, float, bool, str, type(None), tuple})  # argument types without array flags
+
+
+def _contiguous_all(values) -> bool:
+    """``not any(_strided(a) for a in values)``, without the attribute lookups on plain Python values."""
+    for a in values:
+        if type(a) in _FLAGLESS:
+            continue
+        c = getattr(a, "_c_contiguous", None)  # CuPy's ndarray: the flag itself, no flags object made
+        if c is None:
+            c = getattr(getattr(a, "flags", None), "c_contiguous", True)
+        if c is False:
+            return False
+    return True
+
+
 def writes(*names):
     """Launcher decorator: the named arguments (outputs and in-place state) may be non-contiguous views.
 
@@ -268,7 +317,7 @@ def writes(*names):
 
         @functools.wraps(launcher)
         def call(*args, **kwargs):
-            if not any(_strided(a) for a in args) and not any(_strided(a) for a in kwargs.values()):
+            if _contiguous_all(args) and (not kwargs or _contiguous_all(kwargs.values())):
                 return launcher(*args, **kwargs)
             bound = signature.bind(*args, **kwargs)
             swaps = []

@@ -103,8 +103,9 @@ def _column_reduce(kernel, dtype, n, d, db, args):
     """Launch a column-reduction ``kernel`` (arguments ``args``, then the tile size and the partial
     sums) on the 2-D grid of ``L.column_tiles``; with several row tiles, ``fastnn_col_finish`` then
     adds their partial sums into ``db`` in tile order."""
-    tiles, rows = L.column_tiles(n, d)
-    partial = L.column_partials(tiles * d if tiles > 1 else 1)
+    dev = L._device_id()
+    tiles, rows = L.column_tiles(n, d, dev)
+    partial = L.column_partials(tiles * d, dev) if tiles > 1 else L.no_partials(dev)
     grid = (L.grid_cols(d), tiles) if tiles > 1 else (L.grid_cols(d),)
     _fn(kernel, dtype)(grid, L.COL_BLOCK, (*args, numpy.int64(rows), partial))
     if tiles > 1:
