@@ -243,6 +243,25 @@ def test_column_reductions_on_a_2d_grid_match_the_reference(n, d, tiling):
         _loader._partials.clear()
 
 
+def test_column_partials_are_per_thread():
+    """Two threads launching on one stream could interleave one reduction's tile kernel and finish
+    with another's: each thread gets its own partial-sum buffer, and keeps it."""
+    import threading
+
+    saved = _loader._cupy
+    _loader._cupy = lambda: fakecupy
+    try:
+        mine = _loader.column_partials(64)
+        theirs = []
+        worker = threading.Thread(target=lambda: theirs.append(_loader.column_partials(64)))
+        worker.start()
+        worker.join()
+        assert theirs[0] is not mine and _loader.column_partials(64) is mine
+    finally:
+        _loader._cupy = saved
+        _loader._partials.clear()
+
+
 @pytest.mark.parametrize("thread_order", ["index", "random:11", "random:12"])
 def test_cupy_backend_suite_on_the_emulator(thread_order):
     """The cupy-parametrised kernel, layer, optimizer, model (fit) and conv tests, with the cupy

@@ -52,7 +52,7 @@ _lock = threading.Lock()
 _modules: dict = {}    # (family, device id) -> cupy.RawModule
 _functions: dict = {}  # (family, kernel, dtype, device id) -> cupy.RawKernel
 _sm_counts: dict = {}  # device id -> multiprocessor count
-_partials: dict = {}   # (device id, stream pointer) -> float64 buffers of per-tile column sums
+_partials: dict = {}   # (device id, stream pointer, thread) -> float64 buffers of per-tile column sums
 _tilings: dict = {}    # (n, d, device id) -> (tiles, rows per tile)
 _no_partials: dict = {}  # device id -> float64[1], the unused partial-sum argument of one-tile reductions
 _grids: dict = {}      # (n, block, device id) -> blocks of grid_1d
@@ -224,11 +224,13 @@ def no_partials(dev: int):
 
 def column_partials(size: int, dev: int | None = None):
     """A float64 device buffer of at least ``size`` elements for the per-tile sums of a column
-    reduction, one per (device, stream). Buffers only grow and are never freed: a CUDA graph keeps
-    the address it captured (GPU-NOTES §1), so a smaller one outgrown stays alive, and calls on one
-    stream run in order, so they can share it."""
+    reduction, one per (device, stream, thread). Buffers only grow and are never freed: a CUDA graph
+    keeps the address it captured (GPU-NOTES §1), so a smaller one outgrown stays alive. One
+    thread's calls on one stream run in order, so they can share it; two threads launching on the
+    same stream could interleave one call's tile kernel and finish with the other's, hence the
+    thread in the key."""
     cupy = _cupy()
-    key = (_device_id() if dev is None else dev, cupy.cuda.get_current_stream().ptr)
+    key = (_device_id() if dev is None else dev, cupy.cuda.get_current_stream().ptr, threading.get_ident())
     bufs = _partials.setdefault(key, [])
     if not bufs or bufs[-1].size < size:
         with _lock:
