@@ -2,6 +2,12 @@
 launch, GEMM, ``take``/fancy index and copy does no work and is counted, so that a child process can
 time fastnn's own host code on the ``cupy`` backend on any machine. ``install()`` puts it in
 ``sys.modules`` as ``cupy`` before fastnn imports CuPy.
+
+Graph capture: ``Stream.begin_capture`` makes the stream's work (kernels, GEMMs, takes, ops, copies)
+nodes of a stub ``Graph`` (counted as "captured", not launched) until ``end_capture`` returns it; a
+graph's ``launch``/``upload`` is one counted no-op. A device-to-host read, a synchronous copy or a
+synchronize on the capturing stream raises, as CUDA refuses it. ``install_cublas()`` puts the stub
+``Cublas`` in ``fastnn.kernels.gpu.cublas`` so that ``fit(cuda_graph=True)`` captures in "full" mode.
 """
 from __future__ import annotations
 
@@ -12,12 +18,36 @@ import types
 
 import numpy
 
-COUNTERS = ("kernels", "gemms", "takes", "ops", "h2d", "d2h", "get_device")
+COUNTERS = ("kernels", "gemms", "takes", "ops", "h2d", "d2h", "get_device", "graph_launches", "events", "syncs",
+            "device_enter", "captured")
 _counts = dict.fromkeys(COUNTERS, 0)
 _ops_by_name: dict = {}  # "other op" name -> count (what the stub saw besides kernels and GEMMs)
+_capturing: list = []    # [(stream, Graph)] while a stream captures (one at a time)
+
+
+def _captured(kind):
+    """True when the current stream is capturing: the operation becomes a node of its graph (counted
+    as "captured", not as a launch). Cheap when nothing captures."""
+    if not _capturing:
+        return False
+    stream, graph = _capturing[0]
+    if (_streams[-1] if _streams else Stream.null) is not stream:
+        return False
+    graph.nodes.append(kind)
+    _counts["captured"] += 1
+    return True
+
+
+def _no_capture(what):
+    """A host-synchronous operation on a capturing stream: CUDA refuses it and invalidates the capture."""
+    if _capturing and (_streams[-1] if _streams else Stream.null) is _capturing[0][0]:
+        raise RuntimeError(f"fastnn-bench host stub: {what} while the stream is capturing "
+                           f"(cudaErrorStreamCaptureUnsupported)")
 
 
 def _op(name):
+    if _captured(name):
+        return
     _counts["ops"] += 1
     _ops_by_name[name] = _ops_by_name.get(name, 0) + 1
 
@@ -43,14 +73,16 @@ class ndarray(numpy.ndarray):
 
     def __getitem__(self, key):
         if isinstance(key, numpy.ndarray) and key.dtype.kind in "iu":
-            _counts["takes"] += 1
+            _count("takes")
             return _empty(key.shape + self.shape[1:], self.dtype)
         return super().__getitem__(key)
 
-    def __setitem__(self, key, value):
+    def __setitem__(self, key, value):  # a fill or a device-to-device copy: done (see copy)
         _op("setitem")
+        self.view(numpy.ndarray)[key] = _host(value)
 
     def get(self, stream=None, order="C", out=None):
+        _no_capture("a device-to-host copy")
         _counts["d2h"] += 1
         host = numpy.array(self.view(numpy.ndarray), order=order, copy=True)
         if out is not None:
@@ -59,11 +91,13 @@ class ndarray(numpy.ndarray):
         return host
 
     def set(self, arr, stream=None):
-        _counts["h2d"] += 1
+        _count("h2d")
 
     def copy(self, order="C"):
+        # Done, on host memory: fastnn's replay check compares copies taken before and after a step
+        # with the arrays themselves (a zero "copy" would fail it). No eager step copies.
         _op("copy")
-        return _empty(self.shape, self.dtype)
+        return numpy.array(self.view(numpy.ndarray), order=order, copy=True).view(ndarray)
 
     def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
         if not copy and numpy.dtype(dtype) == self.dtype:
@@ -75,7 +109,7 @@ class ndarray(numpy.ndarray):
         _op("fill")
 
     def take(self, indices, axis=None, out=None):
-        _counts["takes"] += 1
+        _count("takes")
         return out if out is not None else _empty(indices.shape + self.shape[1:], self.dtype)
 
     @property
@@ -87,19 +121,27 @@ class ndarray(numpy.ndarray):
         return types.SimpleNamespace(ptr=self.ctypes.data)
 
     def __float__(self):
+        _no_capture("a device-to-host read")
         _counts["d2h"] += 1
         return float(self.view(numpy.ndarray))
 
     def __int__(self):
+        _no_capture("a device-to-host read")
         _counts["d2h"] += 1
         return int(self.view(numpy.ndarray))
 
     def item(self, *args):
+        _no_capture("a device-to-host read")
         _counts["d2h"] += 1
         return self.view(numpy.ndarray).item(*args)
 
 
 ndarray.__module__ = "cupy"
+
+
+def _count(kind):
+    if not _captured(kind):
+        _counts[kind] += 1
 
 
 def _empty(shape, dtype):
@@ -127,7 +169,7 @@ class RawKernel:
         pass
 
     def __call__(self, grid, block, args, **kwargs):
-        _counts["kernels"] += 1
+        _count("kernels")
 
     attributes = {"max_threads_per_block": 1024}
 
@@ -144,7 +186,8 @@ class Device:
     def __init__(self, device=None):
         self.id = 0 if device is None else int(device)
 
-    def __enter__(self):
+    def __enter__(self):  # CuPy: cudaGetDevice, and cudaSetDevice when it differs
+        _counts["device_enter"] += 1
         return self
 
     def __exit__(self, *exc):
@@ -154,7 +197,8 @@ class Device:
         pass
 
     def synchronize(self):
-        pass
+        _no_capture("a device synchronize")
+        _counts["syncs"] += 1
 
     compute_capability = "90"
     attributes = {"MultiProcessorCount": 132, "MaxThreadsPerBlock": 1024, "WarpSize": 32}
@@ -193,10 +237,10 @@ class Event:
         pass
 
     def record(self, stream=None):
-        pass
+        _counts["events"] += 1
 
     def synchronize(self):
-        pass
+        _counts["syncs"] += 1
 
     done = True
 
@@ -219,19 +263,28 @@ class Stream:
         return self
 
     def synchronize(self):
-        pass
+        _no_capture("a stream synchronize")
+        _counts["syncs"] += 1
 
     def record(self, event=None):
+        _counts["events"] += 1
         return event or Event()
 
     def wait_event(self, event):
-        pass
+        _counts["events"] += 1
 
     def is_capturing(self):
-        return False
+        return bool(_capturing) and _capturing[0][0] is self
 
     def begin_capture(self, mode=None):
-        raise RuntimeError("fastnn-bench host: the stub CuPy does not capture CUDA graphs")
+        if _capturing:
+            raise RuntimeError("fastnn-bench host stub: a stream is already capturing")
+        _capturing.append((self, Graph()))
+
+    def end_capture(self):
+        if not self.is_capturing():
+            raise RuntimeError("fastnn-bench host stub: end_capture on a stream that is not capturing")
+        return _capturing.pop()[1]
 
 
 Stream.null = Stream(null=True)
@@ -268,8 +321,48 @@ class OutOfMemoryError(MemoryError):
 
 
 class Graph:
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError("fastnn-bench host: the stub CuPy has no CUDA graphs")
+    """A captured graph: the kinds of its nodes; a launch (or upload) is one counted no-op."""
+
+    def __init__(self):
+        self.nodes = []
+
+    def launch(self, stream=None):
+        _no_capture("a graph launch")
+        _counts["graph_launches"] += 1
+
+    upload = launch
+
+    def debug_dot_str(self):
+        return "digraph dot {\n" + "".join(f"node{i} [label=\"{k}\"]\n" for i, k in enumerate(self.nodes)) + "}\n"
+
+
+class Cublas:
+    """The stub of ``fastnn.kernels.gpu.cublas.Cublas`` (fastnn's direct cuBLAS handle), which
+    ``install_cublas`` puts in that module: under capture a GEMM is a graph node; eagerly (the
+    handle's own check against NumPy, and the rehearsal before capture: once per capture) it computes
+    the product on host memory, since that check compares values."""
+
+    def __init__(self, stream, path=None):
+        self.stream, self.path = stream, "fastnn-bench host stub"
+
+    def gemm(self, a, b, out, trans_a=False, trans_b=False, precision="float32"):
+        if _captured("gemms"):
+            return out
+        _counts["gemms"] += 1
+        a, b = _host(a), _host(b)
+        numpy.matmul(a.T if trans_a else a, b.T if trans_b else b, out=_host(out))
+        return out
+
+    def close(self):
+        pass
+
+
+def install_cublas():
+    """Put ``Cublas`` (the stub handle) in ``fastnn.kernels.gpu.cublas``, so that ``fit(cuda_graph=True)``
+    captures in "full" mode (one graph per step, GEMMs inside)."""
+    from fastnn.kernels.gpu import cublas
+
+    cublas.Cublas = Cublas
 
 
 def _module(name, **attrs):
@@ -279,7 +372,7 @@ def _module(name, **attrs):
 
 
 def _matmul(a, b, out=None, **kwargs):
-    _counts["gemms"] += 1
+    _count("gemms")
     if out is not None:
         return out
     return _empty(a.shape[:-1] + b.shape[-1:], numpy.result_type(a.dtype, b.dtype))
@@ -294,6 +387,7 @@ def _asarray(a, dtype=None, order=None, **kwargs):
         if dtype is None or a.dtype == numpy.dtype(dtype):
             return a
         return a.astype(dtype)
+    _no_capture("a host-to-device copy from pageable memory")
     _counts["h2d"] += 1
     return numpy.array(a, dtype=dtype, copy=True).view(ndarray)
 
