@@ -292,17 +292,22 @@ def _strided(a) -> bool:
 _FLAGLESS = frozenset({int, float, bool, str, type(None), tuple})  # argument types without array flags
 
 
-def _contiguous_all(values) -> bool:
-    """``not any(_strided(a) for a in values)``, without the attribute lookups on plain Python values."""
-    for a in values:
-        if type(a) in _FLAGLESS:
-            continue
-        c = getattr(a, "_c_contiguous", None)  # CuPy's ndarray: the flag itself, no flags object made
-        if c is None:
-            c = getattr(getattr(a, "flags", None), "c_contiguous", True)
-        if c is False:
-            return False
-    return True
+def _contiguous(a) -> bool:
+    """``not _strided(a)``, without the attribute lookups on plain Python values."""
+    if type(a) in _FLAGLESS:
+        return True
+    c = getattr(a, "_c_contiguous", None)  # CuPy's ndarray: the flag itself, no flags object made
+    if c is None:
+        c = getattr(getattr(a, "flags", None), "c_contiguous", True)
+    return c is not False
+
+
+def _named_positions(signature, names):
+    """``(name, position)`` of each named parameter: its index among the positional parameters, or
+    None for a keyword-only one."""
+    positional = [p.name for p in signature.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return tuple((name, positional.index(name) if name in positional else None) for name in names)
 
 
 def writes(*names):
@@ -312,14 +317,19 @@ def writes(*names):
     values copied in, for state updated in place), the launcher runs on the copy, and the result is
     copied back into the caller's view, which is what the launcher then returns in the copy's place:
     the contract NumbaOps and the reference keep (``out=arr.T``, optimizer state ``[::2]``). When
-    every array argument is contiguous (the hot path) the launcher is called directly.
+    every named argument is contiguous (the hot path) the launcher is called directly: only they are
+    looked at, since the launchers copy strided inputs themselves (``contiguous``).
     """
     def decorate(launcher):
         signature = inspect.signature(launcher)
+        where = _named_positions(signature, names)
 
         @functools.wraps(launcher)
         def call(*args, **kwargs):
-            if _contiguous_all(args) and (not kwargs or _contiguous_all(kwargs.values())):
+            for name, i in where:
+                if not _contiguous(args[i] if i is not None and i < len(args) else kwargs.get(name)):
+                    break
+            else:
                 return launcher(*args, **kwargs)
             bound = signature.bind(*args, **kwargs)
             swaps = []
