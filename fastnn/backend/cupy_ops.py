@@ -108,6 +108,10 @@ class CupyOps(Ops):
         return _act.act_backward_bias_grad(dout, y, act, alpha, out=out, db=db, z=z)
 
     def dropout_mask(self, shape, rate, seed, step, row0=0, *, dtype=numpy.float32, out=None):
+        # no array argument says where to launch: this backend's device, made current unless it is
+        # already (entering a Device costs more than the launch's own Python)
+        if self._cupy.cuda.runtime.getDevice() == self.device_id:
+            return _drop.dropout_mask(shape, rate, seed, step, row0, dtype=dtype, out=out)
         with self._cupy.cuda.Device(self.device_id):
             return _drop.dropout_mask(shape, rate, seed, step, row0, dtype=dtype, out=out)
 
