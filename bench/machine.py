@@ -77,8 +77,13 @@ def jax_module():
     ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=N`` does not cap the
     threads of XLA's current CPU runtime: measured with jax 0.10, a jitted matmul loop still kept two
     threads busy under it, and one under ``PJRT_NPROC=1``. A ``PJRT_NPROC`` already set is kept.
+    On a GPU, JAX would take 75% of the device's memory at its first use, leaving CuPy and PyTorch in
+    the same process short: ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` (unless set) makes it allocate
+    as it goes.
     """
     n = peer_threads()
+    if "jax" not in sys.modules:
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if n is not None and "jax" not in sys.modules:
         os.environ.setdefault("PJRT_NPROC", str(n))
     try:

@@ -83,13 +83,24 @@ def make_epoch(jax, step, batch, n_batches):
     return epoch
 
 
-def initial_state(jax, weights, seed=0):
-    """``(params, m, v, t, key)`` on the CPU device from fastnn's ``get_weights()`` list ``[W1, b1, ...]``."""
+def jax_device(jax, kind):
+    """JAX's first ``"cpu"`` or ``"gpu"`` device, or None when it has none of that kind."""
+    try:
+        devices = jax.devices(kind)
+    except RuntimeError:  # no backend of that kind in this jaxlib
+        return None
+    return devices[0] if devices else None
+
+
+def initial_state(jax, weights, seed=0, device=None):
+    """``(params, m, v, t, key)`` from fastnn's ``get_weights()`` list ``[W1, b1, ...]``, committed to
+    ``device`` (default: JAX's first CPU device), so that every step runs there."""
     jnp = jax.numpy
     params = [(jnp.asarray(w, dtype=jnp.float32), jnp.asarray(b, dtype=jnp.float32))
               for w, b in zip(weights[0::2], weights[1::2])]
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    return params, zeros, jax.tree_util.tree_map(jnp.zeros_like, params), jnp.int32(0), jax.random.key(seed)
+    state = params, zeros, jax.tree_util.tree_map(jnp.zeros_like, params), jnp.int32(0), jax.random.key(seed)
+    return jax.device_put(state, device or jax_device(jax, "cpu"))
 
 
 class JaxStepImpl:
@@ -97,15 +108,18 @@ class JaxStepImpl:
     from a Python loop; the epoch's losses stay on the device and the epoch ends by waiting for its
     last step (``block_until_ready``), so the clock sees the work, not the asynchronous dispatch."""
 
-    def __init__(self, name, spec, weights, batches):
+    def __init__(self, name, spec, weights, batches, device="cpu"):
         jax = jax_module()
         if jax is None:
             raise ImportError("jax is not installed")
         self.name, self.jax = name, jax
-        self.clock = Clock("cpu")
-        self.state = initial_state(jax, weights)
+        self.clock = Clock("cpu")  # host time around block_until_ready: the device's work, on either kind
+        self.device = jax_device(jax, device)
+        if self.device is None:
+            raise RuntimeError(f"JAX has no {device} device here")
+        self.state = initial_state(jax, weights, device=self.device)
         self.step_fn = jax.jit(make_train_step(jax, spec), donate_argnums=0)
-        self.batches = [(jax.numpy.asarray(x), jax.numpy.asarray(y.astype(numpy.int32))) for x, y in batches]
+        self.batches = [jax.device_put((x, y.astype(numpy.int32)), self.device) for x, y in batches]
         self.first_loss = None
 
     def step(self, x, y):
@@ -128,13 +142,13 @@ class JaxEpochImpl(JaxStepImpl):
     jitted ``lax.scan``, compiled ahead of the timed rounds (``prepare``); the batches are the same rows
     in the same order as the other implementations'. ``step`` (warm-up, first loss) is the scan's body."""
 
-    def __init__(self, name, spec, weights, batches):
-        super().__init__(name, spec, weights, batches)
+    def __init__(self, name, spec, weights, batches, device="cpu"):
+        super().__init__(name, spec, weights, batches, device)
         jnp = self.jax.numpy
         batch = len(batches[0][0])
         self.x_all = jnp.concatenate([x for x, _ in self.batches])
         self.y_all = jnp.concatenate([y for _, y in self.batches])
-        self.order = jnp.arange(len(batches) * batch, dtype=jnp.int32)
+        self.order = self.jax.device_put(jnp.arange(len(batches) * batch, dtype=jnp.int32), self.device)
         self.epoch_fn = self.jax.jit(make_epoch(self.jax, make_train_step(self.jax, spec), batch, len(batches)),
                                      donate_argnums=0)
         self.losses = None

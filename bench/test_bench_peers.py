@@ -133,3 +133,31 @@ def test_jax_step_row_and_epoch_row_train_alike_with_dropout():
         numpy.testing.assert_allclose(a, b, rtol=0, atol=ADAM_W_ATOL)
     without_dropout = ref.test_on_batch(*batches[0])  # the first batch's loss at the start weights, no masks
     assert abs(float(epoch_row.losses[0]) - without_dropout) > 1e-3
+
+
+def test_jax_rows_by_device_kind():
+    """The CPU rows run on JAX's CPU device whatever JAX's default is (on a GPU machine its default is
+    the GPU); the GPU rows appear only when JAX has a GPU device and the cupy backend is benchmarked."""
+    from fastnn.bench.peers_jax import jax_device
+    from fastnn.bench.train import implementations
+
+    class NoGpuJax:
+        def devices(self, kind):
+            if kind == "gpu":
+                raise RuntimeError("Unknown backend: 'gpu' requested, but no platforms that are instances of gpu")
+            return ["cpu0"]
+
+    assert jax_device(NoGpuJax(), "gpu") is None and jax_device(NoGpuJax(), "cpu") == "cpu0"
+    assert implementations("A", MODELS["A"], ("numpy",), [], [], None, cpu=False, out={}, jax=NoGpuJax()) == []
+    spec = MODELS["A"]
+    jax = jax_module()
+    if jax is None:
+        return
+    x, y = synthetic_mnist(200)
+    model = build_model("A", "numpy")
+    batches = [(x[:100], y[:100]), (x[100:], y[100:])]
+    from fastnn.bench.peers_jax import JaxStepImpl
+
+    impl = JaxStepImpl("jax-step", spec, model.get_weights(), batches)
+    impl.step(*impl.batches[0])
+    assert all(leaf.devices() == {jax.devices("cpu")[0]} for leaf in jax.tree_util.tree_leaves(impl.state[:4]))

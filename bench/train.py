@@ -14,7 +14,7 @@ from fastnn.bench.machine import jax_module, torch_module, why_missing
 from fastnn.bench.models import (CLASSES, DATA_SEED, IN_FEATURES, MODELS, build_model, layer_dims, model_gemms,
                                  param_count, synthetic_mnist)
 from fastnn.bench.peers import BookImpl, GemmFloor, ScratchImpl, TorchCompileImpl, TorchGraphImpl, TorchImpl
-from fastnn.bench.peers_jax import JaxEpochImpl, JaxStepImpl
+from fastnn.bench.peers_jax import JaxEpochImpl, JaxStepImpl, jax_device
 from fastnn.bench.timing import Clock, clock_for, stats
 
 
@@ -48,6 +48,7 @@ class FastnnImpl:
 
 GPU_IMPLS = ("cupy", "cupy-graph", "torch-cuda", "torch-cuda-graph")
 CPU_PEERS = ("torch", "torch-compile", "jax-step", "jax-epoch")  # optional: a row with a reason when absent
+GPU_PEERS = ("jax-gpu-step", "jax-gpu-epoch")  # optional on a GPU (JAX with its CUDA plugin): no row when absent
 RATIOS = (("vs_numpy", "numpy"), ("vs_torch", "torch"), ("vs_torch_cuda", "torch-cuda"), ("vs_jax_epoch", "jax-epoch"))
 
 
@@ -129,6 +130,9 @@ def implementations(name, spec, backends, weights, batches, torch, cpu, out, jax
     if jax is not None and cpu:
         impls.append(JaxStepImpl("jax-step", spec, weights, batches))
         impls.append(JaxEpochImpl("jax-epoch", spec, weights, batches))
+    if jax is not None and "cupy" in backends and jax_device(jax, "gpu") is not None:
+        impls.append(JaxStepImpl("jax-gpu-step", spec, weights, batches, device="gpu"))
+        impls.append(JaxEpochImpl("jax-gpu-epoch", spec, weights, batches, device="gpu"))
     return impls
 
 
@@ -157,7 +161,7 @@ def warm_up(impls, floors, steps, unavailable):
             if hasattr(impl, "prepare"):
                 impl.prepare()
         except Exception as exc:  # noqa: BLE001 - an optional peer that cannot run is reported, not fatal
-            if impl.name not in CPU_PEERS:
+            if impl.name not in CPU_PEERS + GPU_PEERS:
                 raise
             unavailable[impl.name] = f"failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]})"
             continue
