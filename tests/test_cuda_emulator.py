@@ -243,6 +243,51 @@ def test_column_reductions_on_a_2d_grid_match_the_reference(n, d, tiling):
         _loader._partials.clear()
 
 
+@pytest.mark.parametrize("n, d, tiled", [(2100, 45, True), (300, 45, False)])
+def test_batchnorm_on_a_2d_grid_matches_the_reference(n, d, tiled):
+    """Batch normalization's training statistics and gradients by row tiles (with many rows; the
+    emulated device has 2 SMs) and its inference pass on the same grid, against the NumPy reference."""
+    from fastnn.backend import get_ops
+    from fastnn.kernels.gpu import normalization as bn
+
+    ref = get_ops("numpy")
+    saved = _loader._cupy
+    _loader._cupy = lambda: fakecupy
+    _reset_loader()
+    try:
+        assert (_loader.column_tiles(n, d)[0] > 1) == tiled
+        rng = numpy.random.default_rng(n)
+        x = rng.standard_normal((n, d)) * 2 + 0.5
+        gamma, beta, dout = rng.standard_normal(d), rng.standard_normal(d), rng.standard_normal((n, d))
+        rm, rv = rng.standard_normal(d), rng.random(d) + 0.5
+        for train in (True, False):
+            rm_d, rv_d = _dev(rm), _dev(rv)
+            want = ref.batchnorm_forward(x, gamma, beta, rm.copy() if train else rm, rv.copy() if train else rv,
+                                         0.9, 1e-5, train)
+            rm_ref, rv_ref = rm.copy(), rv.copy()
+            if train:
+                ref.batchnorm_forward(x, gamma, beta, rm_ref, rv_ref, 0.9, 1e-5, True)
+            got = bn.batchnorm_forward(_dev(x), _dev(gamma), _dev(beta), rm_d, rv_d, 0.9, 1e-5, train)
+            for g, w in zip(got, want):
+                numpy.testing.assert_allclose(g.get(), w, rtol=1e-12, atol=1e-12)
+            numpy.testing.assert_allclose(rm_d.get(), rm_ref, rtol=1e-12, atol=1e-12)
+            numpy.testing.assert_allclose(rv_d.get(), rv_ref, rtol=1e-12, atol=1e-12)
+        _, xhat, inv_std = ref.batchnorm_forward(x, gamma, beta, rm.copy(), rv.copy(), 0.9, 1e-5, True)
+        dg_ref, db_ref = numpy.empty(d), numpy.empty(d)
+        dx_ref = ref.batchnorm_backward(dout, xhat, inv_std, gamma, dgamma=dg_ref, dbeta=db_ref)
+        dg, db = fakecupy.zeros(d) + numpy.nan, fakecupy.zeros(d) + numpy.nan
+        dx = bn.batchnorm_backward(_dev(dout), _dev(xhat), _dev(inv_std), _dev(gamma), dgamma=dg, dbeta=db)
+        numpy.testing.assert_allclose(dx.get(), dx_ref, rtol=1e-10, atol=1e-12)
+        numpy.testing.assert_allclose(dg.get(), dg_ref, rtol=1e-12, atol=1e-12)
+        numpy.testing.assert_allclose(db.get(), db_ref, rtol=1e-12, atol=1e-12)
+        dx_only = bn.batchnorm_backward(_dev(dout), _dev(xhat), _dev(inv_std), _dev(gamma))
+        numpy.testing.assert_allclose(dx_only.get(), dx_ref, rtol=1e-10, atol=1e-12)
+    finally:
+        _loader._cupy = saved
+        _reset_loader()
+        _loader._partials.clear()
+
+
 def test_column_partials_are_per_thread():
     """Two threads launching on one stream could interleave one reduction's tile kernel and finish
     with another's: each thread gets its own partial-sum buffer, and keeps it."""

@@ -222,20 +222,21 @@ def no_partials(dev: int):
     return a
 
 
-def column_partials(size: int, dev: int | None = None):
+def column_partials(size: int, dev: int | None = None, dtype=numpy.float64):
     """A float64 device buffer of at least ``size`` elements for the per-tile sums of a column
     reduction, one per (device, stream, thread). Buffers only grow and are never freed: a CUDA graph
     keeps the address it captured (GPU-NOTES §1), so a smaller one outgrown stays alive. One
     thread's calls on one stream run in order, so they can share it; two threads launching on the
     same stream could interleave one call's tile kernel and finish with the other's, hence the
-    thread in the key."""
+    thread in the key. ``dtype``: another element type, its own buffers (batch normalization keeps its
+    batch statistics there between its kernels)."""
     cupy = _cupy()
-    key = (_device_id() if dev is None else dev, cupy.cuda.get_current_stream().ptr, threading.get_ident())
+    key = (_device_id() if dev is None else dev, cupy.cuda.get_current_stream().ptr, threading.get_ident(), dtype)
     bufs = _partials.setdefault(key, [])
     if not bufs or bufs[-1].size < size:
         with _lock:
             if not bufs or bufs[-1].size < size:
-                bufs.append(cupy.empty(max(size, 2 * bufs[-1].size if bufs else 4096), dtype=numpy.float64))
+                bufs.append(cupy.empty(max(size, 2 * bufs[-1].size if bufs else 4096), dtype=dtype))
     return bufs[-1]
 
 

@@ -1,11 +1,13 @@
 """CuPy launchers of ``normalization.cu``: batch normalization forward and backward over the
-columns of ``x: (N, D)``, one block per group of 32 columns."""
+columns of ``x: (N, D)``, one block per group of 32 columns; with many rows (``L.column_tiles``)
+also split into row tiles, the column sums then added by finish kernels (as ``bias_grad``)."""
 import numpy
 
 from fastnn.kernels.gpu import _loader as L
 
 FAMILY = "normalization"
-KERNELS = ("fastnn_batchnorm_forward", "fastnn_batchnorm_backward")
+KERNELS = ("fastnn_batchnorm_forward", "fastnn_batchnorm_backward", "fastnn_bn_col_sums", "fastnn_bn_stat_finish",
+           "fastnn_bn_backward_sums", "fastnn_bn_backward_finish", "fastnn_bn_backward_dx")
 
 
 def _fn(name, dtype):
@@ -45,11 +47,36 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, 
     inv_std = L.empty((d,), dtype)
     dt = dtype.type
     if d:
+        dev = L._device_id()
+        tiles, rows = L.column_tiles(n, d, dev)
+        mom, keep = dt(momentum), dt(1 - momentum)
+        stat_mean, stat_var, mode = running_mean, running_var, numpy.int32(bool(train))
+        if train and tiles > 1:  # the batch statistics by row tiles, then normalize as inference does
+            stat_mean, stat_var, mode = _batch_stats(x, running_mean, running_var, n, d, tiles, rows, mom, keep,
+                                                     dtype, dev)
+        grid = (L.grid_cols(d), tiles) if tiles > 1 and not mode else (L.grid_cols(d),)
         _fn("fastnn_batchnorm_forward", dtype)(
-            (L.grid_cols(d),), L.COL_BLOCK,
-            (x, gamma, beta, running_mean, running_var, y, xhat, inv_std, numpy.int64(n), numpy.int64(d),
-             dt(momentum), dt(1 - momentum), dt(eps), numpy.int32(bool(train))))
+            grid, L.COL_BLOCK,
+            (x, gamma, beta, stat_mean, stat_var, y, xhat, inv_std, numpy.int64(n), numpy.int64(d),
+             mom, keep, dt(eps), mode, numpy.int64(rows if len(grid) == 2 else max(n, 1))))
     return y, xhat, inv_std
+
+
+def _batch_stats(x, running_mean, running_var, n, d, tiles, rows, mom, keep, dtype, dev):
+    """The batch mean and variance of ``x`` on the 2-D grid (the running statistics updated as the
+    one-tile kernel does); returns ``(mean, var, 0)``: the arguments of the normalizing launch."""
+    partial = L.column_partials(tiles * d, dev)
+    stats = L.column_partials(2 * d, dev, dtype)
+    mean, var = stats[:d], stats[d:2 * d]
+    grid, fin = (L.grid_cols(d), tiles), (L.grid_1d(d),)
+    args = (numpy.int64(n), numpy.int64(d), numpy.int64(rows))
+    _fn("fastnn_bn_col_sums", dtype)(grid, L.COL_BLOCK, (x, x, partial, *args, numpy.int32(0)))
+    _fn("fastnn_bn_stat_finish", dtype)(
+        fin, (L.BLOCK,), (partial, numpy.int64(tiles), numpy.int64(d), numpy.int64(n), mean, running_mean, mom, keep))
+    _fn("fastnn_bn_col_sums", dtype)(grid, L.COL_BLOCK, (x, mean, partial, *args, numpy.int32(1)))
+    _fn("fastnn_bn_stat_finish", dtype)(
+        fin, (L.BLOCK,), (partial, numpy.int64(tiles), numpy.int64(d), numpy.int64(n), var, running_var, mom, keep))
+    return mean, var, numpy.int32(0)
 
 
 @L.writes('dx', 'dgamma', 'dbeta')
@@ -67,9 +94,22 @@ def batchnorm_backward(dout, xhat, inv_std, gamma, *, dx=None, dgamma=None, dbet
     L.check_out("batchnorm_backward", "dgamma", dgamma, (d,), dtype)
     L.check_out("batchnorm_backward", "dbeta", dbeta, (d,), dtype)
     dx_ = L.output("batchnorm_backward", "dx", dx, (n, d), dtype)
-    if d:
+    if not d:
+        return dx_
+    dev = L._device_id()
+    tiles, rows = L.column_tiles(n, d, dev)
+    dg, db = dout if dgamma is None else dgamma, dout if dbeta is None else dbeta
+    flags = (numpy.int32(dgamma is not None), numpy.int32(dbeta is not None))
+    if tiles == 1:
         _fn("fastnn_batchnorm_backward", dtype)(
-            (L.grid_cols(d),), L.COL_BLOCK,
-            (dout, xhat, inv_std, gamma, dx_, dout if dgamma is None else dgamma, dout if dbeta is None else dbeta,
-             numpy.int64(n), numpy.int64(d), numpy.int32(dgamma is not None), numpy.int32(dbeta is not None)))
+            (L.grid_cols(d),), L.COL_BLOCK, (dout, xhat, inv_std, gamma, dx_, dg, db, numpy.int64(n), numpy.int64(d),
+                                            *flags))
+        return dx_
+    partial = L.column_partials(4 * tiles * d, dev)
+    sums = L.column_partials(2 * d, dev, dtype)
+    grid, size = (L.grid_cols(d), tiles), (numpy.int64(n), numpy.int64(d), numpy.int64(rows))
+    _fn("fastnn_bn_backward_sums", dtype)(grid, L.COL_BLOCK, (dout, xhat, gamma, partial, *size))
+    _fn("fastnn_bn_backward_finish", dtype)(
+        (L.grid_1d(d),), (L.BLOCK,), (partial, numpy.int64(tiles), numpy.int64(d), dg, db, sums, *flags))
+    _fn("fastnn_bn_backward_dx", dtype)(grid, L.COL_BLOCK, (dout, xhat, inv_std, gamma, sums, dx_, *size))
     return dx_
