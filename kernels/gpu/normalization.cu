@@ -58,6 +58,24 @@ __global__ void fastnn_batchnorm_forward(const T* __restrict__ x, const T* __res
     }
 }
 
+// The backward pass's four column sums of column j over rows [r0, r1), this thread's rows only
+// (threadIdx.y, then every FASTNN_ROWS-th): dout, dout * xhat, dxhat = dout * gamma, dxhat * xhat.
+template <typename T>
+__device__ __forceinline__ void fastnn_bn_backward_terms(const T* __restrict__ dout, const T* __restrict__ xhat,
+                                                         T g, long long d, long long j, long long r0, long long r1,
+                                                         fastnn_acc& a_dout, fastnn_acc& a_dout_xhat,
+                                                         fastnn_acc& a_dxhat, fastnn_acc& a_dxhat_xhat) {
+    for (long long i = r0 + threadIdx.y; i < r1; i += FASTNN_ROWS) {
+        const long long k = i * d + j;
+        const T dy = dout[k], xh = xhat[k];
+        const T dxh = dy * g;
+        a_dout += dy;
+        a_dout_xhat += fastnn_acc(dy) * fastnn_acc(xh);
+        a_dxhat += dxh;
+        a_dxhat_xhat += fastnn_acc(dxh) * fastnn_acc(xh);
+    }
+}
+
 // Training-mode gradients: dbeta = sum(dout), dgamma = sum(dout * xhat), dxhat = dout * gamma,
 // dx = inv_std / n * (n * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)), per column.
 template <typename T>
@@ -72,17 +90,7 @@ __global__ void fastnn_batchnorm_backward(const T* __restrict__ dout, const T* _
         const bool col = j < d;
         const T g = col ? gamma[j] : T(0);
         fastnn_acc a_dout = 0, a_dout_xhat = 0, a_dxhat = 0, a_dxhat_xhat = 0;
-        if (col) {
-            for (long long i = threadIdx.y; i < n; i += FASTNN_ROWS) {
-                const long long k = i * d + j;
-                const T dy = dout[k], xh = xhat[k];
-                const T dxh = dy * g;
-                a_dout += dy;
-                a_dout_xhat += fastnn_acc(dy) * fastnn_acc(xh);
-                a_dxhat += dxh;
-                a_dxhat_xhat += fastnn_acc(dxh) * fastnn_acc(xh);
-            }
-        }
+        if (col) fastnn_bn_backward_terms(dout, xhat, g, d, j, 0, n, a_dout, a_dout_xhat, a_dxhat, a_dxhat_xhat);
         const T s_dout = T(fastnn_column_total(part, a_dout));
         const T s_dout_xhat = T(fastnn_column_total(part, a_dout_xhat));
         const T s_dxhat = T(fastnn_column_total(part, a_dxhat));
@@ -161,17 +169,7 @@ __global__ void fastnn_bn_backward_sums(const T* __restrict__ dout, const T* __r
         const bool col = j < d;
         const T g = col ? gamma[j] : T(0);
         fastnn_acc a_dout = 0, a_dout_xhat = 0, a_dxhat = 0, a_dxhat_xhat = 0;
-        if (col) {
-            for (long long i = r0 + threadIdx.y; i < r1; i += FASTNN_ROWS) {
-                const long long k = i * d + j;
-                const T dy = dout[k], xh = xhat[k];
-                const T dxh = dy * g;
-                a_dout += dy;
-                a_dout_xhat += fastnn_acc(dy) * fastnn_acc(xh);
-                a_dxhat += dxh;
-                a_dxhat_xhat += fastnn_acc(dxh) * fastnn_acc(xh);
-            }
-        }
+        if (col) fastnn_bn_backward_terms(dout, xhat, g, d, j, r0, r1, a_dout, a_dout_xhat, a_dxhat, a_dxhat_xhat);
         const fastnn_acc s0 = fastnn_column_total(part, a_dout);
         const fastnn_acc s1 = fastnn_column_total(part, a_dout_xhat);
         const fastnn_acc s2 = fastnn_column_total(part, a_dxhat);
