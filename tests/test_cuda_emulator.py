@@ -288,6 +288,50 @@ def test_batchnorm_on_a_2d_grid_matches_the_reference(n, d, tiled):
         _loader._partials.clear()
 
 
+def test_narrow_and_wide_index_arithmetic_agree(monkeypatch):
+    """The kernels that divide indices run a 32-bit body when the launcher finds every size below
+    2^31 (``L.narrow``) and a 64-bit one otherwise: both give the reference's results (the wide
+    body forced by lowering the limit, since arrays of 2^31 elements do not fit the emulator)."""
+    from fastnn.backend import get_ops
+    from fastnn.kernels import GELU, RELU
+    from fastnn.kernels.gpu import conv
+
+    ref = get_ops("numpy")
+    saved = _loader._cupy
+    _loader._cupy = lambda: fakecupy
+    _reset_loader()
+    try:
+        rng = numpy.random.default_rng(5)
+        x4, x2, b = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((9, 5)), rng.standard_normal(5)
+        z4, bc = rng.standard_normal((3, 2, 7, 6)), rng.standard_normal(3)
+        for limit in (_loader.NARROW_LIMIT, 0):
+            monkeypatch.setattr(_loader, "NARROW_LIMIT", limit)
+            assert _loader.narrow(10) == (limit > 10)
+            numpy.testing.assert_allclose(act_launchers.bias_act(_dev(x2), _dev(b), RELU).get(),
+                                          ref.bias_act(x2, b, RELU), rtol=1e-15)
+            zb = fakecupy.zeros((9, 5))
+            numpy.testing.assert_allclose(act_launchers.bias_act(_dev(x2), _dev(b), GELU, z_out=zb).get(),
+                                          ref.bias_act(x2, b, GELU), rtol=1e-15)
+            numpy.testing.assert_allclose(zb.get(), x2 + b, rtol=1e-15)
+            for fn in ("im2col", "im2col_t"):
+                col = getattr(conv, fn)(_dev(x4), 3, 2, stride=2, pad=1)
+                numpy.testing.assert_array_equal(col.get(), getattr(ref, fn)(x4, 3, 2, 2, 1))
+                back = getattr(conv, fn.replace("im2col", "col2im"))(col, x4.shape, 3, 2, stride=2, pad=1)
+                numpy.testing.assert_allclose(back.get(), getattr(ref, fn.replace("im2col", "col2im"))(
+                    col.get(), x4.shape, 3, 2, 2, 1), rtol=1e-14)
+            y, arg = conv.maxpool_forward(_dev(x4), 2, 3, stride=1, pad=0)
+            y_ref, arg_ref = ref.maxpool_forward(x4, 2, 3, 1, 0)
+            numpy.testing.assert_array_equal(y.get(), y_ref)
+            numpy.testing.assert_array_equal(arg.get(), arg_ref)
+            numpy.testing.assert_allclose(conv.conv_bias_act(_dev(z4), _dev(bc), RELU).get(),
+                                          ref.conv_bias_act(z4, bc, RELU), rtol=1e-15)
+            out = conv.conv_act_backward(_dev(x4), _dev(numpy.abs(x4)), RELU)
+            numpy.testing.assert_allclose(out.get(), ref.conv_act_backward(x4, numpy.abs(x4), RELU), rtol=1e-15)
+    finally:
+        _loader._cupy = saved
+        _reset_loader()
+
+
 def test_column_partials_are_per_thread():
     """Two threads launching on one stream could interleave one reduction's tile kernel and finish
     with another's: each thread gets its own partial-sum buffer, and keeps it."""

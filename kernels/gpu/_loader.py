@@ -43,6 +43,7 @@ COMPILE_OPTIONS = ("--fmad=false",)
 BLOCK = 256          # threads per block of the elementwise and 1-D reduction kernels
 COL_BLOCK = (32, 8)  # (columns, rows) per block of the column-reduction kernels
 BLOCKS_PER_SM = 8    # grid-stride loops: at most this many blocks per multiprocessor
+NARROW_LIMIT = 2**31 - 2**26  # below it, a launch's indices (plus a grid's worth of threads) fit in int32
 COL_TILE_MIN_ROWS = 64  # column reductions: a row tile has at least this many rows (8 per thread)
 COL_TILE_FROM_ROWS = 1024  # ... and fewer rows stay one tile: the extra launch would cost more (H200:
                            # 2 tiles at 128 rows took 36 us a call against 23 us for one)
@@ -183,6 +184,13 @@ def grid_rows(n_rows: int, block: int = BLOCK) -> int:
 def grid_cols(n_cols: int) -> int:
     """Blocks for column-reduction kernels: one per group of ``COL_BLOCK[0]`` columns, capped."""
     return grid_1d(n_cols, COL_BLOCK[0])
+
+
+def narrow(*sizes) -> numpy.int32:
+    """The ``narrow`` argument of the kernels that divide indices: 1 (32-bit division and modulo,
+    several times cheaper on a GPU than 64-bit) when every size of the launch (its element count and
+    the arrays it indexes) is below ``NARROW_LIMIT``, else 0."""
+    return numpy.int32(max(sizes, default=0) < NARROW_LIMIT)
 
 
 def column_tiles(n: int, d: int, dev: int | None = None):

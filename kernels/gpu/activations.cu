@@ -10,14 +10,23 @@
 #include "common.cuh"
 
 // y = act(x + b); b broadcast over rows of width d (has_bias == 0: no bias, b is not read).
-template <typename T>
-__global__ void fastnn_bias_act(const T* __restrict__ x, const T* __restrict__ b, T* __restrict__ y,
-                                long long n, long long d, int has_bias, int act, T alpha) {
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+template <typename T, typename I>
+__device__ __forceinline__ void fastnn_bias_act_body(const T* __restrict__ x, const T* __restrict__ b,
+                                                     T* __restrict__ y, I n, I d, int has_bias, int act, T alpha) {
+    const I stride = (I)blockDim.x * gridDim.x;
+    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         T z = has_bias ? x[i] + b[i % d] : x[i];
         y[i] = fastnn_act(z, act, alpha);
     }
+}
+
+template <typename T>
+__global__ void fastnn_bias_act(const T* __restrict__ x, const T* __restrict__ b, T* __restrict__ y, long long n,
+                                long long d, int has_bias, int act, T alpha, int narrow) {
+    if (narrow)  // every index of the launch below 2^31: 32-bit division and modulo
+        fastnn_bias_act_body<T, int>(x, b, y, (int)n, (int)d, has_bias, act, alpha);
+    else
+        fastnn_bias_act_body<T, long long>(x, b, y, n, d, has_bias, act, alpha);
 }
 
 // dz = dout * act'(y).
@@ -105,15 +114,24 @@ __global__ void fastnn_act_backward_bias_grad(const T* __restrict__ dout, const 
 
 // y = act(x + b) and z = x + b (has_bias == 0: z = x). z may be x itself (a layer keeps its GEMM
 // output as z), so neither is __restrict__.
-template <typename T>
-__global__ void fastnn_bias_act_z(const T* x, const T* __restrict__ b, T* __restrict__ y, T* z,
-                                  long long n, long long d, int has_bias, int act, T alpha) {
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+template <typename T, typename I>
+__device__ __forceinline__ void fastnn_bias_act_z_body(const T* x, const T* __restrict__ b, T* __restrict__ y,
+                                                       T* z, I n, I d, int has_bias, int act, T alpha) {
+    const I stride = (I)blockDim.x * gridDim.x;
+    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         const T v = has_bias ? x[i] + b[i % d] : x[i];
         z[i] = v;
         y[i] = fastnn_act(v, act, alpha);
     }
+}
+
+template <typename T>
+__global__ void fastnn_bias_act_z(const T* x, const T* __restrict__ b, T* __restrict__ y, T* z, long long n,
+                                  long long d, int has_bias, int act, T alpha, int narrow) {
+    if (narrow)  // every index of the launch below 2^31: 32-bit division and modulo
+        fastnn_bias_act_z_body<T, int>(x, b, y, z, (int)n, (int)d, has_bias, act, alpha);
+    else
+        fastnn_bias_act_z_body<T, long long>(x, b, y, z, n, d, has_bias, act, alpha);
 }
 
 // dz = dout * act'(z), from the pre-activation z.

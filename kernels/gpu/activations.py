@@ -70,7 +70,8 @@ def bias_act(x, b, act, alpha=0.0, *, out=None, z_out=None):
     n = x.size
     if n:
         d = b.shape[0] if b is not None else 1
-        args = (numpy.int64(n), numpy.int64(max(d, 1)), numpy.int32(b is not None), code, L.dtype_scalar(dtype, alpha))
+        args = (numpy.int64(n), numpy.int64(max(d, 1)), numpy.int32(b is not None), code, L.dtype_scalar(dtype, alpha),
+                L.narrow(n))
         if zbuf is None:
             _fn("fastnn_bias_act", dtype)((L.grid_1d(n),), (L.BLOCK,), (x, x if b is None else b, y, *args))
         else:

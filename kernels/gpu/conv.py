@@ -51,7 +51,8 @@ def _im2col(primitive, x, fh, fw, stride, pad, out, transposed):
     total = shape[0] * shape[1]
     if total:
         _fn(f"fastnn_{primitive}", dtype)((L.grid_1d(total),), (L.BLOCK,),
-                                          (x, col, *_i64(n, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow)))
+                                          (x, col, *_i64(n, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow),
+                                           L.narrow(total, x.size)))
     return col
 
 
@@ -72,7 +73,8 @@ def _col2im(primitive, col, x_shape, fh, fw, stride, pad, out, transposed):
     total = n * c * h * w
     if total:
         _fn(f"fastnn_{primitive}", dtype)((L.grid_1d(total),), (L.BLOCK,),
-                                          (col, dx, *_i64(n, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow)))
+                                          (col, dx, *_i64(n, c, h, w, fh, fw, sh, sw, pt, pl, oh, ow),
+                                           L.narrow(total, col.size)))
     return dx
 
 
@@ -121,7 +123,8 @@ def maxpool_forward(x, ph, pw, stride=1, pad=0, *, out=None, argmax=None):
     if total:
         _fn("fastnn_maxpool_forward", dtype)(
             (L.grid_1d(total),), (L.BLOCK,),
-            (x, y, idx, *_i64(n * c, h, w, ph, pw, sh, sw, pt, pl, oh, ow), L.dtype_scalar(dtype, -numpy.inf)))
+            (x, y, idx, *_i64(n * c, h, w, ph, pw, sh, sw, pt, pl, oh, ow), L.dtype_scalar(dtype, -numpy.inf),
+             L.narrow(total, x.size)))
     return y, idx
 
 
@@ -175,7 +178,7 @@ def conv_bias_act(z, b, act, alpha=0.0, *, out=None, z_out=None):
     y = L.output("conv_bias_act", "out", out, (n, c, h, w), dtype)
     total = n * c * h * w
     if total:
-        args = (*_i64(n, c, h * w), numpy.int32(b is not None), code, L.dtype_scalar(dtype, alpha))
+        args = (*_i64(n, c, h * w), numpy.int32(b is not None), code, L.dtype_scalar(dtype, alpha), L.narrow(total))
         if zbuf is None:
             _fn("fastnn_conv_bias_act", dtype)((L.grid_1d(total),), (L.BLOCK,), (z, z if b is None else b, y, *args))
         else:
@@ -206,10 +209,11 @@ def conv_act_backward(dout, y, act, alpha=0.0, *, out=None, db=None, z=None):
     if total:
         if z is None:
             _fn("fastnn_conv_act_backward", dtype)(
-                (L.grid_1d(total),), (L.BLOCK,), (dout, g, dz, *_i64(n, c, h * w), code, L.dtype_scalar(dtype, alpha)))
+                (L.grid_1d(total),), (L.BLOCK,),
+                (dout, g, dz, *_i64(n, c, h * w), code, L.dtype_scalar(dtype, alpha), L.narrow(total)))
         else:
             _fn("fastnn_conv_act_backward_z", dtype)(
-                (L.grid_1d(total),), (L.BLOCK,), (dout, g, dz, *_i64(n, c, h * w), code))
+                (L.grid_1d(total),), (L.BLOCK,), (dout, g, dz, *_i64(n, c, h * w), code, L.narrow(total)))
     if dbuf is not None:
         if total:
             _fn("fastnn_conv_bias_grad", dtype)((L.grid_1d(c * L.BLOCK),), (L.BLOCK,), (dz, dbuf, *_i64(c, n * h * w)))
