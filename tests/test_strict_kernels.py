@@ -187,7 +187,8 @@ def _bare_cupy_ops():
     ops = object.__new__(CupyOps)
     ops.owns = lambda a: True
     ops.device_id = 0
-    ops._cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda i: contextlib.nullcontext()))
+    ops._cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda i: contextlib.nullcontext(),
+                                                                 runtime=types.SimpleNamespace(getDevice=lambda: 0)))
     return ops
 
 
