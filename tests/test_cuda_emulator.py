@@ -49,7 +49,7 @@ def _module(family, code=None):
 
 def _reset_loader():
     """Forget the launchers' per-device caches (modules, kernels, SM counts, tilings, buffers)."""
-    for cache in (_loader._modules, _loader._functions, _loader._sm_counts, _loader._tilings, _loader._no_partials):
+    for cache in (_loader._modules, _loader._functions, _loader._sm_counts, _loader._tilings, _loader._unused):
         cache.clear()
 
 

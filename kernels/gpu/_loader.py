@@ -55,7 +55,6 @@ _functions: dict = {}  # (family, kernel, dtype, device id) -> cupy.RawKernel
 _sm_counts: dict = {}  # device id -> multiprocessor count
 _partials: dict = {}   # (device id, stream pointer, thread) -> float64 buffers of per-tile column sums
 _tilings: dict = {}    # (n, d, device id) -> (tiles, rows per tile)
-_no_partials: dict = {}  # device id -> float64[1], the unused partial-sum argument of one-tile reductions
 _grids: dict = {}      # (n, block, device id) -> blocks of grid_1d
 
 
@@ -221,15 +220,6 @@ def column_tiles(n: int, d: int, dev: int | None = None):
     return tiling
 
 
-def no_partials(dev: int):
-    """A device ``float64[1]`` passed as the partial-sum buffer of a one-tile column reduction (never
-    written: the kernel writes db itself), per device, so the argument keeps its C type."""
-    a = _no_partials.get(dev)
-    if a is None:
-        a = _no_partials[dev] = _cupy().zeros(1, dtype=numpy.float64)
-    return a
-
-
 def column_partials(size: int, dev: int | None = None, dtype=numpy.float64):
     """A float64 device buffer of at least ``size`` elements for the per-tile sums of a column
     reduction, one per (device, stream, thread). Buffers only grow and are never freed: a CUDA graph
@@ -372,16 +362,17 @@ def is_host_array(a) -> bool:
     return isinstance(a, numpy.ndarray) and type(a).__module__.split(".")[0] != "cupy"
 
 
-_no_index: dict = {}  # device id -> a one-element int64 array standing in for an absent index buffer
+_unused: dict = {}  # (device id, dtype) -> a one-element array standing in for a buffer a kernel will not read
 
 
-def no_index():
-    """A device ``int64[1]`` passed where a kernel takes ``const long long*`` it will not read (dense
-    targets): the argument keeps the parameter's C type."""
-    dev = _device_id()
-    a = _no_index.get(dev)
+def unused(dtype, dev: int | None = None):
+    """A device ``dtype[1]`` passed where a kernel takes a pointer it will not use (an index buffer
+    with dense targets: int64; the partial sums of a one-tile column reduction: float64), one per
+    device and dtype: the argument keeps the parameter's C type."""
+    key = (_device_id() if dev is None else dev, dtype)
+    a = _unused.get(key)
     if a is None:
-        a = _no_index[dev] = _cupy().zeros(1, dtype=numpy.int64)
+        a = _unused[key] = _cupy().zeros(1, dtype=dtype)
     return a
 
 

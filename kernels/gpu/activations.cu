@@ -45,10 +45,7 @@ __global__ void fastnn_act_backward(const T* __restrict__ dout, const T* __restr
 // (fastnn_acc). One tile (gridDim.y == 1): the block writes db[j]. Several: it writes its partial
 // sum to partial[blockIdx.y * d + j], and fastnn_col_finish adds the tiles in tile order into db
 // (no atomics: the result does not depend on the blocks' timing). The launcher picks the tiling
-// (kernels/gpu/activations.py: column_tiles) so that enough blocks keep every SM busy.
-#define FASTNN_TILE_ROWS(tile, n) \
-    const long long r0 = (long long)blockIdx.y * (tile); \
-    const long long r1 = r0 + (tile) < (n) ? r0 + (tile) : (n);
+// (kernels/gpu/_loader.py: column_tiles) so that enough blocks keep every SM busy.
 
 // A column total: into db (one tile) or into the tile's row of partial.
 template <typename T>

@@ -106,7 +106,7 @@ def _column_reduce(kernel, dtype, n, d, db, args):
     adds their partial sums into ``db`` in tile order."""
     dev = L._device_id()
     tiles, rows = L.column_tiles(n, d, dev)
-    partial = L.column_partials(tiles * d, dev) if tiles > 1 else L.no_partials(dev)
+    partial = L.column_partials(tiles * d, dev) if tiles > 1 else L.unused(numpy.float64, dev)
     grid = (L.grid_cols(d), tiles) if tiles > 1 else (L.grid_cols(d),)
     _fn(kernel, dtype)(grid, L.COL_BLOCK, (*args, numpy.int64(rows), partial))
     if tiles > 1:

@@ -218,4 +218,10 @@ __device__ __forceinline__ fastnn_acc fastnn_column_total(fastnn_acc (*part)[FAS
     return total;
 }
 
+// Row tiles of the column reductions on a 2-D grid (blockIdx.y is a tile of `tile` rows): this
+// block's rows [r0, r1) of n.
+#define FASTNN_TILE_ROWS(tile, n) \
+    const long long r0 = (long long)blockIdx.y * (tile); \
+    const long long r1 = r0 + (tile) < (n) ? r0 + (tile) : (n);
+
 #endif  // FASTNN_COMMON_CUH

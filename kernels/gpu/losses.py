@@ -67,7 +67,7 @@ def softmax_xent(x, t, *, y=None, dx=None):
     dt = numpy.dtype(dtype).type
     _fn("fastnn_softmax_xent", dtype)(
         (grid,), (L.BLOCK,),
-        (x, x if t_dense is None else t_dense, idx if idx is not None else L.no_index(), numpy.int32(dense),
+        (x, x if t_dense is None else t_dense, idx if idx is not None else L.unused(numpy.int64), numpy.int32(dense),
          x if y is None else y, numpy.int32(y is not None), x if dx is None else dx, numpy.int32(dx is not None),
          partials, numpy.int64(n), numpy.int64(c), dt(n)))
     return _finish(partials, grid, dt(n), True, dtype)
@@ -88,7 +88,7 @@ def softmax_xent_backward(y, t, dout=1.0, *, out=None):
     if n * c:
         _fn("fastnn_softmax_xent_backward", dtype)(
             (L.grid_1d(n * c),), (L.BLOCK,),
-            (y, y if t_dense is None else t_dense, idx if idx is not None else L.no_index(), numpy.int32(dense),
+            (y, y if t_dense is None else t_dense, idx if idx is not None else L.unused(numpy.int64), numpy.int32(dense),
              dx, numpy.int64(n), numpy.int64(c), scale))
     return dx
 

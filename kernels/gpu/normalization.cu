@@ -19,8 +19,7 @@ __global__ void fastnn_batchnorm_forward(const T* __restrict__ x, const T* __res
                                          int train, long long tile) {
     // train != 0 needs every row in the block's reductions: the launcher then gives one row tile.
     __shared__ fastnn_acc part[FASTNN_ROWS][FASTNN_COLS + 1];
-    const long long r0 = (long long)blockIdx.y * tile;
-    const long long r1 = r0 + tile < n ? r0 + tile : n;
+    FASTNN_TILE_ROWS(tile, n)
     for (long long c0 = (long long)blockIdx.x * FASTNN_COLS; c0 < d; c0 += (long long)gridDim.x * FASTNN_COLS) {
         const long long j = c0 + threadIdx.x;
         const bool col = j < d;
@@ -121,8 +120,7 @@ __global__ void fastnn_bn_col_sums(const T* __restrict__ x, const T* __restrict_
                                    fastnn_acc* __restrict__ partial, long long n, long long d, long long tile,
                                    int centered) {
     __shared__ fastnn_acc part[FASTNN_ROWS][FASTNN_COLS + 1];
-    const long long r0 = (long long)blockIdx.y * tile;
-    const long long r1 = r0 + tile < n ? r0 + tile : n;
+    FASTNN_TILE_ROWS(tile, n)
     for (long long c0 = (long long)blockIdx.x * FASTNN_COLS; c0 < d; c0 += (long long)gridDim.x * FASTNN_COLS) {
         const long long j = c0 + threadIdx.x;
         fastnn_acc acc = 0;
@@ -161,8 +159,7 @@ __global__ void fastnn_bn_backward_sums(const T* __restrict__ dout, const T* __r
                                         const T* __restrict__ gamma, fastnn_acc* __restrict__ partial,
                                         long long n, long long d, long long tile) {
     __shared__ fastnn_acc part[FASTNN_ROWS][FASTNN_COLS + 1];
-    const long long r0 = (long long)blockIdx.y * tile;
-    const long long r1 = r0 + tile < n ? r0 + tile : n;
+    FASTNN_TILE_ROWS(tile, n)
     const long long plane = (long long)gridDim.y * d;
     for (long long c0 = (long long)blockIdx.x * FASTNN_COLS; c0 < d; c0 += (long long)gridDim.x * FASTNN_COLS) {
         const long long j = c0 + threadIdx.x;
@@ -215,8 +212,7 @@ __global__ void fastnn_bn_backward_dx(const T* __restrict__ dout, const T* __res
                                       const T* __restrict__ inv_std, const T* __restrict__ gamma,
                                       const T* __restrict__ sums, T* __restrict__ dx, long long n, long long d,
                                       long long tile) {
-    const long long r0 = (long long)blockIdx.y * tile;
-    const long long r1 = r0 + tile < n ? r0 + tile : n;
+    FASTNN_TILE_ROWS(tile, n)
     const T n_t = T(n);
     for (long long c0 = (long long)blockIdx.x * FASTNN_COLS; c0 < d; c0 += (long long)gridDim.x * FASTNN_COLS) {
         const long long j = c0 + threadIdx.x;
