@@ -577,3 +577,110 @@ def test_a_graph_whose_loss_comes_out_nan_is_caught_by_the_replay_check(fake_gpu
         h = model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=5, cuda_graph=True)
     assert numpy.isfinite(h.history["loss"]).all()
 
+
+
+# ------------------------------------------------------------------ cuda_graph="auto", the default
+def _auto_fit(model, x, y, **kw):
+    """``fit`` with the default ``cuda_graph``; any warning raises (the default never warns about graphs)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return model.fit(x, y, batch_size=32, verbose=0, seed=5, **kw)
+
+
+def test_auto_captures_in_full_mode_and_trains_exactly_as_eager(fake_gpu, caplog):
+    """The default captures where the whole step can be captured ("full" mode): the same history and
+    weights as eager NumPy, bit for bit; where fastnn's cuBLAS handle is unusable ("split" mode under
+    ``cuda_graph=True``) it trains eagerly and says why once, at INFO, and does not try again."""
+    x, y = _data()
+    ref = _model("numpy")
+    h_ref = [ref.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5) for _ in range(2)]
+    model = _model(fake_gpu)
+    with caplog.at_level("INFO", logger="fastnn"):
+        h = [_auto_fit(model, x, y, epochs=2) for _ in range(2)]
+    for a, b in zip(h, h_ref):
+        assert a.history == b.history
+    for a, b in zip(model.get_weights(), ref.get_weights()):
+        numpy.testing.assert_array_equal(a, b)
+    said = [r.getMessage() for r in caplog.records if "without a CUDA graph" in r.getMessage()]
+    if fake_gpu.mode == "full":
+        graphs_ = model._train_step.graphs
+        assert graphs_.auto and graphs_.mode == "full" and graphs_.disabled is None
+        assert len(fake_gpu.replays) == 2 * 2 * 6 - 1 and graphs_.stream.captures == 1   # captured once, kept
+        assert not said
+    else:
+        assert not fake_gpu.replays and fake_cuda.Graph.launches == 0
+        assert len(said) == 1 and "fastnn's direct cuBLAS handle is unavailable" in said[0], said
+
+
+def test_auto_says_once_why_it_does_not_capture_and_never_warns(fake_gpu, monkeypatch, caplog):
+    """Too few full-size steps, sample weights, several inputs' stand-in (weights here), a step that
+    cannot be captured (a host read), a device whose streams do not capture: eager training equal to
+    NumPy's, no warning, and one INFO line per reason."""
+    from fastnn.backend import using
+    from fastnn.losses import SoftmaxWithLoss
+
+    x, y = _data()
+    w = numpy.random.default_rng(4).random(len(x)).astype(numpy.float32)
+    cases = {
+        "few steps": (lambda m: _auto_fit(m, x[:100], y[:100], epochs=1), "3 full-size step(s) in this fit"),
+        "weights": (lambda m: _auto_fit(m, x, y, epochs=1, sample_weight=w),
+                    "steps with sample or class weights are not captured yet"),
+    }
+    for name, (run, why) in cases.items():
+        ref, model = _model("numpy"), _model(fake_gpu)
+        with caplog.at_level("INFO", logger="fastnn"):
+            caplog.clear()
+            h_ref, h = run(ref), run(model)
+            run(model)
+        assert h.history == h_ref.history, name
+        said = [r.getMessage() for r in caplog.records if "without a CUDA graph" in r.getMessage()]
+        assert len(said) == 1 and why in said[0], (name, said)
+        assert not fake_gpu.replays, name
+
+    # a host read in the step: the capture fails, said once at INFO; the next fit does not try again
+    models = []
+    for backend in ("numpy", fake_gpu):
+        model = Sequential([Dense(16, activation="relu", input_shape=(12,)), Dropout(0.2), Dense(4)], seed=3,
+                           backend=backend)
+        model.compile(optimizer="adam", loss=SoftmaxWithLoss())
+        models.append(model)
+    captures = []
+    real_capture = StepGraphs._capture
+    monkeypatch.setattr(StepGraphs, "_capture", lambda self, *a: captures.append(1) or real_capture(self, *a))
+    with using("numpy"), caplog.at_level("INFO", logger="fastnn"):
+        caplog.clear()
+        h_ref = [models[0].fit(x, y, batch_size=32, epochs=1, verbose=0, seed=s) for s in (5, 6)]
+        h = [_auto_fit(models[1], x, y, epochs=1) for _ in range(1)]
+        h.append(models[1].fit(x, y, batch_size=32, epochs=1, verbose=0, seed=6))
+    assert [a.history for a in h] == [b.history for b in h_ref]
+    said = [r.getMessage() for r in caplog.records if "without a CUDA graph" in r.getMessage()]
+    full = fake_gpu.mode == "full"   # in split mode the cuBLAS check refuses first, without trying a capture
+    want = "capturing the step failed (CaptureError" if full else "direct cuBLAS handle is unavailable"
+    assert len(said) == 1 and want in said[0], said
+    assert len(captures) == full and not fake_gpu.replays
+
+    # a device whose streams cannot capture (CuPy's CPU emulator): asked once per backend object
+    def no_capture(self):
+        raise RuntimeError("graph capture is not emulated (simulated)")
+    monkeypatch.setattr(fake_cuda.Stream, "begin_capture", no_capture)
+    ops = fake_cuda.FakeGpuOps()
+    ref, model = _model("numpy"), _model(ops)
+    with caplog.at_level("INFO", logger="fastnn"):
+        caplog.clear()
+        h_ref, h = ref.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=5), _auto_fit(model, x, y, epochs=1)
+    assert h.history == h_ref.history
+    assert "do not capture (RuntimeError: graph capture is not emulated (simulated))" in caplog.text
+    assert ops._capture_refusal is not None and model._train_step.graphs is None
+
+
+def test_auto_does_not_reuse_a_split_mode_graph_of_cuda_graph_true(fake_gpu):
+    """A step captured in "split" mode under ``cuda_graph=True`` is not replayed by a later default fit."""
+    if fake_gpu.mode != "split":
+        pytest.skip("about split mode")
+    x, y = _data()
+    model = _model(fake_gpu)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=5, cuda_graph=True)
+    assert model._train_step.graphs.mode == "split"
+    replays = len(fake_gpu.replays)
+    _auto_fit(model, x, y, epochs=1)
+    assert len(fake_gpu.replays) == replays

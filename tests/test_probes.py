@@ -224,3 +224,21 @@ def test_graph_capture_parts_are_checked(tmp_path):
     proc = subprocess.run(run + ["--parts", "fit_modes"], capture_output=True, text=True, cwd=str(ROOT), env=env,
                           timeout=120)
     assert proc.returncode == 0 and json.loads(proc.stdout)["skipped"].startswith("no GPU: ")
+
+
+def test_column_reduce_one_tile_stand_in_takes_column_tiles_arguments(monkeypatch):
+    """The probe swaps ``_loader.column_tiles`` for a one-tile stand-in; the launchers call it with the
+    device too, so the stand-in must accept whatever ``column_tiles`` accepts (on the H200, 2026-12-04,
+    it did not, and every shape of the probe failed)."""
+    import inspect
+
+    monkeypatch.syspath_prepend(str(PROBES))
+    import column_reduce
+
+    from fastnn.kernels.gpu import _loader
+
+    real = inspect.signature(_loader.column_tiles).parameters
+    stand_in = inspect.signature(column_reduce.one_tile).parameters
+    assert list(stand_in) == list(real)
+    assert column_reduce.one_tile(8192, 512, 0) == (1, 8192)
+    assert column_reduce.one_tile(0, 3) == (1, 1)

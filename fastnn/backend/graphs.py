@@ -46,9 +46,17 @@ restored checkpoint), and the default stream wait for it at the end. An out-of-m
 (``TrainStep.guarded``) clears the workspaces a graph used, so it ``reset``s the graph,
 which is captured again.
 
-Status: written without a GPU. ``tests/test_graphs_plumbing.py`` runs all of it on the CPU
-against a stand-in for CuPy's streams and graphs; the ``gpu`` tests (replay equals eager, Dropout,
-BatchNormalization, every optimizer) and the probes in ``bench/probes`` verify it on a device.
+By default (``cuda_graph="auto"``) ``fit`` on the CuPy backend captures when it can in "full"
+mode: one process, arrays with one input and no sample or class weights, at least
+``AUTO_MIN_STEPS`` full-size steps in the fit, a stream that captures and fastnn's direct cuBLAS
+handle. Otherwise, or when the capture fails, it trains eagerly and says why once at INFO level on
+the ``fastnn`` logger (``cuda_graph=True`` warns instead, and also takes "split" mode);
+``cuda_graph=False`` never captures. A replay that differs from the eager step warns in both.
+
+Status: ``tests/test_graphs_plumbing.py`` runs all of it on the CPU against a stand-in for CuPy's
+streams and graphs; the ``gpu`` tests (replay equals eager, Dropout, BatchNormalization, every
+optimizer) and the probes in ``bench/probes`` verify it on a device (an H200: full mode bit for bit
+equal to eager, 4-5.5x faster per step on B512/B64, ``bench/results/2026-12-04-h200*.md``).
 """
 from __future__ import annotations
 
@@ -71,6 +79,40 @@ CHECK_RTOL = {numpy.dtype(numpy.float32): 1e-4, numpy.dtype(numpy.float64): 1e-1
 # because an element whose gradient is a rounding-level sum can flip the sign of its (Adam) step,
 # yet still far below what a wrong learning rate, step count or decay gives (>= 1e-1).
 DELTA_RTOL = {numpy.dtype(numpy.float32): 1e-2, numpy.dtype(numpy.float64): 1e-9}
+# ``cuda_graph="auto"``: the fewest full-size steps a fit must have to be captured. The first runs
+# eagerly, the second is captured and both of the first two replays are checked against an eager
+# run, so a graph starts to pay from about the fourth.
+AUTO_MIN_STEPS = 4
+
+def say_once(trainer, why):
+    """Log at INFO, once per model (its ``TrainStep``) and reason, why ``cuda_graph="auto"`` trains it
+    eagerly."""
+    said = vars(trainer).setdefault("_said_eager", set())
+    if why not in said:
+        said.add(why)
+        log.info("%s: fit trains eagerly, without a CUDA graph: %s", trainer.model.name, why)
+
+
+def capture_refusal(ops):
+    """None when a stream on ``ops``'s device captures a trivial kernel into a graph, else why not.
+    Asked once per backend object (CuPy's CPU emulator in ``tests/cudaemu``, say, does not capture)."""
+    if "_capture_refusal" not in vars(ops):
+        cupy, why = ops.xp, None
+        try:
+            with cupy.cuda.Device(ops.device_id):
+                stream = cupy.cuda.Stream(non_blocking=True)
+                probe = cupy.zeros((1,), dtype=numpy.float32)
+                with stream:
+                    stream.begin_capture()
+                    try:
+                        probe += 1
+                    finally:
+                        stream.end_capture()
+                stream.synchronize()
+        except Exception as exc:  # noqa: BLE001 - whatever stops a capture means "no graphs here"
+            why = f"streams on {ops.device} do not capture ({type(exc).__name__}: {exc})"
+        ops._capture_refusal = why
+    return ops._capture_refusal
 
 
 class _Recorder:
@@ -188,8 +230,9 @@ class StepGraphs:
     """The captured training step of a model for one batch shape (CuPy backend only; see the module
     docstring). The model's ``fastnn.training.TrainStep`` keeps it, so later ``fit`` calls replay it."""
 
-    def __init__(self, trainer, rows, x_spec, y_spec, distributed=False):
+    def __init__(self, trainer, rows, x_spec, y_spec, distributed=False, auto=False):
         self.trainer, self.model, self.ops = trainer, trainer.model, trainer.model.ops
+        self.auto = auto            # cuda_graph="auto": full mode only, and a failed capture is said at INFO
         self.x_spec, self.y_spec = x_spec, y_spec  # (shape of one sample, device dtype) of inputs and targets
         self.cupy = cupy = self.ops.xp
         self.rows = rows            # rows of a full (local) batch: the only shape captured
@@ -201,6 +244,7 @@ class StepGraphs:
         self.disabled = None        # why graphs were given up (then every step is eager)
         self.mode = None
         self._cublas = None
+        self._why_split = None      # why "split" mode, when it is
 
     # ------------------------------------------------------------------ public
     @contextlib.contextmanager
@@ -238,7 +282,7 @@ class StepGraphs:
             if self.captured is None:
                 self.captured = self._capture(n_global, row0)
         except Exception as exc:  # noqa: BLE001 - any capture failure means "train eagerly", said once
-            self._give_up(f"capturing the step failed ({type(exc).__name__}: {exc})")
+            self._give_up(f"capturing the step failed ({type(exc).__name__}: {exc})", quiet=self.auto)
             return None
         cap = self.captured
         fill(cap.x_slot, cap.y_slot)
@@ -294,9 +338,19 @@ class StepGraphs:
             words[len(masks):].view(numpy.float64).reshape(hyper_shape)[...] = rows
 
     # ------------------------------------------------------------------ capture
-    def _give_up(self, reason):
+    def full_mode_refusal(self):
+        """None when fastnn's cuBLAS handle works here (a capture would be "full" mode), else why not."""
+        from fastnn import backend
+
+        self._handle(backend.get_matmul_precision())
+        return self._why_split
+
+    def _give_up(self, reason, quiet=False):
         self.disabled = reason
         self.captured = None
+        if quiet:
+            say_once(self.trainer, reason)
+            return
         warnings.warn(f"fastnn: fit(cuda_graph=True): {reason}; training continues eagerly on "
                       f"{self.ops.device}", RuntimeWarning, stacklevel=4)
 
@@ -326,9 +380,11 @@ class StepGraphs:
                                            f"by {err:.2e} (relative)")
             self.mode, self._cublas = "full", handle
         except Exception as exc:  # noqa: BLE001 - no usable handle: split the step around its GEMMs
-            log.info("fastnn: cuda_graph: direct cuBLAS unavailable (%s: %s); GEMMs run eagerly between graphs",
-                     type(exc).__name__, exc)
+            if not self.auto:  # "auto" does not split: it says why it trains eagerly instead
+                log.info("fastnn: cuda_graph: direct cuBLAS unavailable (%s: %s); GEMMs run eagerly between graphs",
+                         type(exc).__name__, exc)
             self.mode, self._cublas = "split", None
+            self._why_split = f"fastnn's direct cuBLAS handle is unavailable ({type(exc).__name__}: {exc})"
         return self._cublas
 
     def _rehearse(self, recorder, args):
@@ -371,6 +427,8 @@ class StepGraphs:
         y_slot = cupy.zeros((rows,) + self.y_spec[0], dtype=self.y_spec[1])
         precision = backend.get_matmul_precision()
         handle = self._handle(precision)
+        if handle is None and self.auto:
+            raise RuntimeError(self._why_split)
         pool = cupy.cuda.MemoryPool()
         recorder = _Recorder(cupy, stream, handle, precision)
         context = StepContext(model._step, row0, reuse_buffers=True, premade_masks=True)

@@ -32,7 +32,7 @@ class TrainingAPI:
     @distributed.collective("fit")  # under MPI: ranks that disagree or fail never leave the others hanging
     def fit(self, x, y=None, batch_size=None, epochs=1, verbose="auto", validation_data=None, validation_split=0.0,
             shuffle=True, callbacks=None, initial_epoch=0, seed=None, checkpoint_dir=None, resume=True, keep=3,
-            save_freq="epoch", cuda_graph=False, sample_weight=None, class_weight=None, steps_per_epoch=None,
+            save_freq="epoch", cuda_graph="auto", sample_weight=None, class_weight=None, steps_per_epoch=None,
             validation_steps=None):
         """Train for ``epochs`` epochs of mini-batches; returns a ``History``.
 
@@ -52,9 +52,12 @@ class TrainingAPI:
         On the CuPy backend the training set moves to the GPU once when it fits (half the free
         device memory; ``FASTNN_DEVICE_DATA`` and ``FASTNN_DEVICE_DATA_FRACTION`` change that);
         otherwise batches are gathered on the host into pinned buffers and copied asynchronously
-        (``fastnn.feeding``). ``cuda_graph=True`` replays each full-size step as a captured CUDA
-        graph (``fastnn.backend.graphs``: the ragged last batch runs eagerly; on a CPU backend it warns and
-        runs eagerly).
+        (``fastnn.feeding``). There each full-size step is replayed as a captured CUDA graph by default
+        (``cuda_graph="auto"``, ``fastnn.backend.graphs``; the ragged last batch runs eagerly) wherever
+        the whole step can be captured; where it cannot, the ``fastnn`` logger says why once at INFO
+        level and the steps run eagerly. ``cuda_graph=False`` never captures; ``cuda_graph=True`` also
+        captures around eager GEMMs when fastnn's cuBLAS handle is unusable, and warns where it cannot
+        capture (on a CPU backend, say).
         """
         if streams.is_stream(x, y):
             self.require_compiled("fit()")

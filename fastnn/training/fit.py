@@ -37,8 +37,8 @@ def _check_args(model, x, y, batch_size, epochs, validation_split, shuffle, init
         raise ValueError(f"{name}.fit: y is required (the targets of x, {len(x) if hasattr(x, '__len__') else '?'} "
                          f"samples); fastnn's fit takes arrays x and y")
     batch_size = positive_int(name, "batch_size", 32 if batch_size is None else batch_size)  # Keras's default
-    if not isinstance(cuda_graph, (bool, numpy.bool_)):
-        raise TypeError(f"{name}: cuda_graph must be True or False, got {cuda_graph!r}")
+    if not (isinstance(cuda_graph, (bool, numpy.bool_)) or (isinstance(cuda_graph, str) and cuda_graph == "auto")):
+        raise TypeError(f"{name}: cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
     if isinstance(epochs, bool) or not isinstance(epochs, (int, numpy.integer)) or epochs < 0:
         raise ValueError(f"{name}: epochs must be a non-negative integer, got {epochs!r}")
     if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, numpy.integer)) or initial_epoch < 0:
@@ -142,7 +142,7 @@ def _agree(model, comm, rng, x, y, val, callbacks, w=None, **settings):
 
 def fit(model, x, y, batch_size=None, epochs=1, verbose="auto", validation_data=None, validation_split=0.0,
         shuffle=True, callbacks=None, initial_epoch=0, seed=None, checkpoint_dir=None, resume=True, keep=3,
-        save_freq="epoch", cuda_graph=False, sample_weight=None, class_weight=None, steps_per_epoch=None):
+        save_freq="epoch", cuda_graph="auto", sample_weight=None, class_weight=None, steps_per_epoch=None):
     """``Sequential.fit`` on arrays (see its docstring; ``fastnn.training.streams`` takes generators);
     returns the ``History``."""
     model.require_compiled("fit()")
@@ -171,7 +171,8 @@ def fit(model, x, y, batch_size=None, epochs=1, verbose="auto", validation_data=
     run_info = {"samples": int(n), "batch_size": int(batch_size), "shuffle": bool(shuffle), "seed": model.seed_record(
         seed)}
     trainer = TrainStep.of(model)
-    graphs = trainer.graphs_for(cuda_graph, batch_size, comm, x, y, weighted=w is not None)
+    graphs = trainer.graphs_for(cuda_graph, batch_size, comm, x, y, weighted=w is not None,
+                                steps=max(epochs - initial_epoch, 0) * (n // batch_size))
     plan = None
     if comm.size == 1 and graphs is None and feeder is None and w is None and not isinstance(x, feeding.Inputs):
         plan, prepared = trainer.plan_for(batch_size, x, y)  # one compiled call per batch, where the backend has one

@@ -26,13 +26,20 @@ __all__ = ["TrainStep"]
 log = logging.getLogger("fastnn")
 
 
+def graphs_mod():
+    """``fastnn.backend.graphs`` (imported when first needed: it is only for the CuPy backend)."""
+    from fastnn.backend import graphs
+
+    return graphs
+
+
 class TrainStep:
     """The training step of ``model``: ``step(xb, tb)`` trains on one batch and returns its sums."""
 
     def __init__(self, model):
         self.model = model
         self.dx = {}  # the loss gradient's buffer per output shape
-        self.graphs = None  # fastnn.backend.graphs.StepGraphs of the last fit(cuda_graph=True)
+        self.graphs = None  # fastnn.backend.graphs.StepGraphs of the last fit that made one
         self._graph_owners = self._graph_key = None
         self._retry = False  # the step runs again after an out-of-memory error (StepContext.retry)
 
@@ -150,14 +157,22 @@ class TrainStep:
                 f"or train on the CPU with backend='cpu'; fastnn never switches device by itself.")
 
     # ------------------------------------------------------------------ captured steps
-    def graphs_for(self, cuda_graph, batch_size, comm, x, y, weighted=False):
-        """``fastnn.backend.graphs.StepGraphs`` for ``fit(cuda_graph=True)`` on a backend that captures graphs;
-        None otherwise."""
+    def graphs_for(self, cuda_graph, batch_size, comm, x, y, weighted=False, steps=None):
+        """``fastnn.backend.graphs.StepGraphs`` for a ``fit`` whose full-size steps are captured; None
+        when they run eagerly. ``cuda_graph``: True (capture, in "split" mode if need be, and warn
+        when it cannot), False, or "auto" (capture in "full" mode where that works, else say why once
+        at INFO level); ``steps``: the fit's full-size steps, for "auto"."""
         model = self.model
+        auto = isinstance(cuda_graph, str)
         if not cuda_graph:
             return None
+        if auto and not model.ops.captures_graphs:
+            return None  # a CPU backend: nothing to capture, nothing to say
         if isinstance(x, Inputs) or weighted:
             what = "models with several inputs" if weighted is False else "steps with sample or class weights"
+            if auto:
+                graphs_mod().say_once(self, f"{what} are not captured yet")
+                return None
             warnings.warn(f"{model.name}: fit(cuda_graph=True) does not capture {what} yet; its steps run eagerly",
                           RuntimeWarning, stacklevel=4)
             return None
@@ -166,6 +181,11 @@ class TrainStep:
                           f"{model.ops.name} ({model.ops.device}); its steps run eagerly", RuntimeWarning,
                           stacklevel=4)
             return None
+        if auto:
+            why = self._auto_refusal(comm, steps)
+            if why is not None:
+                graphs_mod().say_once(self, why)
+                return None
         from fastnn.backend.graphs import StepGraphs
 
         lo, hi = distributed.shard(batch_size, comm.rank, comm.size)
@@ -180,12 +200,29 @@ class TrainStep:
         key = (model.head, hi - lo, batch_size, x_spec, y_spec, get_matmul_precision(), rates, comm.size > 1,
                opt.graph_kind(), opt.graph_capturable(), pieces)
         cached = self.graphs
-        if (cached is not None and len(self._graph_owners) == len(owners) and cached.disabled is None
-                and all(a is b for a, b in zip(self._graph_owners, owners)) and self._graph_key == key):
+        same = (cached is not None and len(self._graph_owners) == len(owners) and self._graph_key == key
+                and all(a is b for a, b in zip(self._graph_owners, owners)))
+        if same and cached.disabled is None and not (auto and cached.mode == "split"):
             return cached
-        self.graphs = StepGraphs(self, hi - lo, x_spec, y_spec, distributed=comm.size > 1)
-        self._graph_owners, self._graph_key = owners, key
-        return self.graphs
+        if auto and same and cached.auto and cached.disabled is not None:
+            return None  # "auto" gave this very step up before (and said why): eager, without trying again
+        graphs = StepGraphs(self, hi - lo, x_spec, y_spec, distributed=comm.size > 1, auto=auto)
+        self.graphs, self._graph_owners, self._graph_key = graphs, owners, key
+        if auto:
+            why = graphs.full_mode_refusal()
+            if why is not None:
+                graphs._give_up(why, quiet=True)
+                return None
+        return graphs
+
+    def _auto_refusal(self, comm, steps):
+        """Why ``cuda_graph="auto"`` does not capture this fit (before trying), or None."""
+        if comm.size > 1:
+            return "data-parallel runs capture only with cuda_graph=True"
+        if steps is not None and steps < graphs_mod().AUTO_MIN_STEPS:
+            return (f"{steps} full-size step(s) in this fit; a graph pays off from "
+                    f"{graphs_mod().AUTO_MIN_STEPS}")
+        return graphs_mod().capture_refusal(self.model.ops)
 
     def fill_slots(self, x, y, local, feeder, x_slot, y_slot):
         """Write the batch ``local`` into a captured step's input slots (on the current stream)."""

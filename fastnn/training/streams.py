@@ -149,7 +149,7 @@ def fit_stream(model, source, batch_size, epochs, verbose, validation_data, vali
                              f"it (batch size: their length; weights: a third item)")
     if validation_split:
         raise ValueError(f"{name}: validation_split needs arrays; with a generator or iterable give validation_data")
-    if cuda_graph:
+    if cuda_graph is True or cuda_graph is numpy.True_:   # "auto" says nothing: streams are simply eager
         warnings.warn(f"{name}: fit(cuda_graph=True) needs arrays; batches from a generator run eagerly",
                       RuntimeWarning, stacklevel=3)
     comm = distributed.get()
