@@ -121,12 +121,12 @@ def test_graph_plumbing_trains_exactly_as_eager(fake_gpu, optimizer):
     assert len(graphs_.captured.masks) == 2
     program = graphs_.captured.program
     if fake_gpu.mode == "full":     # one graph holding every GEMM, none run eagerly
-        assert len(program) == 1 and graphs_.stream.captures == 1
+        assert len(program) == 1 and graphs_.stream.captures == 2   # the step, and the fit's batch gather
         # 3 forward, 5 backward (dW of each Dense, dx of all but the first)
         assert sum(node.name.startswith("cublas") for node in program[0].nodes) == 8
         assert sum(captured for _, captured in graphs_._cublas.lib.calls) == 8
     else:                           # graphs with eager GEMMs between them
-        assert sum(callable(item) for item in program) == 8 and graphs_.stream.captures == 9
+        assert sum(callable(item) for item in program) == 8 and graphs_.stream.captures == 9 + 1
     full_batches = 3 * (int(203 * 0.9) // 32)
     assert len(fake_gpu.replays) == full_batches - 1      # all but the warm-up step replayed the graph
     assert model._step == 3 * 6                          # one dropout step per batch, graph or not
@@ -335,14 +335,16 @@ def test_second_check_catches_a_value_frozen_at_capture(fake_gpu, monkeypatch):
     ref = _model("numpy", OPTIMIZERS["rmsprop-schedule"])
     h_ref = ref.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5)
     model = _model(fake_gpu, OPTIMIZERS["rmsprop-schedule"])
-    original = StepGraphs._write_scalars
+    original = StepGraphs._write_step
     calls = []
 
-    def first_only(self, cap, step, words):
+    def first_only(self, cap, step, index, words):   # the batch's rows still travel: only the values freeze
         calls.append(step)
         if len(calls) == 1:
-            original(self, cap, step, words)
-    monkeypatch.setattr(StepGraphs, "_write_scalars", first_only)
+            original(self, cap, step, index, words)
+        else:
+            words[-self.rows:].view(numpy.int64)[...] = index
+    monkeypatch.setattr(StepGraphs, "_write_step", first_only)
     with pytest.warns(RuntimeWarning, match=r"replayed step's .* differ from the eager step's"):
         h = model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True)
     _assert_same(model, h, ref, h_ref)
@@ -605,7 +607,8 @@ def test_auto_captures_in_full_mode_and_trains_exactly_as_eager(fake_gpu, caplog
     if fake_gpu.mode == "full":
         graphs_ = model._train_step.graphs
         assert graphs_.auto and graphs_.mode == "full" and graphs_.disabled is None
-        assert len(fake_gpu.replays) == 2 * 2 * 6 - 1 and graphs_.stream.captures == 1   # captured once, kept
+        # the step captured once and kept; the batch gather once per fit (it holds the fit's data address)
+        assert len(fake_gpu.replays) == 2 * 2 * 6 - 1 and graphs_.stream.captures == 1 + 2
         assert not said
     else:
         assert not fake_gpu.replays and fake_cuda.Graph.launches == 0
@@ -684,3 +687,24 @@ def test_auto_does_not_reuse_a_split_mode_graph_of_cuda_graph_true(fake_gpu):
     replays = len(fake_gpu.replays)
     _auto_fit(model, x, y, epochs=1)
     assert len(fake_gpu.replays) == replays
+
+
+def test_a_wrong_captured_batch_gather_is_caught_and_the_takes_run_eagerly(fake_gpu, monkeypatch):
+    """The step's replay check reads the input slots the gather filled, so it cannot see a wrong
+    gather; the gather graph is checked on its own at each fit's first replay against the eager
+    takes. Here its replay fills nothing: caught, warned, the takes run eagerly, training stays exact."""
+    x, y = _data()
+    ref = _model("numpy")
+    h_ref = ref.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5)
+    model = _model(fake_gpu)
+    real = StepGraphs._capture_gather
+
+    def broken(self, cap, fill):
+        graph = real(self, cap, fill)
+        return (fake_cuda.Graph([]), graph[1])   # replays nothing
+    monkeypatch.setattr(StepGraphs, "_capture_gather", broken)
+    with pytest.warns(RuntimeWarning, match="the captured batch gather differs from the eager one"):
+        h = model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True)
+    _assert_same(model, h, ref, h_ref)
+    graphs_ = model._train_step.graphs
+    assert graphs_.disabled is None and len(fake_gpu.replays) == 2 * 6 - 1   # the step graph itself is fine

@@ -160,6 +160,22 @@ def test_gpu_extra_without_a_gpu_exits_3_and_runs_nothing(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["extra.log"]
 
 
+def test_gpu_recheck_without_a_gpu_exits_3_and_runs_nothing(tmp_path):
+    """The short recheck command: bash syntax, the steps it promises, and without a GPU exit 3 before
+    installing anything."""
+    script = PROBES / "gpu_recheck.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    code = script.read_text()
+    assert "tests/test_cuda_graphs.py" in code and '-m "gpu and not slow"' in code and "--parts fit_modes" in code
+    if select.probe_cupy(0).ok:
+        pytest.skip("a GPU answers here: gpu_recheck.sh would run for real")
+    proc = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "no GPU here" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["recheck.log"]
+
+
 def test_gpu_check_sanitizer_selection_is_not_empty(tmp_path):
     proc, out = _gpu_check(tmp_path, GPU_CHECK_DRY_RUN="1", GPU_CHECK_COLLECT="sanitizer")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

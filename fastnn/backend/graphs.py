@@ -13,9 +13,10 @@ kernels once and replays them with one launch. What is captured follows from two
   each replay; the captured "dev" primitives (``Ops.dropout_mask_dev``, ``Ops.<optimizer>_step_dev``)
   read them there. Captured: the dropout masks, ``TrainStep.grad`` (forward, loss, metrics,
   backward), the regularizers and the fused optimizer update. Eager around each replay: the
-  batch gather into the input slot (two ``take`` launches; the data's address changes from one
-  ``fit`` to the next, so it is not captured), the staging copy, and the copies of the batch's
-  statistics. With data parallelism or ``clipnorm`` (a host value from the gradient norm) the
+  batch gather into the input slot (two ``take`` launches reading the batch's row indices from
+  the staging buffer; the data's address changes from one ``fit`` to the next, so it is not
+  captured) and the staging copy. The batch's statistics are read from the graph's buffers by the
+  loop's sums (``fastnn.training.loop._Sums``), queued before the next replay. With data parallelism or ``clipnorm`` (a host value from the gradient norm) the
   optimizer, the all-reduce and the regularizers stay eager after the replay.
 - CuPy refuses cuBLAS calls during capture (up to 14.2 at least: ``cublasSetStream`` raises
   ``NotImplementedError``). ``CupyOps.gemm`` hands GEMMs to the recorder here, which either
@@ -180,38 +181,39 @@ def _dropout_units(model):
 
 
 class _Staging:
-    """The per-step scalars' way to the device: two pinned host buffers used in turn, one device
+    """The per-step values' way to the device: two pinned host buffers used in turn, one device
     buffer that the graph reads (64-bit words: dropout stream starts as uint64, optimizer scalars
-    as float64), copied through the backend's transfer protocol (``ops.make_transfer()``) so that a
-    copy never overwrites what the previous replay still reads, and the host never overwrites a
-    pinned buffer whose copy has not finished."""
+    as float64, the batch's row indices as int64). Each step's words are copied on the step's own
+    stream (``Transfer.copy_in_order``), so the copy lands after the previous replay has read the
+    buffer and before the next one does; the host waits for a pinned buffer's last copy (two steps
+    ago) before writing it again. Per step: one copy, one event record, one event wait."""
 
     def __init__(self, ops, words):
         self.transfer = ops.make_transfer()
         self.host = [self.transfer.host_empty((words,), numpy.uint64) for _ in range(2)]
         self.device = self.transfer.device_empty((words,), numpy.uint64)
         self.device[...] = 0
+        self.events = [self.transfer.new_event() for _ in range(2)]
         self.copied = [None, None]
         self.k = 0
 
     def push(self, write):
         """``write(host_words)`` fills this step's values; then they are copied to ``device``,
-        ordered after everything queued so far and before everything queued next."""
+        ordered after everything queued so far on the current stream and before everything queued
+        next."""
         t, k = self.transfer, self.k
-        done = t.record_compute()       # the previous replay, which reads ``device``, is queued before this
         t.host_wait(self.copied[k])     # this pinned buffer's last copy has finished
         write(self.host[k])
-        t.copy_wait(done)
-        self.copied[k] = t.copy_async(self.device, self.host[k])
-        t.compute_wait(self.copied[k])
+        self.copied[k] = t.copy_in_order(self.device, self.host[k], self.events[k])
         self.k = 1 - k
 
 
 class _Captured:
     """One batch shape's replay program and everything it must keep alive."""
 
-    def __init__(self, program, x_slot, y_slot, stats, keep, pool, staging, masks, pieces, hyper_shape):
+    def __init__(self, program, x_slot, y_slot, stats, keep, pool, staging, masks, pieces, hyper_shape, index):
         self.program, self.x_slot, self.y_slot, self.stats = program, x_slot, y_slot, stats
+        self.index = index              # the batch's row indices on the device: the staging words' tail (int64)
         self.keep, self.pool, self.staging = keep, pool, staging
         self.masks = masks              # the Dropout layers whose masks the graph draws, in staging order
         self.pieces = pieces            # the optimizer's flat pieces when its update is captured, else None
@@ -245,6 +247,7 @@ class StepGraphs:
         self.mode = None
         self._cublas = None
         self._why_split = None      # why "split" mode, when it is
+        self._gather = None         # (captured step, (graph, pool) or None): this fit's batch gather as a graph
 
     # ------------------------------------------------------------------ public
     @contextlib.contextmanager
@@ -259,6 +262,7 @@ class StepGraphs:
             try:
                 yield self.stream
             finally:
+                self._gather = None  # it holds this fit's data addresses
                 null.wait_event(self.stream.record())
 
     def reset(self):
@@ -267,10 +271,13 @@ class StepGraphs:
         self.captured = None
         self.warm = False
 
-    def step(self, fill, n_global, row0, comm):
+    def step(self, fill, n_global, row0, comm, index=None):
         """Train one full batch through the graph; ``None`` when the caller must run it eagerly.
 
-        ``fill(x_slot, y_slot)`` writes this step's batch into the input slots (on the stream).
+        ``fill(x_slot, y_slot, device_index)`` writes this step's batch into the input slots (on the
+        stream); ``index``, the batch's rows on the host, travels to the device with the step's other
+        values (one copy per step), and ``device_index`` is it there (None when ``index`` is).
+        The statistics returned are the graph's own buffers, valid until the next replay is queued.
         """
         if self.disabled is not None:
             return None
@@ -285,12 +292,18 @@ class StepGraphs:
             self._give_up(f"capturing the step failed ({type(exc).__name__}: {exc})", quiet=self.auto)
             return None
         cap = self.captured
-        fill(cap.x_slot, cap.y_slot)
         step = model._step
+        try:
+            cap.staging.push(functools.partial(self._write_step, cap, step, index))
+        except Exception as exc:  # noqa: BLE001 - the step's values cannot reach the graph: eager from here
+            self._give_up(f"staging the step's values failed ({type(exc).__name__}: {exc})")
+            return None
+        if index is None:
+            fill(cap.x_slot, cap.y_slot, None)
+        else:
+            self._fill_from_index(cap, fill)
         stats = None
         try:
-            if cap.staging is not None:
-                cap.staging.push(functools.partial(self._write_scalars, cap, step))
             applied = cap.pieces is not None
             if cap.checks_left:
                 stats = self._checked_replay(cap, n_global, step, row0)  # restores the state if it raises
@@ -304,20 +317,55 @@ class StepGraphs:
             self._give_up(f"replaying the step failed ({type(exc).__name__}: {exc})")
             return None
         if stats is None:
-            try:
-                stats = {k: v.copy() for k, v in cap.stats.items()}  # the next replay overwrites cap.stats
-            except Exception as exc:  # noqa: BLE001 - the update is applied: keep these (no replay follows)
-                self._give_up(f"copying the step's statistics failed ({type(exc).__name__}: {exc})")
-                stats = dict(cap.stats)
+            stats = dict(cap.stats)  # the graph's buffers: the loop's sums add them before the next replay
         if not applied:
             with StepContext(step, row0):
                 stats = self.trainer.apply(stats, self.rows, comm)
         model._step += 1
         return stats
 
+    def _fill_from_index(self, cap, fill):
+        """The batch gather (two ``take`` launches from the staged row indices into the input slots),
+        as one graph captured at this fit's first replay: the data's address is fixed for the fit
+        (``ordered`` drops the graph at its end). Where that capture fails, the takes run eagerly."""
+        first = self._gather is None or self._gather[0] is not cap
+        if first:
+            self._gather = (cap, self._capture_gather(cap, fill))
+        graph = self._gather[1]
+        if graph is None:
+            fill(cap.x_slot, cap.y_slot, cap.index)
+            return
+        graph[0].launch(self.stream)
+        if first:  # checked once per fit against the eager takes (the step's replay check cannot see it)
+            want_x, want_y = self.cupy.empty_like(cap.x_slot), self.cupy.empty_like(cap.y_slot)
+            fill(want_x, want_y, cap.index)
+            if not (bool((want_x == cap.x_slot).all()) and bool((want_y == cap.y_slot).all())):
+                warnings.warn("fastnn: cuda_graph: the captured batch gather differs from the eager one; the "
+                              "gather runs eagerly for the rest of this fit", RuntimeWarning, stacklevel=5)
+                self._gather = (cap, None)
+                fill(cap.x_slot, cap.y_slot, cap.index)
+
+    def _capture_gather(self, cap, fill):
+        cupy, stream = self.cupy, self.stream
+        pool = cupy.cuda.MemoryPool()
+        try:
+            with cupy.cuda.using_allocator(pool.malloc):
+                stream.begin_capture()
+                try:
+                    fill(cap.x_slot, cap.y_slot, cap.index)
+                finally:
+                    graph = stream.end_capture()
+            return graph, pool
+        except Exception as exc:  # noqa: BLE001 - the gather then runs eagerly; the step graph is unaffected
+            log.info("fastnn: cuda_graph: the batch gather is not captured (%s: %s); it runs eagerly",
+                     type(exc).__name__, exc)
+            return None
+
     # ------------------------------------------------------------------ per-step scalars
-    def _write_scalars(self, cap, step, words):
+    def _write_step(self, cap, step, index, words):
         self._write_scalars_for([(layer, None) for layer in cap.masks], cap.pieces, cap.hyper_shape, step, words)
+        if index is not None:
+            words[-self.rows:].view(numpy.int64)[...] = index
 
     def _write_scalars_for(self, masks, pieces, hyper_shape, step, words):
         """This step's values into the staging words: each mask's stream start, then the
@@ -335,7 +383,8 @@ class StepGraphs:
             rows = opt.graph_scalars(flat, now)
             if rows.shape != hyper_shape:
                 raise RuntimeError(f"the optimizer's scalars changed shape from {hyper_shape} to {rows.shape}")
-            words[len(masks):].view(numpy.float64).reshape(hyper_shape)[...] = rows
+            h = len(masks) + hyper_shape[0] * hyper_shape[1]
+            words[len(masks):h].view(numpy.float64).reshape(hyper_shape)[...] = rows
 
     # ------------------------------------------------------------------ capture
     def full_mode_refusal(self):
@@ -443,13 +492,17 @@ class StepGraphs:
             hyper_shape = (0, 0)
             if pieces is not None:
                 hyper_shape = opt.graph_scalars(model.flat, pieces).shape
-            words = len(masks) + hyper_shape[0] * hyper_shape[1]
-            staging = _Staging(ops, words) if words else None
-            device = staging.device if staging is not None else cupy.zeros((0,), numpy.uint64)
+            h = len(masks) + hyper_shape[0] * hyper_shape[1]
+            staging = _Staging(ops, h + rows)  # the batch's row indices last: one copy per step for all
+            device = staging.device
             bases = device[:len(masks)]
-            hyper = device[len(masks):].view(numpy.float64).reshape(hyper_shape) if pieces is not None else None
-            if staging is not None:  # valid values in the device buffer even before the first replay
-                staging.push(functools.partial(self._write_scalars_for, masks, pieces, hyper_shape, model._step))
+            hyper = device[len(masks):h].view(numpy.float64).reshape(hyper_shape) if pieces is not None else None
+            index = device[h:].view(numpy.int64)
+
+            def first(words):  # valid values in the device buffer even before the first replay
+                words[h:] = 0
+                self._write_scalars_for(masks, pieces, hyper_shape, model._step, words)
+            staging.push(first)
             args = (x_slot, y_slot, n_global, row0, masks, bases, pieces, hyper)
             self._rehearse(recorder, args)
             stream.synchronize()
@@ -477,7 +530,7 @@ class StepGraphs:
                  rows, self.mode, sum(1 for item in program if not callable(item)),
                  "captured" if pieces is not None else "eager")
         return _Captured(program, x_slot, y_slot, stats, keep, pool, staging, [layer for layer, _ in masks],
-                         pieces, hyper_shape)
+                         pieces, hyper_shape, index)
 
     def _checked_replay(self, cap, n_global, step, row0):
         """Replay, then run the same step eagerly from the same state, and compare.

@@ -65,6 +65,21 @@ class CupyTransfer:
         if event is not None:
             event.synchronize()
 
+    def new_event(self):
+        """An event to reuse with ``copy_in_order`` (made once: a new one per copy costs host time)."""
+        with self._cupy.cuda.Device(self.device_id):
+            return self._cupy.cuda.Event(disable_timing=True)
+
+    def copy_in_order(self, dst, src, event):
+        """Copy pinned ``src`` into ``dst`` on the *current* stream, after what is queued there and
+        before what is queued next (no second stream, no cross-stream waits), and record ``event``
+        after it; returns ``event`` (``host_wait`` on it before ``src`` is written again). For small
+        per-step values, such as a captured step's staging words; the caller's device is current."""
+        stream = self._cupy.cuda.get_current_stream()
+        dst.set(src, stream=stream)
+        event.record(stream)
+        return event
+
 
 class NumpyTransfer:
     """The same steps with plain NumPy arrays and no events (``None``): host backends and tests.
@@ -98,3 +113,11 @@ class NumpyTransfer:
 
     def host_wait(self, event):
         pass
+
+    def new_event(self):
+        return None
+
+    def copy_in_order(self, dst, src, event):
+        dst[...] = src
+        self.copies += 1
+        return None

@@ -92,8 +92,16 @@ class _Sums:
         if self.comm is not None and self.comm.size > 1:  # host_sums adds the ranks' counts up
             lo, hi = distributed.shard(size, self.comm.rank, self.comm.size)
             size = hi - lo
+        sums = self.sums
         for k, v in stats.items():
-            self.sums[k] = v if k not in self.sums else self.sums[k] + v
+            total = sums.get(k)
+            if total is None:  # a copy: a captured step's statistics are its graph's buffers, rewritten next step
+                sums[k] = v.copy() if hasattr(v, "copy") else v
+            elif getattr(total, "shape", None) == getattr(v, "shape", ()) and getattr(total, "dtype", None) == getattr(
+                    v, "dtype", None) and hasattr(total, "__iadd__") and getattr(total, "ndim", None) is not None:
+                total += v         # in place: no new array per batch (same dtype and shape, so the same sum)
+            else:
+                sums[k] = total + v
         self.count += size
 
     def host_sums(self, local=False):

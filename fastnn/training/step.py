@@ -224,14 +224,15 @@ class TrainStep:
                     f"{graphs_mod().AUTO_MIN_STEPS}")
         return graphs_mod().capture_refusal(self.model.ops)
 
-    def fill_slots(self, x, y, local, feeder, x_slot, y_slot):
-        """Write the batch ``local`` into a captured step's input slots (on the current stream)."""
+    def fill_slots(self, x, y, local, feeder, x_slot, y_slot, index=None):
+        """Write the batch ``local`` into a captured step's input slots (on the current stream);
+        ``index``: ``local`` already on the device."""
         if feeder is not None:
             xb, yb = feeder.get(local)
             x_slot[...] = xb
             y_slot[...] = yb
             return
         ops = self.model.ops
-        idx = ops.asarray(local)
+        idx = ops.asarray(local) if index is None else index
         ops.xp.take(x, idx, axis=0, out=x_slot)
         ops.xp.take(y, idx, axis=0, out=y_slot)
