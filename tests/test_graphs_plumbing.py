@@ -708,3 +708,25 @@ def test_a_wrong_captured_batch_gather_is_caught_and_the_takes_run_eagerly(fake_
     _assert_same(model, h, ref, h_ref)
     graphs_ = model._train_step.graphs
     assert graphs_.disabled is None and len(fake_gpu.replays) == 2 * 6 - 1   # the step graph itself is fine
+
+
+def test_a_dropout_rate_changed_mid_fit_ends_the_replays(fake_gpu):
+    """A callback that changes a Dropout rate during ``fit``: the captured kernels keep the rate they
+    were captured with, so the graph is given up (with a warning) and the rest trains eagerly at the
+    new rate, exactly as eager training does."""
+    from fastnn.callbacks import Callback
+
+    class Lower(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 3:
+                self.model.layers[2].rate = 0.1
+
+    x, y = _data()
+    ref = _model("numpy")
+    h_ref = ref.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, callbacks=[Lower()])
+    model = _model(fake_gpu)
+    with pytest.warns(RuntimeWarning, match=r"staging the step's values failed \(RuntimeError: dropout\w*'s rate "
+                                            r"changed from 0.3 to 0.1 since capture\)"):
+        h = model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True, callbacks=[Lower()])
+    _assert_same(model, h, ref, h_ref)
+    assert model._train_step.graphs.disabled is not None

@@ -216,6 +216,7 @@ class _Captured:
         self.index = index              # the batch's row indices on the device: the staging words' tail (int64)
         self.keep, self.pool, self.staging = keep, pool, staging
         self.masks = masks              # the Dropout layers whose masks the graph draws, in staging order
+        self.rates = [layer.rate for layer in masks]  # their rates, frozen in the captured kernels
         self.pieces = pieces            # the optimizer's flat pieces when its update is captured, else None
         self.hyper_shape = hyper_shape  # (pieces, scalars per piece) in the staging words after the masks'
         self.checks_left = 2
@@ -363,6 +364,9 @@ class StepGraphs:
 
     # ------------------------------------------------------------------ per-step scalars
     def _write_step(self, cap, step, index, words):
+        for layer, rate in zip(cap.masks, cap.rates):
+            if layer.rate != rate:  # a callback changed it mid-fit: the graph would keep the old rate
+                raise RuntimeError(f"{layer.name}'s rate changed from {rate} to {layer.rate} since capture")
         self._write_scalars_for([(layer, None) for layer in cap.masks], cap.pieces, cap.hyper_shape, step, words)
         if index is not None:
             words[-self.rows:].view(numpy.int64)[...] = index
