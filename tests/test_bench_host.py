@@ -20,10 +20,10 @@ EXPECTED = {
     "B512": {"kernels": 15, "gemms": 8, "takes": 2, "ops": 2, "h2d": 1, "d2h": 0},
 }
 
-# per replayed step, in "full" mode (one graph, GEMMs inside): the graph launch; around it the index
-# upload and the two takes into the input slots, the staging copy of the per-step scalars (h2d) with
-# its event records and waits (events) and the host wait on its pinned buffer (syncs), the copy of the
-# loss out of the graph's buffer and the loop's sum of the logs (ops); nothing else launches or copies.
+# per replayed step, in "full" mode (GEMMs inside the step's graph): two graph launches (the batch
+# gather, captured once per fit, and the step); around them one staging copy of the per-step values
+# and the batch's row indices (h2d) with one event record (events) and the host wait on its pinned
+# buffer (syncs), and the loop's in-place sum of the logs (ops); nothing else launches or copies.
 # The graph holds every kernel and GEMM of the eager step, plus the loss's ufuncs (nodes).
 EXPECTED_REPLAY = {
     "A": {"graph_launches": 2, "kernels": 0, "gemms": 0, "takes": 0, "ops": 1, "h2d": 1, "d2h": 0, "events": 1,

@@ -653,8 +653,10 @@ def test_auto_says_once_why_it_does_not_capture_and_never_warns(fake_gpu, monkey
     with using("numpy"), caplog.at_level("INFO", logger="fastnn"):
         caplog.clear()
         h_ref = [models[0].fit(x, y, batch_size=32, epochs=1, verbose=0, seed=s) for s in (5, 6)]
-        h = [_auto_fit(models[1], x, y, epochs=1) for _ in range(1)]
-        h.append(models[1].fit(x, y, batch_size=32, epochs=1, verbose=0, seed=6))
+        h = [_auto_fit(models[1], x, y, epochs=1)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            h.append(models[1].fit(x, y, batch_size=32, epochs=1, verbose=0, seed=6))
     assert [a.history for a in h] == [b.history for b in h_ref]
     said = [r.getMessage() for r in caplog.records if "without a CUDA graph" in r.getMessage()]
     full = fake_gpu.mode == "full"   # in split mode the cuBLAS check refuses first, without trying a capture
@@ -730,3 +732,58 @@ def test_a_dropout_rate_changed_mid_fit_ends_the_replays(fake_gpu):
         h = model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True, callbacks=[Lower()])
     _assert_same(model, h, ref, h_ref)
     assert model._train_step.graphs.disabled is not None
+
+
+def test_a_dropout_rate_raised_from_zero_mid_fit_ends_the_replays_quietly_by_default(fake_gpu, caplog):
+    """A Dropout captured at rate 0 is the identity in the graph; a callback raising its rate must
+    end the replays too. Under the default ``cuda_graph="auto"`` that is said at INFO, not warned."""
+    from fastnn.callbacks import Callback
+
+    class Raise(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 3:
+                self.model.layers[2].rate = 0.3
+
+    def model_(backend):
+        model = Sequential([Dense(32, activation="relu", input_shape=(12,)), BatchNormalization(), Dropout(0.0),
+                            Dense(4, activation="softmax")], seed=3, backend=backend)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    x, y = _data()
+    ref = model_("numpy")
+    h_ref = ref.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, callbacks=[Raise()])
+    model = model_(fake_gpu)
+    with caplog.at_level("INFO", logger="fastnn"):
+        h = _auto_fit(model, x, y, epochs=2, callbacks=[Raise()])
+    _assert_same(model, h, ref, h_ref)
+    if fake_gpu.mode == "full":
+        assert model._train_step.graphs.disabled is not None and len(fake_gpu.replays) >= 1
+        assert "rate changed from 0.0 to 0.3 since capture" in caplog.text
+
+
+@pytest.mark.parametrize("fake_gpu", ["full"], indirect=True)
+def test_reset_after_out_of_memory_lets_the_old_captured_step_go(fake_gpu):
+    """``TrainStep.guarded`` resets the graph to free memory after an out-of-memory error: nothing
+    (the fit's batch-gather graph included) may keep the old captured step, its private pool and its
+    buffers alive."""
+    import gc
+    import weakref
+
+    from fastnn.callbacks import Callback
+
+    seen = {}
+
+    class Reset(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            graphs_ = self.model._train_step.graphs
+            if batch == 4 and graphs_.captured is not None:
+                seen["ref"] = weakref.ref(graphs_.captured)
+                graphs_.reset()
+                gc.collect()
+                seen["alive"] = seen["ref"]() is not None
+
+    x, y = _data()
+    model = _model(fake_gpu)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=5, callbacks=[Reset()])
+    assert seen and not seen["alive"]

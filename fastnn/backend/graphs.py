@@ -11,13 +11,15 @@ kernels once and replays them with one launch. What is captured follows from two
   travel in one small device buffer: the host computes them exactly as the eager step does,
   writes them into a pinned staging buffer (two, used in turn) and copies it to the device before
   each replay; the captured "dev" primitives (``Ops.dropout_mask_dev``, ``Ops.<optimizer>_step_dev``)
-  read them there. Captured: the dropout masks, ``TrainStep.grad`` (forward, loss, metrics,
-  backward), the regularizers and the fused optimizer update. Eager around each replay: the
-  batch gather into the input slot (two ``take`` launches reading the batch's row indices from
-  the staging buffer; the data's address changes from one ``fit`` to the next, so it is not
-  captured) and the staging copy. The batch's statistics are read from the graph's buffers by the
-  loop's sums (``fastnn.training.loop._Sums``), queued before the next replay. With data parallelism or ``clipnorm`` (a host value from the gradient norm) the
-  optimizer, the all-reduce and the regularizers stay eager after the replay.
+  read them there; so do the batch's row indices. Captured: the dropout masks, ``TrainStep.grad``
+  (forward, loss, metrics, backward), the regularizers and the fused optimizer update. Around each
+  replay: the staging copy, and the batch gather into the input slots (two ``take`` calls from the
+  staged row indices), captured as a second small graph at each ``fit``'s first replay (the data's
+  address changes from one ``fit`` to the next) and checked once against the eager takes. The
+  batch's statistics are read from the graph's buffers by the loop's sums
+  (``fastnn.training.loop._Sums``), queued before the next replay. With data parallelism or
+  ``clipnorm`` (a host value from the gradient norm) the optimizer, the all-reduce and the
+  regularizers stay eager after the replay.
 - CuPy refuses cuBLAS calls during capture (up to 14.2 at least: ``cublasSetStream`` raises
   ``NotImplementedError``). ``CupyOps.gemm`` hands GEMMs to the recorder here, which either
   captures them through fastnn's own cuBLAS handle (``fastnn.kernels.gpu.cublas``; mode
@@ -216,7 +218,7 @@ class _Captured:
         self.index = index              # the batch's row indices on the device: the staging words' tail (int64)
         self.keep, self.pool, self.staging = keep, pool, staging
         self.masks = masks              # the Dropout layers whose masks the graph draws, in staging order
-        self.rates = [layer.rate for layer in masks]  # their rates, frozen in the captured kernels
+        self.rates = None               # [(layer, rate)] of every Dropout layer at capture (set by _capture)
         self.pieces = pieces            # the optimizer's flat pieces when its update is captured, else None
         self.hyper_shape = hyper_shape  # (pieces, scalars per piece) in the staging words after the masks'
         self.checks_left = 2
@@ -270,6 +272,7 @@ class StepGraphs:
         """Forget the captured step (after an out-of-memory retry cleared the layers' workspaces):
         the next full batch runs eagerly again, and the one after it is captured anew."""
         self.captured = None
+        self._gather = None  # it keeps the old captured step (its pool and buffers) alive
         self.warm = False
 
     def step(self, fill, n_global, row0, comm, index=None):
@@ -297,7 +300,7 @@ class StepGraphs:
         try:
             cap.staging.push(functools.partial(self._write_step, cap, step, index))
         except Exception as exc:  # noqa: BLE001 - the step's values cannot reach the graph: eager from here
-            self._give_up(f"staging the step's values failed ({type(exc).__name__}: {exc})")
+            self._give_up(f"staging the step's values failed ({type(exc).__name__}: {exc})", quiet=self.auto)
             return None
         if index is None:
             fill(cap.x_slot, cap.y_slot, None)
@@ -340,7 +343,9 @@ class StepGraphs:
         if first:  # checked once per fit against the eager takes (the step's replay check cannot see it)
             want_x, want_y = self.cupy.empty_like(cap.x_slot), self.cupy.empty_like(cap.y_slot)
             fill(want_x, want_y, cap.index)
-            if not (bool((want_x == cap.x_slot).all()) and bool((want_y == cap.y_slot).all())):
+            same = all(bool((a.view(numpy.uint8) == b.view(numpy.uint8)).all())   # bit for bit: NaN data too
+                       for a, b in ((want_x, cap.x_slot), (want_y, cap.y_slot)))
+            if not same:
                 warnings.warn("fastnn: cuda_graph: the captured batch gather differs from the eager one; the "
                               "gather runs eagerly for the rest of this fit", RuntimeWarning, stacklevel=5)
                 self._gather = (cap, None)
@@ -364,7 +369,7 @@ class StepGraphs:
 
     # ------------------------------------------------------------------ per-step scalars
     def _write_step(self, cap, step, index, words):
-        for layer, rate in zip(cap.masks, cap.rates):
+        for layer, rate in cap.rates:
             if layer.rate != rate:  # a callback changed it mid-fit: the graph would keep the old rate
                 raise RuntimeError(f"{layer.name}'s rate changed from {rate} to {layer.rate} since capture")
         self._write_scalars_for([(layer, None) for layer in cap.masks], cap.pieces, cap.hyper_shape, step, words)
@@ -395,16 +400,22 @@ class StepGraphs:
         """None when fastnn's cuBLAS handle works here (a capture would be "full" mode), else why not."""
         from fastnn import backend
 
-        self._handle(backend.get_matmul_precision())
+        cupy = self.cupy
+        # on the capture stream, as inside fit's ``ordered`` block: the check's uploads, GEMMs and
+        # read-backs must be ordered on one stream
+        with cupy.cuda.Device(self.ops.device_id), self.stream:
+            self._handle(backend.get_matmul_precision())
         return self._why_split
 
     def _give_up(self, reason, quiet=False):
         self.disabled = reason
         self.captured = None
+        self._gather = None
         if quiet:
             say_once(self.trainer, reason)
             return
-        warnings.warn(f"fastnn: fit(cuda_graph=True): {reason}; training continues eagerly on "
+        mode = 'cuda_graph="auto" (the default)' if self.auto else "cuda_graph=True"
+        warnings.warn(f"fastnn: fit({mode}): {reason}; training continues eagerly on "
                       f"{self.ops.device}", RuntimeWarning, stacklevel=4)
 
     def _handle(self, precision):
@@ -533,8 +544,11 @@ class StepGraphs:
         log.info("fastnn: cuda_graph: captured the %d-row training step (%s mode, %d graph(s), optimizer %s)",
                  rows, self.mode, sum(1 for item in program if not callable(item)),
                  "captured" if pieces is not None else "eager")
-        return _Captured(program, x_slot, y_slot, stats, keep, pool, staging, [layer for layer, _ in masks],
-                         pieces, hyper_shape, index)
+        cap = _Captured(program, x_slot, y_slot, stats, keep, pool, staging, [layer for layer, _ in masks],
+                        pieces, hyper_shape, index)
+        # every Dropout's rate, 0 included: the graph keeps a rate-0 layer as the identity
+        cap.rates = [(layer, layer.rate) for layer, _ in _dropout_units(model)]
+        return cap
 
     def _checked_replay(self, cap, n_global, step, row0):
         """Replay, then run the same step eagerly from the same state, and compare.

@@ -203,6 +203,7 @@ class TrainStep:
         same = (cached is not None and len(self._graph_owners) == len(owners) and self._graph_key == key
                 and all(a is b for a, b in zip(self._graph_owners, owners)))
         if same and cached.disabled is None and not (auto and cached.mode == "split"):
+            cached.auto = auto  # this fit's mode says how a failure is reported
             return cached
         if auto and same and cached.auto and cached.disabled is not None:
             return None  # "auto" gave this very step up before (and said why): eager, without trying again
