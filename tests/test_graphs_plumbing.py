@@ -216,21 +216,25 @@ def test_without_a_plant_the_unchecked_graph_trains_exactly_as_eager(fake_gpu, m
         _trains_exactly_as_eager(fake_gpu, optimizer, epochs=2)
 
 
+def _book_loss_model(backend):
+    """A model whose loss is the book's ``SoftmaxWithLoss``, which reads its labels on the host."""
+    from fastnn.losses import SoftmaxWithLoss
+
+    model = Sequential([Dense(16, activation="relu", input_shape=(12,)), Dropout(0.2), Dense(4)], seed=3,
+                       backend=backend)
+    model.compile(optimizer="adam", loss=SoftmaxWithLoss())
+    return model
+
+
 def test_a_host_read_in_the_step_fails_the_capture_and_trains_eagerly(fake_gpu):
     """A book loss layer (``SoftmaxWithLoss``, wrapped in ``CustomLoss``) reads its labels' range on
     the host every call: the capture fails with the stand-in's error, training goes on eagerly. (The
     layer follows its inputs' backend, here the current one: pinned to NumPy, whatever CuPy the
     machine has.)"""
     from fastnn.backend import using
-    from fastnn.losses import SoftmaxWithLoss
 
     x, y = _data()
-    models = []
-    for backend in ("numpy", fake_gpu):
-        model = Sequential([Dense(16, activation="relu", input_shape=(12,)), Dropout(0.2), Dense(4)], seed=3,
-                           backend=backend)
-        model.compile(optimizer="adam", loss=SoftmaxWithLoss())
-        models.append(model)
+    models = [_book_loss_model(backend) for backend in ("numpy", fake_gpu)]
     with using("numpy"):
         h_ref = models[0].fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5)
         with pytest.warns(RuntimeWarning, match=r"capturing the step failed \(CaptureError: cudaErrorStreamCapture"
@@ -620,7 +624,6 @@ def test_auto_says_once_why_it_does_not_capture_and_never_warns(fake_gpu, monkey
     cannot be captured (a host read), a device whose streams do not capture: eager training equal to
     NumPy's, no warning, and one INFO line per reason."""
     from fastnn.backend import using
-    from fastnn.losses import SoftmaxWithLoss
 
     x, y = _data()
     w = numpy.random.default_rng(4).random(len(x)).astype(numpy.float32)
@@ -641,12 +644,7 @@ def test_auto_says_once_why_it_does_not_capture_and_never_warns(fake_gpu, monkey
         assert not fake_gpu.replays, name
 
     # a host read in the step: the capture fails, said once at INFO; the next fit does not try again
-    models = []
-    for backend in ("numpy", fake_gpu):
-        model = Sequential([Dense(16, activation="relu", input_shape=(12,)), Dropout(0.2), Dense(4)], seed=3,
-                           backend=backend)
-        model.compile(optimizer="adam", loss=SoftmaxWithLoss())
-        models.append(model)
+    models = [_book_loss_model(backend) for backend in ("numpy", fake_gpu)]
     captures = []
     real_capture = StepGraphs._capture
     monkeypatch.setattr(StepGraphs, "_capture", lambda self, *a: captures.append(1) or real_capture(self, *a))

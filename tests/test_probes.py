@@ -144,36 +144,28 @@ def test_gpu_check_without_a_gpu_fails_fast_and_says_why(tmp_path):
     assert not list(tmp_path.glob("fastnn-gpu-check.*")), "the work folder is removed"
 
 
-def test_gpu_extra_without_a_gpu_exits_3_and_runs_nothing(tmp_path):
-    """The second device command: bash syntax, no -x, and on a machine without a GPU exit 3 with the
-    reason, before installing anything."""
-    script = PROBES / "gpu_extra.sh"
+SECOND_COMMANDS = {  # script: (what its code must hold, the one file it leaves without a GPU)
+    "gpu_extra": (("column_reduce.py", "--batch-size 8192", "--models B512,wide"), "extra.log"),
+    "gpu_recheck": (("tests/test_cuda_graphs.py", '-m "gpu and not slow"', "--parts fit_modes"), "recheck.log"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SECOND_COMMANDS))
+def test_second_device_command_without_a_gpu_exits_3_and_runs_nothing(name, tmp_path):
+    """The device commands after the check: bash syntax, the steps each promises, and on a machine
+    without a GPU exit 3 with the reason, before installing anything."""
+    script = PROBES / f"{name}.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     code = script.read_text()
-    assert "column_reduce.py" in code and "--batch-size 8192" in code and "--models B512,wide" in code
+    needles, log = SECOND_COMMANDS[name]
+    assert all(needle in code for needle in needles), needles
     if select.probe_cupy(0).ok:
-        pytest.skip("a GPU answers here: gpu_extra.sh would run for real")
+        pytest.skip(f"a GPU answers here: {name}.sh would run for real")
     proc = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
                           cwd=ROOT)
     assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "no GPU here" in proc.stdout
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["extra.log"]
-
-
-def test_gpu_recheck_without_a_gpu_exits_3_and_runs_nothing(tmp_path):
-    """The short recheck command: bash syntax, the steps it promises, and without a GPU exit 3 before
-    installing anything."""
-    script = PROBES / "gpu_recheck.sh"
-    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
-    code = script.read_text()
-    assert "tests/test_cuda_graphs.py" in code and '-m "gpu and not slow"' in code and "--parts fit_modes" in code
-    if select.probe_cupy(0).ok:
-        pytest.skip("a GPU answers here: gpu_recheck.sh would run for real")
-    proc = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
-                          cwd=ROOT)
-    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "no GPU here" in proc.stdout
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["recheck.log"]
+    assert f"{name}: no GPU here" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [log]
 
 
 def test_gpu_check_sanitizer_selection_is_not_empty(tmp_path):

@@ -24,19 +24,8 @@ LOG="$OUT/recheck.log"
 export PYTHONUNBUFFERED=1 FASTNN_EXPECT_GPU=1
 unset FASTNN_CUDA_EMULATOR FASTNN_BACKEND
 FAILED=0
-step() {  # step NAME LIMIT CMD...
-    local name=$1 limit=$2 t0=$SECONDS rc
-    shift 2
-    echo "===== $name (limit ${limit}s): $*" >>"$LOG"
-    timeout -s INT -k 5 "$limit" "$@" >>"$LOG" 2>&1
-    rc=$?
-    [ "$rc" -ne 0 ] && FAILED=1
-    printf '%-14s rc=%-4s %4ss\n' "$name" "$rc" $((SECONDS - t0)) | tee -a "$LOG"
-}
-if ! timeout 60 "$PY" -c 'import cupy, sys; a = cupy.arange(4) + 1; sys.exit(0 if int(a.sum()) == 10 else 1)' >>"$LOG" 2>&1; then
-    echo "gpu_recheck: no GPU here (CuPy does not compute on device 0); nothing run" | tee -a "$LOG"
-    exit 3
-fi
+. "$(dirname "$0")/_steps.sh"
+require_gpu gpu_recheck
 PYTEST=("$PY" -m pytest -p fastnn.testing -q -rfEs --maxfail=30 -p no:cacheprovider)
 step install 120 "$PY" -m pip install --no-deps --no-build-isolation -e .
 step tests_graphs 120 "${PYTEST[@]}" --junitxml "$OUT/junit-graphs.xml" tests/test_cuda_graphs.py
