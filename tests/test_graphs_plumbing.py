@@ -785,3 +785,29 @@ def test_reset_after_out_of_memory_lets_the_old_captured_step_go(fake_gpu):
     model = _model(fake_gpu)
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=5, callbacks=[Reset()])
     assert seen and not seen["alive"]
+
+
+@pytest.mark.parametrize("fake_gpu", ["full"], indirect=True)
+def test_auto_tries_again_next_fit_after_running_out_of_memory_in_capture(fake_gpu, monkeypatch, caplog):
+    """Out of memory while capturing: that fit trains eagerly (said at INFO, no warning); unlike a
+    capture that cannot work, the next fit tries again, and captures."""
+    real = StepGraphs._capture
+    calls = []
+
+    def flaky(self, *args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("out of memory allocating 1,048,576 bytes (simulated)")
+        return real(self, *args)
+    monkeypatch.setattr(StepGraphs, "_capture", flaky)
+    x, y = _data()
+    ref, model = _model("numpy"), _model(fake_gpu)
+    h_ref = [ref.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=s) for s in (5, 6)]
+    with caplog.at_level("INFO", logger="fastnn"):
+        h = [_auto_fit(model, x, y, epochs=1)]
+        assert not fake_gpu.replays and "capturing the step failed (MemoryError" in caplog.text
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            h.append(model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=6))
+    assert [a.history for a in h] == [b.history for b in h_ref]
+    assert len(calls) == 2 and len(fake_gpu.replays) == 6 - 1   # the second fit: a warm-up step, then 5 replays

@@ -247,6 +247,7 @@ class StepGraphs:
         self.captured = None
         self.warm = False           # the first full batch runs eagerly: kernels compile, workspaces appear
         self.disabled = None        # why graphs were given up (then every step is eager)
+        self.transient = False      # given up for a reason that may pass (memory): "auto" tries again next fit
         self.mode = None
         self._cublas = None
         self._why_split = None      # why "split" mode, when it is
@@ -294,6 +295,7 @@ class StepGraphs:
                 self.captured = self._capture(n_global, row0)
         except Exception as exc:  # noqa: BLE001 - any capture failure means "train eagerly", said once
             self._give_up(f"capturing the step failed ({type(exc).__name__}: {exc})", quiet=self.auto)
+            self.transient = isinstance(exc, MemoryError)  # out of memory: the next fit may capture again
             return None
         cap = self.captured
         step = model._step

@@ -205,7 +205,7 @@ class TrainStep:
         if same and cached.disabled is None and not (auto and cached.mode == "split"):
             cached.auto = auto  # this fit's mode says how a failure is reported
             return cached
-        if auto and same and cached.auto and cached.disabled is not None:
+        if auto and same and cached.auto and cached.disabled is not None and not cached.transient:
             return None  # "auto" gave this very step up before (and said why): eager, without trying again
         graphs = StepGraphs(self, hi - lo, x_spec, y_spec, distributed=comm.size > 1, auto=auto)
         self.graphs, self._graph_owners, self._graph_key = graphs, owners, key
