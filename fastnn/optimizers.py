@@ -255,6 +255,8 @@ class Optimizer:
         would compute them now; the caller advances ``iterations`` once the step has run."""
         lr, t = self.lr, self.iterations + 1
         rows = [flat.ops.step_scalars(self.rule, flat.dtype, *self._args(lr, wd, 1.0, t)) for _, _, wd in pieces]
+        if len(rows) == 1:  # the common case, every step of a captured fit: no stacking
+            return rows[0][None]
         return numpy.stack(rows) if rows else numpy.zeros((0, 0))
 
     def step_flat_dev(self, flat, pieces, rows):

@@ -273,8 +273,7 @@ def _float_dtype(primitive, dtype):
 
 def _as_float64(scalars):
     """The typed scalars as a host float64 array (exact: each is a float32/float64 value or a 0/1 flag)."""
-    return numpy.array([int(x) if isinstance(x, numpy.integer) else float(x) for x in scalars],
-                       dtype=numpy.float64)
+    return numpy.array(scalars, dtype=numpy.float64)  # float32/float64/int32 values: each converts exactly
 
 
 def sgd_scalars(dtype, lr, weight_decay=0.0, scale=1.0, clipvalue=INF):
