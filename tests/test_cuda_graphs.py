@@ -197,7 +197,7 @@ def test_graph_training_equals_eager(mode, dtype, optimizer, monkeypatch):
             "adam-clipnorm": lambda: _opt.Adam(0.01, clipnorm=0.5)}[optimizer]
     x, y = _data(n=203)   # 6 full batches of 32 and a ragged 11
     eager = _model("cupy", dtype, optimizer=make)
-    h_eager = eager.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=5)
+    h_eager = eager.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=5, cuda_graph=False)
     graphed = _model("cupy", dtype, optimizer=make)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would warn: fail instead
@@ -209,6 +209,29 @@ def test_graph_training_equals_eager(mode, dtype, optimizer, monkeypatch):
     _history_close(h_graph, h_eager, rtol)
     for a, b in zip(graphed.get_weights(), eager.get_weights()):
         numpy.testing.assert_allclose(a, b, rtol=rtol * 10, atol=rtol * 10)
+
+
+@gpu_only
+@pytest.mark.parametrize("feed", ["device", "host"])
+@pytest.mark.parametrize("weights", ["sample_weight", "class_weight"])
+def test_weighted_graph_training_equals_eager(weights, feed, monkeypatch):
+    """Sample and class weights through the default graphs (a third input slot): as eager training,
+    with resident and host-fed data, and no fallback."""
+    monkeypatch.setenv("FASTNN_DEVICE_DATA", feed)
+    x, y = _data(n=203)
+    kw = ({"sample_weight": numpy.random.default_rng(4).random(len(x)).astype(numpy.float32) + 0.25}
+          if weights == "sample_weight" else {"class_weight": {0: 0.5, 1: 2.0, 2: 1.0, 3: 1.5}})
+    eager = _model("cupy")
+    h_eager = eager.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=5, cuda_graph=False, **kw)
+    graphed = _model("cupy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        h_graph = graphed.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=5, **kw)
+    graphs = graphed._train_step.graphs
+    assert graphs.weighted and graphs.disabled is None and graphs.captured.checks_left == 0
+    _history_close(h_graph, h_eager, 2e-4)
+    for a, b in zip(graphed.get_weights(), eager.get_weights()):
+        numpy.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3)
 
 
 @gpu_only
@@ -226,7 +249,7 @@ def test_graph_capture_failure_falls_back_with_a_warning(monkeypatch):
         h = model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True)
     monkeypatch.setattr(TrainStep, "grad", original)
     ref = _model("cupy")
-    h_ref = ref.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5)
+    h_ref = ref.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=False)
     _history_close(h, h_ref, 1e-6)
 
 

@@ -138,7 +138,7 @@ def _dropout_step_by_value(monkeypatch):
     ``dropout_mask``, step read on the host at capture) instead of from the staging buffer."""
     real = StepGraphs._captured_step
 
-    def captured_step(self, x_slot, y_slot, n_global, row0, masks, bases, pieces, hyper):
+    def captured_step(self, x_slot, y_slot, n_global, row0, masks, bases, pieces, hyper, w_slot=None):
         ops, layer_of = self.ops, {id(mask): layer for layer, mask in masks}
 
         def by_value(shape, rate, base, row0=0, *, dtype, out):
@@ -146,7 +146,7 @@ def _dropout_step_by_value(monkeypatch):
                                     out=out)
         ops.dropout_mask_dev = by_value
         try:
-            return real(self, x_slot, y_slot, n_global, row0, masks, bases, pieces, hyper)
+            return real(self, x_slot, y_slot, n_global, row0, masks, bases, pieces, hyper, w_slot)
         finally:
             del ops.dropout_mask_dev
     monkeypatch.setattr(StepGraphs, "_captured_step", captured_step)
@@ -620,17 +620,13 @@ def test_auto_captures_in_full_mode_and_trains_exactly_as_eager(fake_gpu, caplog
 
 
 def test_auto_says_once_why_it_does_not_capture_and_never_warns(fake_gpu, monkeypatch, caplog):
-    """Too few full-size steps, sample weights, several inputs' stand-in (weights here), a step that
-    cannot be captured (a host read), a device whose streams do not capture: eager training equal to
-    NumPy's, no warning, and one INFO line per reason."""
+    """Too few full-size steps, a step that cannot be captured (a host read), a device whose streams
+    do not capture: eager training equal to NumPy's, no warning, and one INFO line per reason."""
     from fastnn.backend import using
 
     x, y = _data()
-    w = numpy.random.default_rng(4).random(len(x)).astype(numpy.float32)
     cases = {
         "few steps": (lambda m: _auto_fit(m, x[:100], y[:100], epochs=1), "3 full-size step(s) in this fit"),
-        "weights": (lambda m: _auto_fit(m, x, y, epochs=1, sample_weight=w),
-                    "steps with sample or class weights are not captured yet"),
     }
     for name, (run, why) in cases.items():
         ref, model = _model("numpy"), _model(fake_gpu)
@@ -811,3 +807,27 @@ def test_auto_tries_again_next_fit_after_running_out_of_memory_in_capture(fake_g
             h.append(model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=6))
     assert [a.history for a in h] == [b.history for b in h_ref]
     assert len(calls) == 2 and len(fake_gpu.replays) == 6 - 1   # the second fit: a warm-up step, then 5 replays
+
+
+@pytest.mark.parametrize("feed", ["device", "host"])
+@pytest.mark.parametrize("weights", ["sample_weight", "class_weight"])
+def test_weighted_steps_are_captured_and_train_exactly_as_eager(fake_gpu, monkeypatch, feed, weights):
+    """Sample and class weights: a third input slot, gathered with x and y (on the device, or from
+    the host batches), read by the captured weighted loss; bit for bit the eager NumPy training, by
+    default and without a warning."""
+    monkeypatch.setenv("FASTNN_DEVICE_DATA", feed)
+    x, y = _data()
+    x = x.astype(numpy.float64) if feed == "host" else x
+    kw = ({"sample_weight": numpy.random.default_rng(4).random(len(x)).astype(numpy.float32) + 0.25}
+          if weights == "sample_weight" else {"class_weight": {0: 0.5, 1: 2.0, 2: 1.0, 3: 1.5}})
+    ref = _model("numpy")
+    h_ref = ref.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, **kw)
+    model = _model(fake_gpu)
+    h = _auto_fit(model, x, y, epochs=2, **kw)
+    _assert_same(model, h, ref, h_ref)
+    if fake_gpu.mode == "full":
+        graphs_ = model._train_step.graphs
+        assert graphs_.weighted and graphs_.disabled is None and graphs_.captured.w_slot is not None
+        assert len(fake_gpu.replays) == 2 * 6 - 1
+    else:  # auto does not take split mode
+        assert not fake_gpu.replays

@@ -50,8 +50,8 @@ restored checkpoint), and the default stream wait for it at the end. An out-of-m
 which is captured again.
 
 By default (``cuda_graph="auto"``) ``fit`` on the CuPy backend captures when it can in "full"
-mode: one process, arrays with one input and no sample or class weights, at least
-``AUTO_MIN_STEPS`` full-size steps in the fit, a stream that captures and fastnn's direct cuBLAS
+mode: one process, arrays with one input (sample or class weights travel in a third input slot),
+at least ``AUTO_MIN_STEPS`` full-size steps in the fit, a stream that captures and fastnn's direct cuBLAS
 handle. Otherwise, or when the capture fails, it trains eagerly and says why once at INFO level on
 the ``fastnn`` logger (``cuda_graph=True`` warns instead, and also takes "split" mode);
 ``cuda_graph=False`` never captures. A replay that differs from the eager step warns in both.
@@ -213,8 +213,10 @@ class _Staging:
 class _Captured:
     """One batch shape's replay program and everything it must keep alive."""
 
-    def __init__(self, program, x_slot, y_slot, stats, keep, pool, staging, masks, pieces, hyper_shape, index):
-        self.program, self.x_slot, self.y_slot, self.stats = program, x_slot, y_slot, stats
+    def __init__(self, program, slots, stats, keep, pool, staging, masks, pieces, hyper_shape, index):
+        self.program, self.stats = program, stats
+        self.slots = slots              # (x, y, sample weights or None): the input slots, filled before each replay
+        self.x_slot, self.y_slot, self.w_slot = slots
         self.index = index              # the batch's row indices on the device: the staging words' tail (int64)
         self.keep, self.pool, self.staging = keep, pool, staging
         self.masks = masks              # the Dropout layers whose masks the graph draws, in staging order
@@ -235,9 +237,10 @@ class StepGraphs:
     """The captured training step of a model for one batch shape (CuPy backend only; see the module
     docstring). The model's ``fastnn.training.TrainStep`` keeps it, so later ``fit`` calls replay it."""
 
-    def __init__(self, trainer, rows, x_spec, y_spec, distributed=False, auto=False):
+    def __init__(self, trainer, rows, x_spec, y_spec, distributed=False, auto=False, weighted=False):
         self.trainer, self.model, self.ops = trainer, trainer.model, trainer.model.ops
         self.auto = auto            # cuda_graph="auto": full mode only, and a failed capture is said at INFO
+        self.weighted = weighted    # the step takes per-sample weights (a third input slot)
         self.x_spec, self.y_spec = x_spec, y_spec  # (shape of one sample, device dtype) of inputs and targets
         self.cupy = cupy = self.ops.xp
         self.rows = rows            # rows of a full (local) batch: the only shape captured
@@ -279,7 +282,7 @@ class StepGraphs:
     def step(self, fill, n_global, row0, comm, index=None):
         """Train one full batch through the graph; ``None`` when the caller must run it eagerly.
 
-        ``fill(x_slot, y_slot, device_index)`` writes this step's batch into the input slots (on the
+        ``fill(slots, device_index)`` writes this step's batch into the input slots (on the
         stream); ``index``, the batch's rows on the host, travels to the device with the step's other
         values (one copy per step), and ``device_index`` is it there (None when ``index`` is).
         The statistics returned are the graph's own buffers, valid until the next replay is queued.
@@ -305,7 +308,7 @@ class StepGraphs:
             self._give_up(f"staging the step's values failed ({type(exc).__name__}: {exc})", quiet=self.auto)
             return None
         if index is None:
-            fill(cap.x_slot, cap.y_slot, None)
+            fill(cap.slots, None)
         else:
             self._fill_from_index(cap, fill)
         stats = None
@@ -339,19 +342,19 @@ class StepGraphs:
             self._gather = (cap, self._capture_gather(cap, fill))
         graph = self._gather[1]
         if graph is None:
-            fill(cap.x_slot, cap.y_slot, cap.index)
+            fill(cap.slots, cap.index)
             return
         graph[0].launch(self.stream)
         if first:  # checked once per fit against the eager takes (the step's replay check cannot see it)
-            want_x, want_y = self.cupy.empty_like(cap.x_slot), self.cupy.empty_like(cap.y_slot)
-            fill(want_x, want_y, cap.index)
+            want = tuple(None if a is None else self.cupy.empty_like(a) for a in cap.slots)
+            fill(want, cap.index)
             same = all(bool((a.view(numpy.uint8) == b.view(numpy.uint8)).all())   # bit for bit: NaN data too
-                       for a, b in ((want_x, cap.x_slot), (want_y, cap.y_slot)))
+                       for a, b in zip(want, cap.slots) if a is not None)
             if not same:
                 warnings.warn("fastnn: cuda_graph: the captured batch gather differs from the eager one; the "
                               "gather runs eagerly for the rest of this fit", RuntimeWarning, stacklevel=5)
                 self._gather = (cap, None)
-                fill(cap.x_slot, cap.y_slot, cap.index)
+                fill(cap.slots, cap.index)
 
     def _capture_gather(self, cap, fill):
         cupy, stream = self.cupy, self.stream
@@ -360,7 +363,7 @@ class StepGraphs:
             with cupy.cuda.using_allocator(pool.malloc):
                 stream.begin_capture()
                 try:
-                    fill(cap.x_slot, cap.y_slot, cap.index)
+                    fill(cap.slots, cap.index)
                 finally:
                     graph = stream.end_capture()
             return graph, pool
@@ -470,13 +473,13 @@ class StepGraphs:
                 a[...] = b
         recorder.keep.clear()
 
-    def _captured_step(self, x_slot, y_slot, n_global, row0, masks, bases, pieces, hyper):
+    def _captured_step(self, x_slot, y_slot, n_global, row0, masks, bases, pieces, hyper, w_slot=None):
         """What the graph holds, called once under capture: draw the masks, the gradient step, and
         (when ``pieces``) the regularizers and the optimizer update."""
         model, ops = self.model, self.ops
         for i, (layer, mask) in enumerate(masks):
             ops.dropout_mask_dev(mask.shape, layer.rate, bases[i:i + 1], row0, dtype=mask.dtype, out=mask)
-        stats = self.trainer.grad(x_slot, y_slot, self.rows, n_global)
+        stats = self.trainer.grad(x_slot, y_slot, self.rows, n_global, w_slot)
         if pieces is not None:
             penalty = model.regularize()
             if penalty is not None:
@@ -491,6 +494,7 @@ class StepGraphs:
         rows = self.rows
         x_slot = cupy.zeros((rows,) + self.x_spec[0], dtype=self.x_spec[1])  # filled before each replay
         y_slot = cupy.zeros((rows,) + self.y_spec[0], dtype=self.y_spec[1])
+        w_slot = cupy.ones((rows,), dtype=model.dtype) if self.weighted else None
         precision = backend.get_matmul_precision()
         handle = self._handle(precision)
         if handle is None and self.auto:
@@ -520,7 +524,7 @@ class StepGraphs:
                 words[h:] = 0
                 self._write_scalars_for(masks, pieces, hyper_shape, model._step, words)
             staging.push(first)
-            args = (x_slot, y_slot, n_global, row0, masks, bases, pieces, hyper)
+            args = (x_slot, y_slot, n_global, row0, masks, bases, pieces, hyper, w_slot)
             self._rehearse(recorder, args)
             stream.synchronize()
             ops.capture = recorder
@@ -546,7 +550,7 @@ class StepGraphs:
         log.info("fastnn: cuda_graph: captured the %d-row training step (%s mode, %d graph(s), optimizer %s)",
                  rows, self.mode, sum(1 for item in program if not callable(item)),
                  "captured" if pieces is not None else "eager")
-        cap = _Captured(program, x_slot, y_slot, stats, keep, pool, staging, [layer for layer, _ in masks],
+        cap = _Captured(program, (x_slot, y_slot, w_slot), stats, keep, pool, staging, [layer for layer, _ in masks],
                         pieces, hyper_shape, index)
         # every Dropout's rate, 0 included: the graph keeps a rate-0 layer as the identity
         cap.rates = [(layer, layer.rate) for layer, _ in _dropout_units(model)]
@@ -575,7 +579,7 @@ class StepGraphs:
             for a, b in zip(states, before):
                 a[...] = b
             with StepContext(step, row0):  # masks drawn eagerly for this step, into the same buffers
-                stats = self.trainer.grad(cap.x_slot, cap.y_slot, self.rows, n_global)
+                stats = self.trainer.grad(cap.x_slot, cap.y_slot, self.rows, n_global, cap.w_slot)
                 if whole:
                     stats = self.trainer.apply(stats, self.rows, None)
             want = {"gradients": flat.g, **stats}  # with the regularizers' terms in both when whole

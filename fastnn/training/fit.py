@@ -271,8 +271,9 @@ def _shard_step(trainer, graphs, comm, data, batch_size, idx):
         lo, hi = distributed.shard(len(idx), comm.rank, comm.size)
         local = idx[lo:hi]
     if graphs is not None and len(idx) == batch_size and len(local):
-        stats = graphs.step(functools.partial(trainer.fill_slots, data.x, data.y, local, data.feeder), len(idx), lo,
-                            comm if comm.size > 1 else None, index=local if data.feeder is None else None)
+        fill = functools.partial(trainer.fill_slots, data.x, data.y, data.w, local, data.feeder)
+        stats = graphs.step(fill, len(idx), lo, comm if comm.size > 1 else None,
+                            index=local if data.feeder is None else None)
         if stats is not None:
             return stats
     xb, yb, wb = data.get(trainer.model.ops, local)

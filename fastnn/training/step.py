@@ -168,8 +168,8 @@ class TrainStep:
             return None
         if auto and not model.ops.captures_graphs:
             return None  # a CPU backend: nothing to capture, nothing to say
-        if isinstance(x, Inputs) or weighted:
-            what = "models with several inputs" if weighted is False else "steps with sample or class weights"
+        if isinstance(x, Inputs):
+            what = "models with several inputs"
             if auto:
                 graphs_mod().say_once(self, f"{what} are not captured yet")
                 return None
@@ -197,8 +197,8 @@ class TrainStep:
         owners = (model.flat, model.flat.p, model.flat.g, model.loss, opt, *(opt.flat_slots or ()), *model.metrics)
         rates = tuple(layer.rate for layer in model.layers if isinstance(layer, Dropout))
         pieces = tuple((a, b) for a, b, _ in opt._pieces(model.flat))
-        key = (model.head, hi - lo, batch_size, x_spec, y_spec, get_matmul_precision(), rates, comm.size > 1,
-               opt.graph_kind(), opt.graph_capturable(), pieces)
+        key = (model.head, hi - lo, batch_size, x_spec, y_spec, bool(weighted), get_matmul_precision(), rates,
+               comm.size > 1, opt.graph_kind(), opt.graph_capturable(), pieces)
         cached = self.graphs
         same = (cached is not None and len(self._graph_owners) == len(owners) and self._graph_key == key
                 and all(a is b for a, b in zip(self._graph_owners, owners)))
@@ -207,7 +207,8 @@ class TrainStep:
             return cached
         if auto and same and cached.auto and cached.disabled is not None and not cached.transient:
             return None  # "auto" gave this very step up before (and said why): eager, without trying again
-        graphs = StepGraphs(self, hi - lo, x_spec, y_spec, distributed=comm.size > 1, auto=auto)
+        graphs = StepGraphs(self, hi - lo, x_spec, y_spec, distributed=comm.size > 1, auto=auto,
+                            weighted=bool(weighted))
         self.graphs, self._graph_owners, self._graph_key = graphs, owners, key
         if auto:
             why = graphs.full_mode_refusal()
@@ -225,15 +226,21 @@ class TrainStep:
                     f"{graphs_mod().AUTO_MIN_STEPS}")
         return graphs_mod().capture_refusal(self.model.ops)
 
-    def fill_slots(self, x, y, local, feeder, x_slot, y_slot, index=None):
-        """Write the batch ``local`` into a captured step's input slots (on the current stream);
-        ``index``: ``local`` already on the device."""
+    def fill_slots(self, x, y, w, local, feeder, slots, index=None):
+        """Write the batch ``local`` into a captured step's input slots ``(x, y, weights or None)``
+        (on the current stream); ``index``: ``local`` already on the device; ``w``: the samples'
+        weights (on the host with a feeder, else on the device) or None."""
+        x_slot, y_slot, w_slot = slots
+        ops = self.model.ops
         if feeder is not None:
             xb, yb = feeder.get(local)
             x_slot[...] = xb
             y_slot[...] = yb
+            if w_slot is not None:
+                w_slot[...] = ops.asarray(w[local])
             return
-        ops = self.model.ops
         idx = ops.asarray(local) if index is None else index
         ops.xp.take(x, idx, axis=0, out=x_slot)
         ops.xp.take(y, idx, axis=0, out=y_slot)
+        if w_slot is not None:
+            ops.xp.take(w, idx, axis=0, out=w_slot)
