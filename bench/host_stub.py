@@ -117,6 +117,10 @@ class ndarray(numpy.ndarray):
         return Device(0)
 
     @property
+    def _c_contiguous(self):  # CuPy's ndarray keeps the flag as an attribute (no flags object made)
+        return self.flags.c_contiguous
+
+    @property
     def data(self):
         return types.SimpleNamespace(ptr=self.ctypes.data)
 

@@ -49,8 +49,8 @@ def _module(family, code=None):
 
 def _reset_loader():
     """Forget the launchers' per-device caches (modules, kernels, SM counts, tilings, buffers)."""
-    for cache in (_loader._modules, _loader._functions, _loader._sm_counts, _loader._tilings, _loader._unused):
-        cache.clear()
+    _loader.clear_caches()
+    _loader._unused.clear()
 
 
 def _dev(a):

@@ -164,8 +164,9 @@ def recorded(monkeypatch):
         return lambda grid, block, args: calls.append((name, numpy.dtype(dtype), grid, block, args))
 
     monkeypatch.setattr(opt, "_fn", fn)
-    monkeypatch.setattr(L, "grid_1d", lambda n, block=L.BLOCK: 3)
-    monkeypatch.setattr(L, "function", lambda family, kernels, name, dtype: fn(name, dtype))
+    monkeypatch.setattr(L, "_device_id", lambda: 0)  # no CuPy here: the launch's device is looked up first
+    monkeypatch.setattr(L, "grid_1d", lambda n, block=L.BLOCK, dev=None: 3)
+    monkeypatch.setattr(L, "function", lambda family, kernels, name, dtype, dev=None: fn(name, dtype))
     return calls
 
 

@@ -279,7 +279,7 @@ def _launch_checked(name, fn):
 def _strict_kernels(on):
     for name, fn in _PLAIN.items():
         setattr(CupyOps, name, _launch_checked(name, fn) if on else fn)
-    _L.function = _counting_function if on else _PLAIN_FUNCTION
+    _L.function = _counting_function if on else _PLAIN_FUNCTION  # kernel_1d's memo follows it
 
 
 _ops.on_strict_kernels(_strict_kernels)

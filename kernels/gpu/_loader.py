@@ -56,6 +56,8 @@ _sm_counts: dict = {}  # device id -> multiprocessor count
 _partials: dict = {}   # (device id, stream pointer, thread) -> float64 buffers of per-tile column sums
 _tilings: dict = {}    # (n, d, device id) -> (tiles, rows per tile)
 _grids: dict = {}      # (n, block, device id) -> blocks of grid_1d
+_launches: dict = {}   # (family, kernel, dtype, n, block, device id) -> (kernel, (blocks,)) of kernel_1d
+_launch_owner: list = [None, None]  # the function and grid_1d that _launches was filled through
 
 
 def source_path(family: str) -> Path:
@@ -137,9 +139,11 @@ def module(family: str, kernels):
     return mod
 
 
-def function(family: str, kernels, name: str, dtype):
-    """The ``name<T>`` kernel of ``family`` for ``dtype`` (float32 -> float, float64 -> double)."""
-    dev = _device_id()
+def function(family: str, kernels, name: str, dtype, dev: int | None = None):
+    """The ``name<T>`` kernel of ``family`` for ``dtype`` (float32 -> float, float64 -> double), on
+    device ``dev`` (the current device when None; a launcher that already read it passes it on)."""
+    if dev is None:
+        dev = _device_id()
     fn = _functions.get((family, name, dtype, dev))  # dtype as given: a dtype or a scalar type both hash
     if fn is None:
         dtype = numpy.dtype(dtype)
@@ -152,6 +156,35 @@ def function(family: str, kernels, name: str, dtype):
     return fn
 
 
+def kernel_1d(family: str, kernels, name: str, dtype, n: int, block: int = BLOCK):
+    """``(kernel, (grid,), dev)`` for a grid-stride launch of ``name<T>`` over ``n`` items on the
+    current device ``dev``: what ``function`` and ``grid_1d`` give, looked up once per
+    (kernel, dtype, size, device) and then served from one dict read."""
+    dev = _device_id()
+    key = (family, name, dtype, n, block, dev)
+    hit = _launches.get(key)
+    if _launch_owner[0] is not function or _launch_owner[1] is not grid_1d:
+        # ``function``/``grid_1d`` replaced (the strict-kernel switch counts launches, tests record
+        # them): what was looked up through the old ones is forgotten
+        _launches.clear()
+        _launch_owner[:] = (function, grid_1d)
+        hit = None
+    if hit is None:
+        hit = (function(family, kernels, name, dtype, dev), (grid_1d(n, block, dev),))
+        if len(_launches) > 4096:   # sizes seen by a long-lived process: bounded
+            _launches.clear()
+        _launches[key] = hit
+    return hit[0], hit[1], dev
+
+
+def clear_caches():
+    """Forget the per-device lookups (modules, kernels, launch sizes, SM counts, tilings), for tests
+    that swap the CuPy underneath. Buffers (``unused``, ``column_partials``) are kept: a captured
+    CUDA graph may hold their addresses."""
+    for cache in (_modules, _functions, _sm_counts, _tilings, _grids, _launches):
+        cache.clear()
+
+
 def sm_count() -> int:
     """Multiprocessors of the current device (read once per device)."""
     dev = _device_id()
@@ -162,9 +195,11 @@ def sm_count() -> int:
     return count
 
 
-def grid_1d(n: int, block: int = BLOCK) -> int:
-    """Blocks for a grid-stride loop over ``n`` items: enough to cover them, capped by the device."""
-    dev = _device_id()
+def grid_1d(n: int, block: int = BLOCK, dev: int | None = None) -> int:
+    """Blocks for a grid-stride loop over ``n`` items: enough to cover them, capped by device ``dev``
+    (the current one when None)."""
+    if dev is None:
+        dev = _device_id()
     key = (n, block, dev)
     blocks = _grids.get(key)
     if blocks is None or dev not in _sm_counts:  # a cleared _sm_counts (tests) recomputes
@@ -175,21 +210,24 @@ def grid_1d(n: int, block: int = BLOCK) -> int:
     return blocks
 
 
-def grid_rows(n_rows: int, block: int = BLOCK) -> int:
+def grid_rows(n_rows: int, block: int = BLOCK, dev: int | None = None) -> int:
     """Blocks for warp-per-row kernels: ``block // 32`` rows per block, capped by the device."""
-    return grid_1d(n_rows, block // 32)
+    return grid_1d(n_rows, block // 32, dev)
 
 
-def grid_cols(n_cols: int) -> int:
+def grid_cols(n_cols: int, dev: int | None = None) -> int:
     """Blocks for column-reduction kernels: one per group of ``COL_BLOCK[0]`` columns, capped."""
-    return grid_1d(n_cols, COL_BLOCK[0])
+    return grid_1d(n_cols, COL_BLOCK[0], dev)
 
 
 def narrow(*sizes) -> numpy.int32:
     """The ``narrow`` argument of the kernels that divide indices: 1 (32-bit division and modulo,
     several times cheaper on a GPU than 64-bit) when every size of the launch (its element count and
     the arrays it indexes) is below ``NARROW_LIMIT``, else 0."""
-    return numpy.int32(max(sizes, default=0) < NARROW_LIMIT)
+    return _NARROW[max(sizes, default=0) < NARROW_LIMIT]
+
+
+_NARROW = (numpy.int32(0), numpy.int32(1))  # narrow()'s answers, made once (NumPy scalars are immutable)
 
 
 def column_tiles(n: int, d: int, dev: int | None = None):
@@ -245,7 +283,10 @@ def check_dtype(primitive: str, *arrays):
     for a in arrays:
         if a is None:
             continue
-        dt = numpy.dtype(a.dtype)
+        dt = a.dtype
+        if dt is dtype:  # the common case: the same (singleton) dtype object as the first array's
+            continue
+        dt = numpy.dtype(dt)
         if dt not in CTYPES:
             raise TypeError(f"{primitive}: the CUDA kernels take float32 or float64 arrays, got {dt}")
         if dtype is None:
@@ -258,7 +299,7 @@ def check_dtype(primitive: str, *arrays):
 
 def contiguous(a):
     """``a`` itself when C-contiguous, else a C-contiguous copy (kernels index flat memory)."""
-    if a is None or a.flags.c_contiguous:
+    if a is None or getattr(a, "_c_contiguous", False) or _contiguous(a):
         return a
     return _cupy().ascontiguousarray(a)
 
@@ -267,11 +308,11 @@ def check_out(primitive: str, name: str, buf, shape, dtype):
     """Check a caller-given output buffer: C-contiguous, of ``shape`` and ``dtype``."""
     if buf is None:
         return None
-    if tuple(buf.shape) != tuple(shape):
+    if buf.shape != shape and tuple(buf.shape) != tuple(shape):  # the first test passes for equal tuples
         raise ValueError(f"{primitive}: {name} must have shape {tuple(shape)}, got {tuple(buf.shape)}")
-    if numpy.dtype(buf.dtype) != numpy.dtype(dtype):
+    if buf.dtype is not dtype and numpy.dtype(buf.dtype) != numpy.dtype(dtype):
         raise TypeError(f"{primitive}: {name} must have dtype {numpy.dtype(dtype)}, got {buf.dtype}")
-    if not buf.flags.c_contiguous:
+    if not getattr(buf, "_c_contiguous", False) and not _contiguous(buf):
         raise ValueError(f"{primitive}: {name} must be C-contiguous (the kernel writes flat memory); "
                          f"pass a contiguous buffer")
     return buf
@@ -326,7 +367,11 @@ def writes(*names):
         @functools.wraps(launcher)
         def call(*args, **kwargs):
             for name, i in where:
-                if not _contiguous(args[i] if i is not None and i < len(args) else kwargs.get(name)):
+                a = args[i] if i is not None and i < len(args) else kwargs.get(name)
+                if a is None:
+                    continue
+                c = getattr(a, "_c_contiguous", None)  # a CuPy array: the flag itself (the hot path)
+                if c is False or (c is None and not _contiguous(a)):
                     break
             else:
                 return launcher(*args, **kwargs)
@@ -382,4 +427,5 @@ def empty(shape, dtype):
 
 def dtype_scalar(dtype, value):
     """``value`` as a NumPy scalar of ``dtype``: CuPy passes a Python float as double (GPU-NOTES)."""
-    return numpy.dtype(dtype).type(value)
+    t = getattr(dtype, "type", None)  # a numpy.dtype (what the launchers hold): its scalar type
+    return (t if t is not None else numpy.dtype(dtype).type)(value)

@@ -21,15 +21,25 @@ KERNELS = ("fastnn_bias_act", "fastnn_act_backward", "fastnn_bias_grad", "fastnn
            "fastnn_act_backward_z_bias_grad", "fastnn_col_finish")
 
 
-def _fn(name, dtype):
-    return L.function(FAMILY, KERNELS, name, dtype)
+def _fn(name, dtype, dev=None):
+    return L.function(FAMILY, KERNELS, name, dtype, dev)
+
+
+def _k1d(name, dtype, n):
+    """``(kernel, grid)`` of a grid-stride launch over ``n`` items."""
+    fn, grid, _ = L.kernel_1d(FAMILY, KERNELS, name, dtype, n)
+    return fn, grid
+
+
+_CODES = {code: numpy.int32(code) for code in ACTIVATION_NAMES}  # the kernels' int32 argument, made once
 
 
 def _act_code(primitive, act):
-    if act not in ACTIVATION_NAMES:
+    code = _CODES.get(act)
+    if code is None:
         raise ValueError(f"{primitive}: unknown activation code {act!r}; "
                          f"expected one of {sorted(ACTIVATION_NAMES)} (fastnn.kernels)")
-    return numpy.int32(act)
+    return code
 
 
 def need_z(primitive, act, z):
@@ -73,9 +83,11 @@ def bias_act(x, b, act, alpha=0.0, *, out=None, z_out=None):
         args = (numpy.int64(n), numpy.int64(max(d, 1)), numpy.int32(b is not None), code, L.dtype_scalar(dtype, alpha),
                 L.narrow(n))
         if zbuf is None:
-            _fn("fastnn_bias_act", dtype)((L.grid_1d(n),), (L.BLOCK,), (x, x if b is None else b, y, *args))
+            fn, grid = _k1d("fastnn_bias_act", dtype, n)
+            fn(grid, (L.BLOCK,), (x, x if b is None else b, y, *args))
         else:
-            _fn("fastnn_bias_act_z", dtype)((L.grid_1d(n),), (L.BLOCK,), (x, x if b is None else b, y, zbuf, *args))
+            fn, grid = _k1d("fastnn_bias_act_z", dtype, n)
+            fn(grid, (L.BLOCK,), (x, x if b is None else b, y, zbuf, *args))
     return y
 
 
@@ -93,10 +105,11 @@ def act_backward(dout, y, act, alpha=0.0, *, out=None, z=None):
     n = g.size
     if n:
         if z is None:
-            _fn("fastnn_act_backward", dtype)(
-                (L.grid_1d(n),), (L.BLOCK,), (dout, g, dz, numpy.int64(n), code, L.dtype_scalar(dtype, alpha)))
+            fn, grid = _k1d("fastnn_act_backward", dtype, n)
+            fn(grid, (L.BLOCK,), (dout, g, dz, numpy.int64(n), code, L.dtype_scalar(dtype, alpha)))
         else:
-            _fn("fastnn_act_backward_z", dtype)((L.grid_1d(n),), (L.BLOCK,), (dout, g, dz, numpy.int64(n), code))
+            fn, grid = _k1d("fastnn_act_backward_z", dtype, n)
+            fn(grid, (L.BLOCK,), (dout, g, dz, numpy.int64(n), code))
     return dz
 
 
@@ -107,11 +120,11 @@ def _column_reduce(kernel, dtype, n, d, db, args):
     dev = L._device_id()
     tiles, rows = L.column_tiles(n, d, dev)
     partial = L.column_partials(tiles * d, dev) if tiles > 1 else L.unused(numpy.float64, dev)
-    grid = (L.grid_cols(d), tiles) if tiles > 1 else (L.grid_cols(d),)
-    _fn(kernel, dtype)(grid, L.COL_BLOCK, (*args, numpy.int64(rows), partial))
+    grid = (L.grid_cols(d, dev), tiles) if tiles > 1 else (L.grid_cols(d, dev),)
+    _fn(kernel, dtype, dev)(grid, L.COL_BLOCK, (*args, numpy.int64(rows), partial))
     if tiles > 1:
-        _fn("fastnn_col_finish", dtype)(
-            (L.grid_1d(d),), (L.BLOCK,), (partial, db, numpy.int64(tiles), numpy.int64(d)))
+        _fn("fastnn_col_finish", dtype, dev)(
+            (L.grid_1d(d, L.BLOCK, dev),), (L.BLOCK,), (partial, db, numpy.int64(tiles), numpy.int64(d)))
 
 
 @L.writes('out')
@@ -165,8 +178,8 @@ def softmax(x, *, out=None):
     x = L.contiguous(x)
     y = L.output("softmax", "out", out, (n, c), dtype)
     if n and c:
-        _fn("fastnn_softmax", dtype)(
-            (L.grid_rows(n),), (L.BLOCK,), (x, y, numpy.int64(n), numpy.int64(c)))
+        fn, grid, _ = L.kernel_1d(FAMILY, KERNELS, "fastnn_softmax", dtype, n, L.BLOCK // 32)  # a warp per row
+        fn(grid, (L.BLOCK,), (x, y, numpy.int64(n), numpy.int64(c)))
     return y
 
 
@@ -186,5 +199,6 @@ def mul(x, y, *, out=None):
     z = L.output("mul", "out", out, x.shape, dtype)
     n = x.size
     if n:
-        _fn("fastnn_mul", dtype)((L.grid_1d(n),), (L.BLOCK,), (x, y, z, numpy.int64(n)))
+        fn, grid = _k1d("fastnn_mul", dtype, n)
+        fn(grid, (L.BLOCK,), (x, y, z, numpy.int64(n)))
     return z

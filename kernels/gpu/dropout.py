@@ -47,8 +47,8 @@ def dropout_mask(shape, rate, seed, step, row0=0, *, dtype=numpy.float32, out=No
     mask = L.output("dropout_mask", "out", out, (n, d), dtype)
     total = n * d
     if total:
-        L.function(FAMILY, KERNELS, "fastnn_dropout_mask", dtype)(
-            (L.grid_1d(total),), (L.BLOCK,),
+        fn, grid, _ = L.kernel_1d(FAMILY, KERNELS, "fastnn_dropout_mask", dtype, total)
+        fn(grid, (L.BLOCK,),
             (mask, numpy.int64(total), numpy.uint64(dropout_base(seed, step)), *_stream_args(d, row0, rate, dtype)))
     return mask
 

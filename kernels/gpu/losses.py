@@ -15,13 +15,13 @@ KERNELS = ("fastnn_loss_finish", "fastnn_softmax_xent", "fastnn_softmax_xent_bac
            "fastnn_sigmoid_bce", "fastnn_mse")
 
 
-def _fn(name, dtype):
-    return L.function(FAMILY, KERNELS, name, dtype)
+def _fn(name, dtype, dev=None):
+    return L.function(FAMILY, KERNELS, name, dtype, dev)
 
 
-def _finish(partials, grid, factor, divide, dtype):
+def _finish(partials, grid, factor, divide, dtype, dev=None):
     loss = L.empty((), dtype)
-    _fn("fastnn_loss_finish", dtype)(
+    _fn("fastnn_loss_finish", dtype, dev)(
         (1,), (L.BLOCK,), (partials, numpy.int64(grid), factor, numpy.int32(divide), loss))
     return loss
 
@@ -62,15 +62,14 @@ def softmax_xent(x, t, *, y=None, dx=None):
     dense, t_dense, idx = _targets("softmax_xent", t, (n, c), dtype)
     L.check_out("softmax_xent", "y", y, (n, c), dtype)
     L.check_out("softmax_xent", "dx", dx, (n, c), dtype)
-    grid = L.grid_rows(n)
+    fn, (grid,), dev = L.kernel_1d(FAMILY, KERNELS, "fastnn_softmax_xent", dtype, n, L.BLOCK // 32)  # a warp per row
     partials = L.empty((grid,), dtype)
-    dt = numpy.dtype(dtype).type
-    _fn("fastnn_softmax_xent", dtype)(
-        (grid,), (L.BLOCK,),
-        (x, x if t_dense is None else t_dense, idx if idx is not None else L.unused(numpy.int64), numpy.int32(dense),
-         x if y is None else y, numpy.int32(y is not None), x if dx is None else dx, numpy.int32(dx is not None),
-         partials, numpy.int64(n), numpy.int64(c), dt(n)))
-    return _finish(partials, grid, dt(n), True, dtype)
+    dt = dtype.type
+    fn((grid,), (L.BLOCK,),
+       (x, x if t_dense is None else t_dense, idx if idx is not None else L.unused(numpy.int64, dev), numpy.int32(dense),
+        x if y is None else y, numpy.int32(y is not None), x if dx is None else dx, numpy.int32(dx is not None),
+        partials, numpy.int64(n), numpy.int64(c), dt(n)))
+    return _finish(partials, grid, dt(n), True, dtype, dev)
 
 
 @L.writes('out')
@@ -86,10 +85,10 @@ def softmax_xent_backward(y, t, dout=1.0, *, out=None):
     dt = numpy.dtype(dtype).type
     scale = dt(dout) / dt(n) if n else dt(0)  # the reference's y.dtype.type(dout) / y.dtype.type(N)
     if n * c:
-        _fn("fastnn_softmax_xent_backward", dtype)(
-            (L.grid_1d(n * c),), (L.BLOCK,),
-            (y, y if t_dense is None else t_dense, idx if idx is not None else L.unused(numpy.int64), numpy.int32(dense),
-             dx, numpy.int64(n), numpy.int64(c), scale))
+        fn, grid, dev = L.kernel_1d(FAMILY, KERNELS, "fastnn_softmax_xent_backward", dtype, n * c)
+        fn(grid, (L.BLOCK,),
+           (y, y if t_dense is None else t_dense, idx if idx is not None else L.unused(numpy.int64, dev),
+            numpy.int32(dense), dx, numpy.int64(n), numpy.int64(c), scale))
     return dx
 
 
