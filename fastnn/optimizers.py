@@ -35,6 +35,8 @@ from fastnn.schedules import (CosineDecay, CosineDecayRestarts, ExponentialDecay
                               LearningRateSchedule, PiecewiseConstantDecay, PolynomialDecay, Schedule, StepDecay,
                               _check_fraction, _check_positive)
 
+_FLOAT_MAX: dict = {}  # dtype -> float(numpy.finfo(dtype).max), read by rate_for every step
+
 __all__ = [
     "Optimizer", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "AdamW", "Nadam", "Adamax", "get",
     "schedules", "LearningRateSchedule", "StepDecay", "ExponentialDecay", "PiecewiseConstantDecay",
@@ -106,6 +108,7 @@ class Optimizer:
         self.iterations = 0  # updates applied so far; Adam's step t is iterations after the increment
         self.state = {}  # book path: key -> tuple of slot arrays
         self.flat_slots = None  # fast path: tuple of flat slot arrays
+        self._views = None  # _piece_views' last answer, with what it was made from
         self._decay_excluded = set()
 
     # -- learning rate
@@ -125,7 +128,10 @@ class Optimizer:
         given or grown by a schedule, becomes inf in float32 and turns the weights into NaN)."""
         lr = self.lr
         for dtype in dtypes:
-            if lr > float(numpy.finfo(dtype).max):
+            top = _FLOAT_MAX.get(dtype)
+            if top is None:
+                top = _FLOAT_MAX[dtype] = float(numpy.finfo(dtype).max)
+            if lr > top:
                 raise ValueError(f"{type(self).__name__}: lr={lr!r} at step {self.iterations} is beyond "
                                  f"{numpy.dtype(dtype)}'s range; it would become inf in the parameters' dtype")
         return lr
@@ -221,11 +227,28 @@ class Optimizer:
         scale = 1.0
         if self.clipnorm is not None:
             scale = self._clip_scale(ops, [ops.sq_norm(flat.g[a:b]) for a, b, _ in flat.runs()])
-        lr = self.rate_for([flat.dtype])
+        lr = self.rate_for((flat.dtype,))
         self.iterations += 1
-        for a, b, piece_wd in self._pieces(flat):
-            self._apply(ops, flat.p[a:b], flat.g[a:b], tuple(s[a:b] for s in self.flat_slots), lr, piece_wd,
-                        scale, self.iterations)
+        for piece_wd, p, g, slots in self._piece_views(flat):
+            self._apply(ops, p, g, slots, lr, piece_wd, scale, self.iterations)
+
+    def _piece_views(self, flat):
+        """``[(weight decay, p, g, slots)]`` of each piece (``_pieces``): views of the flat buffers, the
+        buffers themselves for a piece that covers them all; made again only when the runs, the
+        buffers or the decay change."""
+        runs, slots = flat.runs(), self.flat_slots
+        cached = self._views
+        if (cached is not None and cached[0] is runs and cached[1] is flat.p and cached[2] is flat.g
+                and cached[3] is slots and cached[4] == self.weight_decay and not self._decay_excluded):
+            return cached[5]
+
+        def part(x, a, b):
+            return x if a == 0 and b == x.shape[0] else x[a:b]
+
+        views = [(wd, part(flat.p, a, b), part(flat.g, a, b), tuple(part(s, a, b) for s in slots))
+                 for a, b, wd in self._pieces(flat)]
+        self._views = (runs, flat.p, flat.g, slots, self.weight_decay, views)
+        return views
 
     def _pieces(self, flat):
         """``[(start, stop, weight decay)]``: the flat ranges updated by one primitive call each."""

@@ -100,7 +100,11 @@ class FlatParams:
 
     def runs(self):
         """``[(start, stop, decay)]``: maximal slices of trainable weights sharing one decay flag."""
-        key = tuple((e.trainable, e.decay) for e in self.entries)
+        key = []  # (trainable, decay) per entry, as Entry's properties say, read inline: every step
+        for e in self.entries:
+            info = e.layer._weights[e.name]
+            key.append((bool(e.layer.trainable and info["trainable"]), bool(info.get("decay", True))))
+        key = tuple(key)
         if key != self._runs_key:
             runs = []
             for e, (trainable, decay) in zip(self.entries, key):

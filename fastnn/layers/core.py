@@ -118,7 +118,7 @@ class Dense(Layer):
         if x.ndim < 2:
             raise ValueError(f"{self.name} {self._label()}: expected x of shape (N, {self.in_features}), got "
                              f"{tuple(x.shape)}; a single sample needs a batch axis: x.reshape(1, -1)")
-        x2 = x.reshape(x.shape[0], -1)
+        x2 = x if x.ndim == 2 else x.reshape(x.shape[0], -1)  # 2-D as it is: no new view each step
         if x2.shape[1] != self.in_features:
             hint = "; flatten the input first" if x.ndim > 2 else ""
             raise ValueError(f"{self.name} {self._label()}: expected x of shape (N, {self.in_features}), "
@@ -170,7 +170,7 @@ class Dense(Layer):
         if self.skip_input_grad:
             return None
         dx = ops.gemm(dz, self.W, trans_b=True, out=self._buffer(ops, "dx", self.x.shape, y.dtype, self._train))
-        return dx.reshape(self.x_shape)
+        return dx if len(self.x_shape) == 2 else dx.reshape(self.x_shape)
 
     def get_config(self):
         cfg = super().get_config()
@@ -448,12 +448,13 @@ class Dropout(Layer):
         ops = self._ops_for(x)
         x = self._input(ops, x, x.dtype if x.dtype.kind == "f" else None)
         ctx = step_context()
-        flat = x.reshape(x.shape[0], -1)
+        flat = x if x.ndim == 2 else x.reshape(x.shape[0], -1)
         if ctx is not None and ctx.premade_masks:  # a captured step: the graph filled it before the replay
             self.mask = self._buffer(ops, "mask", flat.shape, x.dtype)
         else:
             self.mask = self.fill_mask(ops, flat.shape, x.dtype, ctx)
-        return ops.mul(flat, self.mask, out=self._buffer(ops, "y", flat.shape, x.dtype)).reshape(x.shape)
+        y = ops.mul(flat, self.mask, out=self._buffer(ops, "y", flat.shape, x.dtype))
+        return y if flat is x else y.reshape(x.shape)
 
     def _step_and_row(self, ctx):
         """``(step, row0)`` of this call: the training step's, or this layer's own call count."""
@@ -473,11 +474,12 @@ class Dropout(Layer):
             return dout
         ops = self._ops_for(self.mask)
         dout = self._input(ops, dout, self.mask.dtype)
-        flat = dout.reshape(dout.shape[0], -1)
+        flat = dout if dout.ndim == 2 else dout.reshape(dout.shape[0], -1)
         if flat.shape != self.mask.shape:
             raise ValueError(f"{self.name}: backward expected dout with {self.mask.shape[1]} units per sample "
                              f"and {self.mask.shape[0]} rows, got shape {tuple(dout.shape)}")
-        return ops.mul(flat, self.mask, out=self._buffer(ops, "dx", flat.shape, flat.dtype)).reshape(dout.shape)
+        dx = ops.mul(flat, self.mask, out=self._buffer(ops, "dx", flat.shape, flat.dtype))
+        return dx if flat is dout else dx.reshape(dout.shape)
 
     def get_config(self):
         cfg = super().get_config()

@@ -127,19 +127,31 @@ def _adam_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, 
                   primitive="adam_step"):
     _check_step_number(primitive, t)
     dt = dtype.type
-    # The reference's expressions, evaluated on the host in double and then cast, as it does.
+    # The reference's expressions, evaluated on the host in double and then cast, as it does
+    # (math.sqrt and numpy.sqrt both round the double square root correctly: the same bits).
     step_size = dt(lr / (1.0 - beta1 ** t))
-    inv_sqrt_bc2 = dt(1.0 / numpy.sqrt(1.0 - beta2 ** t))
-    if decoupled:
-        wd, sc, use_wd, use_scale = _grad_args(dtype, 0.0, scale)
-        use_decay = numpy.int32(bool(weight_decay))
-        decay_factor = dt(1.0 - lr * weight_decay)
-    else:
-        wd, sc, use_wd, use_scale = _grad_args(dtype, weight_decay, scale)
-        use_decay, decay_factor = numpy.int32(0), dt(1)
-    return (dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps),
-            step_size, inv_sqrt_bc2, wd, sc, decay_factor, use_wd, use_scale, use_decay,
-            *_clip_args(dtype, clipvalue))
+    bc2 = 1.0 - beta2 ** t
+    inv_sqrt_bc2 = dt(1.0 / (math.sqrt(bc2) if bc2 >= 0.0 else numpy.sqrt(bc2)))
+    # The scalars that do not depend on the step, made once per setting (every step, eagerly).
+    key = (dtype, lr, beta1, beta2, eps, weight_decay, scale, bool(decoupled), clipvalue)
+    fixed = _ADAM_FIXED.get(key)
+    if fixed is None:
+        if decoupled:
+            wd, sc, use_wd, use_scale = _grad_args(dtype, 0.0, scale)
+            use_decay = numpy.int32(bool(weight_decay))
+            decay_factor = dt(1.0 - lr * weight_decay)
+        else:
+            wd, sc, use_wd, use_scale = _grad_args(dtype, weight_decay, scale)
+            use_decay, decay_factor = numpy.int32(0), dt(1)
+        fixed = ((dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps)),
+                 (wd, sc, decay_factor, use_wd, use_scale, use_decay, *_clip_args(dtype, clipvalue)))
+        if len(_ADAM_FIXED) > 256:  # a schedule gives a new rate every step: bounded
+            _ADAM_FIXED.clear()
+        _ADAM_FIXED[key] = fixed
+    return (*fixed[0], step_size, inv_sqrt_bc2, *fixed[1])
+
+
+_ADAM_FIXED: dict = {}  # _adam_scalars' step-independent scalars per setting
 
 
 def _amsgrad_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, decoupled=False, clipvalue=INF,
