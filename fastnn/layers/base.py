@@ -186,7 +186,7 @@ class Layer:
         ctx = getattr(_STEP, "ctx", None)
         if ctx is None or not ctx.reuse_buffers:
             return None
-        key = (name, tuple(shape), dtype)
+        key = (name, shape if type(shape) is tuple else tuple(shape), dtype)
         buf = self._ws.get(key)
         if buf is None:
             buf = self._ws[key] = ops.xp.empty(shape, dtype=dtype)

@@ -243,19 +243,35 @@ def _gather(ops, x, y, idx):
 
 class Batches:
     """The training arrays of an eager ``fit``: ``get(rows)`` gives ``(x, y, weights or None)`` of
-    those rows on the device (from the device arrays, or through the host feeder)."""
+    those rows on the device (from the device arrays, or through the host feeder).
+
+    From device arrays the rows are gathered with ``take`` into buffers kept per batch size (one
+    index upload per step, no new arrays in the steady state): a step consumes its batch before
+    the next one is gathered, in stream order. Host arrays are indexed as they are."""
 
     def __init__(self, x, y, w, feeder):
         self.x, self.y, self.w, self.feeder = x, y, w, feeder
+        self._bufs = {}  # (which, rows) -> the gathered batch's buffer
 
     def get(self, ops, rows):
         if self.feeder is not None:
             xb, yb = self.feeder.get(rows)
             wb = None if self.w is None else ops.asarray(self.w[rows])
             return xb, yb, wb
-        xb, yb = _gather(ops, self.x, self.y, rows)
-        wb = None if self.w is None else self.w[ops.asarray(rows) if ops.device_arrays else rows]
+        if not ops.device_arrays:  # host arrays: NumPy's fancy indexing (its take into out= is slower)
+            return self.x[rows], self.y[rows], None if self.w is None else self.w[rows]
+        sel = ops.asarray(rows)
+        n = len(rows)
+        xb, yb = self._take(0, self.x, sel, n), self._take(1, self.y, sel, n)
+        wb = None if self.w is None else self._take(2, self.w, sel, n)
         return xb, yb, wb
+
+    def _take(self, which, a, sel, n):
+        buf = self._bufs.get((which, n))
+        if buf is None:
+            buf = self._bufs[(which, n)] = a[sel]  # the first batch of this size: its own gather
+            return buf
+        return a.take(sel, axis=0, out=buf)
 
 
 def _step(trainer, graphs, comm, data, batch_size, idx):
