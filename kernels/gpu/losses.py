@@ -4,7 +4,8 @@ cross-entropy and squared error.
 Each loss is summed on the device: one launch writes a partial sum per block (and ``y``/``dx``
 when asked), a second one-block launch adds the partials and applies the final division, into a
 0-d array of the logits' dtype. No host synchronisation. The partials buffer holds one value per
-block (a few hundred), never anything of the data's size.
+block (a few hundred), never anything of the data's size; it is the kept per-(device, stream,
+thread) buffer of ``_loader.column_partials``, so a step allocates only the 0-d result.
 """
 import numpy
 
@@ -63,7 +64,7 @@ def softmax_xent(x, t, *, y=None, dx=None):
     L.check_out("softmax_xent", "y", y, (n, c), dtype)
     L.check_out("softmax_xent", "dx", dx, (n, c), dtype)
     fn, (grid,), dev = L.kernel_1d(FAMILY, KERNELS, "fastnn_softmax_xent", dtype, n, L.BLOCK // 32)  # a warp per row
-    partials = L.empty((grid,), dtype)
+    partials = L.column_partials(grid, dev, dtype)  # the per-block sums: a kept buffer, read by _finish next
     dt = dtype.type
     fn((grid,), (L.BLOCK,),
        (x, x if t_dense is None else t_dense, idx if idx is not None else L.unused(numpy.int64, dev), numpy.int32(dense),
@@ -113,14 +114,13 @@ def sigmoid_bce(x, t, *, y=None, dx=None):
     L.check_out("sigmoid_bce", "y", y, x.shape, dtype)
     L.check_out("sigmoid_bce", "dx", dx, x.shape, dtype)
     n = x.size
-    grid = L.grid_1d(n)
-    partials = L.empty((grid,), dtype)
+    fn, (grid,), dev = L.kernel_1d(FAMILY, KERNELS, "fastnn_sigmoid_bce", dtype, n)
+    partials = L.column_partials(grid, dev, dtype)
     dt = numpy.dtype(dtype).type
-    _fn("fastnn_sigmoid_bce", dtype)(
-        (grid,), (L.BLOCK,),
-        (x, t, x if y is None else y, numpy.int32(y is not None), x if dx is None else dx,
-         numpy.int32(dx is not None), partials, numpy.int64(n), dt(n)))
-    return _finish(partials, grid, dt(n), True, dtype)
+    fn((grid,), (L.BLOCK,),
+       (x, t, x if y is None else y, numpy.int32(y is not None), x if dx is None else dx,
+        numpy.int32(dx is not None), partials, numpy.int64(n), dt(n)))
+    return _finish(partials, grid, dt(n), True, dtype, dev)
 
 
 @L.writes('dx')
@@ -130,10 +130,10 @@ def mse(y, t, scale, *, dx=None):
     y, t = _x_and_targets("mse", "y", y, t, dtype)
     L.check_out("mse", "dx", dx, y.shape, dtype)
     n = y.size
-    grid = L.grid_1d(n)
-    partials = L.empty((grid,), dtype)
+    fn, (grid,), dev = L.kernel_1d(FAMILY, KERNELS, "fastnn_mse", dtype, n)
+    partials = L.column_partials(grid, dev, dtype)
     s = numpy.dtype(dtype).type(scale)
-    _fn("fastnn_mse", dtype)(
-        (grid,), (L.BLOCK,),
-        (y, t, y if dx is None else dx, numpy.int32(dx is not None), partials, numpy.int64(n), s * numpy.dtype(dtype).type(2)))
-    return _finish(partials, grid, s, False, dtype)
+    fn((grid,), (L.BLOCK,),
+       (y, t, y if dx is None else dx, numpy.int32(dx is not None), partials, numpy.int64(n),
+        s * numpy.dtype(dtype).type(2)))
+    return _finish(partials, grid, s, False, dtype, dev)
