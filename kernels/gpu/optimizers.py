@@ -79,11 +79,11 @@ def sq_norm(x):
     dtype = L.check_dtype("sq_norm", x)
     x = L.contiguous(x)
     n = x.size
-    grid = L.grid_1d(n)
-    partials = L.empty((grid,), dtype)
-    _fn("fastnn_sq_norm", dtype)((grid,), (L.BLOCK,), (x, partials, numpy.int64(n)))
+    fn, (grid,), dev = L.kernel_1d(FAMILY, KERNELS, "fastnn_sq_norm", dtype, n)
+    partials = L.column_partials(grid, dev, dtype)  # the per-block sums: a kept buffer
+    fn((grid,), (L.BLOCK,), (x, partials, numpy.int64(n)))
     total = L.empty((), dtype)
-    _fn("fastnn_sum_finish", dtype)((1,), (L.BLOCK,), (partials, numpy.int64(grid), total))
+    L.function(FAMILY, KERNELS, "fastnn_sum_finish", dtype, dev)((1,), (L.BLOCK,), (partials, numpy.int64(grid), total))
     return total
 
 
