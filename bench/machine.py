@@ -187,15 +187,18 @@ def machine_line(m):
 
 
 def cpu_snapshot():
-    """(busy jiffies of the whole machine, this process's CPU seconds with children, wall time)."""
+    """(busy jiffies of the whole machine, this process's CPU seconds with its children and live peer
+    workers, wall time)."""
     try:
         with open("/proc/stat") as f:
             vals = [int(v) for v in f.readline().split()[1:9]]
         busy = sum(vals) - vals[3] - vals[4]  # all but idle and iowait
     except (OSError, ValueError, IndexError):
         busy = None
+    from fastnn.bench.isolated import workers_cpu_s  # the train section's peer workers: this run's
+
     t = os.times()
-    return busy, t.user + t.system + t.children_user + t.children_system, time.perf_counter()
+    return busy, t.user + t.system + t.children_user + t.children_system + workers_cpu_s(), time.perf_counter()
 
 
 def foreign_load(before, after):

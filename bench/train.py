@@ -1,7 +1,8 @@
 """The ``train`` section: models A, B512, B64 (or those asked for) trained one epoch per repeat by every
 implementation, interleaved with its peers (``fastnn.bench.peers``, ``fastnn.bench.peers_jax``) and the
 GEMM floor. A peer whose package is not installed (PyTorch, JAX: never dependencies of fastnn), that a
-flag turns off, or that fails to compile is listed with the reason instead of a time."""
+flag turns off, or that fails to compile is listed with the reason instead of a time. The CPU peers run
+in worker processes of their own (``fastnn.bench.isolated``), timed in the same interleaved rounds."""
 from __future__ import annotations
 
 import math
@@ -13,7 +14,8 @@ from fastnn.bench import timing
 from fastnn.bench.machine import jax_module, torch_module, why_missing
 from fastnn.bench.models import (CLASSES, DATA_SEED, IN_FEATURES, MODELS, build_model, layer_dims, model_gemms,
                                  param_count, synthetic_mnist)
-from fastnn.bench.peers import BookImpl, GemmFloor, ScratchImpl, TorchCompileImpl, TorchGraphImpl, TorchImpl
+from fastnn.bench.isolated import Isolated, IsolatedError
+from fastnn.bench.peers import BookImpl, GemmFloor, ScratchImpl, TorchGraphImpl, TorchImpl
 from fastnn.bench.peers_jax import JaxEpochImpl, JaxStepImpl, jax_device
 from fastnn.bench.timing import Clock, clock_for, stats
 
@@ -73,10 +75,13 @@ def run_train(settings, backends, ctx, models, with_torch=True, batch_override=N
         impls = implementations(name, spec, backends, weights, batches, torch, cpu, out, jax, with_compile)
         floors = gemm_floors(spec, backends, len(batches), cpu)
         unavailable = dict(absent)
-        impls = warm_up(impls, floors, settings.warmup_steps, unavailable)
-        samples, loads = timing.POLICY.run(settings.repeats, lambda: {
-            impl.name: impl.clock.time(impl.epoch, 1) for impl in impls + floors})
-        out["models"][name] = model_record(spec, len(batches), impls, samples, loads)
+        try:
+            ready = warm_up(impls, floors, settings.warmup_steps, unavailable)
+            samples, loads = timing.POLICY.run(settings.repeats, lambda: {
+                impl.name: impl.clock.time(impl.epoch, 1) for impl in ready + floors})
+        finally:
+            close(impls)
+        out["models"][name] = model_record(spec, len(batches), ready, samples, loads)
         out["models"][name]["unavailable"] = unavailable
     return out
 
@@ -117,10 +122,10 @@ def implementations(name, spec, backends, weights, batches, torch, cpu, out, jax
     if cpu and "numba" in backends:  # the book's network class on the same kernels (issue: within 1.2x)
         impls.append(BookImpl("numba-book", spec, "numba", weights, batches))
     if torch is not None:
-        if cpu:
-            impls.append(TorchImpl("torch", spec, weights, batches))
+        if cpu:  # CPU peers in workers of their own (fastnn.bench.isolated: their spinning pools)
+            impls.append(_peer("torch_module", "TorchImpl", "torch", spec, weights, batches))
             if with_compile:
-                impls.append(TorchCompileImpl("torch-compile", spec, weights, batches))
+                impls.append(_peer("torch_module", "TorchCompileImpl", "torch-compile", spec, weights, batches))
         if "cupy" in backends and torch.cuda.is_available():
             impls.append(TorchImpl("torch-cuda", spec, weights, batches, device="cuda"))
             try:
@@ -128,12 +133,39 @@ def implementations(name, spec, backends, weights, batches, torch, cpu, out, jax
             except Exception as exc:  # noqa: BLE001 - a peer that cannot capture is reported, not fatal
                 out.setdefault("skipped", {})[f"{name}/torch-cuda-graph"] = f"{type(exc).__name__}: {exc}"
     if jax is not None and cpu:
-        impls.append(JaxStepImpl("jax-step", spec, weights, batches))
-        impls.append(JaxEpochImpl("jax-epoch", spec, weights, batches))
+        impls.append(_peer("jax_module", "JaxStepImpl", "jax-step", spec, weights, batches))
+        impls.append(_peer("jax_module", "JaxEpochImpl", "jax-epoch", spec, weights, batches))
     if jax is not None and "cupy" in backends and jax_device(jax, "gpu") is not None:
         impls.append(JaxStepImpl("jax-gpu-step", spec, weights, batches, device="gpu"))
         impls.append(JaxEpochImpl("jax-gpu-epoch", spec, weights, batches, device="gpu"))
     return impls
+
+
+class _Failed:
+    """A CPU peer whose worker could not build it: ``warm_up`` reports its error as it does for any
+    peer that fails (the row lists the reason)."""
+
+    def __init__(self, name, error):
+        self.name, self.error, self.batches, self.first_loss = name, error, [(0, None)], None
+
+    def step(self, *_):
+        raise self.error
+
+
+def _peer(prelude, cls, name, spec, weights, batches):
+    """The CPU peer ``cls`` (``fastnn.bench.peers`` or ``peers_jax``) built in a worker process."""
+    module = "fastnn.bench.peers_jax" if cls.startswith("Jax") else "fastnn.bench.peers"
+    try:
+        return Isolated(prelude, module, cls, name, spec, weights, batches)
+    except IsolatedError as exc:
+        return _Failed(name, exc)
+
+
+def close(impls):
+    """End the workers of the isolated peers."""
+    for impl in impls:
+        if isinstance(impl, Isolated):
+            impl.close()
 
 
 def gemm_floors(spec, backends, n_batches, cpu):
