@@ -285,13 +285,14 @@ def _strict_kernels(on):
 _ops.on_strict_kernels(_strict_kernels)
 
 
+_F32 = numpy.dtype(numpy.float32)
 _LINALG: dict = {}  # cupy module -> its cupy._core._routines_linalg (an import statement per GEMM costs)
 
 
 def cupy_matmul(cupy, a, b, out=None, precision=None):
     """``cupy.matmul(a, b, out=out)`` with CuPy's float32 compute type set to fastnn's matmul
     precision for this call and restored after it (CuPy keeps one process-wide setting)."""
-    if a.dtype != numpy.float32:
+    if a.dtype is not _F32 and a.dtype != numpy.float32:  # the identity test first: dtypes are singletons
         return cupy.matmul(a, b, out=out)
     la = _LINALG.get(cupy)
     if la is None:
