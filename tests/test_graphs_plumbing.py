@@ -728,6 +728,34 @@ def test_a_dropout_rate_changed_mid_fit_ends_the_replays(fake_gpu):
     assert model._train_step.graphs.disabled is not None
 
 
+def test_a_regularizer_factor_changed_mid_fit_ends_the_replays(fake_gpu):
+    """A callback that changes a weight regularizer's factor during ``fit``: a captured update adds the
+    penalty's gradient with the factor it was captured with, so the graph is given up (with a warning
+    naming the factors) and the rest trains eagerly with the new factor, exactly as eager training
+    does."""
+    from fastnn.callbacks import Callback
+
+    class Raise(Callback):
+        def __init__(self, reg):
+            super().__init__()
+            self.reg = reg
+
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 3:
+                self.reg.l2 = 5e-2
+
+    x, y = _data()
+    reg_ref, reg = regularizers.l2(1e-3), regularizers.l2(1e-3)
+    ref = _model("numpy", regularizer=reg_ref)
+    h_ref = ref.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, callbacks=[Raise(reg_ref)])
+    model = _model(fake_gpu, regularizer=reg)
+    with pytest.warns(RuntimeWarning, match=r"the weight regularizers changed since capture: "
+                                            r"dense\w*/W l1=0 l2=0.001 then, dense\w*/W l1=0 l2=0.05 now"):
+        h = model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=5, cuda_graph=True, callbacks=[Raise(reg)])
+    assert model._train_step.graphs.disabled is not None and len(fake_gpu.replays) >= 1
+    _assert_same(model, h, ref, h_ref)
+
+
 def test_a_dropout_rate_raised_from_zero_mid_fit_ends_the_replays_quietly_by_default(fake_gpu, caplog):
     """A Dropout captured at rate 0 is the identity in the graph; a callback raising its rate must
     end the replays too. Under the default ``cuda_graph="auto"`` that is said at INFO, not warned."""

@@ -169,6 +169,16 @@ def _eager_gemm(cupy, a, b, trans_a, trans_b, out, precision):
     cupy_matmul(cupy, a.T if trans_a else a, b.T if trans_b else b, out, precision)
 
 
+def _regularizer_factors(model):
+    """``[(layer, weight name, l1, l2)]`` of every regularized weight: what a captured update holds as
+    by-value constants (a callback may change a factor, or a weight's regularizer, during ``fit``)."""
+    return [(layer, name, reg.l1, reg.l2) for layer, name, reg in model._regularized()]
+
+
+def _describe_regs(regs):
+    return ", ".join(f"{layer.name}/{name} l1={l1:g} l2={l2:g}" for layer, name, l1, l2 in regs) or "none"
+
+
 def _dropout_units(model):
     """``[(Dropout layer, features per sample of its input)]`` from the model's shapes (a layer's
     last mask may be gone: inference clears it)."""
@@ -221,6 +231,7 @@ class _Captured:
         self.keep, self.pool, self.staging = keep, pool, staging
         self.masks = masks              # the Dropout layers whose masks the graph draws, in staging order
         self.rates = None               # [(layer, rate)] of every Dropout layer at capture (set by _capture)
+        self.regs = None                # the regularizer factors a captured update holds (set by _capture)
         self.pieces = pieces            # the optimizer's flat pieces when its update is captured, else None
         self.hyper_shape = hyper_shape  # (pieces, scalars per piece) in the staging words after the masks'
         self.checks_left = 2
@@ -377,6 +388,11 @@ class StepGraphs:
         for layer, rate in cap.rates:
             if layer.rate != rate:  # a callback changed it mid-fit: the graph would keep the old rate
                 raise RuntimeError(f"{layer.name}'s rate changed from {rate} to {layer.rate} since capture")
+        if cap.regs is not None:
+            now = _regularizer_factors(self.model)
+            if now != cap.regs:  # the captured update adds each penalty's gradient with its factors frozen
+                raise RuntimeError(f"the weight regularizers changed since capture: {_describe_regs(cap.regs)} "
+                                   f"then, {_describe_regs(now)} now")
         self._write_scalars_for([(layer, None) for layer in cap.masks], cap.pieces, cap.hyper_shape, step, words)
         if index is not None:
             words[-self.rows:].view(numpy.int64)[...] = index
@@ -554,6 +570,7 @@ class StepGraphs:
                         pieces, hyper_shape, index)
         # every Dropout's rate, 0 included: the graph keeps a rate-0 layer as the identity
         cap.rates = [(layer, layer.rate) for layer, _ in _dropout_units(model)]
+        cap.regs = _regularizer_factors(model) if pieces is not None else None  # split mode: eager after replay
         return cap
 
     def _checked_replay(self, cap, n_global, step, row0):
