@@ -18,7 +18,7 @@ The proxy looks like an implementation to ``train``: ``name``, ``clock`` (whose 
 asks the worker to time ``n`` epochs and returns its seconds per epoch, ``fn`` unused), ``batches``
 (batch numbers: ``step(i, _)`` runs the worker's batch ``i``), ``step``, ``epoch``, ``prepare``
 (forwarded when the implementation has one) and ``first_loss``. An exception in the worker comes back
-as ``IsolatedError`` with its type and first line, so an optional peer that fails is reported as
+as ``IsolatedError`` with its type and message, so an optional peer that fails is reported as
 before.
 """
 from __future__ import annotations
