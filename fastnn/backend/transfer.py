@@ -28,8 +28,16 @@ class CupyTransfer:
 
         self._cupy = cupy
         self.device_id = int(ops.device_id)
-        with cupy.cuda.Device(self.device_id):
-            self.stream = cupy.cuda.Stream(non_blocking=True)
+        self._stream = None
+
+    @property
+    def stream(self):
+        """The copy stream, made at its first use (a captured step's staging copies on its own
+        stream, ``copy_in_order``, and never needs one)."""
+        if self._stream is None:
+            with self._cupy.cuda.Device(self.device_id):
+                self._stream = self._cupy.cuda.Stream(non_blocking=True)
+        return self._stream
 
     def _event(self, stream):
         with self._cupy.cuda.Device(self.device_id):
