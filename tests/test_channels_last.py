@@ -81,6 +81,10 @@ def test_channels_last_equals_channels_first_on_transposed_data(on, dtype, name)
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_channels_last_gradients_match_central_differences(on, name):
     layer = LAYERS[name]("channels_last", "float64")
+    # Weights from a fixed seed: with draws from the global generator, one run in about 300 put a
+    # pre-activation of the relu conv within a step h of its kink, where central differences are
+    # wrong. With seed 5 every |pre-activation| is >= 0.023, and a step moves one by at most 1.2e-4.
+    layer.build((None, 6, 5, 2), rng=numpy.random.default_rng(5))
     gradcheck.check_layer(layer, on.asarray(distinct((2, 6, 5, 2), 2)))
 
 
