@@ -380,3 +380,19 @@ def test_scalars_and_checks_run_without_cupy():
     proc = subprocess.run([sys.executable, "-c", NO_CUPY], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "scalars without cupy" in proc.stdout, proc.stdout + proc.stderr
 
+
+
+def test_adam_scalars_made_once_per_setting_keep_the_sign_of_zero():
+    """``_adam_scalars`` keeps its step-independent scalars per setting: a setting met again gives the
+    same bits as a fresh one, and -0.0 (an equal dict key to 0.0) is not served 0.0's scalars."""
+    for first, second in ((0.0, -0.0), (-0.0, 0.0)):
+        opt._ADAM_FIXED.clear()
+        a = opt._adam_scalars(F32, 1e-3, first, 0.999, 1e-7, 3)
+        b = opt._adam_scalars(F32, 1e-3, second, 0.999, 1e-7, 3)
+        assert numpy.signbit(a[0]) == numpy.signbit(first) and numpy.signbit(b[0]) == numpy.signbit(second)
+        assert numpy.signbit(a[1]) == numpy.signbit(b[1]) == False  # noqa: E712 (1 - beta1 = 1.0 either way)
+    opt._ADAM_FIXED.clear()
+    fresh = opt._adam_scalars(F64, 2e-3, 0.9, 0.99, 1e-8, 7, 0.01, 0.5, True, 0.25)
+    again = opt._adam_scalars(F64, 2e-3, 0.9, 0.99, 1e-8, 7, 0.01, 0.5, True, 0.25)
+    assert [type(x) for x in again] == [type(x) for x in fresh]
+    assert [_bits(x).item() for x in again] == [_bits(x).item() for x in fresh]

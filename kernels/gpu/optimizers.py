@@ -29,6 +29,7 @@ clip itself is then 0).
 The ``*_scalars`` functions are pure host code (no CuPy import).
 """
 import math
+import struct
 
 import numpy
 
@@ -132,8 +133,9 @@ def _adam_scalars(dtype, lr, beta1, beta2, eps, t, weight_decay=0.0, scale=1.0, 
     step_size = dt(lr / (1.0 - beta1 ** t))
     bc2 = 1.0 - beta2 ** t
     inv_sqrt_bc2 = dt(1.0 / (math.sqrt(bc2) if bc2 >= 0.0 else numpy.sqrt(bc2)))
-    # The scalars that do not depend on the step, made once per setting (every step, eagerly).
-    key = (dtype, lr, beta1, beta2, eps, weight_decay, scale, bool(decoupled), clipvalue)
+    # The scalars that do not depend on the step, made once per setting (every step, eagerly). The
+    # setting is keyed by its values' bits: 0.0 and -0.0 are equal dict keys but not the same scalar.
+    key = (dtype, bool(decoupled), struct.pack("<7d", lr, beta1, beta2, eps, weight_decay, scale, clipvalue))
     fixed = _ADAM_FIXED.get(key)
     if fixed is None:
         if decoupled:
