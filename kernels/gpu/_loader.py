@@ -160,21 +160,25 @@ def kernel_1d(family: str, kernels, name: str, dtype, n: int, block: int = BLOCK
     """``(kernel, (grid,), dev)`` for a grid-stride launch of ``name<T>`` over ``n`` items on the
     current device ``dev``: what ``function`` and ``grid_1d`` give, looked up once per
     (kernel, dtype, size, device) and then served from one dict read."""
-    dev = _device_id()
-    key = (family, name, dtype, n, block, dev)
-    hit = _launches.get(key)
     if _launch_owner[0] is not function or _launch_owner[1] is not grid_1d:
         # ``function``/``grid_1d`` replaced (the strict-kernel switch counts launches, tests record
         # them): what was looked up through the old ones is forgotten
         _launches.clear()
         _launch_owner[:] = (function, grid_1d)
-        hit = None
+    dev = _device_id()
+    key = (family, name, dtype, n, block, dev)
+    hit = _launches.get(key)
     if hit is None:
         hit = (function(family, kernels, name, dtype, dev), (grid_1d(n, block, dev),))
         if len(_launches) > 4096:   # sizes seen by a long-lived process: bounded
             _launches.clear()
         _launches[key] = hit
     return hit[0], hit[1], dev
+
+
+def kernel_rows(family: str, kernels, name: str, dtype, n_rows: int):
+    """``kernel_1d`` for a warp-per-row kernel: ``BLOCK // 32`` rows per block, capped by the device."""
+    return kernel_1d(family, kernels, name, dtype, n_rows, BLOCK // 32)
 
 
 def clear_caches():
@@ -208,11 +212,6 @@ def grid_1d(n: int, block: int = BLOCK, dev: int | None = None) -> int:
             _grids.clear()
         _grids[key] = blocks
     return blocks
-
-
-def grid_rows(n_rows: int, block: int = BLOCK, dev: int | None = None) -> int:
-    """Blocks for warp-per-row kernels: ``block // 32`` rows per block, capped by the device."""
-    return grid_1d(n_rows, block // 32, dev)
 
 
 def grid_cols(n_cols: int, dev: int | None = None) -> int:
@@ -299,7 +298,7 @@ def check_dtype(primitive: str, *arrays):
 
 def contiguous(a):
     """``a`` itself when C-contiguous, else a C-contiguous copy (kernels index flat memory)."""
-    if a is None or getattr(a, "_c_contiguous", False) or _contiguous(a):
+    if a is None or _contiguous(a):
         return a
     return _cupy().ascontiguousarray(a)
 
@@ -312,7 +311,7 @@ def check_out(primitive: str, name: str, buf, shape, dtype):
         raise ValueError(f"{primitive}: {name} must have shape {tuple(shape)}, got {tuple(buf.shape)}")
     if buf.dtype is not dtype and numpy.dtype(buf.dtype) != numpy.dtype(dtype):
         raise TypeError(f"{primitive}: {name} must have dtype {numpy.dtype(dtype)}, got {buf.dtype}")
-    if not getattr(buf, "_c_contiguous", False) and not _contiguous(buf):
+    if not _contiguous(buf):
         raise ValueError(f"{primitive}: {name} must be C-contiguous (the kernel writes flat memory); "
                          f"pass a contiguous buffer")
     return buf

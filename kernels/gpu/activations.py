@@ -178,7 +178,7 @@ def softmax(x, *, out=None):
     x = L.contiguous(x)
     y = L.output("softmax", "out", out, (n, c), dtype)
     if n and c:
-        fn, grid, _ = L.kernel_1d(FAMILY, KERNELS, "fastnn_softmax", dtype, n, L.BLOCK // 32)  # a warp per row
+        fn, grid, _ = L.kernel_rows(FAMILY, KERNELS, "fastnn_softmax", dtype, n)
         fn(grid, (L.BLOCK,), (x, y, numpy.int64(n), numpy.int64(c)))
     return y
 

@@ -10,7 +10,6 @@ from fastnn.kernels import dropout_base
 from fastnn.kernels.gpu import _loader as L
 
 FAMILY = "dropout"
-F32, F64 = numpy.dtype(numpy.float32), numpy.dtype(numpy.float64)
 KERNELS = ("fastnn_dropout_mask", "fastnn_dropout_mask_dev")
 
 
@@ -25,7 +24,7 @@ def _check_mask_args(primitive, shape, rate, row0, dtype):
         raise ValueError(f"{primitive}: shape and row0 must be non-negative, got shape {(n, d)}, row0 {row0}")
     if not 0.0 <= float(rate) < 1.0:
         raise ValueError(f"{primitive}: rate must be in [0, 1), got {rate}")
-    if dtype is not F32 and dtype is not F64:  # a dtype object already: as it is
+    if not isinstance(dtype, numpy.dtype):  # a dtype object already: as it is
         dtype = numpy.dtype(dtype)
     if dtype not in L.CTYPES:
         raise TypeError(f"{primitive}: the CUDA kernels take float32 or float64 masks, got {dtype}")

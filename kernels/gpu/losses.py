@@ -63,7 +63,7 @@ def softmax_xent(x, t, *, y=None, dx=None):
     dense, t_dense, idx = _targets("softmax_xent", t, (n, c), dtype)
     L.check_out("softmax_xent", "y", y, (n, c), dtype)
     L.check_out("softmax_xent", "dx", dx, (n, c), dtype)
-    fn, (grid,), dev = L.kernel_1d(FAMILY, KERNELS, "fastnn_softmax_xent", dtype, n, L.BLOCK // 32)  # a warp per row
+    fn, (grid,), dev = L.kernel_rows(FAMILY, KERNELS, "fastnn_softmax_xent", dtype, n)
     partials = L.column_partials(grid, dev, dtype)  # the per-block sums: a kept buffer, read by _finish next
     dt = dtype.type
     fn((grid,), (L.BLOCK,),
