@@ -8,7 +8,7 @@ import math
 import numpy
 
 from fastnn import losses
-from fastnn.backend import current, is_device_array
+from fastnn.backend import current, get_ops, is_device_array
 from fastnn.layers.base import shape_str
 from fastnn.layers.core import Dense
 from fastnn.functions import get_array_module
@@ -33,18 +33,27 @@ def as_array(owner, a, what, ops=None):
         raise TypeError(f"{owner}: {what} must be an array, got {type(a).__name__} ({exc})") from None
 
 
+def _wider(a, dtype):
+    """Whether float data ``a`` can hold values beyond the float ``dtype``'s range."""
+    dtype = numpy.dtype(dtype)
+    return a.dtype.kind == "f" and dtype.kind == "f" and numpy.finfo(a.dtype).max > numpy.finfo(dtype).max
+
+
+def _beyond_range(owner, what, dtype, value, index):
+    return ValueError(f"{owner}: {what} has values beyond {numpy.dtype(dtype)}'s range (first at index {index}: "
+                      f"{value!r}); they would become inf in the model's dtype {numpy.dtype(dtype)}")
+
+
 def check_in_range(owner, a, what, dtype):
     """Every value of the float array ``a`` fits ``dtype`` (float64 data of 1e39 would become inf in a
     float32 model and silently turn the weights into NaN); the first value beyond it is named."""
-    dtype = numpy.dtype(dtype)
-    if a.dtype.kind != "f" or dtype.kind != "f" or numpy.finfo(a.dtype).max <= numpy.finfo(dtype).max:
+    if not _wider(a, dtype):
         return
     limit = float(numpy.finfo(dtype).max)
     if bool((get_array_module(a).abs(a) > limit).any()):
         host = a.get() if is_device_array(a) else a
         bad = tuple(int(i) for i in numpy.argwhere(numpy.abs(host) > limit)[0])
-        raise ValueError(f"{owner}: {what} has values beyond {dtype}'s range (first at index {bad}: "
-                         f"{float(host[bad])!r}); they would become inf in the model's dtype {dtype}")
+        raise _beyond_range(owner, what, dtype, float(host[bad]), bad)
 
 
 def check_x(owner, x, what="x", ops=None, dtype=None):
@@ -57,13 +66,30 @@ def check_x(owner, x, what="x", ops=None, dtype=None):
         raise ValueError(f"{owner}: {what} must have a batch axis, shape (N, ...); got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{owner}: {what} is empty (0 samples)")
-    if x.dtype.kind == "f" and not bool(get_array_module(x).isfinite(x).all()):
-        host = x.get() if is_device_array(x) else x
-        bad = numpy.argwhere(~numpy.isfinite(host))[0]
-        raise ValueError(f"{owner}: {what} contains NaN or infinite values (first at index {tuple(int(i) for i in bad)})")
-    if dtype is not None:
-        check_in_range(owner, x, what, dtype)
+    if x.dtype.kind != "f":
+        return x
+    if is_device_array(x):  # one device reduction
+        if not bool(get_array_module(x).isfinite(x).all()):
+            bad = numpy.argwhere(~numpy.isfinite(x.get()))[0]
+            raise _not_finite(owner, what, tuple(int(i) for i in bad))
+        if dtype is not None:
+            check_in_range(owner, x, what, dtype)
+        return x
+    # host data: one pass without temporaries per test (the backend's kernel where it has one)
+    finder = ops if ops is not None else get_ops("numpy")
+    i = finder.first_beyond(x, numpy.finfo(x.dtype).max)
+    if i >= 0:
+        raise _not_finite(owner, what, tuple(int(j) for j in numpy.unravel_index(i, x.shape)))
+    if dtype is not None and _wider(x, dtype):
+        i = finder.first_beyond(x, numpy.finfo(dtype).max)
+        if i >= 0:
+            bad = tuple(int(j) for j in numpy.unravel_index(i, x.shape))
+            raise _beyond_range(owner, what, dtype, float(x[bad]), bad)
     return x
+
+
+def _not_finite(owner, what, index):
+    return ValueError(f"{owner}: {what} contains NaN or infinite values (first at index {index})")
 
 
 def check_input_shape(model, x, what="x"):

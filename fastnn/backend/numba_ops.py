@@ -20,10 +20,11 @@ from fastnn.backend.numba_args import (
     _FLOATS, _NO_BIAS, _NONE2D, _2d, _adam_args, _c, _check_act, _clip_arg, _decay_args, _fast, _finish,
     _flush_args, _inplace, _step_args, _target, _write_back,
 )
-from fastnn.backend.ops import Ops, conv_geometry, pool_geometry, require_z
+from fastnn.backend.ops import Ops, _limit_in, conv_geometry, pool_geometry, require_z
 from fastnn.backend.ops_optim import nadam_coefficients
 from fastnn.kernels import LINEAR, NEEDS_Z, SIGMOID, TANH, dropout_base
 from fastnn.kernels.cpu import activations as _ka
+from fastnn.kernels.cpu import checks as _kk
 from fastnn.kernels.cpu import conv as _kc
 from fastnn.kernels.cpu import dropout as _kd
 from fastnn.kernels.cpu import losses as _kl
@@ -68,6 +69,12 @@ class NumbaOps(Ops):
     # ------------------------------------------------------------------ activations
     # A NEEDS_Z code (gelu, gelu_tanh, swish) takes its derivative from the pre-activation z: the
     # *_z kernels. Every other code runs the plain kernels exactly as before (z_out=/z= unused).
+    def first_beyond(self, a, limit):
+        # one vectorised pass over C-contiguous float data, no temporary bool array (kernels/cpu/checks.py)
+        if a.dtype in _FLOATS and a.flags.c_contiguous:
+            return int(_kk.first_beyond(a.reshape(-1), _limit_in(a.dtype, limit)))
+        return super().first_beyond(a, limit)
+
     def bias_act(self, x, b, act, alpha=0.0, *, out=None, z_out=None):
         if not ((_fast(x) if b is None else _fast(x, b) and b.ndim == 1 and x.ndim >= 1
                  and b.shape[0] == x.shape[-1]) and (z_out is None or _fast(x, z_out) and z_out.shape == x.shape)):

@@ -32,6 +32,11 @@ from fastnn.kernels.geometry import conv_geometry, pool_geometry  # noqa: F401  
 Array = "numpy.ndarray | cupy.ndarray"
 
 
+def _limit_in(dtype, limit):
+    """``limit`` as a scalar of the float ``dtype``, at most its largest finite value."""
+    return dtype.type(min(float(limit), float(numpy.finfo(dtype).max)))
+
+
 class Ops(ActivationReference, ConvReference, OptimizerReference):
     """The NumPy reference backend. ``name``, ``xp`` (the array module) and ``device`` describe it."""
 
@@ -121,6 +126,14 @@ class Ops(ActivationReference, ConvReference, OptimizerReference):
         from fastnn.backend.transfer import NumpyTransfer
 
         return NumpyTransfer(self)
+
+    def first_beyond(self, a, limit):
+        """Input validation on host data: the flat (C-order) index of the first element of the float
+        NumPy array ``a`` whose magnitude is not ``<= limit`` (NaN, +-inf, or finite beyond ``limit``),
+        or -1. With ``a``'s largest finite value as ``limit`` this is the first non-finite element (a
+        larger ``limit`` counts as that value: inf always fails)."""
+        bad = ~(numpy.abs(a) <= _limit_in(a.dtype, limit))
+        return int(numpy.argmax(bad.reshape(-1))) if bad.any() else -1
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r} device={self.device!r}>"

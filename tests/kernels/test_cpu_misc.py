@@ -113,3 +113,41 @@ def test_batchnorm_backward_matches_reference(fast_backend, ref, dtype, shape):
     assert_close(ops.batchnorm_backward(*dev), dx_ref, dtype, **tol)
     for a, orig in zip(dev, (dout, xhat, inv_std, gamma)):
         numpy.testing.assert_array_equal(host(a), orig)
+
+
+# ------------------------------------------------------------------ input checks (validation's first_beyond)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (129, 65), (1000, 9)], ids=str)
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "big", "none"])
+def test_first_beyond_matches_reference(backend, dtype, shape, bad):
+    """The first element not within ``limit`` (NaN, +-inf, beyond), as numpy finds it; several bad
+    elements at random places, the earliest named; chunk edges included (2048-element passes)."""
+    ops = get_ops(backend)
+    rng = numpy.random.default_rng(hash((shape, bad)) % 2**32)
+    a = _rand(shape, dtype, 3, scale=1e3)
+    limit = float(numpy.finfo(dtype).max) if bad != "big" else 1e30
+    value = {"nan": numpy.nan, "inf": numpy.inf, "-inf": -numpy.inf, "big": -2e30, "none": None}[bad]
+    flat = a.reshape(-1)
+    spots = sorted({0, flat.size - 1, min(2047, flat.size - 1), min(2048, flat.size - 1),
+                    *rng.integers(0, flat.size, 3).tolist()})
+    for first in spots:
+        b = flat.copy()
+        if value is not None:
+            b[first:] = numpy.where(rng.random(b.size - first) < 0.3, value, b[first:])
+            b[first] = value
+        b = b.reshape(shape)
+        expected = numpy.flatnonzero(~(numpy.abs(b) <= limit))
+        expected = int(expected[0]) if expected.size else -1
+        assert expected == (first if value is not None else -1)
+        assert ops.first_beyond(b, limit) == expected
+        if b.ndim == 2 and b.shape[1] > 1:  # a strided view: the reference path, the same answer
+            view = b[:, ::2]
+            want = numpy.flatnonzero(~(numpy.abs(view) <= limit))
+            assert ops.first_beyond(view, limit) == (int(want[0]) if want.size else -1)
+
+
+def test_first_beyond_limit_past_the_dtype_still_fails_inf(backend):
+    """A limit beyond float32's range (float64's max) must not let float32 inf through."""
+    ops = get_ops(backend)
+    a = _rand((5, 6), numpy.float32, 4)
+    a[2, 3] = numpy.inf
+    assert ops.first_beyond(a, float(numpy.finfo(numpy.float64).max)) == 2 * 6 + 3
