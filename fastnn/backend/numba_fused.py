@@ -31,29 +31,35 @@ _OPTIMIZERS = {"sgd": OPT_SGD, "momentum": OPT_MOMENTUM, "adagrad": OPT_ADAGRAD,
 def optimizer_scalars(spec, dtype, wds, lrs, iteration0):
     """``(len(lrs), len(wds), NSCALARS)`` in ``dtype``: the scalar arguments ``NumbaOps`` passes to the
     optimizer kernel for the updates from ``iterations == iteration0`` on, at learning rates ``lrs``
-    (one per update), for each piece's weight decay ``wds`` (float64 on the host, then cast: the same
-    roundings). ``spec``: the model's description (its ``optimizer`` and ``hyper``)."""
+    (one per update), for each piece's weight decay ``wds`` (float64 on the host, then cast once:
+    the same roundings as ``NumbaOps``' per-value casts). ``spec``: the model's description (its
+    ``optimizer`` and ``hyper``)."""
     kind, h = _OPTIMIZERS[spec["optimizer"]], spec["hyper"]
-    dt = np.dtype(dtype).type
-    rows = np.zeros((len(lrs), len(wds), NSCALARS), dtype)
-    for k, lr in enumerate(lrs):
-        t = iteration0 + k + 1
-        for j, wd in enumerate(wds):
-            if kind == OPT_SGD:
-                r = (dt(lr), dt(wd))
-            elif kind == OPT_MOMENTUM:
-                r = (dt(lr), dt(h["momentum"]), dt(wd))
-            elif kind == OPT_ADAGRAD:
-                r = (dt(lr), dt(h["eps"]), dt(1.0 - lr * wd))
-            elif kind == OPT_RMSPROP:
-                rho = h["rho"]
-                r = (dt(lr), dt(rho), dt(1 - rho), dt(h["eps"]), dt(1.0 - lr * wd))
-            else:
-                b1, b2 = h["beta1"], h["beta2"]
-                r = (dt(b1), dt(1 - b1), dt(b2), dt(1 - b2), dt(h["eps"]), dt(lr / (1.0 - b1 ** t)),
-                     dt(1.0 / np.sqrt(1.0 - b2 ** t)), dt(wd), dt(1.0 - lr * wd))
-            rows[k, j, :len(r)] = r
-    return rows
+    pad = (0.0,) * NSCALARS
+    rows = []
+    if kind == OPT_ADAM:
+        b1, b2 = h["beta1"], h["beta2"]
+        fixed = (b1, 1 - b1, b2, 1 - b2, h["eps"])
+        for k, lr in enumerate(lrs):
+            t = iteration0 + k + 1
+            bias = (lr / (1.0 - b1 ** t), 1.0 / math.sqrt(1.0 - b2 ** t))  # IEEE sqrt, as np.sqrt
+            rows.extend(fixed + bias + (wd, 1.0 - lr * wd) for wd in wds)
+    else:
+        by_lr = {}  # rows depend on the step through the learning rate alone
+        for lr in lrs:
+            if lr not in by_lr:
+                if kind == OPT_SGD:
+                    by_lr[lr] = [(lr, wd) + pad[2:] for wd in wds]
+                elif kind == OPT_MOMENTUM:
+                    by_lr[lr] = [(lr, h["momentum"], wd) + pad[3:] for wd in wds]
+                elif kind == OPT_ADAGRAD:
+                    by_lr[lr] = [(lr, h["eps"], 1.0 - lr * wd) + pad[3:] for wd in wds]
+                else:
+                    rho = h["rho"]
+                    by_lr[lr] = [(lr, rho, 1 - rho, h["eps"], 1.0 - lr * wd) + pad[5:] for wd in wds]
+            rows.extend(by_lr[lr])
+    out = np.array(rows, np.float64).reshape(len(lrs), len(wds), NSCALARS)
+    return out.astype(dtype)
 
 
 def unsupported_reason(spec):
