@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from fastnn.kernels import LINEAR, NEEDS_Z, SIGMOID, TANH
-from fastnn.kernels.cpu.fused import (ACT, C_BATCH, C_DECOUPLED, C_DL, C_LOSS, C_METRIC, C_NB, C_NESTEROV, C_OPT,
+from fastnn.kernels.cpu.fused import (ACT, C_BATCH, C_DECOUPLED, C_DL, C_LOSS, C_METRIC, C_NB, C_NESTEROV, C_NXB, C_OPT,
                                       C_ROW0, C_STEP0, C_TB, C_XB, DENSE, DROPOUT, F_ALPHA, F_SCALE, K_ACT, K_B,
                                       K_DIN, K_DOUT, K_DX, K_DZ, K_KEEP, K_KIND, K_MASK, K_SEED, K_W, K_Y,
                                       LOSS_BCE, LOSS_MSE, LOSS_XENT_INDEX, LOSS_XENT_ONEHOT, METRIC_ARGMAX,
@@ -110,7 +110,9 @@ class FusedPlan:
             return start
 
         d = int(spec["input_shape"][0])
-        xb = take(bs * d)
+        # input buffers the steps take in turn (train_steps says why): up to 4 while they fit in 2 MiB
+        nxb = max(1, min(4, (2 << 20) // max(1, bs * d * np.dtype(dt).itemsize)))
+        xb = take(nxb * bs * d)
         weights_before = False
         for layer in spec["layers"]:
             r = [0] * NCOL
@@ -152,7 +154,7 @@ class FusedPlan:
             _LOSSES[spec["loss"]], metric, _OPTIMIZERS[spec["optimizer"]], int(h.get("nesterov", False)),
             int(h.get("decoupled", False)))
         self.cfg[C_XB], self.cfg[C_TB], self.cfg[C_DL] = xb, take(bs * d), take(bs * d)
-        self.cfg[C_BATCH], self.cfg[C_ROW0] = bs, 0
+        self.cfg[C_BATCH], self.cfg[C_ROW0], self.cfg[C_NXB] = bs, 0, nxb
         self.cfg[C_NB] = int(NUMPY_BLAS if numpy_blas is None else (numpy_blas and NUMPY_BLAS))
         self.ws = np.zeros(ws[0], dt)
         self.ti = np.zeros(bs, np.int64)
