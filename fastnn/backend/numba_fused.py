@@ -156,7 +156,7 @@ class FusedPlan:
         self.cfg[C_XB], self.cfg[C_TB], self.cfg[C_DL] = xb, take(bs * d), take(bs * d)
         self.cfg[C_BATCH], self.cfg[C_ROW0], self.cfg[C_NXB] = bs, 0, nxb
         self.cfg[C_NB] = int(NUMPY_BLAS if numpy_blas is None else (numpy_blas and NUMPY_BLAS))
-        self.ws = np.zeros(ws[0], dt)
+        self.ws = np.empty(ws[0], dt)  # every region is written before the step reads it
         self.ti = np.zeros(bs, np.int64)
         self.wds = [wd for _, _, wd in spec["pieces"]]
         self.pieces = np.array([(a, b, int(bool(wd))) for a, b, wd in spec["pieces"]], np.int64).reshape(-1, 3)
