@@ -72,13 +72,29 @@ def _plan(model, bs, numpy_blas=None):
     return fused_plan.TrainPlan(model, host.FusedPlan(spec, bs, numpy_blas=numpy_blas), spec)
 
 
-def _compare(build, dims, n, bs, dtype, loss="sparse_categorical_crossentropy", numpy_blas=True, tol=EXACT):
+def _order(n, bs, kind):
+    """Row order of a fused run: ``in-order`` (every batch a block of x, read in place), ``shuffled``
+    (every batch gathered), or ``mixed`` (blocks and gathered batches alternating in one call)."""
+    order = numpy.arange(n, dtype=numpy.int64)
+    if kind == "in-order":
+        return order
+    rng = numpy.random.default_rng(n * 1000 + bs)
+    if kind == "shuffled":
+        return rng.permutation(order)
+    for s in range(bs, n, 2 * bs):  # batches 1, 3, 5, ...: the same rows, shuffled
+        order[s:s + bs] = rng.permutation(order[s:s + bs])
+    return order
+
+
+def _compare(build, dims, n, bs, dtype, loss="sparse_categorical_crossentropy", numpy_blas=True, tol=EXACT,
+             order="in-order"):
     """Train ``build()`` eagerly and fused on the same ``n`` samples in batches of ``bs``; compare."""
     x, t = _data(dims, n, dtype, loss)
     eager, fast = build(), build()
-    expected = [eager.train_on_batch(x[s:s + bs], t[s:s + bs]) for s in range(0, n, bs)]
+    idx = _order(n, bs, order)
+    expected = [eager.train_on_batch(x[idx[s:s + bs]], t[idx[s:s + bs]]) for s in range(0, n, bs)]
     tt = t.astype(numpy.int64) if t.ndim == 1 else t
-    stats = _plan(fast, bs, numpy_blas).run(x, tt, numpy.arange(n, dtype=numpy.int64))
+    stats = _plan(fast, bs, numpy_blas).run(x, tt, idx)
     for k, (a, e) in enumerate(zip(fast.get_weights(), eager.get_weights())):
         numpy.testing.assert_allclose(a, e, err_msg=f"weight array {k} after {len(expected)} steps", **tol)
     for k, (a, e) in enumerate(zip(fast.optimizer.flat_slots, eager.optimizer.flat_slots)):
@@ -100,20 +116,26 @@ def test_model_a_matches_eager(dtype):
     assert _per_sample(stats, 500, 100) == expected
 
 
+ORDERS = ["in-order", "shuffled", "mixed"]
+
+
+@pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64], ids=["f32", "f64"])
-def test_model_b64_with_dropout_matches_eager(dtype):
-    """Model B64 (784-64-64-10, Dropout 0.2, Adam, batch 128): 5 steps, the same masks, bit for bit."""
+def test_model_b64_with_dropout_matches_eager(dtype, order):
+    """Model B64 (784-64-64-10, Dropout 0.2, Adam, batch 128): 5 steps, the same masks, bit for bit,
+    with the batches read in place, gathered, or both in one call."""
     build = lambda: _mlp((784, 64, 64, 10), dtype, lambda: optimizers.Adam(1e-3), dropout=0.2)  # noqa: E731
-    stats, expected = _compare(build, (784, 64, 64, 10), 640, 128, dtype)
+    stats, expected = _compare(build, (784, 64, 64, 10), 640, 128, dtype, order=order)
     assert _per_sample(stats, 640, 128) == expected
 
 
+@pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("opt", list(OPTIMIZERS))
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64], ids=["f32", "f64"])
-def test_odd_shapes_each_optimizer_match_eager(dtype, opt):
+def test_odd_shapes_each_optimizer_match_eager(dtype, opt, order):
     """37-13-7 in batches of 5 with a ragged last batch of 3 (5 steps), dropout, every optimizer."""
     build = lambda: _mlp((37, 13, 7), dtype, OPTIMIZERS[opt], dropout=0.3)  # noqa: E731
-    stats, expected = _compare(build, (37, 13, 7), 23, 5, dtype)
+    stats, expected = _compare(build, (37, 13, 7), 23, 5, dtype, order=order)
     assert _per_sample(stats, 23, 5) == expected
 
 
@@ -128,18 +150,20 @@ LOSS_CASES = {
 }
 
 
+@pytest.mark.parametrize("order", ["in-order", "shuffled"])
 @pytest.mark.parametrize("case", list(LOSS_CASES))
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64], ids=["f32", "f64"])
-def test_losses_and_activations_match_eager(dtype, case):
+def test_losses_and_activations_match_eager(dtype, case, order):
     c = LOSS_CASES[case]
     build = lambda: _mlp(c["dims"], dtype, OPTIMIZERS["adam"], loss=c["loss"], act=c["act"],  # noqa: E731
                          head=c["head"])
-    stats, expected = _compare(build, c["dims"], c["n"], c["bs"], dtype, loss=c["loss"])
+    stats, expected = _compare(build, c["dims"], c["n"], c["bs"], dtype, loss=c["loss"], order=order)
     assert _per_sample(stats, c["n"], c["bs"]) == expected
 
 
+@pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64], ids=["f32", "f64"])
-def test_layer_mix_matches_eager(dtype):
+def test_layer_mix_matches_eager(dtype, order):
     """Dropout first, a frozen Dense, a Dense without bias, an Activation layer, the softmax as its own
     last layer; dropout seeds a user gave at both ends of their range [0, 2**63);
     weight decay with one bias excluded (the update runs in several pieces)."""
@@ -157,7 +181,7 @@ def test_layer_mix_matches_eager(dtype):
         model.optimizer.exclude_from_weight_decay([f"{model.layers[-2].name}/b"])
         return model
 
-    stats, expected = _compare(build, (19, 13, 5), 17, 4, dtype)
+    stats, expected = _compare(build, (19, 13, 5), 17, 4, dtype, order=order)
     assert _per_sample(stats, 17, 4) == expected
 
 
