@@ -274,13 +274,9 @@ def _gather_targets(t_idx, t_dense, order, lo, n, loss, ws, tb, ti):
 
 @njit(cache=True, error_model="numpy")
 def _input(net, ws, src, so, i, n):
-    """Layer ``i``'s input as ``n * K_DIN`` flat elements: the batch at ``src[so:]`` for the first
-    layer, else the previous layer's output in ``ws``."""
-    d = net[i, K_DIN]
-    if i == 0:
-        return src[so:so + n * d]
-    yo = net[i - 1, K_Y]
-    return ws[yo:yo + n * d]
+    """Layer ``i``'s input, ``n`` x ``K_DIN``: the batch at ``src[so:]`` for the first layer, else the
+    previous layer's output in ``ws``."""
+    return _view(src, so, n, net[i, K_DIN]) if i == 0 else _view(ws, net[i - 1, K_Y], n, net[i, K_DIN])
 
 
 @njit(cache=True, error_model="numpy")
@@ -290,8 +286,8 @@ def _forward(net, netf, cfg, src, so, p, ws, n, step, one, nb):
     zero = one - one
     for i in range(net.shape[0]):
         kind, din, dout = net[i, K_KIND], net[i, K_DIN], net[i, K_DOUT]
-        xf, yo = _input(net, ws, src, so, i, n), net[i, K_Y]
-        x, y = xf.reshape((n, din)), _view(ws, yo, n, dout)
+        yo = net[i, K_Y]
+        x, y = _input(net, ws, src, so, i, n), _view(ws, yo, n, dout)
         if kind == DENSE:
             _gemm(x, False, _view(p, net[i, K_W], din, dout), False, y, nb)
             bo = net[i, K_B]
@@ -302,7 +298,7 @@ def _forward(net, netf, cfg, src, so, p, ws, n, step, one, nb):
             mo = net[i, K_MASK]
             _kd.dropout_mask(cfg[C_ROW0], base, np.uint64(net[i, K_KEEP]), netf[i, F_SCALE], zero,
                              _view(ws, mo, n, dout))
-            _ka.mul(xf, ws[mo:mo + n * dout], ws[yo:yo + n * dout])
+            _ka.mul(x.reshape(n * din), ws[mo:mo + n * dout], ws[yo:yo + n * dout])
         else:  # ACT
             _ka.bias_act(x, p[0:1], False, net[i, K_ACT], netf[i, F_ALPHA], one, y)
 
@@ -392,7 +388,7 @@ def _backward(net, netf, cfg, src, so, p, g, ws, n, one, nb):
                     _ka.act_backward_bias_grad(dy, y, act, alpha, one, dz, g[bo:bo + dout])
                 else:
                     _ka.act_backward(dy, y, act, alpha, one, dz)
-            x = _input(net, ws, src, so, i, n).reshape((n, din))
+            x = _input(net, ws, src, so, i, n)
             _gemm(x, True, dz, False, _view(g, net[i, K_W], din, dout), nb)
             if dxo >= 0:
                 _gemm(dz, False, _view(p, net[i, K_W], din, dout), True, _view(ws, dxo, n, din), nb)
